@@ -1,0 +1,45 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+let package = Package(
+    name: "weir",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "weir", targets: ["weir"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        // C: libnftnl + libmnl + kernel netfilter/rtnetlink headers.
+        .systemLibrary(name: "CNetfilter", path: "Sources/CNetfilter"),
+        // C: libcap, to say "needs CAP_NET_ADMIN" before touching anything.
+        .systemLibrary(name: "CCapabilities", path: "Sources/CCapabilities"),
+        // C: what Swift cannot import (macros, socket option numbers, errno access, setns).
+        .target(name: "CWeirShims", path: "Sources/CWeirShims"),
+
+        // Pure: capture spec, validation, environment decoding, RedirectPlan, renderers.
+        .target(name: "WeirCapture"),
+        // Effects: namespace entry on a dedicated thread.
+        .target(name: "WeirNetns", dependencies: ["CWeirShims"]),
+        // Effects: nftables over netlink, iptables-restore fallback, live read-back, diff, probe.
+        .target(
+            name: "WeirNetfilter",
+            dependencies: [
+                "WeirCapture", "WeirNetns", "CNetfilter", "CWeirShims", "CCapabilities",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "weir",
+            dependencies: [
+                "WeirCapture", "WeirNetfilter", "WeirNetns",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(name: "WeirCaptureTests", dependencies: ["WeirCapture"], resources: [.copy("Goldens")]),
+        .testTarget(name: "WeirNetfilterTests", dependencies: ["WeirCapture", "WeirNetfilter", "WeirNetns", "CWeirShims"]),
+    ]
+)

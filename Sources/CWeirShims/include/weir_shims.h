@@ -1,0 +1,27 @@
+#ifndef WEIR_SHIMS_H
+#define WEIR_SHIMS_H
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+
+/// The calling thread's errno (Swift cannot read the thread-local macro portably).
+int weir_errno(void);
+/// setns(fd, CLONE_NEWNET): moves the calling thread only.
+int weir_setns_net(int fd);
+/// unshare(CLONE_NEWNET) on the calling thread.
+int weir_unshare_net(void);
+/// Reads the pre-NAT destination of a redirected TCP connection:
+/// SO_ORIGINAL_DST (IPv4) or IP6T_SO_ORIGINAL_DST (IPv6), both option number 80.
+int weir_original_dst(int fd, int family, struct sockaddr_storage *out, socklen_t *len);
+/// Sets IP_TRANSPARENT / IPV6_TRANSPARENT.
+int weir_set_transparent(int fd, int family);
+/// Sets SO_MARK.
+int weir_set_mark(int fd, uint32_t mark);
+
+/// statfs(path).f_type, or -1 with errno set.
+long weir_fs_type(const char *path);
+
+/// pipe2(fds, O_CLOEXEC).
+int weir_pipe_cloexec(int fds[2]);
+#endif

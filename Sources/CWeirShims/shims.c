@@ -1,0 +1,45 @@
+#define _GNU_SOURCE
+#include "weir_shims.h"
+#include <errno.h>
+#include <sched.h>
+#include <string.h>
+#include <linux/netfilter_ipv4.h>
+#include <linux/netfilter_ipv6/ip6_tables.h>
+
+int weir_errno(void) { return errno; }
+
+int weir_setns_net(int fd) { return setns(fd, CLONE_NEWNET); }
+
+int weir_unshare_net(void) { return unshare(CLONE_NEWNET); }
+
+int weir_original_dst(int fd, int family, struct sockaddr_storage *out, socklen_t *len) {
+    memset(out, 0, sizeof(*out));
+    *len = sizeof(*out);
+    if (family == AF_INET6) {
+        return getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, out, len);
+    }
+    return getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, out, len);
+}
+
+int weir_set_transparent(int fd, int family) {
+    int one = 1;
+    if (family == AF_INET6) {
+        return setsockopt(fd, SOL_IPV6, IPV6_TRANSPARENT, &one, sizeof(one));
+    }
+    return setsockopt(fd, SOL_IP, IP_TRANSPARENT, &one, sizeof(one));
+}
+
+int weir_set_mark(int fd, uint32_t mark) {
+    return setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark));
+}
+
+#include <sys/vfs.h>
+long weir_fs_type(const char *path) {
+    struct statfs s;
+    if (statfs(path, &s) != 0) return -1;
+    return (long)s.f_type;
+}
+
+#include <unistd.h>
+#include <fcntl.h>
+int weir_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }

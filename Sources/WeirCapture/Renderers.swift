@@ -1,0 +1,172 @@
+import Foundation
+
+/// Renders a plan as an `nft -f` script that replaces weir's table in one transaction.
+public enum NftRendering {
+    public static func render(_ plan: RedirectPlan) -> String {
+        let t = "\(plan.familyName) \(RedirectPlan.tableName)"
+        var out = "# weir: replaces table \(t) in one transaction (nft -f)\n"
+        out += "table \(t)\ndelete table \(t)\n"
+        out += "table \(t) {\n\tcomment \(quote(RedirectPlan.tableComment))\n"
+        for chain in plan.chains {
+            out += "\n\tchain \(chain.name) {\n"
+            if let b = chain.base {
+                out += "\t\ttype \(b.type.rawValue) hook \(b.hook.rawValue) priority \(b.priority); policy accept;\n"
+            }
+            for r in chain.rules { out += "\t\t" + rule(r) + "\n" }
+            out += "\t}\n"
+        }
+        out += "}\n"
+        if let pr = plan.policyRoute {
+            out += "# policy routing (rtnetlink, not nft):\n"
+            for f in pr.families {
+                let v = f == .ipv4 ? "-4" : "-6"
+                out += "#   ip \(v) rule add fwmark 0x\(String(pr.mark, radix: 16)) lookup \(pr.table) priority \(pr.priority) protocol \(RedirectPlan.routeProtocol)\n"
+                out += "#   ip \(v) route add local \(f == .ipv4 ? "0.0.0.0/0" : "::/0") dev lo table \(pr.table) protocol \(RedirectPlan.routeProtocol)\n"
+            }
+        }
+        return out
+    }
+
+    /// One rule in nft syntax, without the chain.
+    public static func rule(_ r: PlanRule) -> String {
+        var parts: [String] = []
+        var i = 0
+        while i < r.matches.count {
+            let m = r.matches[i]
+            // `tcp dport 22` implies `meta l4proto tcp`, as nft itself writes it.
+            if case .l4proto(let p, false) = m, i + 1 < r.matches.count, case .destinationPort(let q, _) = r.matches[i + 1], p == q {
+                i += 1; continue
+            }
+            parts.append(match(m)); i += 1
+        }
+        parts += r.statements.map(statement)
+        if let v = r.verdict { parts.append(v.rawValue) }
+        parts.append("comment " + quote(r.comment))
+        return parts.joined(separator: " ")
+    }
+
+    static func match(_ m: Match) -> String {
+        switch m {
+        case .l4proto(let p, let neg): return "meta l4proto \(neg ? "!= " : "")\(p.rawValue)"
+        case .mark(let v, let mask): return "meta mark & \(hex(mask)) == \(hex(v))"
+        case .socketUID(let u): return "meta skuid \(u)"
+        case .socketGID(let g): return "meta skgid \(g)"
+        case .outputInterface(let n): return "oifname \(quote(n))"
+        case .inputInterface(let n): return "iifname \(quote(n))"
+        case .destination(let c): return "\(c.family == .ipv4 ? "ip" : "ip6") daddr \(c)"
+        case .source(let c): return "\(c.family == .ipv4 ? "ip" : "ip6") saddr \(c)"
+        case .destinationPort(let p, let r): return "\(p.rawValue) dport \(r)"
+        case .transparentSocket: return "socket transparent 1"
+        }
+    }
+
+    static func statement(_ s: Statement) -> String {
+        switch s {
+        case .redirect(let p): return "redirect to :\(p)"
+        case .tproxy(let p): return "tproxy to :\(p)"
+        case .setMark(let m): return "meta mark set \(hex(m))"
+        }
+    }
+
+    static func hex(_ v: UInt32) -> String {
+        let h = String(v, radix: 16)
+        return "0x" + String(repeating: "0", count: max(0, 8 - h.count)) + h
+    }
+
+    static func quote(_ s: String) -> String { "\"" + s.replacingOccurrences(of: "\"", with: "'") + "\"" }
+}
+
+/// Renders a plan as iptables-restore / ip6tables-restore input for `--noflush`, into weir's own chains.
+public enum IptablesRendering {
+    /// The comment on the jump from a built-in chain into weir's chain.
+    public static let jumpComment = "weir: capture"
+
+    /// One family's restore input. `jumps` says which built-in chain jumps to add (the backend leaves out those already present).
+    public static func render(_ plan: RedirectPlan, family: IPFamily, jumps: Set<String>? = nil) -> String {
+        var byTable: [(String, [PlanChain])] = []
+        for chain in plan.chains {
+            if let i = byTable.firstIndex(where: { $0.0 == chain.iptablesTable }) { byTable[i].1.append(chain) }
+            else { byTable.append((chain.iptablesTable, [chain])) }
+        }
+        var out = ""
+        for (table, chains) in byTable {
+            out += "*\(table)\n"
+            for c in chains { out += ":\(c.iptablesName) - [0:0]\n" }
+            for c in chains {
+                for r in c.rules where r.family == nil || r.family == family {
+                    for line in rules(r, family: family) { out += "-A \(c.iptablesName) \(line)\n" }
+                }
+            }
+            for c in chains {
+                guard let b = c.base else { continue }
+                let builtin = b.hook.rawValue.uppercased()
+                if jumps == nil || jumps!.contains(jumpKey(table: table, chain: c)) {
+                    out += "-I \(builtin) 1 -m comment --comment \(saveString(jumpComment)) -j \(c.iptablesName)\n"
+                }
+            }
+            out += "COMMIT\n"
+        }
+        return out
+    }
+
+    /// `table/CHAIN` of a weir chain's jump, as the backend tracks them.
+    public static func jumpKey(table: String, chain: PlanChain) -> String { "\(table)/\(chain.iptablesName)" }
+
+    /// The jump line as iptables-save prints it.
+    public static func jumpLine(_ c: PlanChain) -> String? {
+        guard let b = c.base else { return nil }
+        return "-A \(b.hook.rawValue.uppercased()) -m comment --comment \(saveString(jumpComment)) -j \(c.iptablesName)"
+    }
+
+    /// The rule in iptables-save's canonical order: addresses, interfaces, protocol, matches, comment, target.
+    /// One plan rule may need two iptables rules (a non-terminal target, then the verdict).
+    public static func rules(_ r: PlanRule, family: IPFamily) -> [String] {
+        var head: [String] = []
+        var src: String?, dst: String?, iif: String?, oif: String?, proto: String?
+        var ms: [String] = []
+        for m in r.matches {
+            switch m {
+            case .l4proto(let p, let neg): proto = (neg ? "! " : "") + "-p \(p.rawValue)"
+            case .mark(let v, let mask): ms.append("-m mark --mark \(h(v))/\(h(mask))")
+            case .socketUID(let u): ms.append("-m owner --uid-owner \(u)")
+            case .socketGID(let g): ms.append("-m owner --gid-owner \(g)")
+            case .outputInterface(let n): oif = "-o \(n)"
+            case .inputInterface(let n): iif = "-i \(n)"
+            case .destination(let c): dst = "-d \(c)"
+            case .source(let c): src = "-s \(c)"
+            case .destinationPort(let p, let range):
+                proto = "-p \(p.rawValue)"
+                ms.append("-m \(p.rawValue) --dport " + (range.isSinglePort ? "\(range.first)" : "\(range.first):\(range.last)"))
+            case .transparentSocket: ms.append("-m socket --transparent")
+            }
+        }
+        head = [src, dst, iif, oif, proto].compactMap { $0 } + ms
+        head.append("-m comment --comment \(saveString(r.comment))")
+        let any = family == .ipv4 ? "0.0.0.0" : "::"
+        var targets: [String] = []
+        if let tp = r.statements.compactMap({ (s: Statement) -> UInt16? in if case .tproxy(let p) = s { return p } else { return nil } }).first {
+            let mark: UInt32 = r.statements.compactMap { (s: Statement) -> UInt32? in if case .setMark(let m) = s { return m } else { return nil } }.first ?? 0
+            targets.append("-j TPROXY --on-port \(tp) --on-ip \(any) --tproxy-mark \(h(mark))/0xffffffff")
+        } else {
+            for s in r.statements {
+                switch s {
+                case .redirect(let p): targets.append("-j REDIRECT --to-ports \(p)")
+                case .setMark(let m): targets.append("-j MARK --set-xmark \(h(m))/0xffffffff")
+                case .tproxy: break
+                }
+            }
+            if let v = r.verdict { targets.append(v == .accept ? "-j ACCEPT" : "-j RETURN") }
+        }
+        if targets.isEmpty { targets = ["-j RETURN"] }
+        return targets.map { (head + [$0]).joined(separator: " ") }
+    }
+
+    static func h(_ v: UInt32) -> String { "0x" + String(v, radix: 16) }
+
+    /// Quotes as iptables-save does: bare when only [A-Za-z0-9_-], otherwise in double quotes with `"` and `\` escaped.
+    public static func saveString(_ s: String) -> String {
+        let bare = !s.isEmpty && s.unicodeScalars.allSatisfy { ("a"..."z").contains($0) || ("A"..."Z").contains($0) || ("0"..."9").contains($0) || $0 == "_" || $0 == "-" }
+        if bare { return s }
+        return "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
+    }
+}

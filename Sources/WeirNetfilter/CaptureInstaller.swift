@@ -1,0 +1,91 @@
+import CCapabilities
+import CNetfilter
+import Foundation
+import Logging
+import WeirCapture
+import WeirNetns
+
+/// Which programming interface installs the rules.
+public enum BackendChoice: Sendable, Equatable {
+    case nftables
+    case iptables(IptablesBackend.Mode)
+}
+
+/// The process lacks CAP_NET_ADMIN: nothing can be changed.
+public struct PrivilegeError: Error, CustomStringConvertible {
+    public var description: String {
+        "weir needs CAP_NET_ADMIN to change netfilter rules (run as root, or give the init container NET_ADMIN); nothing was changed"
+    }
+}
+
+/// Installs, removes and checks weir's capture in one network namespace.
+public struct CaptureInstaller: Sendable {
+    public let namespace: NetworkNamespace
+    public let backend: BackendChoice
+    let logger = Logger(label: "weir.capture")
+
+    public init(namespace: NetworkNamespace, backend: BackendChoice) {
+        self.namespace = namespace; self.backend = backend
+    }
+
+    /// Installs the plan atomically (nftables: one batch) and then TPROXY's policy routes.
+    public func install(_ plan: RedirectPlan) throws {
+        try Self.requireNetAdmin()
+        let backend = self.backend
+        let logger = self.logger
+        try namespace.run {
+            switch backend {
+            case .nftables: try NftablesBackend().apply(plan)
+            case .iptables(let mode): try IptablesBackend(mode: mode).apply(plan)
+            }
+            try PolicyRouting().apply(plan.policyRoute)
+            logger.info("installed capture", metadata: ["chains": "\(plan.chains.count)", "rules": "\(plan.chains.map(\.rules.count).reduce(0, +))"])
+        }
+    }
+
+    /// Removes every object weir created: its nftables tables, its iptables chains and jumps, its policy routes.
+    @discardableResult
+    public func clean() throws -> Bool {
+        try Self.requireNetAdmin()
+        return try namespace.run {
+            var removed = try NftablesBackend().clean()
+            for variant in Self.iptablesVariantsWithTables() {
+                removed = try IptablesBackend(mode: variant).clean() || removed
+            }
+            removed = try PolicyRouting().removeAll() > 0 || removed
+            return removed
+        }
+    }
+
+    /// iptables variants that hold tables in the current namespace (checked without loading any kernel module).
+    static func iptablesVariantsWithTables() -> [IptablesBackend.Mode] {
+        var out: [IptablesBackend.Mode] = []
+        if ChildProcess.locate("iptables-nft-save") != nil, IptablesBackend.nftVariantHasTables() { out.append(.nft) }
+        if ChildProcess.locate("iptables-legacy-save") != nil, IptablesBackend.legacyHasTables() { out.append(.legacy) }
+        return out
+    }
+
+    static func requireNetAdmin() throws {
+        guard let caps = cap_get_proc() else { throw PrivilegeError() }
+        defer { cap_free(UnsafeMutableRawPointer(caps)) }
+        var value = CAP_CLEAR
+        guard cap_get_flag(caps, CAP_NET_ADMIN, CAP_EFFECTIVE, &value) == 0, value == CAP_SET else { throw PrivilegeError() }
+    }
+}
+
+extension IptablesBackend {
+    /// Legacy tables exist in this namespace (x_tables lists them per namespace under /proc/net).
+    static func legacyHasTables() -> Bool {
+        ["/proc/net/ip_tables_names", "/proc/net/ip6_tables_names"].contains { path in
+            ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").contains { !$0.isWhitespace }
+        }
+    }
+
+    /// iptables-nft keeps its rules in nftables tables named after iptables' tables (ip/ip6 nat, mangle, filter).
+    static func nftVariantHasTables() -> Bool {
+        guard let tables = try? NftablesBackend().readTables() else { return false }
+        return tables.contains { t in
+            (t.family == UInt32(NFPROTO_IPV4) || t.family == UInt32(NFPROTO_IPV6)) && ["nat", "mangle", "filter", "raw"].contains(t.name)
+        }
+    }
+}

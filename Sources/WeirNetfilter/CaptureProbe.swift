@@ -1,0 +1,188 @@
+import CWeirShims
+import Foundation
+import WeirCapture
+import WeirNetns
+
+/// One end-to-end probe: a real connection and where it landed.
+public struct ProbeCheck: Sendable, Codable, Hashable {
+    public let name: String
+    /// passed, failed or skipped.
+    public let outcome: String
+    public let detail: String
+}
+
+public struct ProbeReport: Sendable, Codable {
+    public var checks: [ProbeCheck] = []
+    public var problems: [ProbeCheck] { checks.filter { $0.outcome == "failed" } }
+}
+
+/// Proves the capture with real connections inside the namespace: a temporary listener on the capture port
+/// (when it is free) must receive an outbound connection to an address that exists nowhere, with that
+/// address as its original destination (SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST).
+struct CaptureProbe {
+    let spec: CaptureSpec
+    let timeoutMilliseconds: Int32 = 2000
+
+    func run() -> ProbeReport {
+        var report = ProbeReport()
+        if spec.proxyUIDs.contains(getuid()) || spec.proxyGIDs.contains(getgid()) {
+            report.checks.append(.init(name: "outbound", outcome: "skipped",
+                                       detail: "weir runs as uid \(getuid()) gid \(getgid()), which the spec never captures; probe from another identity"))
+            return report
+        }
+        guard let port = capturedPort() else {
+            report.checks.append(.init(name: "outbound", outcome: "skipped", detail: "no outbound TCP port is captured by this spec"))
+            return report
+        }
+        for family in spec.families {
+            guard let target = capturedAddress(family) else {
+                report.checks.append(.init(name: "outbound \(family.rawValue)", outcome: "skipped", detail: "no \(family.rawValue) destination is captured by this spec"))
+                continue
+            }
+            report.checks.append(probeOutbound(family: family, address: target, port: port))
+        }
+        return report
+    }
+
+    func capturedPort() -> UInt16? {
+        let candidates: [UInt16] = spec.outboundIncludePorts.isEmpty ? [80, 8080, 443, 5000, 9, 1024, 30000] : spec.outboundIncludePorts.map(\.first)
+        return candidates.first { p in
+            !spec.neverCapturedPorts.contains(p) && !spec.outboundExcludePorts.contains { $0.contains(p) }
+                && (spec.outboundIncludePorts.isEmpty || spec.outboundIncludePorts.contains { $0.contains(p) })
+        }
+    }
+
+    /// An address that no host has (198.18.0.0/15 and fd00::/8 test ranges) unless the spec only captures others.
+    func capturedAddress(_ family: IPFamily) -> CIDR? {
+        let includes = spec.outboundIncludeCIDRs.filter { $0.family == family }
+        var candidates: [CIDR] = []
+        if spec.outboundIncludeCIDRs.isEmpty {
+            candidates = family == .ipv4
+                ? [CIDR(family: .ipv4, address: [198, 19, 255, 254], prefixLength: 32), CIDR(family: .ipv4, address: [198, 18, 255, 254], prefixLength: 32)]
+                : [CIDR(family: .ipv6, address: [0xfd, 0, 0x57, 0x65, 0x69, 0x72] + Array(repeating: 0, count: 9) + [0xfe], prefixLength: 128)]
+        } else {
+            for inc in includes {
+                var a = inc.address
+                if inc.prefixLength < a.count * 8 { a[a.count - 1] |= 1 }
+                candidates.append(CIDR(family: family, address: a, prefixLength: a.count * 8))
+            }
+        }
+        return candidates.first { c in !spec.outboundExcludeCIDRs.contains { $0.contains(c) } }
+    }
+
+    func probeOutbound(family: IPFamily, address: CIDR, port: UInt16) -> ProbeCheck {
+        let name = "outbound \(family.rawValue)"
+        let target = family == .ipv4 ? "\(address.description.dropLast(3)):\(port)" : "[\(address.description.dropLast(4))]:\(port)"
+        let listener = ProbeSocket.listen(family: family, port: spec.outboundPort)
+        defer { if case .success(let fd) = listener { close(fd) } }
+        let client: Int32
+        switch ProbeSocket.connect(family: family, address: address.address, port: port, timeoutMilliseconds: timeoutMilliseconds) {
+        case .success(let fd): client = fd
+        case .failure(let e):
+            if e.errno == ENETUNREACH || e.errno == EHOSTUNREACH && false {
+                return .init(name: name, outcome: "skipped", detail: "no route to \(target) in this namespace; capture happens after the routing decision, so nothing can be proven without a route")
+            }
+            return .init(name: name, outcome: "failed", detail: "connection to \(target) was not redirected to port \(spec.outboundPort): \(e)")
+        }
+        defer { close(client) }
+        switch listener {
+        case .failure(let e) where e.errno == EADDRINUSE:
+            return .init(name: name, outcome: "passed", detail: "port \(spec.outboundPort) is held by a running proxy, which accepted a connection to \(target) (an address no host has): the redirect works; the original destination is only visible to that proxy")
+        case .failure(let e):
+            return .init(name: name, outcome: "failed", detail: "could not listen on port \(spec.outboundPort) to probe: \(e)")
+        case .success(let fd):
+            guard let accepted = ProbeSocket.accept(fd, timeoutMilliseconds: timeoutMilliseconds) else {
+                return .init(name: name, outcome: "failed", detail: "connected to \(target), but nothing arrived on capture port \(spec.outboundPort)")
+            }
+            defer { close(accepted) }
+            guard let original = ProbeSocket.originalDestination(accepted, family: family) else {
+                return .init(name: name, outcome: "failed", detail: "a connection arrived on port \(spec.outboundPort) without an original destination (not redirected by nat)")
+            }
+            if original.address == address.address && original.port == port {
+                return .init(name: name, outcome: "passed", detail: "connection to \(target) landed on port \(spec.outboundPort) with original destination \(target)")
+            }
+            return .init(name: name, outcome: "failed", detail: "connection to \(target) landed on port \(spec.outboundPort) with original destination \(original.text)")
+        }
+    }
+}
+
+/// The few socket calls the probe needs, errno turned into SystemCallError.
+enum ProbeSocket {
+    static func socketAddress(family: IPFamily, address: [UInt8], port: UInt16) -> (sockaddr_storage, socklen_t) {
+        var ss = sockaddr_storage()
+        if family == .ipv4 {
+            withUnsafeMutableBytes(of: &ss) { raw in
+                let sin = raw.baseAddress!.assumingMemoryBound(to: sockaddr_in.self)
+                sin.pointee.sin_family = sa_family_t(AF_INET)
+                sin.pointee.sin_port = port.bigEndian
+                withUnsafeMutableBytes(of: &sin.pointee.sin_addr) { $0.copyBytes(from: address) }
+            }
+            return (ss, socklen_t(MemoryLayout<sockaddr_in>.size))
+        }
+        withUnsafeMutableBytes(of: &ss) { raw in
+            let sin6 = raw.baseAddress!.assumingMemoryBound(to: sockaddr_in6.self)
+            sin6.pointee.sin6_family = sa_family_t(AF_INET6)
+            sin6.pointee.sin6_port = port.bigEndian
+            withUnsafeMutableBytes(of: &sin6.pointee.sin6_addr) { $0.copyBytes(from: address) }
+        }
+        return (ss, socklen_t(MemoryLayout<sockaddr_in6>.size))
+    }
+
+    static func listen(family: IPFamily, port: UInt16) -> Result<Int32, SystemCallError> {
+        let fd = socket(family == .ipv4 ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return .failure(SystemCallError("socket")) }
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        if family == .ipv6 { setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, socklen_t(MemoryLayout<Int32>.size)) }
+        var (ss, len) = socketAddress(family: family, address: Array(repeating: 0, count: family == .ipv4 ? 4 : 16), port: port)
+        let rc = withUnsafePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+        guard rc == 0, Glibc.listen(fd, 16) == 0 else { let e = SystemCallError("bind"); close(fd); return .failure(e) }
+        return .success(fd)
+    }
+
+    static func connect(family: IPFamily, address: [UInt8], port: UInt16, timeoutMilliseconds: Int32) -> Result<Int32, SystemCallError> {
+        let fd = socket(family == .ipv4 ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        guard fd >= 0 else { return .failure(SystemCallError("socket")) }
+        var (ss, len) = socketAddress(family: family, address: address, port: port)
+        let rc = withUnsafePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, len) } }
+        if rc != 0 {
+            let e = weir_errno()
+            guard e == EINPROGRESS else { close(fd); return .failure(SystemCallError("connect", errno: e)) }
+            var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            let n = poll(&p, 1, timeoutMilliseconds)
+            if n == 0 { close(fd); return .failure(SystemCallError("connect", errno: ETIMEDOUT)) }
+            var err: Int32 = 0
+            var l = socklen_t(MemoryLayout<Int32>.size)
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &l)
+            if err != 0 { close(fd); return .failure(SystemCallError("connect", errno: err)) }
+        }
+        return .success(fd)
+    }
+
+    static func accept(_ fd: Int32, timeoutMilliseconds: Int32) -> Int32? {
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        guard poll(&p, 1, timeoutMilliseconds) == 1 else { return nil }
+        let c = Glibc.accept(fd, nil, nil)
+        return c >= 0 ? c : nil
+    }
+
+    struct Endpoint { let address: [UInt8]; let port: UInt16; let text: String }
+
+    static func originalDestination(_ fd: Int32, family: IPFamily) -> Endpoint? {
+        var ss = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        guard weir_original_dst(fd, family == .ipv4 ? AF_INET : AF_INET6, &ss, &len) == 0 else { return nil }
+        return withUnsafeBytes(of: &ss) { raw in
+            if family == .ipv4 {
+                let sin = raw.load(as: sockaddr_in.self)
+                let a = withUnsafeBytes(of: sin.sin_addr) { Array($0) }
+                let port = UInt16(bigEndian: sin.sin_port)
+                return Endpoint(address: a, port: port, text: "\(IPAddressText.formatIPv4(a)):\(port)")
+            }
+            let sin6 = raw.load(as: sockaddr_in6.self)
+            let a = withUnsafeBytes(of: sin6.sin6_addr) { Array($0) }
+            let port = UInt16(bigEndian: sin6.sin6_port)
+            return Endpoint(address: a, port: port, text: "[\(IPAddressText.formatIPv6(a))]:\(port)")
+        }
+    }
+}

@@ -1,0 +1,82 @@
+import CWeirShims
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A network namespace named by a file: a bind mount (`/run/netns/NAME`) or `/proc/PID/ns/net`.
+///
+/// `setns` moves only the calling thread, so work inside runs on a dedicated OS thread that enters,
+/// runs the work and ends; no shared executor thread ever changes namespace. Sockets opened there
+/// stay in that namespace for their whole life, whichever thread uses them later.
+public struct NetworkNamespace: Sendable, CustomStringConvertible {
+    /// nil is the namespace of the calling process.
+    public let path: String?
+
+    public static let current = NetworkNamespace(path: nil)
+
+    public init(path: String?) { self.path = path }
+
+    public var description: String { path ?? "current network namespace" }
+
+    /// The namespace file is missing or not a network namespace: a user error.
+    public struct NotFound: Error, Sendable, CustomStringConvertible {
+        public let path: String
+        public let reason: String
+        public var description: String { "--netns \(path): \(reason). Give a bind-mounted namespace such as /run/netns/NAME or /proc/PID/ns/net." }
+    }
+
+    /// Checks that the path exists and is a namespace file, before any work starts.
+    public func validate() throws(NotFound) {
+        guard let path else { return }
+        var st = stat()
+        guard stat(path, &st) == 0 else { throw NotFound(path: path, reason: String(cString: strerror(weir_errno()))) }
+        // Namespace files live on nsfs; a plain file or directory is a mistake.
+        let nsfsMagic: Int = 0x6E73_6673
+        let fsType = weir_fs_type(path)
+        if fsType >= 0, Int(fsType) != nsfsMagic {
+            throw NotFound(path: path, reason: "not a namespace file (not on nsfs)")
+        }
+    }
+
+    /// Runs `body` inside the namespace and returns its result.
+    public func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) throws -> T {
+        guard let path else { return try body() }
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw SystemCallError("open", context: "opening network namespace \(path)") }
+        defer { close(fd) }
+        let box = ThreadBox<T>(fd: fd, body: body)
+        var thread = pthread_t()
+        let unmanaged = Unmanaged.passRetained(box)
+        let rc = pthread_create(&thread, nil, { raw in
+            let box = Unmanaged<AnyObject>.fromOpaque(raw!).takeRetainedValue() as! ThreadEntry
+            box.enterAndRun()
+            return nil
+        }, unmanaged.toOpaque())
+        guard rc == 0 else {
+            unmanaged.release()
+            throw SystemCallError("pthread_create", errno: rc, context: "starting the namespace thread")
+        }
+        pthread_join(thread, nil)
+        return try box.result!.get()
+    }
+}
+
+private protocol ThreadEntry: AnyObject { func enterAndRun() }
+
+/// Carries work to the namespace thread and its result back. The creating thread only reads `result`
+/// after `pthread_join`, which orders it after the namespace thread's write, so no data race is possible.
+private final class ThreadBox<T: Sendable>: ThreadEntry, @unchecked Sendable {
+    let fd: Int32
+    let body: @Sendable () throws -> T
+    var result: Result<T, Error>?
+
+    init(fd: Int32, body: @escaping @Sendable () throws -> T) { self.fd = fd; self.body = body }
+
+    func enterAndRun() {
+        guard weir_setns_net(fd) == 0 else {
+            result = .failure(SystemCallError("setns", context: "entering the network namespace"))
+            return
+        }
+        result = Result { try body() }
+    }
+}
