@@ -76,7 +76,7 @@ public struct CaptureInstaller: Sendable {
 extension IptablesBackend {
     /// Legacy tables exist in this namespace (x_tables lists them per namespace under /proc/net).
     static func legacyHasTables() -> Bool {
-        ["/proc/net/ip_tables_names", "/proc/net/ip6_tables_names"].contains { path in
+        ["/proc/thread-self/net/ip_tables_names", "/proc/thread-self/net/ip6_tables_names"].contains { path in
             ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").contains { !$0.isWhitespace }
         }
     }

@@ -1,4 +1,5 @@
 import CNetfilter
+import Foundation
 import WeirCapture
 #if canImport(Glibc)
 import Glibc
@@ -238,7 +239,8 @@ enum NftablesObjects {
         var buf = [CChar](repeating: 0, count: 512)
         while let e = nftnl_expr_iter_next(it) {
             let n = nftnl_expr_snprintf(&buf, buf.count, e, UInt32(NFTNL_OUTPUT_DEFAULT.rawValue), 0)
-            texts.append(n > 0 ? String(cString: buf) : "?")
+            let name = nftnl_expr_get_str(e, UInt16(NFTNL_EXPR_NAME)).map { String(cString: $0) } ?? "?"
+            texts.append("[ \(name) \(n > 0 ? String(cString: buf).trimmingCharacters(in: .whitespaces) : "?") ]")
         }
         return texts
     }
