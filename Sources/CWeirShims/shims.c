@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include "weir_shims.h"
+#include <net/if.h>
 #include <errno.h>
 #include <sched.h>
 #include <string.h>
@@ -43,3 +44,23 @@ long weir_fs_type(const char *path) {
 #include <unistd.h>
 #include <fcntl.h>
 int weir_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
+
+#include <sys/syscall.h>
+int weir_thread_set_ids(uint32_t uid, uint32_t gid) {
+    if (syscall(SYS_setresgid, gid, gid, gid) != 0) return -1;
+    return (int)syscall(SYS_setresuid, uid, uid, uid);
+}
+
+#include <sys/ioctl.h>
+int weir_interface_is_up(const char *name) {
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof(ifr));
+    strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+    int rc = ioctl(fd, SIOCGIFFLAGS, &ifr);
+    int saved = errno;
+    close(fd);
+    if (rc != 0) { errno = saved; return -1; }
+    return (ifr.ifr_flags & IFF_UP) ? 1 : 0;
+}

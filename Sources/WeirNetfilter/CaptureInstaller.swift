@@ -1,5 +1,6 @@
 import CCapabilities
 import CNetfilter
+import CWeirShims
 import Foundation
 import Logging
 import WeirCapture
@@ -18,6 +19,12 @@ public struct PrivilegeError: Error, CustomStringConvertible {
     }
 }
 
+/// The namespace is not fit for the spec; nothing was changed.
+public struct PreconditionError: Error, CustomStringConvertible {
+    public let message: String
+    public var description: String { message }
+}
+
 /// Installs, removes and checks weir's capture in one network namespace.
 public struct CaptureInstaller: Sendable {
     public let namespace: NetworkNamespace
@@ -33,7 +40,12 @@ public struct CaptureInstaller: Sendable {
         try Self.requireNetAdmin()
         let backend = self.backend
         let logger = self.logger
+        let namespace = self.namespace
         try namespace.run {
+            // Everything that could refuse the policy routes is checked before the first rule changes.
+            if plan.policyRoute != nil && weir_interface_is_up("lo") != 1 {
+                throw PreconditionError(message: "TPROXY mode needs the loopback interface up in \(namespace) (its local route table points at lo); bring it up with 'ip link set lo up' — nothing was changed")
+            }
             switch backend {
             case .nftables: try NftablesBackend().apply(plan)
             case .iptables(let mode): try IptablesBackend(mode: mode).apply(plan)

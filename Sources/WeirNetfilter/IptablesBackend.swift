@@ -156,14 +156,16 @@ public struct IptablesBackend: Sendable {
     static func removingStale(saved: String, keeping plan: RedirectPlan, into text: String) -> String {
         let wanted = Set(plan.chains.map { "\($0.iptablesTable)/\($0.iptablesName)" })
         var extra: [String: String] = [:]
-        for (table, chains) in weirChains(saved) {
-            for (name, lines) in chains {
-                if name.hasPrefix("jump:") {
-                    let target = String(lines.first?.split(separator: " ").last ?? "")
-                    if !wanted.contains("\(table)/\(target)") { for l in lines { extra[table, default: ""] += "-D" + l.dropFirst(2) + "\n" } }
-                } else if !wanted.contains("\(table)/\(name)") {
-                    extra[table, default: ""] += "-F \(name)\n-X \(name)\n"
+        // Jumps first, then the chains they point to: a chain still referenced cannot be deleted.
+        for (table, chains) in weirChains(saved).sorted(by: { $0.key < $1.key }) {
+            for (name, lines) in chains.sorted(by: { $0.key < $1.key }) where name.hasPrefix("jump:") {
+                for l in lines {
+                    let target = String(l.split(separator: " ").last ?? "")
+                    if !wanted.contains("\(table)/\(target)") { extra[table, default: ""] += "-D" + l.dropFirst(2) + "\n" }
                 }
+            }
+            for name in chains.keys.sorted() where !name.hasPrefix("jump:") && !wanted.contains("\(table)/\(name)") {
+                extra[table, default: ""] += "-F \(name)\n-X \(name)\n"
             }
         }
         guard !extra.isEmpty else { return text }

@@ -180,13 +180,14 @@ enum NftablesObjects {
                     out.append(metaLoad(UInt32(NFT_META_NFPROTO.rawValue)))
                     out.append(cmp(NFT_CMP_EQ, [UInt8(c.family == .ipv4 ? NFPROTO_IPV4 : NFPROTO_IPV6)]))
                 }
-                let (offset, length): (UInt32, UInt32) = c.family == .ipv4 ? (isSource ? 12 : 16, 4) : (isSource ? 8 : 24, 16)
-                out.append(payloadLoad(NFT_PAYLOAD_NETWORK_HEADER, offset: offset, length: length))
-                if c.prefixLength < c.address.count * 8 {
-                    // nft loads only the bytes the prefix covers when it ends on a byte boundary; a mask covers the rest.
-                    out.append(bitwise(mask: c.mask))
+                let offset: UInt32 = c.family == .ipv4 ? (isSource ? 12 : 16) : (isSource ? 8 : 24)
+                // As nft does: load only the bytes the prefix covers, mask the last one if the prefix ends inside it.
+                let bytes = (c.prefixLength + 7) / 8
+                if bytes > 0 {
+                    out.append(payloadLoad(NFT_PAYLOAD_NETWORK_HEADER, offset: offset, length: UInt32(bytes)))
+                    if c.prefixLength % 8 != 0 { out.append(bitwise(mask: Array(c.mask.prefix(bytes)))) }
+                    out.append(cmp(NFT_CMP_EQ, Array(c.address.prefix(bytes))))
                 }
-                out.append(cmp(NFT_CMP_EQ, c.address))
             case .destinationPort(_, let range):
                 out.append(payloadLoad(NFT_PAYLOAD_TRANSPORT_HEADER, offset: 2, length: 2))
                 if range.isSinglePort {

@@ -24,4 +24,11 @@ long weir_fs_type(const char *path);
 
 /// pipe2(fds, O_CLOEXEC).
 int weir_pipe_cloexec(int fds[2]);
+
+/// Changes the real, effective and saved uid and gid of the calling thread only (raw syscalls; glibc's
+/// wrappers would change every thread). Tests use it on a throwaway thread to act as another user.
+int weir_thread_set_ids(uint32_t uid, uint32_t gid);
+
+/// 1 when the interface is up in the calling thread's network namespace, 0 when down, -1 with errno on error.
+int weir_interface_is_up(const char *name);
 #endif

@@ -1,0 +1,201 @@
+import CWeirShims
+import Foundation
+import Testing
+@testable import WeirCapture
+@testable import WeirNetfilter
+import WeirNetns
+
+/// Namespace tests need root; under scripts/test (WEIRTEST_REQUIRE_ROOT=1) they run, and fail, even without it.
+let canRunNamespaceTests = getuid() == 0 || ProcessInfo.processInfo.environment["WEIRTEST_REQUIRE_ROOT"] == "1"
+
+struct CommandError: Error, CustomStringConvertible {
+    let description: String
+}
+
+/// Runs a command to completion; throws with its output when it fails.
+@discardableResult
+func sh(_ args: String..., input: String? = nil, allowFailure: Bool = false) throws -> (status: Int32, output: String) {
+    try sh(args, input: input, allowFailure: allowFailure)
+}
+
+@discardableResult
+func sh(_ args: [String], input: String? = nil, allowFailure: Bool = false) throws -> (status: Int32, output: String) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    p.arguments = args
+    let out = Pipe()
+    p.standardOutput = out
+    p.standardError = out
+    let inPipe = Pipe()
+    p.standardInput = inPipe
+    try p.run()
+    if let input { inPipe.fileHandleForWriting.write(Data(input.utf8)) }
+    try inPipe.fileHandleForWriting.close()
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    let text = String(decoding: data, as: UTF8.self)
+    if p.terminationStatus != 0 && !allowFailure {
+        throw CommandError(description: "\(args.joined(separator: " ")) exited \(p.terminationStatus): \(text)")
+    }
+    return (p.terminationStatus, text)
+}
+
+/// The weir executable built beside the tests.
+let weirBinary: String = {
+    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    return root.appendingPathComponent(".build/debug/weir").path
+}()
+
+/// A pod namespace and a server namespace joined by a veth pair, deleted on `close()`.
+/// pod: 198.18.0.1/24, fd00:1::1/64, default routes via the server; server: 198.18.0.2/24, fd00:1::2/64.
+final class TestNetwork: @unchecked Sendable {
+    // Written once in init, read-only afterwards.
+    let pod: String
+    let server: String
+
+    static let podV4: [UInt8] = [198, 18, 0, 1]
+    static let serverV4: [UInt8] = [198, 18, 0, 2]
+    static let podV6: [UInt8] = IPAddressText.parseIPv6("fd00:0:0:1::1")!
+    static let serverV6: [UInt8] = IPAddressText.parseIPv6("fd00:0:0:1::2")!
+
+    static func podAddress(_ f: IPFamily) -> [UInt8] { f == .ipv4 ? podV4 : podV6 }
+    static func serverAddress(_ f: IPFamily) -> [UInt8] { f == .ipv4 ? serverV4 : serverV6 }
+
+    var podNamespace: NetworkNamespace { NetworkNamespace(path: "/run/netns/\(pod)") }
+    var serverNamespace: NetworkNamespace { NetworkNamespace(path: "/run/netns/\(server)") }
+
+    init() throws {
+        guard getuid() == 0 else { throw CommandError(description: "namespace tests need root") }
+        let id = "\(getpid() % 100000)-\(UInt32.random(in: 0..<1_000_000))"
+        pod = "weirt-\(id)-p"
+        server = "weirt-\(id)-s"
+        do {
+            try sh("ip", "netns", "add", pod)
+            try sh("ip", "netns", "add", server)
+            let vp = "wp\(id.suffix(6))", vs = "ws\(id.suffix(6))"
+            try sh("ip", "link", "add", vp, "netns", pod, "type", "veth", "peer", "name", vs, "netns", server)
+            for (ns, dev, v4, v6) in [(pod, vp, "198.18.0.1/24", "fd00:0:0:1::1/64"), (server, vs, "198.18.0.2/24", "fd00:0:0:1::2/64")] {
+                try sh("ip", "-n", ns, "link", "set", "lo", "up")
+                try sh("ip", "-n", ns, "link", "set", dev, "up")
+                try sh("ip", "-n", ns, "addr", "add", v4, "dev", dev)
+                try sh("ip", "-n", ns, "addr", "add", v6, "dev", dev, "nodad")
+            }
+            try sh("ip", "-n", pod, "route", "add", "default", "via", "198.18.0.2")
+            try sh("ip", "-n", pod, "-6", "route", "add", "default", "via", "fd00:0:0:1::2")
+            try sh("ip", "-n", server, "route", "add", "default", "via", "198.18.0.1")
+            try sh("ip", "-n", server, "-6", "route", "add", "default", "via", "fd00:0:0:1::1")
+        } catch {
+            close()
+            throw error
+        }
+    }
+
+    /// Deletes both namespaces (and with them the veth pair and every rule inside).
+    func close() {
+        _ = try? sh("ip", "netns", "del", pod, allowFailure: true)
+        _ = try? sh("ip", "netns", "del", server, allowFailure: true)
+    }
+
+    /// Runs a test body with a fresh network, always deleting it afterwards.
+    static func with<T>(_ body: (TestNetwork) throws -> T) throws -> T {
+        let net = try TestNetwork()
+        defer { net.close() }
+        return try body(net)
+    }
+
+    func installer(_ backend: BackendChoice) -> CaptureInstaller { CaptureInstaller(namespace: podNamespace, backend: backend) }
+
+    /// weir's table as comparable text: chains with hooks, rules with comments and expressions (handles left out).
+    func weirRuleset() throws -> [String] {
+        try podNamespace.run {
+            let live = try NftablesBackend().readRuleset()
+            let chains = live.chains.filter { $0.table == "weir" }.map { "chain \($0.family) \($0.name) \($0.hook ?? 99) \($0.priority ?? 0) \($0.type ?? "")" }
+            let rules = live.rules.filter { $0.table == "weir" }.map { "rule \($0.family) \($0.chain) \($0.comment ?? "") \($0.expressions.joined(separator: " "))" }
+            return chains + rules
+        }
+    }
+
+    func iptablesSave(_ family: IPFamily = .ipv4) throws -> String {
+        try sh("ip", "netns", "exec", pod, family == .ipv4 ? "iptables-nft-save" : "ip6tables-nft-save").output
+            .split(separator: "\n").filter { !$0.hasPrefix("#") }.joined(separator: "\n")
+    }
+}
+
+/// A connection attempt's outcome as seen by both ends.
+enum Landing: Equatable, CustomStringConvertible {
+    /// Arrived on the pod's capture listener; original destination (SO_ORIGINAL_DST) or local address under TPROXY.
+    case captured(address: [UInt8], port: UInt16)
+    /// Arrived on the server's own listener.
+    case direct
+    case nowhere(String)
+    var description: String {
+        switch self {
+        case .captured(let a, let p): return "captured(\(a.count == 4 ? IPAddressText.formatIPv4(a) : IPAddressText.formatIPv6(a)):\(p))"
+        case .direct: return "direct"
+        case .nowhere(let why): return "nowhere(\(why))"
+        }
+    }
+}
+
+/// Socket helpers for tests, built on the probe's socket calls.
+enum TestSockets {
+    static func listen(_ ns: NetworkNamespace, _ family: IPFamily, port: UInt16, transparent: Bool = false) throws -> Int32 {
+        try ns.run {
+            let fd = socket(family == .ipv4 ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            var one: Int32 = 1
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, 4)
+            if family == .ipv6 { setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, 4) }
+            if transparent { guard weir_set_transparent(fd, family == .ipv4 ? AF_INET : AF_INET6) == 0 else { throw SystemCallError("setsockopt(IP_TRANSPARENT)") } }
+            var (ss, len) = ProbeSocket.socketAddress(family: family, address: Array(repeating: 0, count: family == .ipv4 ? 4 : 16), port: port)
+            let rc = withUnsafePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+            guard rc == 0, Glibc.listen(fd, 64) == 0 else { throw SystemCallError("bind/listen port \(port)") }
+            return fd
+        }
+    }
+
+    /// Connects from `ns`, optionally as another uid/gid or with a socket mark, and reports where it landed.
+    static func connect(from ns: NetworkNamespace, _ family: IPFamily, to address: [UInt8], port: UInt16,
+                        capture: Int32?, server: Int32?, uid: UInt32? = nil, gid: UInt32? = nil, mark: UInt32? = nil,
+                        tproxy: Bool = false) throws -> Landing {
+        let client: Result<Int32, SystemCallError> = try ns.run {
+            if let uid { guard weir_thread_set_ids(uid, gid ?? uid) == 0 else { throw SystemCallError("setresuid") } }
+            if let mark {
+                let fd = socket(family == .ipv4 ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+                guard weir_set_mark(fd, mark) == 0 else { throw SystemCallError("setsockopt(SO_MARK)") }
+                var (ss, len) = ProbeSocket.socketAddress(family: family, address: address, port: port)
+                let rc = withUnsafePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, len) } }
+                if rc != 0 { let e = SystemCallError("connect"); close(fd); return .failure(e) }
+                return .success(fd)
+            }
+            return ProbeSocket.connect(family: family, address: address, port: port, timeoutMilliseconds: 2000)
+        }
+        guard case .success(let fd) = client else {
+            if case .failure(let e) = client { return .nowhere("\(e)") }
+            return .nowhere("?")
+        }
+        defer { close(fd) }
+        if let capture, let a = ProbeSocket.accept(capture, timeoutMilliseconds: server == nil ? 2000 : 300) {
+            defer { close(a) }
+            if tproxy {
+                var ss = sockaddr_storage()
+                var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+                _ = withUnsafeMutablePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(a, $0, &len) } }
+                return withUnsafeBytes(of: &ss) { raw in
+                    if family == .ipv4 {
+                        let sin = raw.load(as: sockaddr_in.self)
+                        return .captured(address: withUnsafeBytes(of: sin.sin_addr) { Array($0) }, port: UInt16(bigEndian: sin.sin_port))
+                    }
+                    let sin6 = raw.load(as: sockaddr_in6.self)
+                    return .captured(address: withUnsafeBytes(of: sin6.sin6_addr) { Array($0) }, port: UInt16(bigEndian: sin6.sin6_port))
+                }
+            }
+            guard let o = ProbeSocket.originalDestination(a, family: family) else { return .nowhere("no original destination") }
+            return .captured(address: o.address, port: o.port)
+        }
+        if let server, let a = ProbeSocket.accept(server, timeoutMilliseconds: 2000) {
+            close(a)
+            return .direct
+        }
+        return .nowhere("no listener got the connection")
+    }
+}
