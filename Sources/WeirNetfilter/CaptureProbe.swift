@@ -79,7 +79,9 @@ struct CaptureProbe {
         switch ProbeSocket.connect(family: family, address: address.address, port: port, timeoutMilliseconds: timeoutMilliseconds) {
         case .success(let fd): client = fd
         case .failure(let e):
-            if e.errno == ENETUNREACH || e.errno == EHOSTUNREACH && false {
+            // Only a refusal by connect() itself means there is no local route; an unreachable reported later
+            // came back from the network, i.e. the SYN left the pod uncaptured.
+            if e.call == "connect" && e.errno == ENETUNREACH {
                 return .init(name: name, outcome: "skipped", detail: "no route to \(target) in this namespace; capture happens after the routing decision, so nothing can be proven without a route")
             }
             return .init(name: name, outcome: "failed", detail: "connection to \(target) was not redirected to port \(spec.outboundPort): \(e)")
@@ -154,7 +156,7 @@ enum ProbeSocket {
             var err: Int32 = 0
             var l = socklen_t(MemoryLayout<Int32>.size)
             getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &l)
-            if err != 0 { close(fd); return .failure(SystemCallError("connect", errno: err)) }
+            if err != 0 { close(fd); return .failure(SystemCallError("connect (reply from the network)", errno: err)) }
         }
         return .success(fd)
     }
