@@ -1,4 +1,5 @@
 import CNetfilter
+import Dispatch
 import CWeirShims
 import WeirNetns
 #if canImport(Glibc)
@@ -31,7 +32,21 @@ final class NetlinkSocket {
         sequence = UInt32(truncatingIfNeeded: time(nil))
     }
 
-    deinit { mnl_socket_close(socket) }
+    /// Set after a committed nf_tables batch: closing such a socket blocks until the kernel has freed the
+    /// replaced objects (an RCU grace period, 4–16 ms here), though the new rules are already in force.
+    var closeInBackground = false
+
+    deinit {
+        if closeInBackground {
+            let address = UInt(bitPattern: socket)
+            NetlinkSocket.closer.async { mnl_socket_close(OpaquePointer(bitPattern: address)) }
+        } else {
+            mnl_socket_close(socket)
+        }
+    }
+
+    /// Closes sockets whose release waits on the kernel, off the caller's path.
+    static let closer = DispatchQueue(label: "weir.netlink.close")
 
     func nextSequence() -> UInt32 { sequence &+= 1; return sequence }
 

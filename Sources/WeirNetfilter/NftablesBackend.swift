@@ -27,14 +27,31 @@ public struct NftablesBackend: Sendable {
 
     /// `failAfterRules`: tests append a rule the kernel must refuse after that many rules, to prove atomicity.
     func apply(_ plan: RedirectPlan, failAfterRules: Int?) throws {
+        // Deleting objects makes the kernel free them after an RCU grace period, and closing the socket waits
+        // for that (4–16 ms). So a first install creates the table exclusively instead of delete-and-recreate;
+        // if another writer created it meanwhile, the exclusive create fails, nothing changes, and we replace.
+        let present = try readTables().filter { $0.name == RedirectPlan.tableName }.map(\.family)
+        let weirFamilies = [UInt32(NFPROTO_INET), UInt32(NFPROTO_IPV4)]
+        if !present.contains(where: weirFamilies.contains) {
+            do {
+                return try apply(plan, failAfterRules: failAfterRules, replacing: [])
+            } catch let error as ApplyError where error.failures.contains(where: { $0.errno == EEXIST }) {
+                // Raced with another writer: fall through to a replace.
+            }
+        }
+        try apply(plan, failAfterRules: failAfterRules, replacing: weirFamilies.map { UInt16($0) })
+    }
+
+    private func apply(_ plan: RedirectPlan, failAfterRules: Int?, replacing: [UInt16]) throws {
         let socket = try NetlinkSocket(bus: NETLINK_NETFILTER)
         var batch = NftBatch(socket: socket)
         // Both table families: a spec that turns IPv6 off moves the table from inet to ip in the same transaction.
-        for family in [NFPROTO_INET, NFPROTO_IPV4] {
-            batch.deleteTableIfPresent(family: UInt16(family))
+        for family in replacing {
+            batch.deleteTableIfPresent(family: family)
         }
         let table = NftablesObjects.table(plan, withComment: true)
-        batch.add(NFT_MSG_NEWTABLE, family: NftablesObjects.family(plan), flags: NLM_F_CREATE, what: "table \(plan.familyName) weir") {
+        batch.add(NFT_MSG_NEWTABLE, family: NftablesObjects.family(plan), flags: NLM_F_CREATE | (replacing.isEmpty ? NLM_F_EXCL : 0),
+                  what: "table \(plan.familyName) weir") {
             nftnl_table_nlmsg_build_payload($0, table)
         }
         nftnl_table_free(table)
@@ -232,6 +249,7 @@ struct NftBatch {
         var timeout = timeval(tv_sec: 10, tv_usec: 0)
         setsockopt(mnl_socket_get_fd(socket.socket), SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         try socket.send(iovecs: &iov)
+        socket.closeInBackground = true
         var pending = Set(descriptions.keys)
         var failures: [NetlinkError] = []
         try socket.receive(expectedSequence: nil) { msg in

@@ -170,6 +170,17 @@ struct LifecycleTests {
         }
     }
 
+    @Test("a refused first install leaves no table behind")
+    func atomicFirstInstall() throws {
+        try TestNetwork.with { net in
+            let plan = RedirectPlan(spec: try spec())
+            #expect(throws: ApplyError.self) {
+                try net.podNamespace.run { try NftablesBackend().apply(plan, failAfterRules: 2) }
+            }
+            #expect(try net.weirRuleset().isEmpty)
+        }
+    }
+
     @Test("clean removes tables, chains and policy routes, and succeeds when there is nothing", arguments: bothBackends)
     func clean(_ backend: BackendChoice) throws {
         try TestNetwork.with { net in

@@ -1,0 +1,126 @@
+// weir-bench: measurements for scripts/bench. Not installed; run by scripts/bench only.
+import Foundation
+import WeirCapture
+import WeirNetfilter
+import WeirNetns
+
+func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+
+/// posix_spawn + waitpid: Foundation's Process polls for exit and would blur millisecond timings.
+@discardableResult
+func run(_ args: [String], input: String? = nil) -> Int32 {
+    var fds: [Int32] = [0, 0]
+    guard pipe(&fds) == 0 else { fatalError("pipe") }
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_adddup2(&actions, fds[0], 0)
+    posix_spawn_file_actions_addclose(&actions, fds[1])
+    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+    let argv: [UnsafeMutablePointer<CChar>?] = args.map { (s: String) in strdup(s) } + [nil]
+    defer { argv.forEach { free($0) } }
+    var pid: pid_t = 0
+    guard posix_spawn(&pid, args[0], &actions, nil, argv, environ) == 0 else { fatalError("cannot run \(args[0])") }
+    close(fds[0])
+    if let input {
+        let bytes = Array(input.utf8)
+        var off = 0
+        while off < bytes.count {
+            let n = bytes[off...].withUnsafeBytes { write(fds[1], $0.baseAddress, $0.count) }
+            if n <= 0 { break }
+            off += n
+        }
+    }
+    close(fds[1])
+    var status: Int32 = 0
+    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+    return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+}
+
+func which(_ name: String) -> String {
+    for d in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] where FileManager.default.isExecutableFile(atPath: "\(d)/\(name)") { return "\(d)/\(name)" }
+    fatalError("\(name) not found")
+}
+
+func median(_ xs: [UInt64]) -> Double {
+    let s = xs.sorted()
+    return s.isEmpty ? 0 : Double(s[s.count / 2]) / 1e6
+}
+
+func percentile(_ xs: [UInt64], _ p: Double) -> Double {
+    let s = xs.sorted()
+    return s.isEmpty ? 0 : Double(s[min(s.count - 1, Int(Double(s.count) * p))]) / 1e6
+}
+
+/// Runs `apply` once in each of `count` fresh namespaces, timing only the apply; namespaces are deleted after.
+func measure(_ label: String, count: Int, _ apply: (String) -> Bool) -> [UInt64] {
+    let ip = which("ip")
+    var times: [UInt64] = []
+    for i in 0..<count {
+        let ns = "weirb-\(getpid())-\(i)"
+        run([ip, "netns", "add", ns])
+        let t0 = now()
+        let ok = apply(ns)
+        let t1 = now()
+        run([ip, "netns", "del", ns])
+        guard ok else { fatalError("\(label): apply failed in \(ns)") }
+        times.append(t1 - t0)
+    }
+    return times
+}
+
+let arguments = CommandLine.arguments
+guard arguments.count >= 3, arguments[1] == "rules" else {
+    FileHandle.standardError.write(Data("usage: weir-bench rules WEIR_BINARY [NAMESPACES]\n".utf8))
+    exit(2)
+}
+let weirBinary = arguments[2]
+let count = arguments.count > 3 ? Int(arguments[3]) ?? 200 : 200
+
+// A realistic sidecar spec: proxy uid, a few exclusions, dual stack.
+var input = CaptureSpecInput()
+for (k, v) in [(CaptureSpecInput.Key.proxyUID, "1337"), (.proxyGID, "1337"), (.outboundExcludeCIDR, "169.254.169.254,fd00:ec2::254"),
+               (.outboundExcludePort, "22,15090"), (.inboundExcludePort, "15020,15021"), (.proxyPort, "15000")] {
+    input.add(k, v, from: "bench")
+}
+let spec = try input.validate()
+let plan = RedirectPlan(spec: spec)
+let nftText = NftRendering.render(plan)
+let ipt4 = IptablesRendering.render(plan, family: .ipv4)
+let ipt6 = IptablesRendering.render(plan, family: .ipv6)
+let ruleCount = plan.chains.map(\.rules.count).reduce(0, +)
+let ip = which("ip")
+let nft = which("nft")
+let iptRestore = which("iptables-nft-restore")
+let ip6tRestore = which("ip6tables-nft-restore")
+print("weir bench rules: \(count) fresh namespaces per method, \(ruleCount) rules (dual stack, \(plan.chains.count) chains)")
+
+let inProcess = measure("weir in-process", count: count) { ns in
+    (try? NetworkNamespace(path: "/run/netns/\(ns)").run { try NftablesBackend().apply(plan) }) != nil
+}
+let nftFile = measure("ip netns exec nft -f -", count: count) { ns in
+    run([ip, "netns", "exec", ns, nft, "-f", "-"], input: nftText) == 0
+}
+let iptables = measure("ip netns exec iptables-restore", count: count) { ns in
+    run([ip, "netns", "exec", ns, iptRestore, "--noflush"], input: ipt4) == 0
+        && run([ip, "netns", "exec", ns, ip6tRestore, "--noflush"], input: ipt6) == 0
+}
+let weirProcess = measure("weir init --netns", count: count) { ns in
+    run([weirBinary, "init", "--quiet", "--netns", "/run/netns/\(ns)", "--proxy-uid", "1337", "--proxy-gid", "1337",
+         "--outbound-exclude-cidr", "169.254.169.254,fd00:ec2::254", "--outbound-exclude-port", "22,15090",
+         "--inbound-exclude-port", "15020,15021", "--proxy-port", "15000"]) == 0
+}
+
+func row(_ name: String, _ xs: [UInt64]) {
+    print(String(format: "  %-46@ median %8.3f ms   p90 %8.3f ms", name as NSString, median(xs), percentile(xs, 0.9)))
+}
+row("weir in-process netlink apply", inProcess)
+row("ip netns exec NS nft -f -", nftFile)
+row("ip netns exec NS iptables-restore (+ip6tables)", iptables)
+row("weir init --netns (whole process)", weirProcess)
+let r1 = median(nftFile) / median(inProcess)
+let r2 = median(weirProcess) / median(nftFile)
+let r3 = median(iptables) / median(inProcess)
+print(String(format: "ratio: nft -f / weir in-process = %.1fx   (goal >= 10x: %@)", r1, r1 >= 10 ? "met" : "NOT met"))
+print(String(format: "ratio: iptables-restore / weir in-process = %.1fx", r3))
+print(String(format: "ratio: weir init process / nft -f = %.2f   (goal <= 1.00: %@)", r2, r2 <= 1.0 ? "met" : "NOT met"))
