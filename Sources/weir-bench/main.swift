@@ -63,7 +63,10 @@ func measure(_ label: String, count: Int, _ apply: (String) -> Bool) -> [UInt64]
         let ok = apply(ns)
         let t1 = now()
         run([ip, "netns", "del", ns])
-        guard ok else { fatalError("\(label): apply failed in \(ns)") }
+        guard ok else {
+            FileHandle.standardError.write(Data("\(label): apply failed in namespace \(i)\n".utf8))
+            exit(1)
+        }
         times.append(t1 - t0)
     }
     return times
