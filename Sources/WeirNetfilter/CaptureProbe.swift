@@ -25,23 +25,117 @@ struct CaptureProbe {
 
     func run() -> ProbeReport {
         var report = ProbeReport()
+        report.checks += outboundChecks()
+        report.checks += inboundChecks()
+        return report
+    }
+
+    func outboundChecks() -> [ProbeCheck] {
         if spec.proxyUIDs.contains(getuid()) || spec.proxyGIDs.contains(getgid()) {
-            report.checks.append(.init(name: "outbound", outcome: "skipped",
-                                       detail: "weir runs as uid \(getuid()) gid \(getgid()), which the spec never captures; probe from another identity"))
-            return report
+            return [.init(name: "outbound", outcome: "skipped",
+                          detail: "weir runs as uid \(getuid()) gid \(getgid()), which the spec never captures; probe from another identity")]
         }
         guard let port = capturedPort() else {
-            report.checks.append(.init(name: "outbound", outcome: "skipped", detail: "no outbound TCP port is captured by this spec"))
-            return report
+            return [.init(name: "outbound", outcome: "skipped", detail: "no outbound TCP port is captured by this spec")]
         }
-        for family in spec.families {
+        return spec.families.map { family in
             guard let target = capturedAddress(family) else {
-                report.checks.append(.init(name: "outbound \(family.rawValue)", outcome: "skipped", detail: "no \(family.rawValue) destination is captured by this spec"))
-                continue
+                return .init(name: "outbound \(family.rawValue)", outcome: "skipped", detail: "no \(family.rawValue) destination is captured by this spec")
             }
-            report.checks.append(probeOutbound(family: family, address: target, port: port))
+            return probeOutbound(family: family, address: target, port: port)
         }
-        return report
+    }
+
+    // MARK: inbound
+
+    /// Addresses of the temporary link: the pod side, and the peer in a scratch namespace (198.18.0.0/15, fd00::/8).
+    static let inboundPod: [IPFamily: [UInt8]] = [.ipv4: [198, 19, 255, 249], .ipv6: IPAddressText.parseIPv6("fd00:5765:6972:ffff::1")!]
+    static let inboundPeer: [IPFamily: [UInt8]] = [.ipv4: [198, 19, 255, 250], .ipv6: IPAddressText.parseIPv6("fd00:5765:6972:ffff::2")!]
+
+    /// An inbound port the spec captures and nothing in the pod listens on.
+    func inboundPort() -> UInt16? {
+        let candidates: [UInt16]
+        switch spec.inboundPorts {
+        case .none: return nil
+        case .all: candidates = [80, 8080, 9080, 5000, 3000, 1080, 30080]
+        case .only(let rs): candidates = rs.flatMap { r in [r.first, r.last] }
+        }
+        return candidates.first { p in
+            !spec.neverCapturedPorts.contains(p) && !spec.inboundExcludePorts.contains { $0.contains(p) }
+                && spec.families.allSatisfy { f in
+                    if case .success(let fd) = ProbeSocket.listen(family: f, port: p) { close(fd); return true }
+                    return false
+                }
+        }
+    }
+
+    /// A real connection from outside the pod: a scratch namespace joined to the pod by a temporary veth pair.
+    func inboundChecks() -> [ProbeCheck] {
+        guard let port = inboundPort() else {
+            return [.init(name: "inbound", outcome: "skipped", detail: "no free inbound port is captured by this spec")]
+        }
+        let excluded = spec.families.filter { f in
+            let peer = CIDR(family: f, address: Self.inboundPeer[f]!, prefixLength: f == .ipv4 ? 32 : 128)
+            return spec.inboundExcludeSources.contains { $0.contains(peer) }
+        }
+        let name = "wprobe\(getpid() % 100_000)"
+        do {
+            let scratch = try ScratchNamespace()
+            try ProbeLink.createVethPair(name: name + "a", peer: name + "b", peerNamespaceFD: scratch.fd)
+            defer { try? ProbeLink.delete(name + "a") }
+            try ProbeLink.setUp(name + "a")
+            for f in spec.families { try ProbeLink.addAddress(name + "a", address: Self.inboundPod[f]!, prefixLength: f == .ipv4 ? 30 : 126) }
+            let families = spec.families
+            try scratch.namespace.run {
+                try ProbeLink.setUp(name + "b")
+                for f in families { try ProbeLink.addAddress(name + "b", address: Self.inboundPeer[f]!, prefixLength: f == .ipv4 ? 30 : 126) }
+            }
+            return spec.families.map { f in
+                if excluded.contains(f) {
+                    return .init(name: "inbound \(f.rawValue)", outcome: "skipped", detail: "the probe's source address is in --inbound-exclude-source")
+                }
+                return probeInbound(family: f, port: port, from: scratch.namespace)
+            }
+        } catch {
+            return [.init(name: "inbound", outcome: "failed", detail: "could not set up the inbound probe link: \(error)")]
+        }
+    }
+
+    func probeInbound(family: IPFamily, port: UInt16, from peer: NetworkNamespace) -> ProbeCheck {
+        let name = "inbound \(family.rawValue)"
+        let address = Self.inboundPod[family]!
+        let target = family == .ipv4 ? "\(IPAddressText.formatIPv4(address)):\(port)" : "[\(IPAddressText.formatIPv6(address))]:\(port)"
+        let listener = ProbeSocket.listen(family: family, port: spec.inboundPort, transparent: spec.mode == .tproxy)
+        defer { if case .success(let fd) = listener { close(fd) } }
+        let timeout = timeoutMilliseconds
+        let client = (try? peer.run { ProbeSocket.connect(family: family, address: address, port: port, timeoutMilliseconds: timeout) })
+            ?? .failure(SystemCallError("setns", errno: EINVAL))
+        switch client {
+        case .failure(let e):
+            return .init(name: name, outcome: "failed", detail: "connection from outside to \(target) was not redirected to port \(spec.inboundPort): \(e)")
+        case .success(let fd):
+            defer { close(fd) }
+            switch listener {
+            case .failure(let e) where e.errno == EADDRINUSE:
+                return .init(name: name, outcome: "passed", detail: "port \(spec.inboundPort) is held by a running proxy, which accepted a connection to \(target) (a port nothing else listens on): the redirect works")
+            case .failure(let e):
+                return .init(name: name, outcome: "failed", detail: "could not listen on port \(spec.inboundPort) to probe: \(e)")
+            case .success(let lfd):
+                guard let accepted = ProbeSocket.accept(lfd, timeoutMilliseconds: timeoutMilliseconds) else {
+                    return .init(name: name, outcome: "failed", detail: "connected to \(target), but nothing arrived on capture port \(spec.inboundPort)")
+                }
+                defer { close(accepted) }
+                let seen = spec.mode == .tproxy ? ProbeSocket.localAddress(accepted, family: family) : ProbeSocket.originalDestination(accepted, family: family)
+                guard let seen else {
+                    return .init(name: name, outcome: "failed", detail: "a connection arrived on port \(spec.inboundPort) without its original destination")
+                }
+                let how = spec.mode == .tproxy ? "local address (TPROXY)" : "original destination"
+                if seen.address == address && seen.port == port {
+                    return .init(name: name, outcome: "passed", detail: "connection from outside to \(target) landed on port \(spec.inboundPort) with \(how) \(target)")
+                }
+                return .init(name: name, outcome: "failed", detail: "connection to \(target) landed on port \(spec.inboundPort) with \(how) \(seen.text)")
+            }
+        }
     }
 
     func capturedPort() -> UInt16? {
@@ -130,9 +224,12 @@ enum ProbeSocket {
         return (ss, socklen_t(MemoryLayout<sockaddr_in6>.size))
     }
 
-    static func listen(family: IPFamily, port: UInt16) -> Result<Int32, SystemCallError> {
+    static func listen(family: IPFamily, port: UInt16, transparent: Bool = false) -> Result<Int32, SystemCallError> {
         let fd = socket(family == .ipv4 ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return .failure(SystemCallError("socket")) }
+        if transparent && weir_set_transparent(fd, family == .ipv4 ? AF_INET : AF_INET6) != 0 {
+            let e = SystemCallError("setsockopt(IP_TRANSPARENT)"); close(fd); return .failure(e)
+        }
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
         if family == .ipv6 { setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, socklen_t(MemoryLayout<Int32>.size)) }
@@ -174,6 +271,19 @@ enum ProbeSocket {
         var ss = sockaddr_storage()
         var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
         guard weir_original_dst(fd, family == .ipv4 ? AF_INET : AF_INET6, &ss, &len) == 0 else { return nil }
+        return endpoint(ss, family: family)
+    }
+
+    /// The accepted socket's local address: under TPROXY, the original destination.
+    static func localAddress(_ fd: Int32, family: IPFamily) -> Endpoint? {
+        var ss = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let rc = withUnsafeMutablePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        return rc == 0 ? endpoint(ss, family: family) : nil
+    }
+
+    static func endpoint(_ storage: sockaddr_storage, family: IPFamily) -> Endpoint? {
+        var ss = storage
         return withUnsafeBytes(of: &ss) { raw in
             if family == .ipv4 {
                 let sin = raw.load(as: sockaddr_in.self)

@@ -128,24 +128,29 @@ struct PolicyRouting {
     }
 
     private func request(type: UInt16, flags: Int32, what: String, build: (UnsafeMutablePointer<nlmsghdr>) -> Void) throws {
-        let socket = try NetlinkSocket(bus: NETLINK_ROUTE)
-        let buffer = UnsafeMutableRawPointer.allocate(byteCount: mnlBufferSize, alignment: 8)
-        defer { buffer.deallocate() }
-        buffer.initializeMemory(as: UInt8.self, repeating: 0, count: mnlBufferSize)
-        let nlh = mnl_nlmsg_put_header(buffer)!
-        nlh.pointee.nlmsg_type = type
-        nlh.pointee.nlmsg_flags = UInt16(NLM_F_REQUEST | NLM_F_ACK | flags)
-        let seq = socket.nextSequence()
-        nlh.pointee.nlmsg_seq = seq
-        build(nlh)
-        try socket.send(buffer, Int(nlh.pointee.nlmsg_len))
-        var failure: Int32 = 0
-        try socket.receive(expectedSequence: seq) { msg in
-            if msg.pointee.nlmsg_type == UInt16(NLMSG_ERROR) { failure = msg.ackErrno; return false }
-            return true
-        }
-        if failure != 0 && !(failure == EEXIST && type == UInt16(RTM_NEWRULE)) {
-            throw NetlinkError(errno: failure, what: what)
-        }
+        try rtnetlinkRequest(type: type, flags: flags, what: what, tolerate: type == UInt16(RTM_NEWRULE) ? [EEXIST] : [], build: build)
+    }
+}
+
+/// One rtnetlink request with an ack; errors in `tolerate` count as success.
+func rtnetlinkRequest(type: UInt16, flags: Int32, what: String, tolerate: Set<Int32> = [], build: (UnsafeMutablePointer<nlmsghdr>) -> Void) throws {
+    let socket = try NetlinkSocket(bus: NETLINK_ROUTE)
+    let buffer = UnsafeMutableRawPointer.allocate(byteCount: mnlBufferSize, alignment: 8)
+    defer { buffer.deallocate() }
+    buffer.initializeMemory(as: UInt8.self, repeating: 0, count: mnlBufferSize)
+    let nlh = mnl_nlmsg_put_header(buffer)!
+    nlh.pointee.nlmsg_type = type
+    nlh.pointee.nlmsg_flags = UInt16(NLM_F_REQUEST | NLM_F_ACK | flags)
+    let seq = socket.nextSequence()
+    nlh.pointee.nlmsg_seq = seq
+    build(nlh)
+    try socket.send(buffer, Int(nlh.pointee.nlmsg_len))
+    var failure: Int32 = 0
+    try socket.receive(expectedSequence: seq) { msg in
+        if msg.pointee.nlmsg_type == UInt16(NLMSG_ERROR) { failure = msg.ackErrno; return false }
+        return true
+    }
+    if failure != 0 && !tolerate.contains(failure) {
+        throw NetlinkError(errno: failure, what: what)
     }
 }

@@ -80,3 +80,28 @@ private final class ThreadBox<T: Sendable>: ThreadEntry, @unchecked Sendable {
         result = Result { try body() }
     }
 }
+
+/// A new, empty network namespace held open by a file descriptor; it disappears when released.
+public final class ScratchNamespace: Sendable {
+    /// The descriptor that keeps the namespace alive.
+    public let fd: Int32
+
+    /// Creates the namespace on a throwaway thread (unshare moves only that thread).
+    public init() throws {
+        let fd = try NetworkNamespace.current.run { () throws -> Int32 in
+            // `current.run` runs inline; make a dedicated thread by entering our own namespace first.
+            try NetworkNamespace(path: "/proc/thread-self/ns/net").run {
+                guard weir_unshare_net() == 0 else { throw SystemCallError("unshare", context: "creating a scratch network namespace") }
+                let fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)
+                guard fd >= 0 else { throw SystemCallError("open", context: "holding the scratch network namespace") }
+                return fd
+            }
+        }
+        self.fd = fd
+    }
+
+    deinit { close(fd) }
+
+    /// A path that names the namespace while this object lives.
+    public var namespace: NetworkNamespace { NetworkNamespace(path: "/proc/\(getpid())/fd/\(fd)") }
+}

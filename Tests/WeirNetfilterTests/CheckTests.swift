@@ -13,9 +13,31 @@ struct CheckTests {
             let report = try net.installer(backend).check(spec: nil, probe: true)
             #expect(report.problems.isEmpty, "\(report.problems)")
             #expect(report.spec == ["proxy-uid=1337", "outbound-exclude-port=22"])
-            #expect(report.probe?.checks.count == 2)
+            #expect(report.probe?.checks.map(\.name) == ["outbound ipv4", "outbound ipv6", "inbound ipv4", "inbound ipv6"])
             #expect(report.probe?.checks.allSatisfy { $0.outcome == "passed" } == true, "\(String(describing: report.probe))")
             #expect(report.healthy)
+        }
+    }
+
+    @Test("TPROXY: the inbound probe passes, and fails once the divert chain is gone", arguments: bothBackends)
+    func tproxyProbe(_ backend: BackendChoice) throws {
+        try TestNetwork.with { net in
+            try net.installer(backend).install(RedirectPlan(spec: try spec([(.mode, "tproxy")])))
+            let good = try net.installer(backend).check(spec: nil, probe: true)
+            #expect(good.healthy, "\(good.problems) \(String(describing: good.probe))")
+            #expect(good.probe?.checks.filter { $0.name.hasPrefix("inbound") && $0.outcome == "passed" }.count == 2)
+            if backend == .nftables {
+                try sh("ip", "netns", "exec", net.pod, "nft", "delete", "chain", "inet", "weir", "divert")
+            } else {
+                for tool in ["iptables-nft", "ip6tables-nft"] {
+                    try sh("ip", "netns", "exec", net.pod, tool, "-t", "mangle", "-F", "WEIR_TPROXY")
+                }
+            }
+            let bad = try net.installer(backend).check(spec: nil, probe: true)
+            #expect(bad.probe?.problems.map(\.name) == ["inbound ipv4", "inbound ipv6"], "\(String(describing: bad.probe))")
+            #expect(!bad.healthy)
+            // The probe leaves no link behind.
+            #expect(!(try sh("ip", "-n", net.pod, "link").output.contains("wprobe")))
         }
     }
 
