@@ -36,7 +36,9 @@ public struct IptablesBackend: Sendable {
             guard hasNft || hasLegacy else { throw ModeError(message: "--backend iptables: no iptables-restore is installed. Install the iptables package.") }
             if !hasLegacy { return .nft }
             if !hasNft { return .legacy }
-            let nftRules = ruleCount(try save(.nft, .ipv4)) + ruleCount(try save(.nft, .ipv6))
+            // Reading legacy tables that do not exist would load x_tables modules; /proc tells without loading them.
+            guard Self.legacyHasTables() else { return .nft }
+            let nftRules = Self.nftVariantHasTables() ? ruleCount(try save(.nft, .ipv4)) + ruleCount(try save(.nft, .ipv6)) : 0
             let legacyRules = ruleCount(try save(.legacy, .ipv4)) + ruleCount(try save(.legacy, .ipv6))
             return legacyRules > nftRules ? .legacy : .nft
         }

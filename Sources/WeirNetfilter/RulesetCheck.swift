@@ -254,7 +254,9 @@ extension CaptureInstaller {
         for family in IPFamily.allCases {
             let tool = family == .ipv4 ? "iptables-legacy-save" : "ip6tables-legacy-save"
             guard let r = try? ChildProcess.run(tool, ["-t", "nat"]), r.status == 0 else { continue }
-            let rules = r.stdout.split(separator: "\n").filter { $0.hasPrefix("-A ") }
+            // weir's own chains and jumps (the iptables-legacy backend) are not foreign.
+            let ownJump = "--comment " + IptablesRendering.saveString(IptablesRendering.jumpComment)
+            let rules = r.stdout.split(separator: "\n").filter { $0.hasPrefix("-A ") && !$0.hasPrefix("-A WEIR_") && !$0.contains(ownJump) }
             if !rules.isEmpty {
                 out.append(.init(kind: .legacyRules, detail: "\(tool.replacingOccurrences(of: "-save", with: "")) holds \(rules.count) nat rule(s) beside nftables (first: \(rules[0])); they run in separate hooks and can redirect or exempt traffic behind weir's back"))
             }
