@@ -10,6 +10,8 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // C: libnftnl + libmnl + kernel netfilter/rtnetlink headers.
@@ -31,10 +33,20 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Effects: the transparent forwarder (listeners, original destination, splice relay, PROXY protocol, metrics).
+        .target(
+            name: "WeirForwarder",
+            dependencies: [
+                "WeirCapture", "WeirNetns", "CWeirShims",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
+        ),
         .executableTarget(
             name: "weir",
             dependencies: [
-                "WeirCapture", "WeirNetfilter", "WeirNetns",
+                "WeirCapture", "WeirNetfilter", "WeirNetns", "WeirForwarder",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -43,5 +55,6 @@ let package = Package(
         .executableTarget(name: "weir-bench", dependencies: ["WeirCapture", "WeirNetfilter", "WeirNetns"]),
         .testTarget(name: "WeirCaptureTests", dependencies: ["WeirCapture"], resources: [.copy("Goldens")]),
         .testTarget(name: "WeirNetfilterTests", dependencies: ["WeirCapture", "WeirNetfilter", "WeirNetns", "CWeirShims"]),
+        .testTarget(name: "WeirForwarderTests", dependencies: ["WeirForwarder", "WeirCapture", "WeirNetfilter", "WeirNetns", "CWeirShims"]),
     ]
 )

@@ -64,3 +64,40 @@ int weir_interface_is_up(const char *name) {
     if (rc != 0) { errno = saved; return -1; }
     return (ifr.ifr_flags & IFF_UP) ? 1 : 0;
 }
+
+#include <sys/epoll.h>
+#include <netinet/tcp.h>
+long weir_splice(int fd_in, int fd_out, unsigned long len, unsigned int flags) {
+    return (long)splice(fd_in, NULL, fd_out, NULL, len, flags);
+}
+int weir_pipe_nonblock(int fds[2]) { return pipe2(fds, O_NONBLOCK | O_CLOEXEC); }
+int weir_accept(int fd, struct sockaddr_storage *peer, socklen_t *len) {
+    *len = sizeof(*peer);
+    return accept4(fd, (struct sockaddr *)peer, len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+}
+int weir_set_linger_reset(int fd) {
+    struct linger l = { .l_onoff = 1, .l_linger = 0 };
+    return setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+}
+int weir_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
+int weir_epoll_add(int ep, int fd, uint32_t events, uint64_t data) {
+    struct epoll_event ev = { .events = events, .data.u64 = data };
+    return epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+}
+int weir_epoll_del(int ep, int fd) { return epoll_ctl(ep, EPOLL_CTL_DEL, fd, NULL); }
+int weir_epoll_wait(int ep, uint64_t *data, uint32_t *events, int max, int timeout_ms) {
+    struct epoll_event evs[256];
+    if (max > 256) max = 256;
+    int n = epoll_wait(ep, evs, max, timeout_ms);
+    for (int i = 0; i < n; i++) { data[i] = evs[i].data.u64; events[i] = evs[i].events; }
+    return n;
+}
+int weir_set_reuse(int fd) {
+    int one = 1;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0) return -1;
+    return setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+}
+int weir_set_nodelay(int fd) {
+    int one = 1;
+    return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}

@@ -105,3 +105,50 @@ public final class ScratchNamespace: Sendable {
     /// A path that names the namespace while this object lives.
     public var namespace: NetworkNamespace { NetworkNamespace(path: "/proc/\(getpid())/fd/\(fd)") }
 }
+
+/// A long-running OS thread inside a network namespace (for event loops whose sockets must live there).
+public final class NamespaceThread: @unchecked Sendable {
+    // `thread` is written once before the initializer returns and only read by join().
+    private var thread = pthread_t()
+
+    /// Starts `body` on a new thread that first enters `namespace` (nil path: stays in the current one).
+    public init(namespace: NetworkNamespace, name: String, _ body: @escaping @Sendable () -> Void) throws {
+        var fd: Int32 = -1
+        if let path = namespace.path {
+            fd = open(path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { throw SystemCallError("open", context: "opening network namespace \(path)") }
+        }
+        let start = ThreadStart(fd: fd, name: name, body: body)
+        let unmanaged = Unmanaged.passRetained(start)
+        let rc = pthread_create(&thread, nil, { raw in
+            let start = Unmanaged<ThreadStart>.fromOpaque(raw!).takeRetainedValue()
+            start.run()
+            return nil
+        }, unmanaged.toOpaque())
+        guard rc == 0 else {
+            unmanaged.release()
+            if fd >= 0 { close(fd) }
+            throw SystemCallError("pthread_create", errno: rc, context: "starting thread \(name)")
+        }
+    }
+
+    public func join() { pthread_join(thread, nil) }
+}
+
+private final class ThreadStart: @unchecked Sendable {
+    // Immutable after init; handed to exactly one thread.
+    let fd: Int32
+    let name: String
+    let body: @Sendable () -> Void
+    init(fd: Int32, name: String, body: @escaping @Sendable () -> Void) { self.fd = fd; self.name = name; self.body = body }
+
+    func run() {
+        if fd >= 0 {
+            let ok = weir_setns_net(fd) == 0
+            close(fd)
+            // A thread that cannot enter its namespace must not run there by mistake in the host's.
+            guard ok else { return }
+        }
+        body()
+    }
+}

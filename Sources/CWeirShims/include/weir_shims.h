@@ -31,4 +31,32 @@ int weir_thread_set_ids(uint32_t uid, uint32_t gid);
 
 /// 1 when the interface is up in the calling thread's network namespace, 0 when down, -1 with errno on error.
 int weir_interface_is_up(const char *name);
+
+/// splice(2) without offsets.
+long weir_splice(int fd_in, int fd_out, unsigned long len, unsigned int flags);
+/// A non-blocking pipe for splice (O_NONBLOCK | O_CLOEXEC).
+int weir_pipe_nonblock(int fds[2]);
+/// accept4 with SOCK_NONBLOCK | SOCK_CLOEXEC; fills the peer address.
+int weir_accept(int fd, struct sockaddr_storage *peer, socklen_t *len);
+/// SO_LINGER {on, 0}: the next close sends RST instead of FIN.
+int weir_set_linger_reset(int fd);
+/// epoll wrappers that keep the packed epoll_event struct on the C side.
+int weir_epoll_create(void);
+int weir_epoll_add(int ep, int fd, uint32_t events, uint64_t data);
+int weir_epoll_del(int ep, int fd);
+/// Waits; fills data[i] and events[i]; returns the count or -1.
+int weir_epoll_wait(int ep, uint64_t *data, uint32_t *events, int max, int timeout_ms);
+/// Sets SO_REUSEPORT and SO_REUSEADDR.
+int weir_set_reuse(int fd);
+/// Sets TCP_NODELAY.
+int weir_set_nodelay(int fd);
+#define WEIR_EPOLLIN 0x001u
+#define WEIR_EPOLLOUT 0x004u
+#define WEIR_EPOLLERR 0x008u
+#define WEIR_EPOLLHUP 0x010u
+#define WEIR_EPOLLRDHUP 0x2000u
+#define WEIR_EPOLLET (1u << 31)
+#define WEIR_SPLICE_MOVE 1u
+#define WEIR_SPLICE_NONBLOCK 2u
+#define WEIR_SPLICE_MORE 4u
 #endif

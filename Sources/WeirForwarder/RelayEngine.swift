@@ -1,0 +1,450 @@
+import CWeirShims
+import Logging
+import Metrics
+import Synchronization
+import WeirCapture
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Which capture port a connection came in on.
+enum FlowDirection: String, Sendable { case outbound, inbound }
+
+/// Shared between the workers and the control thread; every field is atomic.
+final class ForwarderState: Sendable {
+    let active = Atomic<Int>(0)
+    let draining = Atomic<Bool>(false)
+    let stopping = Atomic<Bool>(false)
+}
+
+/// Why a connection ended, for the access log and metrics.
+enum CloseReason: String { case done = "closed", clientReset = "client_reset", upstreamReset = "upstream_reset",
+                           connectFailed = "connect_failed", connectTimeout = "connect_timeout", idleTimeout = "idle_timeout",
+                           shutdown = "shutdown" }
+
+/// One direction of a relayed connection: bytes read from one socket and not yet written to the other.
+struct Flow {
+    var pipeRead: Int32 = -1
+    var pipeWrite: Int32 = -1
+    var inPipe = 0
+    /// Copy-mode bytes the destination did not take yet; allocated only while data waits.
+    var pending: [UInt8] = []
+    var pendingOffset = 0
+    var eof = false
+    var shutDown = false
+    var bytes = 0
+    var done: Bool { shutDown && inPipe == 0 && pending.isEmpty }
+
+    mutating func releasePipe() {
+        if pipeRead >= 0 { close(pipeRead); close(pipeWrite) }
+        pipeRead = -1; pipeWrite = -1
+    }
+}
+
+/// A relayed connection: the accepted client socket and the upstream socket.
+final class Connection {
+    let client: Int32
+    var upstream: Int32 = -1
+    var connecting = true
+    let direction: FlowDirection
+    let source: Endpoint
+    let destination: Endpoint
+    var up = Flow()
+    var down = Flow()
+    let started: UInt64
+    var lastActivity: UInt64
+    var greeting: [UInt8] = []
+
+    init(client: Int32, direction: FlowDirection, source: Endpoint, destination: Endpoint, now: UInt64) {
+        self.client = client; self.direction = direction; self.source = source; self.destination = destination
+        started = now; lastActivity = now
+    }
+}
+
+/// What a pump left to do.
+enum PumpOutcome { case idle, blocked, readReset, writeReset }
+
+func monotonicNanoseconds() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
+
+/// The metrics the forwarder exports (swift-metrics; Prometheus text on the admin endpoint).
+final class ForwarderMetrics: Sendable {
+    let accepted: [FlowDirection: Counter]
+    let active: [FlowDirection: Meter]
+    let bytesUpstream: [FlowDirection: Counter]
+    let bytesDownstream: [FlowDirection: Counter]
+    let refusedLoops = Counter(label: "weir_forward_refused_loops_total")
+    let refusedLimit = Counter(label: "weir_forward_refused_over_limit_total")
+    let acceptPaused = Counter(label: "weir_forward_accept_paused_total")
+    let connectFailures = Mutex<[String: Counter]>([:])
+    let byPort = Mutex<[UInt16: Counter]>([:])
+
+    init() {
+        var a: [FlowDirection: Counter] = [:], m: [FlowDirection: Meter] = [:], u: [FlowDirection: Counter] = [:], d: [FlowDirection: Counter] = [:]
+        for dir in [FlowDirection.outbound, .inbound] {
+            let dims = [("direction", dir.rawValue)]
+            a[dir] = Counter(label: "weir_forward_connections_total", dimensions: dims)
+            m[dir] = Meter(label: "weir_forward_active_connections", dimensions: dims)
+            u[dir] = Counter(label: "weir_forward_bytes_upstream_total", dimensions: dims)
+            d[dir] = Counter(label: "weir_forward_bytes_downstream_total", dimensions: dims)
+        }
+        accepted = a; active = m; bytesUpstream = u; bytesDownstream = d
+    }
+
+    func connectFailed(_ reason: String) {
+        connectFailures.withLock { c in
+            (c[reason] ?? { let n = Counter(label: "weir_forward_connect_failures_total", dimensions: [("reason", reason)]); c[reason] = n; return n }()).increment()
+        }
+    }
+
+    func destinationPort(_ port: UInt16) {
+        byPort.withLock { c in
+            (c[port] ?? { let n = Counter(label: "weir_forward_connections_by_port_total", dimensions: [("port", "\(port)")]); c[port] = n; return n }()).increment()
+        }
+    }
+}
+
+/// A listening socket a worker accepts on.
+struct Listener {
+    let fd: Int32
+    let direction: FlowDirection
+    let family: IPFamily
+    var paused = false
+}
+
+/// One epoll event loop on its own OS thread. Connections stay on the worker that accepted them.
+final class Worker {
+    let config: ForwarderConfig
+    let state: ForwarderState
+    let metrics: ForwarderMetrics
+    let accessLog: Int32
+    let logger: Logger
+    let epoll: Int32
+    var listeners: [Listener]
+    var slots: [Connection?] = []
+    var freeSlots: [Int] = []
+    var freedThisRound: [Int] = []
+    let buffer: UnsafeMutableRawPointer
+    let bufferSize = 64 * 1024
+    var resumeAcceptAt: UInt64 = 0
+    var lastSweep: UInt64 = 0
+
+    static let kindListener: UInt64 = 0, kindClient: UInt64 = 1, kindUpstream: UInt64 = 2
+
+    init(config: ForwarderConfig, state: ForwarderState, metrics: ForwarderMetrics, listeners: [Listener], accessLog: Int32, logger: Logger) throws {
+        self.config = config; self.state = state; self.metrics = metrics; self.listeners = listeners
+        self.accessLog = accessLog; self.logger = logger
+        epoll = weir_epoll_create()
+        guard epoll >= 0 else { throw ForwarderError.system("epoll_create1", weir_errno()) }
+        buffer = UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: 64)
+        for (i, l) in listeners.enumerated() {
+            guard weir_epoll_add(epoll, l.fd, WEIR_EPOLLIN, UInt64(i) << 2 | Self.kindListener) == 0 else {
+                throw ForwarderError.system("epoll_ctl", weir_errno())
+            }
+        }
+    }
+
+    deinit {
+        buffer.deallocate()
+        close(epoll)
+    }
+
+    /// Runs until stopped: accepts, relays, sweeps timeouts, drains on request.
+    func run() {
+        var data = [UInt64](repeating: 0, count: 256)
+        var events = [UInt32](repeating: 0, count: 256)
+        var listenersClosed = false
+        while true {
+            let n = weir_epoll_wait(epoll, &data, &events, 256, 100)
+            if n < 0 && weir_errno() != EINTR { logger.error("epoll_wait failed", metadata: ["errno": "\(weir_errno())"]); break }
+            for i in 0..<max(0, Int(n)) {
+                let kind = data[i] & 3, index = Int(data[i] >> 2)
+                if kind == Self.kindListener { acceptAll(index) }
+                else if index < slots.count, let c = slots[index] { handle(c, slot: index, upstreamEvent: kind == Self.kindUpstream) }
+            }
+            freeSlots += freedThisRound
+            freedThisRound.removeAll(keepingCapacity: true)
+            let now = monotonicNanoseconds()
+            if now - lastSweep >= 100_000_000 { sweep(now); lastSweep = now }
+            if state.stopping.load(ordering: .relaxed) {
+                for (i, c) in slots.enumerated() { if let c { finish(c, slot: i, reason: .shutdown, reset: true) } }
+                break
+            }
+            if state.draining.load(ordering: .relaxed) {
+                if !listenersClosed {
+                    for l in listeners { if !l.paused { _ = weir_epoll_del(epoll, l.fd) }; close(l.fd) }
+                    listenersClosed = true
+                }
+                if slots.allSatisfy({ $0 == nil }) { break }
+            }
+        }
+        if !listenersClosed { for l in listeners { close(l.fd) } }
+    }
+
+    // MARK: accepting
+
+    func acceptAll(_ index: Int) {
+        let listener = listeners[index]
+        var peer = sockaddr_storage()
+        var len = socklen_t(0)
+        // Bounded: the backlog is finite; EAGAIN ends the loop.
+        for _ in 0..<4096 {
+            let fd = weir_accept(listener.fd, &peer, &len)
+            if fd < 0 {
+                let e = weir_errno()
+                if e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM {
+                    // Out of descriptors: stop accepting for a moment; established connections keep flowing.
+                    pauseAccepting()
+                    metrics.acceptPaused.increment()
+                    logger.warning("out of file descriptors; accept paused", metadata: ["errno": "\(e)"])
+                }
+                return
+            }
+            accepted(fd, peer: peer, listener: listener)
+        }
+    }
+
+    func pauseAccepting() {
+        for i in listeners.indices where !listeners[i].paused {
+            _ = weir_epoll_del(epoll, listeners[i].fd)
+            listeners[i].paused = true
+        }
+        resumeAcceptAt = monotonicNanoseconds() + 100_000_000
+    }
+
+    func resumeAccepting() {
+        for i in listeners.indices where listeners[i].paused {
+            // Re-adding a listener with a full backlog reports it readable at once.
+            if weir_epoll_add(epoll, listeners[i].fd, WEIR_EPOLLIN, UInt64(i) << 2 | Self.kindListener) == 0 { listeners[i].paused = false }
+        }
+    }
+
+    func refuse(_ fd: Int32) {
+        _ = weir_set_linger_reset(fd)
+        close(fd)
+    }
+
+    func accepted(_ fd: Int32, peer: sockaddr_storage, listener: Listener) {
+        if state.active.load(ordering: .relaxed) >= config.maxConnections {
+            metrics.refusedLimit.increment()
+            refuse(fd)
+            return
+        }
+        guard let source = SocketAddress.endpoint(peer, family: listener.family) else { refuse(fd); return }
+        let local = SocketAddress.local(fd, family: listener.family)
+        let original: Endpoint?
+        switch config.mode {
+        case .redirect: original = SocketAddress.originalDestination(fd, family: listener.family)
+        case .tproxy: original = local
+        }
+        guard let destination = original, let local else { refuse(fd); return }
+        // A connection nobody redirected (made straight to a capture port) would be relayed to the forwarder itself.
+        let ownPorts = [config.outboundPort, config.inboundPort]
+        if (config.mode == .redirect && destination == local) || (ownPorts.contains(destination.port) && SocketAddress.isLocal(destination)) {
+            metrics.refusedLoops.increment()
+            logger.notice("refused a connection whose original destination is the forwarder itself", metadata: ["destination": "\(destination)"])
+            refuse(fd)
+            return
+        }
+        let now = monotonicNanoseconds()
+        let c = Connection(client: fd, direction: listener.direction, source: source, destination: destination, now: now)
+        _ = weir_set_nodelay(fd)
+        let slot = freeSlots.popLast() ?? { slots.append(nil); return slots.count - 1 }()
+        slots[slot] = c
+        _ = state.active.add(1, ordering: .relaxed)
+        metrics.accepted[c.direction]!.increment()
+        metrics.active[c.direction]!.increment()
+        metrics.destinationPort(destination.port)
+
+        let target: Endpoint
+        switch config.target {
+        case .direct: target = destination
+        case .proxy(let upstream, let version):
+            target = upstream
+            if let version { c.greeting = ProxyProtocolHeader.encode(version, source: source, destination: destination) }
+        }
+        let up = socket(target.family == .ipv4 ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard up >= 0 else {
+            metrics.connectFailed("socket")
+            finish(c, slot: slot, reason: .connectFailed, reset: true)
+            return
+        }
+        c.upstream = up
+        _ = weir_set_mark(up, config.bypassMark)
+        _ = weir_set_nodelay(up)
+        var (addr, len) = SocketAddress.make(target)
+        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(up, $0, len) } }
+        if rc != 0 && weir_errno() != EINPROGRESS {
+            metrics.connectFailed(SocketAddress.reason(weir_errno()))
+            finish(c, slot: slot, reason: .connectFailed, reset: true)
+            return
+        }
+        let events = WEIR_EPOLLIN | WEIR_EPOLLOUT | WEIR_EPOLLRDHUP | WEIR_EPOLLET
+        _ = weir_epoll_add(epoll, fd, events, UInt64(slot) << 2 | Self.kindClient)
+        _ = weir_epoll_add(epoll, up, events, UInt64(slot) << 2 | Self.kindUpstream)
+        if rc == 0 { connected(c, slot: slot) }
+    }
+
+    // MARK: relaying
+
+    func handle(_ c: Connection, slot: Int, upstreamEvent: Bool) {
+        if c.connecting {
+            guard upstreamEvent else { return }
+            var err: Int32 = 0
+            var len = socklen_t(4)
+            getsockopt(c.upstream, SOL_SOCKET, SO_ERROR, &err, &len)
+            if err == EINPROGRESS || err == EALREADY { return }
+            if err != 0 {
+                metrics.connectFailed(SocketAddress.reason(err))
+                finish(c, slot: slot, reason: .connectFailed, reset: true)
+                return
+            }
+            // Writable without error: connected (a spurious wakeup reports EINPROGRESS above).
+            var probe = sockaddr_storage()
+            var plen = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            let isConnected = withUnsafeMutablePointer(to: &probe) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(c.upstream, $0, &plen) } } == 0
+            if !isConnected { return }
+            connected(c, slot: slot)
+            return
+        }
+        relay(c, slot: slot)
+    }
+
+    func connected(_ c: Connection, slot: Int) {
+        c.connecting = false
+        if !c.greeting.isEmpty {
+            c.up.pending = c.greeting
+            c.greeting = []
+        }
+        relay(c, slot: slot)
+    }
+
+    func relay(_ c: Connection, slot: Int) {
+        c.lastActivity = monotonicNanoseconds()
+        let before = (c.up.bytes, c.down.bytes)
+        let upOutcome = pump(&c.up, from: c.client, to: c.upstream)
+        let downOutcome = pump(&c.down, from: c.upstream, to: c.client)
+        metrics.bytesUpstream[c.direction]!.increment(by: Int64(c.up.bytes - before.0))
+        metrics.bytesDownstream[c.direction]!.increment(by: Int64(c.down.bytes - before.1))
+        // A reset read from one side, or a write the other side refused, becomes a reset to the other side.
+        switch (upOutcome, downOutcome) {
+        case (.readReset, _), (_, .writeReset): finish(c, slot: slot, reason: .clientReset, reset: true); return
+        case (_, .readReset), (.writeReset, _): finish(c, slot: slot, reason: .upstreamReset, reset: true); return
+        default: break
+        }
+        if c.up.done && c.down.done { finish(c, slot: slot, reason: .done, reset: false) }
+    }
+
+    /// Moves bytes `from` → `to` until `from` has nothing more or `to` takes nothing more.
+    func pump(_ f: inout Flow, from: Int32, to: Int32) -> PumpOutcome {
+        // Bounded: each pass moves data or returns; a 64 KiB chunk per pass covers far more than one event's worth.
+        for _ in 0..<100_000 {
+            if f.inPipe > 0 {
+                let n = weir_splice(f.pipeRead, to, UInt(f.inPipe), WEIR_SPLICE_MOVE | WEIR_SPLICE_NONBLOCK)
+                if n > 0 { f.inPipe -= n; continue }
+                let e = weir_errno()
+                return n < 0 && (e == EAGAIN) ? .blocked : .writeReset
+            }
+            if !f.pending.isEmpty {
+                let n = f.pending.withUnsafeBytes { send(to, $0.baseAddress! + f.pendingOffset, $0.count - f.pendingOffset, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT)) }
+                if n > 0 {
+                    f.pendingOffset += n
+                    if f.pendingOffset == f.pending.count { f.pending = []; f.pendingOffset = 0 }
+                    continue
+                }
+                return n < 0 && weir_errno() == EAGAIN ? .blocked : .writeReset
+            }
+            if f.eof {
+                if !f.shutDown { shutdown(to, Int32(SHUT_WR)); f.shutDown = true; f.releasePipe() }
+                return .idle
+            }
+            if f.pipeRead < 0 && f.bytes >= config.spliceThreshold {
+                var fds: [Int32] = [-1, -1]
+                if weir_pipe_nonblock(&fds) == 0 { f.pipeRead = fds[0]; f.pipeWrite = fds[1] }
+            }
+            if f.pipeRead >= 0 {
+                let n = weir_splice(from, f.pipeWrite, UInt(bufferSize), WEIR_SPLICE_MOVE | WEIR_SPLICE_NONBLOCK)
+                if n > 0 { f.inPipe += n; f.bytes += n; continue }
+                if n == 0 { f.eof = true; continue }
+                let e = weir_errno()
+                if e == EAGAIN { return .idle }
+                if e == EINTR { continue }
+                return .readReset
+            }
+            let n = recv(from, buffer, bufferSize, Int32(MSG_DONTWAIT))
+            if n > 0 {
+                f.bytes += n
+                let w = send(to, buffer, n, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
+                if w == n { continue }
+                if w < 0 && weir_errno() != EAGAIN { return .writeReset }
+                let sent = max(0, w)
+                f.pending = Array(UnsafeRawBufferPointer(start: buffer + sent, count: n - sent))
+                f.pendingOffset = 0
+                continue
+            }
+            if n == 0 { f.eof = true; continue }
+            let e = weir_errno()
+            if e == EAGAIN { return .idle }
+            if e == EINTR { continue }
+            return .readReset
+        }
+        return .idle
+    }
+
+    /// Closes both sockets, with RST when `reset`; frees the slot at the end of this round of events.
+    func finish(_ c: Connection, slot: Int, reason: CloseReason, reset: Bool) {
+        guard slots[slot] === c else { return }
+        if reset { _ = weir_set_linger_reset(c.client) }
+        close(c.client)
+        if c.upstream >= 0 {
+            if reset { _ = weir_set_linger_reset(c.upstream) }
+            close(c.upstream)
+        }
+        c.up.releasePipe(); c.down.releasePipe()
+        slots[slot] = nil
+        freedThisRound.append(slot)
+        _ = state.active.subtract(1, ordering: .relaxed)
+        metrics.active[c.direction]!.decrement()
+        if accessLog >= 0 { log(c, reason: reason) }
+    }
+
+    func log(_ c: Connection, reason: CloseReason) {
+        let ms = Double(monotonicNanoseconds() - c.started) / 1e6
+        let line = "{\"direction\":\"\(c.direction.rawValue)\",\"source\":\"\(c.source)\",\"original_destination\":\"\(c.destination)\",\"bytes_sent\":\(c.up.bytes),\"bytes_received\":\(c.down.bytes),\"duration_ms\":\((ms * 1000).rounded() / 1000),\"close\":\"\(reason.rawValue)\"}\n"
+        _ = line.withCString { write(accessLog, $0, strlen($0)) }
+    }
+
+    // MARK: timers
+
+    func sweep(_ now: UInt64) {
+        if resumeAcceptAt != 0 && now >= resumeAcceptAt && !state.draining.load(ordering: .relaxed) {
+            resumeAcceptAt = 0
+            resumeAccepting()
+        }
+        let connectLimit = UInt64(config.connectTimeoutMilliseconds) * 1_000_000
+        let idleLimit = UInt64(config.idleTimeoutMilliseconds) * 1_000_000
+        for (i, c) in slots.enumerated() {
+            guard let c else { continue }
+            if c.connecting && now - c.started > connectLimit {
+                metrics.connectFailed("timeout")
+                finish(c, slot: i, reason: .connectTimeout, reset: true)
+            } else if !c.connecting && idleLimit > 0 && now - c.lastActivity > idleLimit {
+                finish(c, slot: i, reason: .idleTimeout, reset: false)
+            }
+        }
+    }
+}
+
+enum ForwarderError: Error, CustomStringConvertible {
+    case system(String, Int32)
+    case listen(Endpoint, Int32)
+    var description: String {
+        switch self {
+        case .system(let call, let e): return "\(call): \(String(cString: strerror(e)))"
+        case .listen(let ep, let e): return "cannot listen on \(ep): \(String(cString: strerror(e)))"
+        }
+    }
+}
