@@ -54,7 +54,9 @@ let package = Package(
         // Measurements for scripts/bench (not a product).
         .executableTarget(name: "weir-bench", dependencies: ["WeirCapture", "WeirNetfilter", "WeirNetns"]),
         .testTarget(name: "WeirCaptureTests", dependencies: ["WeirCapture"], resources: [.copy("Goldens")]),
-        .testTarget(name: "WeirNetfilterTests", dependencies: ["WeirCapture", "WeirNetfilter", "WeirNetns", "CWeirShims"]),
-        .testTarget(name: "WeirForwarderTests", dependencies: ["WeirForwarder", "WeirCapture", "WeirNetfilter", "WeirNetns", "CWeirShims"]),
+        // Throwaway namespaces, sockets and commands shared by the namespace tests.
+        .target(name: "WeirTestSupport", dependencies: ["WeirCapture", "WeirNetfilter", "WeirNetns", "CWeirShims"], path: "Tests/WeirTestSupport"),
+        .testTarget(name: "WeirNetfilterTests", dependencies: ["WeirCapture", "WeirNetfilter", "WeirNetns", "CWeirShims", "WeirTestSupport"]),
+        .testTarget(name: "WeirForwarderTests", dependencies: ["WeirForwarder", "WeirCapture", "WeirNetfilter", "WeirNetns", "CWeirShims", "WeirTestSupport"]),
     ]
 )

@@ -236,14 +236,13 @@ final class Worker {
         guard let source = SocketAddress.endpoint(peer, family: listener.family) else { refuse(fd); return }
         let local = SocketAddress.local(fd, family: listener.family)
         let original: Endpoint?
-        switch config.mode {
-        case .redirect: original = SocketAddress.originalDestination(fd, family: listener.family)
-        case .tproxy: original = local
-        }
+        // Outbound capture is nat REDIRECT in both modes; only inbound uses TPROXY in tproxy mode.
+        let tproxied = config.mode == .tproxy && listener.direction == .inbound
+        original = tproxied ? local : SocketAddress.originalDestination(fd, family: listener.family)
         guard let destination = original, let local else { refuse(fd); return }
         // A connection nobody redirected (made straight to a capture port) would be relayed to the forwarder itself.
         let ownPorts = [config.outboundPort, config.inboundPort]
-        if (config.mode == .redirect && destination == local) || (ownPorts.contains(destination.port) && SocketAddress.isLocal(destination)) {
+        if (!tproxied && destination == local) || (ownPorts.contains(destination.port) && SocketAddress.isLocal(destination)) {
             metrics.refusedLoops.increment()
             logger.notice("refused a connection whose original destination is the forwarder itself", metadata: ["destination": "\(destination)"])
             refuse(fd)

@@ -3,6 +3,7 @@ import Testing
 @testable import WeirCapture
 @testable import WeirNetfilter
 import WeirNetns
+import WeirTestSupport
 
 func spec(_ pairs: [(CaptureSpecInput.Key, String)] = []) throws -> CaptureSpec {
     var input = CaptureSpecInput()

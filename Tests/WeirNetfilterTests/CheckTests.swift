@@ -3,6 +3,7 @@ import Testing
 @testable import WeirCapture
 @testable import WeirNetfilter
 import WeirNetns
+import WeirTestSupport
 
 @Suite("weir check", .enabled(if: canRunNamespaceTests))
 struct CheckTests {

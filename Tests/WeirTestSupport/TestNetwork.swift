@@ -3,23 +3,24 @@ import Foundation
 import Testing
 @testable import WeirCapture
 @testable import WeirNetfilter
-import WeirNetns
+@_exported import WeirNetns
+@_exported import WeirCapture
 
 /// Namespace tests need root; under scripts/test (WEIRTEST_REQUIRE_ROOT=1) they run, and fail, even without it.
-let canRunNamespaceTests = getuid() == 0 || ProcessInfo.processInfo.environment["WEIRTEST_REQUIRE_ROOT"] == "1"
+public let canRunNamespaceTests = getuid() == 0 || ProcessInfo.processInfo.environment["WEIRTEST_REQUIRE_ROOT"] == "1"
 
-struct CommandError: Error, CustomStringConvertible {
-    let description: String
+public struct CommandError: Error, CustomStringConvertible {
+    public let description: String
 }
 
 /// Runs a command to completion; throws with its output when it fails.
 @discardableResult
-func sh(_ args: String..., input: String? = nil, allowFailure: Bool = false) throws -> (status: Int32, output: String) {
+public func sh(_ args: String..., input: String? = nil, allowFailure: Bool = false) throws -> (status: Int32, output: String) {
     try sh(args, input: input, allowFailure: allowFailure)
 }
 
 @discardableResult
-func sh(_ args: [String], input: String? = nil, allowFailure: Bool = false) throws -> (status: Int32, output: String) {
+public func sh(_ args: [String], input: String? = nil, allowFailure: Bool = false) throws -> (status: Int32, output: String) {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
     p.arguments = args
@@ -41,30 +42,30 @@ func sh(_ args: [String], input: String? = nil, allowFailure: Bool = false) thro
 }
 
 /// The weir executable built beside the tests.
-let weirBinary: String = {
+public let weirBinary: String = {
     let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     return root.appendingPathComponent(".build/debug/weir").path
 }()
 
 /// A pod namespace and a server namespace joined by a veth pair, deleted on `close()`.
 /// pod: 198.18.0.1/24, fd00:1::1/64, default routes via the server; server: 198.18.0.2/24, fd00:1::2/64.
-final class TestNetwork: @unchecked Sendable {
+public final class TestNetwork: @unchecked Sendable {
     // Written once in init, read-only afterwards.
-    let pod: String
-    let server: String
+    public let pod: String
+    public let server: String
 
-    static let podV4: [UInt8] = [198, 18, 0, 1]
-    static let serverV4: [UInt8] = [198, 18, 0, 2]
-    static let podV6: [UInt8] = IPAddressText.parseIPv6("fd00:0:0:1::1")!
-    static let serverV6: [UInt8] = IPAddressText.parseIPv6("fd00:0:0:1::2")!
+    public static let podV4: [UInt8] = [198, 18, 0, 1]
+    public static let serverV4: [UInt8] = [198, 18, 0, 2]
+    public static let podV6: [UInt8] = IPAddressText.parseIPv6("fd00:0:0:1::1")!
+    public static let serverV6: [UInt8] = IPAddressText.parseIPv6("fd00:0:0:1::2")!
 
-    static func podAddress(_ f: IPFamily) -> [UInt8] { f == .ipv4 ? podV4 : podV6 }
-    static func serverAddress(_ f: IPFamily) -> [UInt8] { f == .ipv4 ? serverV4 : serverV6 }
+    public static func podAddress(_ f: IPFamily) -> [UInt8] { f == .ipv4 ? podV4 : podV6 }
+    public static func serverAddress(_ f: IPFamily) -> [UInt8] { f == .ipv4 ? serverV4 : serverV6 }
 
-    var podNamespace: NetworkNamespace { NetworkNamespace(path: "/run/netns/\(pod)") }
-    var serverNamespace: NetworkNamespace { NetworkNamespace(path: "/run/netns/\(server)") }
+    public var podNamespace: NetworkNamespace { NetworkNamespace(path: "/run/netns/\(pod)") }
+    public var serverNamespace: NetworkNamespace { NetworkNamespace(path: "/run/netns/\(server)") }
 
-    init() throws {
+    public init() throws {
         guard getuid() == 0 else { throw CommandError(description: "namespace tests need root") }
         let id = "\(getpid() % 100000)-\(UInt32.random(in: 0..<1_000_000))"
         pod = "weirt-\(id)-p"
@@ -91,22 +92,22 @@ final class TestNetwork: @unchecked Sendable {
     }
 
     /// Deletes both namespaces (and with them the veth pair and every rule inside).
-    func close() {
+    public func close() {
         _ = try? sh("ip", "netns", "del", pod, allowFailure: true)
         _ = try? sh("ip", "netns", "del", server, allowFailure: true)
     }
 
     /// Runs a test body with a fresh network, always deleting it afterwards.
-    static func with<T>(_ body: (TestNetwork) throws -> T) throws -> T {
+    public static func with<T>(_ body: (TestNetwork) throws -> T) throws -> T {
         let net = try TestNetwork()
         defer { net.close() }
         return try body(net)
     }
 
-    func installer(_ backend: BackendChoice) -> CaptureInstaller { CaptureInstaller(namespace: podNamespace, backend: backend) }
+    public func installer(_ backend: BackendChoice) -> CaptureInstaller { CaptureInstaller(namespace: podNamespace, backend: backend) }
 
     /// weir's table as comparable text: chains with hooks, rules with comments and expressions (handles left out).
-    func weirRuleset() throws -> [String] {
+    public func weirRuleset() throws -> [String] {
         try podNamespace.run {
             let live = try NftablesBackend().readRuleset()
             let chains = live.chains.filter { $0.table == "weir" }.map { "chain \($0.family) \($0.name) \($0.hook ?? 99) \($0.priority ?? 0) \($0.type ?? "")" }
@@ -115,20 +116,20 @@ final class TestNetwork: @unchecked Sendable {
         }
     }
 
-    func iptablesSave(_ family: IPFamily = .ipv4) throws -> String {
+    public func iptablesSave(_ family: IPFamily = .ipv4) throws -> String {
         try sh("ip", "netns", "exec", pod, family == .ipv4 ? "iptables-nft-save" : "ip6tables-nft-save").output
             .split(separator: "\n").filter { !$0.hasPrefix("#") }.joined(separator: "\n")
     }
 }
 
 /// A connection attempt's outcome as seen by both ends.
-enum Landing: Equatable, CustomStringConvertible {
+public enum Landing: Equatable, CustomStringConvertible {
     /// Arrived on the pod's capture listener; original destination (SO_ORIGINAL_DST) or local address under TPROXY.
     case captured(address: [UInt8], port: UInt16)
     /// Arrived on the server's own listener.
     case direct
     case nowhere(String)
-    var description: String {
+    public var description: String {
         switch self {
         case .captured(let a, let p): return "captured(\(a.count == 4 ? IPAddressText.formatIPv4(a) : IPAddressText.formatIPv6(a)):\(p))"
         case .direct: return "direct"
@@ -138,8 +139,8 @@ enum Landing: Equatable, CustomStringConvertible {
 }
 
 /// Socket helpers for tests, built on the probe's socket calls.
-enum TestSockets {
-    static func listen(_ ns: NetworkNamespace, _ family: IPFamily, port: UInt16, transparent: Bool = false) throws -> Int32 {
+public enum TestSockets {
+    public static func listen(_ ns: NetworkNamespace, _ family: IPFamily, port: UInt16, transparent: Bool = false) throws -> Int32 {
         try ns.run {
             let fd = socket(family == .ipv4 ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             var one: Int32 = 1
@@ -154,7 +155,7 @@ enum TestSockets {
     }
 
     /// Connects from `ns`, optionally as another uid/gid or with a socket mark, and reports where it landed.
-    static func connect(from ns: NetworkNamespace, _ family: IPFamily, to address: [UInt8], port: UInt16,
+    public static func connect(from ns: NetworkNamespace, _ family: IPFamily, to address: [UInt8], port: UInt16,
                         capture: Int32?, server: Int32?, uid: UInt32? = nil, gid: UInt32? = nil, mark: UInt32? = nil,
                         tproxy: Bool = false) throws -> Landing {
         let client: Result<Int32, SystemCallError> = try ns.run {

@@ -1,0 +1,315 @@
+import CWeirShims
+import Dispatch
+import Foundation
+import Testing
+@testable import WeirCapture
+@testable import WeirForwarder
+@testable import WeirNetfilter
+import WeirNetns
+import WeirTestSupport
+
+/// A patterned byte stream: MiB `i` is a fixed random block with `i` in its first 8 bytes,
+/// so loss, duplication and reordering of whole blocks are all caught, and checking costs one memcmp.
+struct Pattern: Sendable {
+    static let blockSize = 1 << 20
+    let block: [UInt8]
+    init(seed: UInt64) {
+        var x = seed | 1
+        var b = [UInt8](repeating: 0, count: Self.blockSize)
+        for i in stride(from: 0, to: Self.blockSize, by: 8) {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17
+            withUnsafeBytes(of: x) { b.replaceSubrange(i..<i + 8, with: $0) }
+        }
+        block = b
+    }
+    func chunk(_ index: Int) -> [UInt8] {
+        var c = block
+        withUnsafeBytes(of: UInt64(index)) { c.replaceSubrange(0..<8, with: $0) }
+        return c
+    }
+}
+
+/// Sends `megabytes` of the pattern, then shuts down the write side.
+func sendPattern(_ fd: Int32, _ p: Pattern, megabytes: Int) -> Bool {
+    for i in 0..<megabytes {
+        let c = p.chunk(i)
+        var off = 0
+        while off < c.count {
+            let n = c.withUnsafeBytes { send(fd, $0.baseAddress! + off, $0.count - off, Int32(MSG_NOSIGNAL)) }
+            if n <= 0 { return false }
+            off += n
+        }
+    }
+    shutdown(fd, Int32(SHUT_WR))
+    return true
+}
+
+/// Receives until EOF, checking every byte against the pattern; returns the byte count, or -1 on a mismatch.
+func receivePattern(_ fd: Int32, _ p: Pattern) -> Int {
+    var block = [UInt8](repeating: 0, count: Pattern.blockSize)
+    var filled = 0, total = 0, index = 0
+    while true {
+        let n = block.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + filled, Pattern.blockSize - filled, 0) }
+        if n < 0 { return -2 }
+        if n == 0 { return filled == 0 ? total : -1 }
+        filled += n; total += n
+        if filled == Pattern.blockSize {
+            if block != p.chunk(index) { return -1 }
+            index += 1; filled = 0
+        }
+    }
+}
+
+func blockingSocket(_ ns: NetworkNamespace, connectTo ep: Endpoint) throws -> Int32 {
+    try ns.run {
+        let fd = socket(ep.family == .ipv4 ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        var (addr, len) = SocketAddress.make(ep)
+        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, len) } }
+        if rc != 0 { let e = SystemCallError("connect \(ep)"); close(fd); throw e }
+        var tv = timeval(tv_sec: 20, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        return fd
+    }
+}
+
+func acceptOne(_ listener: Int32, timeoutMilliseconds: Int32 = 5000) -> Int32? {
+    var p = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
+    guard poll(&p, 1, timeoutMilliseconds) == 1 else { return nil }
+    let fd = accept(listener, nil, nil)
+    guard fd >= 0 else { return nil }
+    var tv = timeval(tv_sec: 20, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    return fd
+}
+
+/// Reads until EOF or error; returns the bytes, and whether the end was a reset.
+func readAll(_ fd: Int32) -> (bytes: [UInt8], reset: Bool) {
+    var out: [UInt8] = []
+    var buf = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = recv(fd, &buf, buf.count, 0)
+        if n > 0 { out += buf[0..<n]; continue }
+        return (out, n < 0 && weir_errno() == ECONNRESET)
+    }
+}
+
+func sendAll(_ fd: Int32, _ text: String) {
+    _ = Array(text.utf8).withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+}
+
+/// A network with weir's rules and an in-process forwarder in the pod.
+func withForwarder<T>(spec flags: [(CaptureSpecInput.Key, String)] = [], _ configure: (inout ForwarderConfig) -> Void = { _ in },
+                      _ body: (TestNetwork, Forwarder) throws -> T) throws -> T {
+    try TestNetwork.with { net in
+        var input = CaptureSpecInput()
+        for (k, v) in flags { input.add(k, v, from: k.flag) }
+        let spec = try input.validate()
+        try net.installer(.nftables).install(RedirectPlan(spec: spec))
+        var config = ForwarderConfig()
+        config.mode = spec.mode
+        config.workers = 2
+        configure(&config)
+        let forwarder = Forwarder(config: config)
+        try forwarder.start(in: net.podNamespace)
+        defer { forwarder.stop() }
+        return try body(net, forwarder)
+    }
+}
+
+let server4 = Endpoint(family: .ipv4, address: TestNetwork.serverV4, port: 9000)
+let server6 = Endpoint(family: .ipv6, address: TestNetwork.serverV6, port: 9000)
+
+@Suite("Forwarder in namespaces", .enabled(if: canRunNamespaceTests))
+struct ForwarderTests {
+    static let megabytes = 100
+
+    @Test("100 MB each way arrive byte-exact through the forwarder (outbound, redirect)", arguments: IPFamily.allCases)
+    func bulkOutbound(_ family: IPFamily) throws {
+        try withForwarder { net, _ in
+            let target = family == .ipv4 ? server4 : server6
+            let listener = try TestSockets.listen(net.serverNamespace, family, port: 9000)
+            defer { close(listener) }
+            let client = try blockingSocket(net.podNamespace, connectTo: target)
+            defer { close(client) }
+            let server = try #require(acceptOne(listener))
+            defer { close(server) }
+            try exchange(client: client, server: server)
+        }
+    }
+
+    @Test("100 MB each way arrive byte-exact through the forwarder (inbound, TPROXY)", arguments: IPFamily.allCases)
+    func bulkInboundTproxy(_ family: IPFamily) throws {
+        try withForwarder(spec: [(.mode, "tproxy")]) { net, _ in
+            let app = try TestSockets.listen(net.podNamespace, family, port: 9080)
+            defer { close(app) }
+            let client = try blockingSocket(net.serverNamespace, connectTo: Endpoint(family: family, address: TestNetwork.podAddress(family), port: 9080))
+            defer { close(client) }
+            let server = try #require(acceptOne(app))
+            defer { close(server) }
+            try exchange(client: client, server: server)
+        }
+    }
+
+    func exchange(client: Int32, server: Int32) throws {
+        let a = Pattern(seed: 0x5745_4952), b = Pattern(seed: 0xC0FFEE)
+        let group = DispatchGroup()
+        let results = ResultBox()
+        let mb = Self.megabytes
+        DispatchQueue.global().async(group: group) { results.set("clientSent", sendPattern(client, a, megabytes: mb) ? 1 : 0) }
+        DispatchQueue.global().async(group: group) { results.set("serverGot", receivePattern(server, a)) }
+        DispatchQueue.global().async(group: group) { results.set("serverSent", sendPattern(server, b, megabytes: mb) ? 1 : 0) }
+        DispatchQueue.global().async(group: group) { results.set("clientGot", receivePattern(client, b)) }
+        #expect(group.wait(timeout: .now() + 120) == .success)
+        #expect(results.get("clientSent") == 1 && results.get("serverSent") == 1)
+        #expect(results.get("serverGot") == mb * Pattern.blockSize)
+        #expect(results.get("clientGot") == mb * Pattern.blockSize)
+    }
+
+    @Test("half-close: a client that shuts down its write side still receives the full reply")
+    func halfClose() throws {
+        try withForwarder { net, _ in
+            let listener = try TestSockets.listen(net.serverNamespace, .ipv4, port: 9000)
+            defer { close(listener) }
+            let client = try blockingSocket(net.podNamespace, connectTo: server4)
+            defer { close(client) }
+            let server = try #require(acceptOne(listener))
+            defer { close(server) }
+            sendAll(client, "request")
+            shutdown(client, Int32(SHUT_WR))
+            // The server sees EOF after the request, then answers at length and closes.
+            let (request, reset) = readAll(server)
+            #expect(String(decoding: request, as: UTF8.self) == "request" && !reset)
+            let reply = String(repeating: "reply-", count: 100_000)
+            sendAll(server, reply)
+            shutdown(server, Int32(SHUT_WR))
+            let (got, clientReset) = readAll(client)
+            #expect(got.count == reply.utf8.count && !clientReset)
+        }
+    }
+
+    @Test("a reset from the server becomes a reset to the client")
+    func resetFromServer() throws {
+        try withForwarder { net, _ in
+            let listener = try TestSockets.listen(net.serverNamespace, .ipv4, port: 9000)
+            defer { close(listener) }
+            let client = try blockingSocket(net.podNamespace, connectTo: server4)
+            defer { close(client) }
+            let server = try #require(acceptOne(listener))
+            _ = weir_set_linger_reset(server)
+            close(server)
+            #expect(readAll(client).reset)
+        }
+    }
+
+    @Test("a reset from the client becomes a reset to the server")
+    func resetFromClient() throws {
+        try withForwarder { net, _ in
+            let listener = try TestSockets.listen(net.serverNamespace, .ipv4, port: 9000)
+            defer { close(listener) }
+            let client = try blockingSocket(net.podNamespace, connectTo: server4)
+            let server = try #require(acceptOne(listener))
+            defer { close(server) }
+            _ = weir_set_linger_reset(client)
+            close(client)
+            #expect(readAll(server).reset)
+        }
+    }
+
+    @Test("connecting to a closed port gives the client a reset, not a hang")
+    func closedPort() throws {
+        try withForwarder { net, _ in
+            let client = try blockingSocket(net.podNamespace, connectTo: Endpoint(family: .ipv4, address: TestNetwork.serverV4, port: 9999))
+            defer { close(client) }
+            #expect(readAll(client).reset)
+        }
+    }
+
+    @Test("a connection made straight to the capture port is refused as a loop, and counted")
+    func loop() throws {
+        try withForwarder { net, _ in
+            let before = metric("weir_forward_refused_loops_total")
+            let client = try blockingSocket(net.podNamespace, connectTo: Endpoint(family: .ipv4, address: [127, 0, 0, 1], port: 15001))
+            defer { close(client) }
+            #expect(readAll(client).reset)
+            #expect(metric("weir_forward_refused_loops_total") == before + 1)
+        }
+    }
+
+    @Test("beyond the connection limit new connections are reset and existing ones are unharmed")
+    func maxConnections() throws {
+        try withForwarder({ $0.maxConnections = 2; $0.workers = 1 }) { net, _ in
+            let listener = try TestSockets.listen(net.serverNamespace, .ipv4, port: 9000)
+            defer { close(listener) }
+            let c1 = try blockingSocket(net.podNamespace, connectTo: server4)
+            defer { close(c1) }
+            let s1 = try #require(acceptOne(listener))
+            defer { close(s1) }
+            let c2 = try blockingSocket(net.podNamespace, connectTo: server4)
+            defer { close(c2) }
+            let s2 = try #require(acceptOne(listener))
+            defer { close(s2) }
+            let c3 = try blockingSocket(net.podNamespace, connectTo: server4)
+            defer { close(c3) }
+            #expect(readAll(c3).reset)
+            for (c, s) in [(c1, s1), (c2, s2)] {
+                sendAll(c, "still here")
+                var buf = [UInt8](repeating: 0, count: 64)
+                let n = recv(s, &buf, buf.count, 0)
+                #expect(n == 10)
+            }
+        }
+    }
+
+    @Test("an idle connection is closed after the idle timeout")
+    func idleTimeout() throws {
+        try withForwarder({ $0.idleTimeoutMilliseconds = 300 }) { net, forwarder in
+            let listener = try TestSockets.listen(net.serverNamespace, .ipv4, port: 9000)
+            defer { close(listener) }
+            let client = try blockingSocket(net.podNamespace, connectTo: server4)
+            defer { close(client) }
+            let server = try #require(acceptOne(listener))
+            defer { close(server) }
+            let started = Date()
+            let (bytes, _) = readAll(client)
+            #expect(bytes.isEmpty)
+            #expect(Date().timeIntervalSince(started) < 5)
+            // The count drops just after the sockets close; give it a bounded moment.
+            for _ in 0..<50 where forwarder.activeConnections != 0 { usleep(10_000) }
+            #expect(forwarder.activeConnections == 0)
+        }
+    }
+
+    @Test("upstream connections carry the bypass mark, so the forwarder's own traffic is never captured again")
+    func bypassMark() throws {
+        // Without the mark the forwarder's connect to the original destination would be redirected to itself.
+        try withForwarder { net, _ in
+            let listener = try TestSockets.listen(net.serverNamespace, .ipv6, port: 9000)
+            defer { close(listener) }
+            let client = try blockingSocket(net.podNamespace, connectTo: server6)
+            defer { close(client) }
+            let server = try #require(acceptOne(listener))
+            defer { close(server) }
+            var peer = sockaddr_storage()
+            var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            _ = withUnsafeMutablePointer(to: &peer) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(server, $0, &len) } }
+            #expect(SocketAddress.endpoint(peer, family: .ipv6)?.host == "fd00:0:0:1::1")
+        }
+    }
+}
+
+/// Reads one metric's value from the process-wide registry.
+func metric(_ name: String) -> Int {
+    var out: [UInt8] = []
+    Forwarder.registry.emit(into: &out)
+    let text = String(decoding: out, as: UTF8.self)
+    return text.split(separator: "\n").filter { $0.hasPrefix(name + " ") || $0.hasPrefix(name + "{") }
+        .compactMap { Double($0.split(separator: " ").last ?? "") }.map { Int($0) }.reduce(0, +)
+}
+
+final class ResultBox: @unchecked Sendable {
+    // Guarded by `lock`.
+    private var values: [String: Int] = [:]
+    private let lock = NSLock()
+    func set(_ k: String, _ v: Int) { lock.lock(); values[k] = v; lock.unlock() }
+    func get(_ k: String) -> Int? { lock.lock(); defer { lock.unlock() }; return values[k] }
+}
