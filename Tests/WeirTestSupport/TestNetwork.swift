@@ -11,6 +11,7 @@ public let canRunNamespaceTests = getuid() == 0 || ProcessInfo.processInfo.envir
 
 public struct CommandError: Error, CustomStringConvertible {
     public let description: String
+    public init(description: String) { self.description = description }
 }
 
 /// Runs a command to completion; throws with its output when it fails.
