@@ -267,7 +267,14 @@ final class Worker {
         }
         let up = socket(target.family == .ipv4 ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard up >= 0 else {
-            metrics.connectFailed("socket")
+            let e = weir_errno()
+            if e == EMFILE || e == ENFILE {
+                // No descriptor for the upstream side: stop taking new connections until some close.
+                pauseAccepting()
+                metrics.acceptPaused.increment()
+                logger.warning("out of file descriptors for upstream sockets; accept paused")
+            }
+            metrics.connectFailed(SocketAddress.reason(e))
             finish(c, slot: slot, reason: .connectFailed, reset: true)
             return
         }
