@@ -42,7 +42,7 @@ final class ForwardProcess {
 func httpGet(_ ns: NetworkNamespace, _ ep: Endpoint, _ path: String) throws -> String {
     let fd = try blockingSocket(ns, connectTo: ep)
     defer { close(fd) }
-    sendAll(fd, "GET \(path) HTTP/1.1\r\nHost: weir\r\n\r\n")
+    sendAll(fd, "GET \(path) HTTP/1.1\r\nHost: weir\r\nConnection: close\r\n\r\n")
     return String(decoding: readAll(fd).bytes, as: UTF8.self)
 }
 
