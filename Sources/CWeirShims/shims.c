@@ -101,3 +101,4 @@ int weir_set_nodelay(int fd) {
     int one = 1;
     return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
+int weir_pipe_grow(int fd, int size) { return fcntl(fd, F_SETPIPE_SZ, size); }

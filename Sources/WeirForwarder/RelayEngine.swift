@@ -129,6 +129,7 @@ final class Worker {
     var freedThisRound: [Int] = []
     let buffer: UnsafeMutableRawPointer
     let bufferSize = 64 * 1024
+    let spliceChunk = 1 << 20
     var resumeAcceptAt: UInt64 = 0
     var lastSweep: UInt64 = 0
 
@@ -163,7 +164,7 @@ final class Worker {
             for i in 0..<max(0, Int(n)) {
                 let kind = data[i] & 3, index = Int(data[i] >> 2)
                 if kind == Self.kindListener { acceptAll(index) }
-                else if index < slots.count, let c = slots[index] { handle(c, slot: index, upstreamEvent: kind == Self.kindUpstream) }
+                else if index < slots.count, let c = slots[index] { handle(c, slot: index, upstreamEvent: kind == Self.kindUpstream, events: events[i]) }
             }
             freeSlots += freedThisRound
             freedThisRound.removeAll(keepingCapacity: true)
@@ -296,7 +297,7 @@ final class Worker {
 
     // MARK: relaying
 
-    func handle(_ c: Connection, slot: Int, upstreamEvent: Bool) {
+    func handle(_ c: Connection, slot: Int, upstreamEvent: Bool, events: UInt32) {
         if c.connecting {
             guard upstreamEvent else { return }
             var err: Int32 = 0
@@ -316,7 +317,14 @@ final class Worker {
             connected(c, slot: slot)
             return
         }
-        relay(c, slot: slot)
+        // Readable (or closed, or failed): move bytes away from this side. Writable: move bytes toward it.
+        let readable = events & (WEIR_EPOLLIN | WEIR_EPOLLRDHUP | WEIR_EPOLLHUP | WEIR_EPOLLERR) != 0
+        let writable = events & (WEIR_EPOLLOUT | WEIR_EPOLLHUP | WEIR_EPOLLERR) != 0
+        // A peer's FIN may have come with the data of this same event: then read on to the EOF.
+        let closing = events & (WEIR_EPOLLRDHUP | WEIR_EPOLLHUP | WEIR_EPOLLERR) != 0
+        relay(c, slot: slot,
+              up: upstreamEvent ? writable : readable,
+              down: upstreamEvent ? readable : writable, drain: closing)
     }
 
     func connected(_ c: Connection, slot: Int) {
@@ -325,14 +333,14 @@ final class Worker {
             c.up.pending = c.greeting
             c.greeting = []
         }
-        relay(c, slot: slot)
+        relay(c, slot: slot, up: true, down: true, drain: true)
     }
 
-    func relay(_ c: Connection, slot: Int) {
+    func relay(_ c: Connection, slot: Int, up: Bool, down: Bool, drain: Bool) {
         c.lastActivity = monotonicNanoseconds()
         let before = (c.up.bytes, c.down.bytes)
-        let upOutcome = pump(&c.up, from: c.client, to: c.upstream)
-        let downOutcome = pump(&c.down, from: c.upstream, to: c.client)
+        let upOutcome = up ? pump(&c.up, from: c.client, to: c.upstream, drain: drain) : .idle
+        let downOutcome = down ? pump(&c.down, from: c.upstream, to: c.client, drain: drain) : .idle
         metrics.bytesUpstream[c.direction]!.increment(by: Int64(c.up.bytes - before.0))
         metrics.bytesDownstream[c.direction]!.increment(by: Int64(c.down.bytes - before.1))
         // A reset read from one side, or a write the other side refused, becomes a reset to the other side.
@@ -345,7 +353,7 @@ final class Worker {
     }
 
     /// Moves bytes `from` → `to` until `from` has nothing more or `to` takes nothing more.
-    func pump(_ f: inout Flow, from: Int32, to: Int32) -> PumpOutcome {
+    func pump(_ f: inout Flow, from: Int32, to: Int32, drain: Bool) -> PumpOutcome {
         // Bounded: each pass moves data or returns; a 64 KiB chunk per pass covers far more than one event's worth.
         for _ in 0..<100_000 {
             if f.inPipe > 0 {
@@ -369,10 +377,14 @@ final class Worker {
             }
             if f.pipeRead < 0 && f.bytes >= config.spliceThreshold {
                 var fds: [Int32] = [-1, -1]
-                if weir_pipe_nonblock(&fds) == 0 { f.pipeRead = fds[0]; f.pipeWrite = fds[1] }
+                if weir_pipe_nonblock(&fds) == 0 {
+                    f.pipeRead = fds[0]; f.pipeWrite = fds[1]
+                    // A larger pipe moves more per splice; the kernel caps it at fs.pipe-max-size.
+                    _ = weir_pipe_grow(fds[1], Int32(spliceChunk))
+                }
             }
             if f.pipeRead >= 0 {
-                let n = weir_splice(from, f.pipeWrite, UInt(bufferSize), WEIR_SPLICE_MOVE | WEIR_SPLICE_NONBLOCK)
+                let n = weir_splice(from, f.pipeWrite, UInt(spliceChunk), WEIR_SPLICE_MOVE | WEIR_SPLICE_NONBLOCK)
                 if n > 0 { f.inPipe += n; f.bytes += n; continue }
                 if n == 0 { f.eof = true; continue }
                 let e = weir_errno()
@@ -384,7 +396,9 @@ final class Worker {
             if n > 0 {
                 f.bytes += n
                 let w = send(to, buffer, n, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
-                if w == n { continue }
+                // A short read drained the socket: Linux signals the next arrival as a new edge, so the
+                // confirming read that would only return EAGAIN is skipped.
+                if w == n { if n < bufferSize && !drain { return .idle }; continue }
                 if w < 0 && weir_errno() != EAGAIN { return .writeReset }
                 let sent = max(0, w)
                 f.pending = Array(UnsafeRawBufferPointer(start: buffer + sent, count: n - sent))

@@ -59,4 +59,7 @@ int weir_set_nodelay(int fd);
 #define WEIR_SPLICE_MOVE 1u
 #define WEIR_SPLICE_NONBLOCK 2u
 #define WEIR_SPLICE_MORE 4u
+
+/// Grows a pipe's capacity (F_SETPIPE_SZ); returns the new size or -1.
+int weir_pipe_grow(int fd, int size);
 #endif
