@@ -180,7 +180,8 @@ def run_variant(name):
     socat_target = None
     if name == "weir":
         sh(WEIR, "init", "--quiet", "--netns", f"/run/netns/{POD}", "--ipv6", "false")
-        proxy = spawn(POD, WEIR, "forward", "--workers", "1", "--ipv6", "false", "--idle-timeout", "0")
+        proxy = spawn(POD, WEIR, "forward", "--workers", "1", "--ipv6", "false", "--idle-timeout", "0",
+                      "--busy-poll", os.environ.get("BENCH_BUSY_POLL", "0"))
         wait_port(POD, "127.0.0.1", 15001)
     elif name == "envoy":
         sh(WEIR, "init", "--quiet", "--netns", f"/run/netns/{POD}", "--ipv6", "false", "--proxy-uid", "1337")

@@ -66,6 +66,8 @@ public struct ForwarderConfig: Sendable {
     public var workers: Int = 1
     /// Directions that carried more than this use splice through a pipe pair; below it, plain copies.
     public var spliceThreshold: Int = 128 * 1024
+    /// Busy-poll this long after activity before sleeping in epoll_wait (0: never). Trades CPU for latency.
+    public var busyPollMicroseconds: Int = 0
     /// JSON-lines access log path (nil: none).
     public var accessLogPath: String?
 

@@ -158,8 +158,17 @@ final class Worker {
         var data = [UInt64](repeating: 0, count: 256)
         var events = [UInt32](repeating: 0, count: 256)
         var listenersClosed = false
+        var spinUntil: UInt64 = 0
+        let spin = UInt64(config.busyPollMicroseconds) * 1000
         while true {
-            let n = weir_epoll_wait(epoll, &data, &events, 256, 100)
+            // After activity, poll without sleeping for a few microseconds: the next message of a
+            // request/response exchange usually arrives sooner than a sleeping thread would wake.
+            var n = spin > 0 ? weir_epoll_wait(epoll, &data, &events, 256, 0) : 0
+            if n == 0 {
+                if spin > 0 && monotonicNanoseconds() < spinUntil { continue }
+                n = weir_epoll_wait(epoll, &data, &events, 256, 100)
+            }
+            if n > 0 && spin > 0 { spinUntil = monotonicNanoseconds() + spin }
             if n < 0 && weir_errno() != EINTR { logger.error("epoll_wait failed", metadata: ["errno": "\(weir_errno())"]); break }
             for i in 0..<max(0, Int(n)) {
                 let kind = data[i] & 3, index = Int(data[i] >> 2)

@@ -30,6 +30,8 @@ struct ForwardCommand: ParsableCommand {
     @Option(help: "On SIGTERM, how long open connections may finish, in milliseconds.") var drainTimeout: Int = 10_000
     @Option(help: "Append a JSON line per closed connection to this file.") var accessLog: String?
     @Option(help: "Serve IPv6 too (true, default) or IPv4 only.") var ipv6: Bool = true
+    @Option(help: "Busy-poll this many microseconds after activity before sleeping (0: never); lowers latency, costs CPU.")
+    var busyPoll: Int = 0
 
     func run() throws {
         var config = ForwarderConfig()
@@ -66,6 +68,10 @@ struct ForwardCommand: ParsableCommand {
             throw CommandFailure(status: .badInput, message: "--workers, --connect-timeout and --max-connections must be positive; timeouts not negative.")
         }
         config.workers = workers
+        guard busyPoll >= 0 && busyPoll <= 10_000 else {
+            throw CommandFailure(status: .badInput, message: "--busy-poll must be from 0 to 10000 microseconds.")
+        }
+        config.busyPollMicroseconds = busyPoll
         config.connectTimeoutMilliseconds = connectTimeout
         config.idleTimeoutMilliseconds = idleTimeout
         config.maxConnections = maxConnections

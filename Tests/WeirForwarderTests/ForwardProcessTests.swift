@@ -118,6 +118,40 @@ struct ForwardProcessTests {
         }
     }
 
+    @Test("metrics on the admin endpoint and a JSON access-log line per connection")
+    func observability() throws {
+        try TestNetwork.with { net in
+            try net.installer(.nftables).install(RedirectPlan(spec: try CaptureSpecInput().validate()))
+            let log = FileManager.default.temporaryDirectory.appendingPathComponent("weir-access-\(net.pod).jsonl")
+            defer { try? FileManager.default.removeItem(at: log) }
+            let fwd = try ForwardProcess(["--netns", "/run/netns/\(net.pod)", "--admin", admin.description, "--access-log", log.path])
+            defer { fwd.terminate(); _ = fwd.waitExit(seconds: 5) }
+            try fwd.waitReady(net.podNamespace, admin: admin)
+            let listener = try TestSockets.listen(net.serverNamespace, .ipv4, port: 9000)
+            defer { close(listener) }
+            let client = try blockingSocket(net.podNamespace, connectTo: server4)
+            let server = try #require(acceptOne(listener))
+            sendAll(client, "12345")
+            var buf = [UInt8](repeating: 0, count: 16)
+            #expect(recv(server, &buf, buf.count, 0) == 5)
+            sendAll(server, "abc")
+            #expect(recv(client, &buf, buf.count, 0) == 3)
+            close(client); close(server)
+            usleep(300_000)
+            let metrics = try httpGet(net.podNamespace, admin, "/metrics")
+            #expect(metrics.contains("weir_forward_connections_total{direction=\"outbound\"} 1"))
+            #expect(metrics.contains("weir_forward_connections_by_port_total{port=\"9000\"} 1"))
+            #expect(metrics.contains("weir_forward_bytes_upstream_total{direction=\"outbound\"} 5"))
+            let lines = try String(contentsOf: log, encoding: .utf8).split(separator: "\n")
+            #expect(lines.count == 1)
+            let entry = try JSONSerialization.jsonObject(with: Data(lines[0].utf8)) as? [String: Any]
+            #expect(entry?["original_destination"] as? String == "198.18.0.2:9000")
+            #expect(entry?["bytes_sent"] as? Int == 5)
+            #expect(entry?["bytes_received"] as? Int == 3)
+            #expect(entry?["direction"] as? String == "outbound")
+        }
+    }
+
     @Test("bad flags exit 2", arguments: [["--mode", "nat"], ["--upstream", "nowhere"], ["--proxy-protocol", "v2"], ["--bypass-mark", "0"], ["--admin", "somewhere"]])
     func badFlags(_ args: [String]) throws {
         let r = try sh([weirBinary, "forward"] + args, allowFailure: true)
