@@ -54,10 +54,15 @@ final class Connection {
     let started: UInt64
     var lastActivity: UInt64
     var greeting: [UInt8] = []
+    /// This connection's byte counters, looked up once at accept rather than per event.
+    let bytesUpstream: Counter
+    let bytesDownstream: Counter
 
-    init(client: Int32, direction: FlowDirection, source: Endpoint, destination: Endpoint, now: UInt64) {
+    init(client: Int32, direction: FlowDirection, source: Endpoint, destination: Endpoint, now: UInt64, metrics: ForwarderMetrics) {
         self.client = client; self.direction = direction; self.source = source; self.destination = destination
         started = now; lastActivity = now
+        bytesUpstream = metrics.bytesUpstream[direction]!
+        bytesDownstream = metrics.bytesDownstream[direction]!
     }
 }
 
@@ -259,7 +264,7 @@ final class Worker {
             return
         }
         let now = monotonicNanoseconds()
-        let c = Connection(client: fd, direction: listener.direction, source: source, destination: destination, now: now)
+        let c = Connection(client: fd, direction: listener.direction, source: source, destination: destination, now: now, metrics: metrics)
         _ = weir_set_nodelay(fd)
         let slot = freeSlots.popLast() ?? { slots.append(nil); return slots.count - 1 }()
         slots[slot] = c
@@ -350,8 +355,8 @@ final class Worker {
         let before = (c.up.bytes, c.down.bytes)
         let upOutcome = up ? pump(&c.up, from: c.client, to: c.upstream, drain: drain) : .idle
         let downOutcome = down ? pump(&c.down, from: c.upstream, to: c.client, drain: drain) : .idle
-        metrics.bytesUpstream[c.direction]!.increment(by: Int64(c.up.bytes - before.0))
-        metrics.bytesDownstream[c.direction]!.increment(by: Int64(c.down.bytes - before.1))
+        if c.up.bytes != before.0 { c.bytesUpstream.increment(by: Int64(c.up.bytes - before.0)) }
+        if c.down.bytes != before.1 { c.bytesDownstream.increment(by: Int64(c.down.bytes - before.1)) }
         // A reset read from one side, or a write the other side refused, becomes a reset to the other side.
         switch (upOutcome, downOutcome) {
         case (.readReset, _), (_, .writeReset): finish(c, slot: slot, reason: .clientReset, reset: true); return
