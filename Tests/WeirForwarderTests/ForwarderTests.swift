@@ -150,6 +150,24 @@ struct ForwarderTests {
         }
     }
 
+    @Test("inbound under redirect reaches the local application on its own port", arguments: IPFamily.allCases)
+    func inboundRedirect(_ family: IPFamily) throws {
+        try withForwarder { net, _ in
+            let app = try TestSockets.listen(net.podNamespace, family, port: 9080)
+            defer { close(app) }
+            let client = try blockingSocket(net.serverNamespace, connectTo: Endpoint(family: family, address: TestNetwork.podAddress(family), port: 9080))
+            defer { close(client) }
+            let server = try #require(acceptOne(app))
+            defer { close(server) }
+            sendAll(client, "hello app")
+            var buf = [UInt8](repeating: 0, count: 32)
+            #expect(recv(server, &buf, buf.count, 0) == 9)
+            sendAll(server, "hi")
+            #expect(recv(client, &buf, buf.count, 0) == 2)
+            #expect(metric("weir_forward_connections_total{direction=\"inbound\"}") >= 1)
+        }
+    }
+
     func exchange(client: Int32, server: Int32) throws {
         let a = Pattern(seed: 0x5745_4952), b = Pattern(seed: 0xC0FFEE)
         let group = DispatchGroup()
