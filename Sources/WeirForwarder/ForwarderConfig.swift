@@ -64,7 +64,8 @@ public struct ForwarderConfig: Sendable {
     public var maxConnections: Int = 65_536
     public var drainTimeoutMilliseconds: Int = 10_000
     public var workers: Int = 1
-    /// Directions that carried more than this use splice through a pipe pair; below it, plain copies.
+    /// A direction that has carried this much and whose read fills the 64 KiB buffer (bulk data queued)
+    /// switches to splice through a pipe; request/response traffic stays on plain copies.
     public var spliceThreshold: Int = 128 * 1024
     /// Busy-poll this long after activity before sleeping in epoll_wait (0: never). Trades CPU for latency.
     public var busyPollMicroseconds: Int = 0

@@ -389,14 +389,6 @@ final class Worker {
                 if !f.shutDown { shutdown(to, Int32(SHUT_WR)); f.shutDown = true; f.releasePipe() }
                 return .idle
             }
-            if f.pipeRead < 0 && f.bytes >= config.spliceThreshold {
-                var fds: [Int32] = [-1, -1]
-                if weir_pipe_nonblock(&fds) == 0 {
-                    f.pipeRead = fds[0]; f.pipeWrite = fds[1]
-                    // A larger pipe moves more per splice; the kernel caps it at fs.pipe-max-size.
-                    _ = weir_pipe_grow(fds[1], Int32(spliceChunk))
-                }
-            }
             if f.pipeRead >= 0 {
                 let n = weir_splice(from, f.pipeWrite, UInt(spliceChunk), WEIR_SPLICE_MOVE | WEIR_SPLICE_NONBLOCK)
                 if n > 0 { f.inPipe += n; f.bytes += n; continue }
@@ -410,6 +402,9 @@ final class Worker {
             if n > 0 {
                 f.bytes += n
                 let w = send(to, buffer, n, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
+                // A read that filled the buffer means bulk data is queued: from now on this direction
+                // splices through a pipe and never copies through user space.
+                if n == bufferSize && f.bytes >= config.spliceThreshold && f.pipeRead < 0 { openPipe(&f) }
                 // A short read drained the socket: Linux signals the next arrival as a new edge, so the
                 // confirming read that would only return EAGAIN is skipped.
                 if w == n { if n < bufferSize && !drain { return .idle }; continue }
@@ -426,6 +421,14 @@ final class Worker {
             return .readReset
         }
         return .idle
+    }
+
+    func openPipe(_ f: inout Flow) {
+        var fds: [Int32] = [-1, -1]
+        guard weir_pipe_nonblock(&fds) == 0 else { return }
+        f.pipeRead = fds[0]; f.pipeWrite = fds[1]
+        // A larger pipe moves more per splice; the kernel caps it at fs.pipe-max-size.
+        _ = weir_pipe_grow(fds[1], Int32(spliceChunk))
     }
 
     /// Closes both sockets, with RST when `reset`; frees the slot at the end of this round of events.
