@@ -74,7 +74,13 @@ def setup():
 def teardown():
     for p in started:
         stop(p)
+    # Whatever still runs in our own namespaces was started here (nginx workers outlive a killed master).
     for ns in (POD, SRV):
+        for pid in sh("ip", "netns", "pids", ns, capture=True, check=False).split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
         sh("ip", "netns", "del", ns, check=False)
 
 
