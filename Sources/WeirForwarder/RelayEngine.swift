@@ -34,6 +34,8 @@ struct Flow {
     var shutDown = false
     var bytes = 0
     var done: Bool { shutDown && inPipe == 0 && pending.isEmpty }
+    /// Bytes wait for the destination to take them.
+    var waiting: Bool { inPipe > 0 || !pending.isEmpty }
 
     mutating func releasePipe() {
         if pipeRead >= 0 { close(pipeRead); close(pipeWrite) }
@@ -336,9 +338,10 @@ final class Worker {
         let writable = events & (WEIR_EPOLLOUT | WEIR_EPOLLHUP | WEIR_EPOLLERR) != 0
         // A peer's FIN may have come with the data of this same event: then read on to the EOF.
         let closing = events & (WEIR_EPOLLRDHUP | WEIR_EPOLLHUP | WEIR_EPOLLERR) != 0
+        // Epoll reports a socket writable with every wakeup; it only matters when bytes wait for it.
         relay(c, slot: slot,
-              up: upstreamEvent ? writable : readable,
-              down: upstreamEvent ? readable : writable, drain: closing)
+              up: upstreamEvent ? writable && c.up.waiting : readable,
+              down: upstreamEvent ? readable : writable && c.down.waiting, drain: closing)
     }
 
     func connected(_ c: Connection, slot: Int) {
