@@ -152,6 +152,29 @@ struct ForwardProcessTests {
         }
     }
 
+    @Test("weir init --mode tproxy && weir forward --mode tproxy: inbound reaches the application", arguments: IPFamily.allCases)
+    func tproxyCLI(_ family: IPFamily) throws {
+        try TestNetwork.with { net in
+            let ns = "/run/netns/\(net.pod)"
+            #expect(try sh(weirBinary, "init", "--netns", ns, "--mode", "tproxy").status == 0)
+            let fwd = try ForwardProcess(["--netns", ns, "--mode", "tproxy", "--admin", admin.description])
+            defer { fwd.terminate(); _ = fwd.waitExit(seconds: 5) }
+            try fwd.waitReady(net.podNamespace, admin: admin)
+            let app = try TestSockets.listen(net.podNamespace, family, port: 9080)
+            defer { close(app) }
+            let client = try blockingSocket(net.serverNamespace, connectTo: Endpoint(family: family, address: TestNetwork.podAddress(family), port: 9080))
+            defer { close(client) }
+            let server = try #require(acceptOne(app))
+            defer { close(server) }
+            sendAll(client, "tproxied")
+            var buf = [UInt8](repeating: 0, count: 32)
+            #expect(recv(server, &buf, buf.count, 0) == 8)
+            sendAll(server, "ok")
+            #expect(recv(client, &buf, buf.count, 0) == 2)
+            #expect(try httpGet(net.podNamespace, admin, "/metrics").contains("weir_forward_connections_total{direction=\"inbound\"} 1"))
+        }
+    }
+
     @Test("bad flags exit 2", arguments: [["--mode", "nat"], ["--upstream", "nowhere"], ["--proxy-protocol", "v2"], ["--bypass-mark", "0"], ["--admin", "somewhere"]])
     func badFlags(_ args: [String]) throws {
         let r = try sh([weirBinary, "forward"] + args, allowFailure: true)
