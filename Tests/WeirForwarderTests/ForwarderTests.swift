@@ -116,6 +116,42 @@ func withForwarder<T>(spec flags: [(CaptureSpecInput.Key, String)] = [], _ confi
     }
 }
 
+/// A connection made through the forwarder: `client` dials `target` from one namespace, `server` is what the
+/// listener in the other accepted. `close()` closes what the test did not `release` to close itself.
+final class Relayed {
+    let listener: Int32, client: Int32, server: Int32
+    private var owned: Set<Int32>
+
+    init(listenIn: NetworkNamespace, port: UInt16, family: IPFamily, dialFrom: NetworkNamespace, target: Endpoint) throws {
+        listener = try TestSockets.listen(listenIn, family, port: port)
+        do {
+            client = try blockingSocket(dialFrom, connectTo: target)
+        } catch { Glibc.close(listener); throw error }
+        guard let s = acceptOne(listener) else {
+            Glibc.close(client); Glibc.close(listener)
+            throw CommandError(description: "nothing arrived at the listener for \(target)")
+        }
+        server = s
+        owned = [listener, client, server]
+    }
+
+    /// Outbound: the pod dials the server namespace on port 9000.
+    static func outbound(_ net: TestNetwork, _ family: IPFamily = .ipv4) throws -> Relayed {
+        try Relayed(listenIn: net.serverNamespace, port: 9000, family: family, dialFrom: net.podNamespace, target: family == .ipv4 ? server4 : server6)
+    }
+
+    /// Inbound: the server namespace dials the pod's application on port 9080.
+    static func inbound(_ net: TestNetwork, _ family: IPFamily) throws -> Relayed {
+        try Relayed(listenIn: net.podNamespace, port: 9080, family: family, dialFrom: net.serverNamespace,
+                    target: Endpoint(family: family, address: TestNetwork.podAddress(family), port: 9080))
+    }
+
+    /// The test closes `fd` itself.
+    func release(_ fd: Int32) { owned.remove(fd) }
+
+    func close() { owned.forEach { Glibc.close($0) }; owned = [] }
+}
+
 let server4 = Endpoint(family: .ipv4, address: TestNetwork.serverV4, port: 9000)
 let server6 = Endpoint(family: .ipv6, address: TestNetwork.serverV6, port: 9000)
 
@@ -126,44 +162,31 @@ struct ForwarderTests {
     @Test("100 MB each way arrive byte-exact through the forwarder (outbound, redirect)", arguments: IPFamily.allCases)
     func bulkOutbound(_ family: IPFamily) throws {
         try withForwarder { net, _ in
-            let target = family == .ipv4 ? server4 : server6
-            let listener = try TestSockets.listen(net.serverNamespace, family, port: 9000)
-            defer { close(listener) }
-            let client = try blockingSocket(net.podNamespace, connectTo: target)
-            defer { close(client) }
-            let server = try #require(acceptOne(listener))
-            defer { close(server) }
-            try exchange(client: client, server: server)
+            let r = try Relayed.outbound(net, family)
+            defer { r.close() }
+            try exchange(client: r.client, server: r.server)
         }
     }
 
     @Test("100 MB each way arrive byte-exact through the forwarder (inbound, TPROXY)", arguments: IPFamily.allCases)
     func bulkInboundTproxy(_ family: IPFamily) throws {
         try withForwarder(spec: [(.mode, "tproxy")]) { net, _ in
-            let app = try TestSockets.listen(net.podNamespace, family, port: 9080)
-            defer { close(app) }
-            let client = try blockingSocket(net.serverNamespace, connectTo: Endpoint(family: family, address: TestNetwork.podAddress(family), port: 9080))
-            defer { close(client) }
-            let server = try #require(acceptOne(app))
-            defer { close(server) }
-            try exchange(client: client, server: server)
+            let r = try Relayed.inbound(net, family)
+            defer { r.close() }
+            try exchange(client: r.client, server: r.server)
         }
     }
 
     @Test("inbound under redirect reaches the local application on its own port", arguments: IPFamily.allCases)
     func inboundRedirect(_ family: IPFamily) throws {
         try withForwarder { net, _ in
-            let app = try TestSockets.listen(net.podNamespace, family, port: 9080)
-            defer { close(app) }
-            let client = try blockingSocket(net.serverNamespace, connectTo: Endpoint(family: family, address: TestNetwork.podAddress(family), port: 9080))
-            defer { close(client) }
-            let server = try #require(acceptOne(app))
-            defer { close(server) }
-            sendAll(client, "hello app")
+            let r = try Relayed.inbound(net, family)
+            defer { r.close() }
+            sendAll(r.client, "hello app")
             var buf = [UInt8](repeating: 0, count: 32)
-            #expect(recv(server, &buf, buf.count, 0) == 9)
-            sendAll(server, "hi")
-            #expect(recv(client, &buf, buf.count, 0) == 2)
+            #expect(recv(r.server, &buf, buf.count, 0) == 9)
+            sendAll(r.server, "hi")
+            #expect(recv(r.client, &buf, buf.count, 0) == 2)
             #expect(metric("weir_forward_connections_total{direction=\"inbound\"}") >= 1)
         }
     }
@@ -186,12 +209,9 @@ struct ForwarderTests {
     @Test("half-close: a client that shuts down its write side still receives the full reply")
     func halfClose() throws {
         try withForwarder { net, _ in
-            let listener = try TestSockets.listen(net.serverNamespace, .ipv4, port: 9000)
-            defer { close(listener) }
-            let client = try blockingSocket(net.podNamespace, connectTo: server4)
-            defer { close(client) }
-            let server = try #require(acceptOne(listener))
-            defer { close(server) }
+            let r = try Relayed.outbound(net)
+            defer { r.close() }
+            let (client, server) = (r.client, r.server)
             sendAll(client, "request")
             shutdown(client, Int32(SHUT_WR))
             // The server sees EOF after the request, then answers at length and closes.
@@ -208,28 +228,24 @@ struct ForwarderTests {
     @Test("a reset from the server becomes a reset to the client")
     func resetFromServer() throws {
         try withForwarder { net, _ in
-            let listener = try TestSockets.listen(net.serverNamespace, .ipv4, port: 9000)
-            defer { close(listener) }
-            let client = try blockingSocket(net.podNamespace, connectTo: server4)
-            defer { close(client) }
-            let server = try #require(acceptOne(listener))
-            _ = weir_set_linger_reset(server)
-            close(server)
-            #expect(readAll(client).reset)
+            let r = try Relayed.outbound(net)
+            defer { r.close() }
+            r.release(r.server)
+            _ = weir_set_linger_reset(r.server)
+            close(r.server)
+            #expect(readAll(r.client).reset)
         }
     }
 
     @Test("a reset from the client becomes a reset to the server")
     func resetFromClient() throws {
         try withForwarder { net, _ in
-            let listener = try TestSockets.listen(net.serverNamespace, .ipv4, port: 9000)
-            defer { close(listener) }
-            let client = try blockingSocket(net.podNamespace, connectTo: server4)
-            let server = try #require(acceptOne(listener))
-            defer { close(server) }
-            _ = weir_set_linger_reset(client)
-            close(client)
-            #expect(readAll(server).reset)
+            let r = try Relayed.outbound(net)
+            defer { r.close() }
+            r.release(r.client)
+            _ = weir_set_linger_reset(r.client)
+            close(r.client)
+            #expect(readAll(r.server).reset)
         }
     }
 
@@ -281,14 +297,10 @@ struct ForwarderTests {
     @Test("an idle connection is closed after the idle timeout")
     func idleTimeout() throws {
         try withForwarder({ $0.idleTimeoutMilliseconds = 300 }) { net, forwarder in
-            let listener = try TestSockets.listen(net.serverNamespace, .ipv4, port: 9000)
-            defer { close(listener) }
-            let client = try blockingSocket(net.podNamespace, connectTo: server4)
-            defer { close(client) }
-            let server = try #require(acceptOne(listener))
-            defer { close(server) }
+            let r = try Relayed.outbound(net)
+            defer { r.close() }
             let started = Date()
-            let (bytes, _) = readAll(client)
+            let (bytes, _) = readAll(r.client)
             #expect(bytes.isEmpty)
             #expect(Date().timeIntervalSince(started) < 5)
             // The count drops just after the sockets close; give it a bounded moment.
@@ -301,15 +313,11 @@ struct ForwarderTests {
     func bypassMark() throws {
         // Without the mark the forwarder's connect to the original destination would be redirected to itself.
         try withForwarder { net, _ in
-            let listener = try TestSockets.listen(net.serverNamespace, .ipv6, port: 9000)
-            defer { close(listener) }
-            let client = try blockingSocket(net.podNamespace, connectTo: server6)
-            defer { close(client) }
-            let server = try #require(acceptOne(listener))
-            defer { close(server) }
+            let r = try Relayed.outbound(net, .ipv6)
+            defer { r.close() }
             var peer = sockaddr_storage()
             var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-            _ = withUnsafeMutablePointer(to: &peer) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(server, $0, &len) } }
+            _ = withUnsafeMutablePointer(to: &peer) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(r.server, $0, &len) } }
             #expect(SocketAddress.endpoint(peer, family: .ipv6)?.host == "fd00:0:0:1::1")
         }
     }
