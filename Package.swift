@@ -24,7 +24,7 @@ let package = Package(
         // Pure: capture spec, validation, environment decoding, RedirectPlan, renderers.
         .target(name: "WeirCapture"),
         // Effects: namespace entry on a dedicated thread.
-        .target(name: "WeirNetns", dependencies: ["CWeirShims"]),
+        .target(name: "WeirNetns", dependencies: ["WeirCapture", "CWeirShims"]),
         // Effects: nftables over netlink, iptables-restore fallback, live read-back, diff, probe.
         .target(
             name: "WeirNetfilter",

@@ -1,42 +1,5 @@
 import WeirCapture
-
-/// An IP endpoint: family, address bytes in network order, port.
-public struct Endpoint: Sendable, Hashable, CustomStringConvertible {
-    public let family: IPFamily
-    public let address: [UInt8]
-    public let port: UInt16
-
-    public init(family: IPFamily, address: [UInt8], port: UInt16) {
-        self.family = family; self.address = address; self.port = port
-    }
-
-    /// `198.18.0.2:80` or `[fd00::2]:80`.
-    public var description: String {
-        family == .ipv4 ? "\(IPAddressText.formatIPv4(address)):\(port)" : "[\(IPAddressText.formatIPv6(address))]:\(port)"
-    }
-
-    /// The address alone.
-    public var host: String { family == .ipv4 ? IPAddressText.formatIPv4(address) : IPAddressText.formatIPv6(address) }
-
-    /// Parses `HOST:PORT` or `[V6]:PORT`; nil when malformed.
-    public static func parse(_ text: String) -> Endpoint? {
-        var host: Substring, portText: Substring
-        if text.hasPrefix("[") {
-            guard let close = text.firstIndex(of: "]") else { return nil }
-            host = text[text.index(after: text.startIndex)..<close]
-            let rest = text[text.index(after: close)...]
-            guard rest.hasPrefix(":") else { return nil }
-            portText = rest.dropFirst()
-        } else {
-            guard let colon = text.lastIndex(of: ":") else { return nil }
-            host = text[..<colon]; portText = text[text.index(after: colon)...]
-        }
-        guard let port = UInt16(portText), port > 0 else { return nil }
-        if let v4 = IPAddressText.parseIPv4(String(host)) { return Endpoint(family: .ipv4, address: v4, port: port) }
-        if let v6 = IPAddressText.parseIPv6(String(host)) { return Endpoint(family: .ipv6, address: v6, port: port) }
-        return nil
-    }
-}
+import WeirNetns
 
 /// PROXY protocol header versions (HAProxy's spec), written before the relayed bytes.
 public enum ProxyProtocolVersion: String, Sendable, CaseIterable { case v1, v2 }

@@ -1,4 +1,5 @@
 import WeirCapture
+import WeirNetns
 
 /// PROXY protocol headers (HAProxy's text v1 and binary v2), TCP over IPv4/IPv6.
 public enum ProxyProtocolHeader {

@@ -3,6 +3,7 @@ import Logging
 import Metrics
 import Synchronization
 import WeirCapture
+import WeirNetns
 #if canImport(Glibc)
 import Glibc
 #endif

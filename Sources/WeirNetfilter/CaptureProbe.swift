@@ -133,7 +133,7 @@ struct CaptureProbe {
                 if seen.address == address && seen.port == port {
                     return .init(name: name, outcome: "passed", detail: "connection from outside to \(target) landed on port \(spec.inboundPort) with \(how) \(target)")
                 }
-                return .init(name: name, outcome: "failed", detail: "connection to \(target) landed on port \(spec.inboundPort) with \(how) \(seen.text)")
+                return .init(name: name, outcome: "failed", detail: "connection to \(target) landed on port \(spec.inboundPort) with \(how) \(seen.description)")
             }
         }
     }
@@ -197,7 +197,7 @@ struct CaptureProbe {
             if original.address == address.address && original.port == port {
                 return .init(name: name, outcome: "passed", detail: "connection to \(target) landed on port \(spec.outboundPort) with original destination \(target)")
             }
-            return .init(name: name, outcome: "failed", detail: "connection to \(target) landed on port \(spec.outboundPort) with original destination \(original.text)")
+            return .init(name: name, outcome: "failed", detail: "connection to \(target) landed on port \(spec.outboundPort) with original destination \(original.description)")
         }
     }
 }
@@ -205,23 +205,7 @@ struct CaptureProbe {
 /// The few socket calls the probe needs, errno turned into SystemCallError.
 enum ProbeSocket {
     static func socketAddress(family: IPFamily, address: [UInt8], port: UInt16) -> (sockaddr_storage, socklen_t) {
-        var ss = sockaddr_storage()
-        if family == .ipv4 {
-            withUnsafeMutableBytes(of: &ss) { raw in
-                let sin = raw.baseAddress!.assumingMemoryBound(to: sockaddr_in.self)
-                sin.pointee.sin_family = sa_family_t(AF_INET)
-                sin.pointee.sin_port = port.bigEndian
-                withUnsafeMutableBytes(of: &sin.pointee.sin_addr) { $0.copyBytes(from: address) }
-            }
-            return (ss, socklen_t(MemoryLayout<sockaddr_in>.size))
-        }
-        withUnsafeMutableBytes(of: &ss) { raw in
-            let sin6 = raw.baseAddress!.assumingMemoryBound(to: sockaddr_in6.self)
-            sin6.pointee.sin6_family = sa_family_t(AF_INET6)
-            sin6.pointee.sin6_port = port.bigEndian
-            withUnsafeMutableBytes(of: &sin6.pointee.sin6_addr) { $0.copyBytes(from: address) }
-        }
-        return (ss, socklen_t(MemoryLayout<sockaddr_in6>.size))
+        SocketAddress.make(Endpoint(family: family, address: address, port: port))
     }
 
     static func listen(family: IPFamily, port: UInt16, transparent: Bool = false) -> Result<Int32, SystemCallError> {
@@ -265,36 +249,8 @@ enum ProbeSocket {
         return c >= 0 ? c : nil
     }
 
-    struct Endpoint { let address: [UInt8]; let port: UInt16; let text: String }
-
-    static func originalDestination(_ fd: Int32, family: IPFamily) -> Endpoint? {
-        var ss = sockaddr_storage()
-        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        guard weir_original_dst(fd, family == .ipv4 ? AF_INET : AF_INET6, &ss, &len) == 0 else { return nil }
-        return endpoint(ss, family: family)
-    }
+    static func originalDestination(_ fd: Int32, family: IPFamily) -> Endpoint? { SocketAddress.originalDestination(fd, family: family) }
 
     /// The accepted socket's local address: under TPROXY, the original destination.
-    static func localAddress(_ fd: Int32, family: IPFamily) -> Endpoint? {
-        var ss = sockaddr_storage()
-        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let rc = withUnsafeMutablePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
-        return rc == 0 ? endpoint(ss, family: family) : nil
-    }
-
-    static func endpoint(_ storage: sockaddr_storage, family: IPFamily) -> Endpoint? {
-        var ss = storage
-        return withUnsafeBytes(of: &ss) { raw in
-            if family == .ipv4 {
-                let sin = raw.load(as: sockaddr_in.self)
-                let a = withUnsafeBytes(of: sin.sin_addr) { Array($0) }
-                let port = UInt16(bigEndian: sin.sin_port)
-                return Endpoint(address: a, port: port, text: "\(IPAddressText.formatIPv4(a)):\(port)")
-            }
-            let sin6 = raw.load(as: sockaddr_in6.self)
-            let a = withUnsafeBytes(of: sin6.sin6_addr) { Array($0) }
-            let port = UInt16(bigEndian: sin6.sin6_port)
-            return Endpoint(address: a, port: port, text: "[\(IPAddressText.formatIPv6(a))]:\(port)")
-        }
-    }
+    static func localAddress(_ fd: Int32, family: IPFamily) -> Endpoint? { SocketAddress.local(fd, family: family) }
 }

@@ -1,6 +1,7 @@
 import Testing
 @testable import WeirForwarder
 import WeirCapture
+import WeirNetns
 
 @Suite("PROXY protocol headers")
 struct ProxyProtocolTests {
