@@ -339,3 +339,17 @@ final class ResultBox: @unchecked Sendable {
     func set(_ k: String, _ v: Int) { lock.lock(); values[k] = v; lock.unlock() }
     func get(_ k: String) -> Int? { lock.lock(); defer { lock.unlock() }; return values[k] }
 }
+
+@Suite("check --probe beside a running forwarder", .enabled(if: canRunNamespaceTests))
+struct ProbeWithForwarderTests {
+    @Test("when a proxy holds the capture ports, the probe says so and still proves the redirect")
+    func probeWhilePortsAreHeld() throws {
+        try withForwarder { net, _ in
+            let report = try net.installer(.nftables).check(spec: nil, probe: true)
+            #expect(report.healthy, "\(report.problems) \(String(describing: report.probe))")
+            let outbound = report.probe?.checks.filter { $0.name.hasPrefix("outbound") } ?? []
+            #expect(outbound.count == 2)
+            #expect(outbound.allSatisfy { $0.outcome == "passed" && $0.detail.contains("held by a running proxy") }, "\(outbound)")
+        }
+    }
+}
