@@ -112,6 +112,7 @@ struct CaptureProbe {
             ?? .failure(SystemCallError("setns", errno: EINVAL))
         switch client {
         case .failure(let e):
+            if let held = heldPortReset(listener, e, port: spec.inboundPort, target: target, name: name) { return held }
             return .init(name: name, outcome: "failed", detail: "connection from outside to \(target) was not redirected to port \(spec.inboundPort): \(e)")
         case .success(let fd):
             defer { close(fd) }
@@ -164,6 +165,13 @@ struct CaptureProbe {
         return candidates.first { c in !spec.outboundExcludeCIDRs.contains { $0.contains(c) } }
     }
 
+    /// A running proxy on the capture port completes the handshake and then resets when its own upstream
+    /// refuses (nothing listens at the probe's destination): a reset after the handshake proves the redirect.
+    func heldPortReset(_ listener: Result<Int32, SystemCallError>, _ e: SystemCallError, port: UInt16, target: String, name: String) -> ProbeCheck? {
+        guard case .failure(let l) = listener, l.errno == EADDRINUSE, e.errno == ECONNRESET else { return nil }
+        return .init(name: name, outcome: "passed", detail: "port \(port) is held by a running proxy, which accepted a connection to \(target) and then reset it (nothing answers there): the redirect works")
+    }
+
     func probeOutbound(family: IPFamily, address: CIDR, port: UInt16) -> ProbeCheck {
         let name = "outbound \(family.rawValue)"
         let target = family == .ipv4 ? "\(address.description.dropLast(3)):\(port)" : "[\(address.description.dropLast(4))]:\(port)"
@@ -173,6 +181,7 @@ struct CaptureProbe {
         switch ProbeSocket.connect(family: family, address: address.address, port: port, timeoutMilliseconds: timeoutMilliseconds) {
         case .success(let fd): client = fd
         case .failure(let e):
+            if let held = heldPortReset(listener, e, port: spec.outboundPort, target: target, name: name) { return held }
             // Only a refusal by connect() itself means there is no local route; an unreachable reported later
             // came back from the network, i.e. the SYN left the pod uncaptured.
             if e.call == "connect" && e.errno == ENETUNREACH {

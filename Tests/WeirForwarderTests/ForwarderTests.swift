@@ -350,6 +350,8 @@ struct ProbeWithForwarderTests {
             let outbound = report.probe?.checks.filter { $0.name.hasPrefix("outbound") } ?? []
             #expect(outbound.count == 2)
             #expect(outbound.allSatisfy { $0.outcome == "passed" && $0.detail.contains("held by a running proxy") }, "\(outbound)")
+            let inbound = report.probe?.checks.filter { $0.name.hasPrefix("inbound") } ?? []
+            #expect(inbound.count == 2 && inbound.allSatisfy { $0.outcome == "passed" && $0.detail.contains("held by a running proxy") }, "\(inbound)")
         }
     }
 }
