@@ -12,6 +12,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
     ],
     targets: [
         // C: libnftnl + libmnl + kernel netfilter/rtnetlink headers.
@@ -43,16 +44,19 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
+        // Pure: App Mesh v1beta2 manifests read and checked, with file:line:field problems.
+        .target(name: "WeirMesh", dependencies: [.product(name: "Yams", package: "Yams")]),
         .executableTarget(
             name: "weir",
             dependencies: [
-                "WeirCapture", "WeirNetfilter", "WeirNetns", "WeirForwarder",
+                "WeirCapture", "WeirNetfilter", "WeirNetns", "WeirForwarder", "WeirMesh",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
         // Measurements for scripts/bench (not a product).
         .executableTarget(name: "weir-bench", dependencies: ["WeirCapture", "WeirNetfilter", "WeirNetns"]),
+        .testTarget(name: "WeirMeshTests", dependencies: ["WeirMesh", "WeirTestSupport"]),
         .testTarget(name: "WeirCaptureTests", dependencies: ["WeirCapture"], resources: [.copy("Goldens")]),
         // Throwaway namespaces, sockets and commands shared by the namespace tests.
         .target(name: "WeirTestSupport", dependencies: ["WeirCapture", "WeirNetfilter", "WeirNetns", "CWeirShims"], path: "Tests/WeirTestSupport"),

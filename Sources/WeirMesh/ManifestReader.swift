@@ -1,0 +1,196 @@
+import Yams
+
+/// Reads App Mesh manifests (multi-document YAML) into the model, with every problem located to file, line and field.
+public enum ManifestReader {
+    static let apiVersion = "appmesh.k8s.aws/v1beta2"
+
+    /// Reads `files` (path and text, in the order given) and checks cross-references. Throws every problem at once.
+    public static func read(_ files: [(path: String, text: String)]) throws(MeshError) -> MeshManifests {
+        var reader = Reader()
+        for (path, text) in files { reader.readFile(path: path, text: text) }
+        reader.checkReferences()
+        if !reader.problems.isEmpty { throw MeshError(problems: reader.problems) }
+        return reader.out
+    }
+
+    struct Reader {
+        var out = MeshManifests()
+        var problems: [MeshProblem] = []
+
+        mutating func problem(_ file: String, _ node: Node?, _ field: String, _ message: String) {
+            problems.append(MeshProblem(location: SourceLocation(file: file, line: (node?.mark?.line ?? 0), field: field), message: message))
+        }
+
+        mutating func readFile(path: String, text: String) {
+            var documents: [Node] = []
+            do {
+                // The sequence stops at a parse error and keeps it; surface it rather than read half a file.
+                var sequence = try Yams.compose_all(yaml: text)
+                while let doc = sequence.next() { documents.append(doc) }
+                if let error = sequence.error { throw error }
+            } catch let e as YamlError {
+                problems.append(MeshProblem(location: SourceLocation(file: path, line: Self.line(of: e), field: "(yaml)"), message: "not valid YAML: \(e)"))
+                return
+            } catch {
+                problems.append(MeshProblem(location: SourceLocation(file: path, line: 0, field: "(yaml)"), message: "not valid YAML: \(error)"))
+                return
+            }
+            for doc in documents { readDocument(path, doc) }
+        }
+
+        static func line(of e: YamlError) -> Int {
+            switch e {
+            case .scanner(_, _, let mark, _), .parser(_, _, let mark, _): return mark.line
+            default: return 0
+            }
+        }
+
+        mutating func readDocument(_ file: String, _ doc: Node) {
+            guard doc.mapping != nil else { problem(file, doc, "(document)", "expected a Kubernetes object (a mapping)"); return }
+            let kind = doc["kind"]?.string
+            guard let api = doc["apiVersion"]?.string, api == ManifestReader.apiVersion else {
+                // Other Kubernetes objects (Deployments, Services) may share the files: skip them quietly,
+                // but an App Mesh kind with the wrong version is a mistake.
+                if let kind, ["Mesh", "VirtualNode", "VirtualRouter", "VirtualService", "VirtualGateway", "GatewayRoute"].contains(kind) {
+                    problem(file, doc["apiVersion"] ?? doc, "apiVersion", "App Mesh \(kind) must be \(ManifestReader.apiVersion), found '\(doc["apiVersion"]?.string ?? "")'")
+                }
+                return
+            }
+            guard let name = doc["metadata"]?["name"]?.string, !name.isEmpty else {
+                problem(file, doc["metadata"] ?? doc, "metadata.name", "every App Mesh object needs a name"); return
+            }
+            let namespace = doc["metadata"]?["namespace"]?.string ?? "default"
+            let ref = ResourceRef(name: name, namespace: namespace)
+            let spec = doc["spec"]
+            let loc = SourceLocation(file: file, line: doc.mark?.line ?? 0, field: "\(kind ?? "?") \(ref)")
+            switch kind {
+            case "Mesh":
+                let egress = spec?["egressFilter"]?["type"]?.string ?? "DROP_ALL"
+                if !["ALLOW_ALL", "DROP_ALL"].contains(egress) {
+                    problem(file, spec?["egressFilter"]?["type"], "spec.egressFilter.type", "must be ALLOW_ALL or DROP_ALL, found '\(egress)'")
+                }
+                out.meshes.append(Mesh(name: name, egressDropAll: egress != "ALLOW_ALL", location: loc))
+            case "VirtualNode":
+                var node = VirtualNode(ref: ref, meshName: spec?["meshRef"]?["name"]?.string, listeners: [], hostname: nil, backends: [], accessLogPath: nil, location: loc)
+                for (i, l) in (spec?["listeners"]?.sequence ?? []).enumerated() {
+                    if let pm = portMapping(file, l["portMapping"], "spec.listeners[\(i)].portMapping") { node.listeners.append(pm) }
+                }
+                if let dns = spec?["serviceDiscovery"]?["dns"] {
+                    guard let h = dns["hostname"]?.string, !h.isEmpty else {
+                        problem(file, dns, "spec.serviceDiscovery.dns.hostname", "a DNS service discovery needs a hostname"); break
+                    }
+                    node.hostname = h
+                }
+                for (i, b) in (spec?["backends"]?.sequence ?? []).enumerated() {
+                    let field = "spec.backends[\(i)].virtualService.virtualServiceRef"
+                    guard let r = b["virtualService"]?["virtualServiceRef"], let n = r["name"]?.string else {
+                        problem(file, b, field, "a backend names a virtual service with virtualServiceRef.name"); continue
+                    }
+                    node.backends.append(ResourceRef(name: n, namespace: r["namespace"]?.string ?? namespace))
+                }
+                node.accessLogPath = spec?["logging"]?["accessLog"]?["file"]?["path"]?.string
+                out.virtualNodes.append(node)
+            case "VirtualRouter":
+                var router = VirtualRouter(ref: ref, listeners: [], routes: [], location: loc)
+                for (i, l) in (spec?["listeners"]?.sequence ?? []).enumerated() {
+                    if let pm = portMapping(file, l["portMapping"], "spec.listeners[\(i)].portMapping") { router.listeners.append(pm) }
+                }
+                if router.listeners.isEmpty { problem(file, spec ?? doc, "spec.listeners", "a virtual router needs one listener") }
+                for (i, r) in (spec?["routes"]?.sequence ?? []).enumerated() {
+                    if let route = route(file, r, "spec.routes[\(i)]", namespace: namespace) { router.routes.append(route) }
+                }
+                out.virtualRouters.append(router)
+            case "VirtualService":
+                var service = VirtualService(ref: ref, awsName: spec?["awsName"]?.string ?? "\(name).\(namespace)", provider: nil, location: loc)
+                if let vn = spec?["provider"]?["virtualNode"]?["virtualNodeRef"], let n = vn["name"]?.string {
+                    service.provider = .virtualNode(ResourceRef(name: n, namespace: vn["namespace"]?.string ?? namespace))
+                } else if let vr = spec?["provider"]?["virtualRouter"]?["virtualRouterRef"], let n = vr["name"]?.string {
+                    service.provider = .virtualRouter(ResourceRef(name: n, namespace: vr["namespace"]?.string ?? namespace))
+                } else if spec?["provider"] != nil {
+                    problem(file, spec?["provider"], "spec.provider", "name a virtualNode.virtualNodeRef or a virtualRouter.virtualRouterRef")
+                }
+                out.virtualServices.append(service)
+            case "VirtualGateway", "GatewayRoute":
+                // Read by a later version; accepted so that whole App Mesh directories validate.
+                break
+            default:
+                problem(file, doc["kind"] ?? doc, "kind", "unknown App Mesh kind '\(kind ?? "")'; expected Mesh, VirtualNode, VirtualRouter, VirtualService, VirtualGateway or GatewayRoute")
+            }
+        }
+
+        mutating func portMapping(_ file: String, _ node: Node?, _ field: String) -> PortMapping? {
+            guard let node else { problem(file, nil, field, "a listener needs a portMapping"); return nil }
+            guard let port = node["port"]?.int, port >= 1, port <= 65535 else {
+                problem(file, node["port"] ?? node, field + ".port", "must be a port from 1 to 65535, found '\(node["port"]?.string ?? "")'"); return nil
+            }
+            let p = node["protocol"]?.string ?? ""
+            guard let proto = PortProtocol(rawValue: p) else {
+                problem(file, node["protocol"] ?? node, field + ".protocol", "must be one of http, http2, grpc, tcp; found '\(p)'"); return nil
+            }
+            return PortMapping(port: UInt16(port), protocol: proto)
+        }
+
+        mutating func route(_ file: String, _ r: Node, _ field: String, namespace: String) -> RouteSpec? {
+            guard let name = r["name"]?.string else { problem(file, r, field + ".name", "every route needs a name"); return nil }
+            let kinds: [(String, PortProtocol)] = [("httpRoute", .http), ("http2Route", .http2), ("grpcRoute", .grpc), ("tcpRoute", .tcp)]
+            let present = kinds.filter { r[$0.0] != nil }
+            guard present.count == 1, let (key, kind) = present.first, let body = r[key] else {
+                problem(file, r, field, "a route has exactly one of httpRoute, http2Route, grpcRoute, tcpRoute"); return nil
+            }
+            var route = RouteSpec(name: name, kind: kind, priority: r["priority"]?.int, prefix: body["match"]?["prefix"]?.string, targets: [],
+                                  location: SourceLocation(file: file, line: r.mark?.line ?? 0, field: field))
+            if let p = route.priority, p < 0 || p > 1000 {
+                problem(file, r["priority"], field + ".priority", "must be from 0 to 1000, found \(p)")
+            }
+            let targets = body["action"]?["weightedTargets"]?.sequence ?? []
+            if targets.isEmpty { problem(file, body["action"] ?? body, "\(field).\(key).action.weightedTargets", "a route needs at least one weighted target") }
+            for (i, t) in targets.enumerated() {
+                let tf = "\(field).\(key).action.weightedTargets[\(i)]"
+                guard let n = t["virtualNodeRef"]?["name"]?.string else { problem(file, t, tf + ".virtualNodeRef.name", "a target names a virtual node"); continue }
+                guard let w = t["weight"]?.int, w >= 0, w <= 100 else {
+                    problem(file, t["weight"] ?? t, tf + ".weight", "must be a weight from 0 to 100, found '\(t["weight"]?.string ?? "")'"); continue
+                }
+                route.targets.append(WeightedTarget(node: ResourceRef(name: n, namespace: t["virtualNodeRef"]?["namespace"]?.string ?? namespace),
+                                                    weight: w, port: t["port"]?.int.map { UInt16(clamping: $0) },
+                                                    location: SourceLocation(file: file, line: t.mark?.line ?? 0, field: tf)))
+            }
+            if !route.targets.isEmpty && route.targets.allSatisfy({ $0.weight == 0 }) {
+                problem(file, body["action"], "\(field).\(key).action.weightedTargets", "the weights add up to 0, so no request could be routed")
+            }
+            return route
+        }
+
+        /// Every name a resource refers to must exist.
+        mutating func checkReferences() {
+            let nodes = Set(out.virtualNodes.map(\.ref)), routers = Set(out.virtualRouters.map(\.ref)), services = Set(out.virtualServices.map(\.ref))
+            for n in out.virtualNodes {
+                for b in n.backends where !services.contains(b) {
+                    problems.append(MeshProblem(location: n.location, message: "backend virtual service \(b) does not exist"))
+                }
+            }
+            for r in out.virtualRouters {
+                for route in r.routes {
+                    for t in route.targets where !nodes.contains(t.node) {
+                        problems.append(MeshProblem(location: t.location, message: "target virtual node \(t.node) does not exist"))
+                    }
+                }
+            }
+            for s in out.virtualServices {
+                switch s.provider {
+                case .virtualNode(let n) where !nodes.contains(n):
+                    problems.append(MeshProblem(location: s.location, message: "provider virtual node \(n) does not exist"))
+                case .virtualRouter(let r) where !routers.contains(r):
+                    problems.append(MeshProblem(location: s.location, message: "provider virtual router \(r) does not exist"))
+                default: break
+                }
+            }
+            var seen = Set<String>()
+            for (kind, refs) in [("VirtualNode", out.virtualNodes.map { ($0.ref, $0.location) }), ("VirtualRouter", out.virtualRouters.map { ($0.ref, $0.location) }),
+                                 ("VirtualService", out.virtualServices.map { ($0.ref, $0.location) })] {
+                for (ref, loc) in refs where !seen.insert("\(kind) \(ref)").inserted {
+                    problems.append(MeshProblem(location: loc, message: "\(kind) \(ref) is defined twice"))
+                }
+            }
+        }
+    }
+}

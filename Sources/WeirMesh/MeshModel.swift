@@ -1,0 +1,97 @@
+/// App Mesh `appmesh.k8s.aws/v1beta2` resources, as weir reads them from manifests.
+
+/// A reference to another resource by name, in a namespace (the referrer's when omitted).
+public struct ResourceRef: Sendable, Hashable, CustomStringConvertible {
+    public var name: String
+    public var namespace: String
+    public var description: String { "\(namespace)/\(name)" }
+}
+
+/// Where a problem was found: file, line (1-based), and the field path.
+public struct SourceLocation: Sendable, Hashable, CustomStringConvertible {
+    public var file: String
+    public var line: Int
+    public var field: String
+    public var description: String { "\(file):\(line): \(field)" }
+}
+
+public enum PortProtocol: String, Sendable, Hashable, CaseIterable { case http, http2, grpc, tcp }
+
+public struct PortMapping: Sendable, Hashable {
+    public var port: UInt16
+    public var `protocol`: PortProtocol
+}
+
+public struct Mesh: Sendable, Hashable {
+    public var name: String
+    public var egressDropAll: Bool
+    public var location: SourceLocation
+}
+
+public struct VirtualNode: Sendable, Hashable {
+    public var ref: ResourceRef
+    public var meshName: String?
+    public var listeners: [PortMapping]
+    /// DNS hostname from `serviceDiscovery.dns.hostname`.
+    public var hostname: String?
+    public var backends: [ResourceRef]
+    public var accessLogPath: String?
+    public var location: SourceLocation
+}
+
+public struct WeightedTarget: Sendable, Hashable {
+    public var node: ResourceRef
+    public var weight: Int
+    public var port: UInt16?
+    public var location: SourceLocation
+}
+
+public struct RouteSpec: Sendable, Hashable {
+    public var name: String
+    public var kind: PortProtocol
+    public var priority: Int?
+    public var prefix: String?
+    public var targets: [WeightedTarget]
+    public var location: SourceLocation
+}
+
+public struct VirtualRouter: Sendable, Hashable {
+    public var ref: ResourceRef
+    public var listeners: [PortMapping]
+    public var routes: [RouteSpec]
+    public var location: SourceLocation
+}
+
+public enum ServiceProvider: Sendable, Hashable {
+    case virtualNode(ResourceRef)
+    case virtualRouter(ResourceRef)
+}
+
+public struct VirtualService: Sendable, Hashable {
+    public var ref: ResourceRef
+    /// `spec.awsName`, defaulting to `<name>.<namespace>` as App Mesh's controller does.
+    public var awsName: String
+    public var provider: ServiceProvider?
+    public var location: SourceLocation
+}
+
+/// Everything read from a manifest directory.
+public struct MeshManifests: Sendable, Hashable {
+    public var meshes: [Mesh] = []
+    public var virtualNodes: [VirtualNode] = []
+    public var virtualRouters: [VirtualRouter] = []
+    public var virtualServices: [VirtualService] = []
+    public init() {}
+}
+
+/// One problem in the manifests, located to the field.
+public struct MeshProblem: Sendable, Hashable, CustomStringConvertible {
+    public var location: SourceLocation
+    public var message: String
+    public var description: String { "\(location): \(message)" }
+}
+
+public struct MeshError: Error, Sendable, CustomStringConvertible {
+    public var problems: [MeshProblem]
+    public var description: String { problems.map(\.description).joined(separator: "\n") }
+}

@@ -1,0 +1,138 @@
+import Foundation
+import Testing
+@testable import WeirMesh
+
+let canary = """
+apiVersion: appmesh.k8s.aws/v1beta2
+kind: Mesh
+metadata:
+  name: shop
+spec:
+  egressFilter:
+    type: DROP_ALL
+---
+apiVersion: appmesh.k8s.aws/v1beta2
+kind: VirtualNode
+metadata:
+  name: front
+  namespace: shop
+spec:
+  listeners:
+    - portMapping: {port: 8080, protocol: http}
+  serviceDiscovery:
+    dns: {hostname: front.shop.svc.cluster.local}
+  backends:
+    - virtualService:
+        virtualServiceRef: {name: cart}
+  logging:
+    accessLog:
+      file: {path: /dev/stdout}
+---
+apiVersion: appmesh.k8s.aws/v1beta2
+kind: VirtualNode
+metadata: {name: cart-v1, namespace: shop}
+spec:
+  listeners: [{portMapping: {port: 9080, protocol: http}}]
+  serviceDiscovery: {dns: {hostname: cart-v1.shop.svc.cluster.local}}
+---
+apiVersion: appmesh.k8s.aws/v1beta2
+kind: VirtualNode
+metadata: {name: cart-v2, namespace: shop}
+spec:
+  listeners: [{portMapping: {port: 9080, protocol: http}}]
+  serviceDiscovery: {dns: {hostname: cart-v2.shop.svc.cluster.local}}
+---
+apiVersion: appmesh.k8s.aws/v1beta2
+kind: VirtualRouter
+metadata: {name: cart-router, namespace: shop}
+spec:
+  listeners: [{portMapping: {port: 9080, protocol: http}}]
+  routes:
+    - name: canary
+      httpRoute:
+        match: {prefix: /}
+        action:
+          weightedTargets:
+            - {virtualNodeRef: {name: cart-v1}, weight: 90}
+            - {virtualNodeRef: {name: cart-v2}, weight: 10}
+---
+apiVersion: appmesh.k8s.aws/v1beta2
+kind: VirtualService
+metadata: {name: cart, namespace: shop}
+spec:
+  provider:
+    virtualRouter:
+      virtualRouterRef: {name: cart-router}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: not-app-mesh}
+"""
+
+@Suite("App Mesh manifests")
+struct ManifestReaderTests {
+    @Test("a canary mesh reads into the model, with App Mesh's defaults")
+    func canaryMesh() throws {
+        let m = try ManifestReader.read([("mesh.yaml", canary)])
+        #expect(m.meshes.map(\.name) == ["shop"] && m.meshes[0].egressDropAll)
+        #expect(m.virtualNodes.map(\.ref.description) == ["shop/front", "shop/cart-v1", "shop/cart-v2"])
+        #expect(m.virtualNodes[0].backends == [ResourceRef(name: "cart", namespace: "shop")])
+        #expect(m.virtualNodes[0].accessLogPath == "/dev/stdout")
+        #expect(m.virtualNodes[0].listeners == [PortMapping(port: 8080, protocol: .http)])
+        let route = try #require(m.virtualRouters.first?.routes.first)
+        #expect(route.kind == .http && route.prefix == "/")
+        #expect(route.targets.map(\.weight) == [90, 10])
+        #expect(m.virtualServices.first?.awsName == "cart.shop")
+        #expect(m.virtualServices.first?.provider == .virtualRouter(ResourceRef(name: "cart-router", namespace: "shop")))
+    }
+
+    struct Broken: Sendable, CustomTestStringConvertible {
+        let name: String
+        let from: String
+        let to: String
+        let line: Int
+        let field: String
+        let mentions: String
+        var testDescription: String { name }
+    }
+
+    static let broken: [Broken] = [
+        .init(name: "port out of range", from: "port: 9080, protocol: http}}]\n  serviceDiscovery: {dns: {hostname: cart-v1", to: "port: 99999, protocol: http}}]\n  serviceDiscovery: {dns: {hostname: cart-v1",
+              line: 30, field: "spec.listeners[0].portMapping.port", mentions: "1 to 65535"),
+        .init(name: "unknown protocol", from: "{port: 8080, protocol: http}", to: "{port: 8080, protocol: https}",
+              line: 16, field: "spec.listeners[0].portMapping.protocol", mentions: "http, http2, grpc, tcp"),
+        .init(name: "weight above 100", from: "weight: 90", to: "weight: 190", line: 51, field: "spec.routes[0].httpRoute.action.weightedTargets[0].weight", mentions: "0 to 100"),
+        .init(name: "missing target node", from: "{name: cart-v2}, weight: 10", to: "{name: cart-v3}, weight: 10", line: 52, field: "weightedTargets[1]", mentions: "shop/cart-v3 does not exist"),
+        .init(name: "missing backend service", from: "virtualServiceRef: {name: cart}", to: "virtualServiceRef: {name: basket}", line: 9, field: "VirtualNode shop/front", mentions: "shop/basket does not exist"),
+        .init(name: "missing router", from: "virtualRouterRef: {name: cart-router}", to: "virtualRouterRef: {name: router}", line: 54, field: "VirtualService shop/cart", mentions: "shop/router does not exist"),
+        .init(name: "bad egress filter", from: "type: DROP_ALL", to: "type: DENY", line: 7, field: "spec.egressFilter.type", mentions: "ALLOW_ALL or DROP_ALL"),
+        .init(name: "two route kinds", from: "      httpRoute:\n", to: "      tcpRoute: {action: {weightedTargets: [{virtualNodeRef: {name: cart-v1}, weight: 1}]}}\n      httpRoute:\n",
+              line: 46, field: "spec.routes[0]", mentions: "exactly one of"),
+        .init(name: "wrong apiVersion on an App Mesh kind", from: "apiVersion: appmesh.k8s.aws/v1beta2\nkind: Mesh", to: "apiVersion: appmesh.k8s.aws/v1beta1\nkind: Mesh",
+              line: 1, field: "apiVersion", mentions: "must be appmesh.k8s.aws/v1beta2"),
+        .init(name: "not YAML", from: "kind: Mesh\nmetadata:\n  name: shop", to: "kind: Mesh\nmetadata:\n  name: \"shop", line: 0, field: "(yaml)", mentions: "not valid YAML"),
+    ]
+
+    @Test("each broken manifest is refused with file, line, field and what is wrong", arguments: broken)
+    func brokenManifest(_ b: Broken) {
+        #expect(canary.contains(b.from), "fixture text not found")
+        let text = canary.replacingOccurrences(of: b.from, with: b.to)
+        do {
+            _ = try ManifestReader.read([("mesh.yaml", text)])
+            Issue.record("accepted: \(b.name)")
+        } catch {
+            let p = error.problems.first { $0.location.field.contains(b.field) }
+            #expect(p != nil, "no problem on \(b.field): \(error.problems)")
+            #expect(p?.message.contains(b.mentions) == true, "\(String(describing: p))")
+            #expect(p?.location.file == "mesh.yaml")
+            if b.line > 0 { #expect(p?.location.line == b.line, "\(String(describing: p))") }
+        }
+    }
+
+    @Test("a definition given twice is refused")
+    func duplicate() {
+        #expect(throws: MeshError.self) {
+            try ManifestReader.read([("a.yaml", canary), ("b.yaml", canary)])
+        }
+    }
+}
