@@ -71,7 +71,7 @@ public enum ManifestReader {
                 }
                 out.meshes.append(Mesh(name: name, egressDropAll: egress != "ALLOW_ALL", location: loc))
             case "VirtualNode":
-                var node = VirtualNode(ref: ref, meshName: spec?["meshRef"]?["name"]?.string, listeners: [], hostname: nil, backends: [], accessLogPath: nil, location: loc)
+                var node = VirtualNode(ref: ref, awsName: spec?["awsName"]?.string ?? "\(name)_\(namespace)", meshName: spec?["meshRef"]?["name"]?.string, listeners: [], hostname: nil, backends: [], accessLogPath: nil, location: loc)
                 for (i, l) in (spec?["listeners"]?.sequence ?? []).enumerated() {
                     if let pm = portMapping(file, l["portMapping"], "spec.listeners[\(i)].portMapping") { node.listeners.append(pm) }
                 }

@@ -30,6 +30,8 @@ public struct Mesh: Sendable, Hashable {
 
 public struct VirtualNode: Sendable, Hashable {
     public var ref: ResourceRef
+    /// `spec.awsName`, defaulting to `<name>_<namespace>` as App Mesh's controller does.
+    public var awsName: String
     public var meshName: String?
     public var listeners: [PortMapping]
     /// DNS hostname from `serviceDiscovery.dns.hostname`.

@@ -1,0 +1,56 @@
+/// The identities an Envoy may present as `node.id`, resolved to a virtual node of the manifests.
+///
+/// App Mesh's Envoys used `mesh/<mesh>/virtualNode/<awsName>`, also as a full ARN
+/// (`arn:aws:appmesh:<region>:<account>:mesh/<mesh>/virtualNode/<awsName>`); weir also accepts
+/// `<namespace>/<name>`, as App Mesh's Kubernetes controller names virtual nodes.
+public enum NodeIdentity: Sendable, Hashable {
+    case appMesh(mesh: String, awsName: String)
+    case kubernetes(ResourceRef)
+
+    public enum ParseError: Error, Sendable, Equatable, CustomStringConvertible {
+        case malformed(String)
+        public var description: String {
+            switch self {
+            case .malformed(let id):
+                return "node id '\(id)' is not mesh/<mesh>/virtualNode/<name>, an App Mesh ARN, or <namespace>/<name>"
+            }
+        }
+    }
+
+    public static func parse(_ id: String) throws(ParseError) -> NodeIdentity {
+        var path = Substring(id)
+        if path.hasPrefix("arn:") {
+            // arn:partition:appmesh:region:account:resource — the resource part holds the path.
+            let parts = path.split(separator: ":", maxSplits: 5, omittingEmptySubsequences: false)
+            guard parts.count == 6, parts[2] == "appmesh" else { throw .malformed(id) }
+            path = parts[5]
+        }
+        let pieces = path.split(separator: "/", omittingEmptySubsequences: false)
+        if pieces.count == 4, pieces[0] == "mesh", pieces[2] == "virtualNode", !pieces[1].isEmpty, !pieces[3].isEmpty {
+            return .appMesh(mesh: String(pieces[1]), awsName: String(pieces[3]))
+        }
+        if !id.hasPrefix("arn:"), pieces.count == 2, !pieces[0].isEmpty, !pieces[1].isEmpty {
+            return .kubernetes(ResourceRef(name: String(pieces[1]), namespace: String(pieces[0])))
+        }
+        throw .malformed(id)
+    }
+}
+
+extension MeshManifests {
+    /// The virtual node an Envoy with this identity serves, if the manifests define it.
+    /// An App Mesh identity matches `spec.awsName` (or the controller's default `<name>_<namespace>`) in the
+    /// node's mesh: its `meshRef`, or the only mesh the manifests define.
+    public func virtualNode(for identity: NodeIdentity) -> VirtualNode? {
+        switch identity {
+        case .kubernetes(let ref):
+            return virtualNodes.first { $0.ref == ref }
+        case .appMesh(let mesh, let awsName):
+            return virtualNodes.first { n in meshName(of: n) == mesh && n.awsName == awsName }
+        }
+    }
+
+    /// The mesh a virtual node belongs to.
+    public func meshName(of node: VirtualNode) -> String? {
+        node.meshName ?? (meshes.count == 1 ? meshes[0].name : nil)
+    }
+}
