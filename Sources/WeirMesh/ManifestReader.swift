@@ -139,6 +139,13 @@ public enum ManifestReader {
             }
             var route = RouteSpec(name: name, kind: kind, priority: r["priority"]?.int, prefix: body["match"]?["prefix"]?.string, targets: [],
                                   location: SourceLocation(file: file, line: r.mark?.line ?? 0, field: field))
+            let f = "\(field).\(key)"
+            readMatch(file, body["match"], f + ".match", into: &route)
+            if let retry = body["retryPolicy"] { route.retry = retryPolicy(file, retry, f + ".retryPolicy", kind: kind) }
+            if let t = body["timeout"] {
+                route.perRequestTimeoutMilliseconds = duration(file, t["perRequest"], f + ".timeout.perRequest")
+                route.idleTimeoutMilliseconds = duration(file, t["idle"], f + ".timeout.idle")
+            }
             if let p = route.priority, p < 0 || p > 1000 {
                 problem(file, r["priority"], field + ".priority", "must be from 0 to 1000, found \(p)")
             }
@@ -158,6 +165,96 @@ public enum ManifestReader {
                 problem(file, body["action"], "\(field).\(key).action.weightedTargets", "the weights add up to 0, so no request could be routed")
             }
             return route
+        }
+
+        static let methods: Set<String> = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"]
+        static let httpRetryEvents: Set<String> = ["server-error", "gateway-error", "client-error", "stream-error"]
+        static let tcpRetryEvents: Set<String> = ["connection-error"]
+        static let grpcRetryEvents: Set<String> = ["cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable"]
+
+        mutating func readMatch(_ file: String, _ m: Node?, _ field: String, into route: inout RouteSpec) {
+            guard let m else { return }
+            if let p = m["path"] {
+                if let e = p["exact"]?.string { route.path = .exact(e) }
+                else if let r = p["regex"]?.string { route.path = .regex(r) }
+                else { problem(file, p, field + ".path", "give exact or regex") }
+            }
+            if let method = m["method"]?.string {
+                if Self.methods.contains(method) { route.method = method }
+                else { problem(file, m["method"], field + ".method", "must be one of \(Self.methods.sorted().joined(separator: ", ")), found '\(method)'") }
+            }
+            for (i, h) in (m["headers"]?.sequence ?? []).enumerated() {
+                let hf = "\(field).headers[\(i)]"
+                guard let name = h["name"]?.string, !name.isEmpty else { problem(file, h, hf + ".name", "a header match names the header"); continue }
+                route.headers.append(HeaderMatch(name: name, match: stringMatch(file, h["match"], hf + ".match"), invert: h["invert"]?.bool ?? false))
+            }
+            for (i, q) in (m["queryParameters"]?.sequence ?? []).enumerated() {
+                guard let name = q["name"]?.string, !name.isEmpty else { problem(file, q, "\(field).queryParameters[\(i)].name", "a query match names the parameter"); continue }
+                route.query.append(QueryMatch(name: name, exact: q["match"]?["exact"]?.string))
+            }
+            route.grpcService = m["serviceName"]?.string
+            route.grpcMethod = m["methodName"]?.string
+            if route.grpcMethod != nil && route.grpcService == nil {
+                problem(file, m["methodName"], field + ".methodName", "a gRPC method match needs serviceName too")
+            }
+        }
+
+        mutating func stringMatch(_ file: String, _ m: Node?, _ field: String) -> StringMatch? {
+            guard let m else { return nil }
+            if let v = m["exact"]?.string { return .exact(v) }
+            if let v = m["prefix"]?.string { return .prefix(v) }
+            if let v = m["suffix"]?.string { return .suffix(v) }
+            if let v = m["regex"]?.string { return .regex(v) }
+            if let r = m["range"] {
+                guard let a = r["start"]?.int, let b = r["end"]?.int, a < b else {
+                    problem(file, r, field + ".range", "needs integer start < end"); return nil
+                }
+                return .range(start: a, end: b)
+            }
+            problem(file, m, field, "give one of exact, prefix, suffix, regex, range")
+            return nil
+        }
+
+        /// `{unit: ms|s, value: N}` in milliseconds.
+        mutating func duration(_ file: String, _ d: Node?, _ field: String) -> Int? {
+            guard let d else { return nil }
+            guard let value = d["value"]?.int, value >= 0 else {
+                problem(file, d["value"] ?? d, field + ".value", "must be a whole number ≥ 0"); return nil
+            }
+            switch d["unit"]?.string {
+            case "ms": return value
+            case "s": return value * 1000
+            default:
+                problem(file, d["unit"] ?? d, field + ".unit", "must be ms or s, found '\(d["unit"]?.string ?? "")'"); return nil
+            }
+        }
+
+        mutating func retryPolicy(_ file: String, _ r: Node, _ field: String, kind: PortProtocol) -> RetryPolicy? {
+            guard let max = r["maxRetries"]?.int, max >= 0 else {
+                problem(file, r["maxRetries"] ?? r, field + ".maxRetries", "must be a whole number ≥ 0"); return nil
+            }
+            guard let per = duration(file, r["perRetryTimeout"], field + ".perRetryTimeout") else {
+                if r["perRetryTimeout"] == nil { problem(file, r, field + ".perRetryTimeout", "a retry policy needs perRetryTimeout") }
+                return nil
+            }
+            func events(_ key: String, _ allowed: Set<String>) -> [String] {
+                var out: [String] = []
+                for (i, e) in (r[key]?.sequence ?? []).enumerated() {
+                    guard let v = e.string, allowed.contains(v) else {
+                        problem(file, e, "\(field).\(key)[\(i)]", "must be one of \(allowed.sorted().joined(separator: ", ")), found '\(e.string ?? "")'"); continue
+                    }
+                    out.append(v)
+                }
+                return out
+            }
+            let policy = RetryPolicy(maxRetries: max, perRetryTimeoutMilliseconds: per,
+                                     httpRetryEvents: events("httpRetryEvents", Self.httpRetryEvents),
+                                     tcpRetryEvents: events("tcpRetryEvents", Self.tcpRetryEvents),
+                                     grpcRetryEvents: kind == .grpc ? events("grpcRetryEvents", Self.grpcRetryEvents) : [])
+            if policy.httpRetryEvents.isEmpty && policy.tcpRetryEvents.isEmpty && policy.grpcRetryEvents.isEmpty {
+                problem(file, r, field, "name at least one retry event (httpRetryEvents, tcpRetryEvents\(kind == .grpc ? ", grpcRetryEvents" : ""))")
+            }
+            return policy
         }
 
         /// Every name a resource refers to must exist.

@@ -48,11 +48,49 @@ public struct WeightedTarget: Sendable, Hashable {
     public var location: SourceLocation
 }
 
+/// How a header, path or query value is matched.
+public enum StringMatch: Sendable, Hashable {
+    case exact(String), prefix(String), suffix(String), regex(String)
+    case range(start: Int, end: Int)
+}
+
+public struct HeaderMatch: Sendable, Hashable {
+    public var name: String
+    /// nil: the header must be present.
+    public var match: StringMatch?
+    public var invert: Bool
+}
+
+public struct QueryMatch: Sendable, Hashable {
+    public var name: String
+    /// nil: the parameter must be present.
+    public var exact: String?
+}
+
+public struct RetryPolicy: Sendable, Hashable {
+    public var maxRetries: Int
+    public var perRetryTimeoutMilliseconds: Int
+    public var httpRetryEvents: [String]
+    public var tcpRetryEvents: [String]
+    public var grpcRetryEvents: [String]
+}
+
 public struct RouteSpec: Sendable, Hashable {
     public var name: String
     public var kind: PortProtocol
     public var priority: Int?
     public var prefix: String?
+    /// `match.path` (exact or regex).
+    public var path: StringMatch?
+    public var method: String?
+    public var headers: [HeaderMatch] = []
+    public var query: [QueryMatch] = []
+    /// gRPC routes: `match.serviceName` and `match.methodName`.
+    public var grpcService: String?
+    public var grpcMethod: String?
+    public var retry: RetryPolicy?
+    public var perRequestTimeoutMilliseconds: Int?
+    public var idleTimeoutMilliseconds: Int?
     public var targets: [WeightedTarget]
     public var location: SourceLocation
 }
