@@ -73,7 +73,10 @@ public enum ManifestReader {
             case "VirtualNode":
                 var node = VirtualNode(ref: ref, awsName: spec?["awsName"]?.string ?? "\(name)_\(namespace)", meshName: spec?["meshRef"]?["name"]?.string, listeners: [], hostname: nil, backends: [], accessLogPath: nil, location: loc)
                 for (i, l) in (spec?["listeners"]?.sequence ?? []).enumerated() {
-                    if let pm = portMapping(file, l["portMapping"], "spec.listeners[\(i)].portMapping") { node.listeners.append(pm) }
+                    if let listener = nodeListener(file, l, "spec.listeners[\(i)]") { node.listeners.append(listener) }
+                }
+                if node.listeners.count > 1 {
+                    problem(file, spec?["listeners"], "spec.listeners", "App Mesh virtual nodes have at most one listener")
                 }
                 if let dns = spec?["serviceDiscovery"]?["dns"] {
                     guard let h = dns["hostname"]?.string, !h.isEmpty else {
@@ -128,6 +131,52 @@ public enum ManifestReader {
                 problem(file, node["protocol"] ?? node, field + ".protocol", "must be one of http, http2, grpc, tcp; found '\(p)'"); return nil
             }
             return PortMapping(port: UInt16(port), protocol: proto)
+        }
+
+        mutating func nodeListener(_ file: String, _ l: Node, _ field: String) -> NodeListener? {
+            guard let pm = portMapping(file, l["portMapping"], field + ".portMapping") else { return nil }
+            var listener = NodeListener(portMapping: pm)
+            if let h = l["healthCheck"] {
+                let hf = field + ".healthCheck"
+                let proto = h["protocol"]?.string.flatMap(PortProtocol.init(rawValue:))
+                if proto == nil { problem(file, h["protocol"] ?? h, hf + ".protocol", "must be one of http, http2, grpc, tcp") }
+                func int(_ key: String, _ range: ClosedRange<Int>) -> Int? {
+                    guard let v = h[key]?.int, range.contains(v) else {
+                        problem(file, h[key] ?? h, "\(hf).\(key)", "must be a whole number from \(range.lowerBound) to \(range.upperBound)"); return nil
+                    }
+                    return v
+                }
+                let healthy = int("healthyThreshold", 2...10), unhealthy = int("unhealthyThreshold", 2...10)
+                let interval = int("intervalMillis", 5000...300_000), timeout = int("timeoutMillis", 2000...60_000)
+                if (proto == .http || proto == .http2) && h["path"]?.string == nil {
+                    problem(file, h, hf + ".path", "an HTTP health check needs a path")
+                }
+                if let proto, let healthy, let unhealthy, let interval, let timeout {
+                    listener.healthCheck = HealthCheck(protocol: proto, path: h["path"]?.string, port: h["port"]?.int.map { UInt16(clamping: $0) },
+                                                       healthyThreshold: healthy, unhealthyThreshold: unhealthy,
+                                                       intervalMilliseconds: interval, timeoutMilliseconds: timeout)
+                }
+            }
+            if let t = l["timeout"]?[pm.protocol.rawValue] {
+                listener.perRequestTimeoutMilliseconds = duration(file, t["perRequest"], "\(field).timeout.\(pm.protocol.rawValue).perRequest")
+                listener.idleTimeoutMilliseconds = duration(file, t["idle"], "\(field).timeout.\(pm.protocol.rawValue).idle")
+            }
+            if let o = l["outlierDetection"] {
+                let of = field + ".outlierDetection"
+                let errors = o["maxServerErrors"]?.int, percent = o["maxEjectionPercent"]?.int
+                let interval = duration(file, o["interval"], of + ".interval"), base = duration(file, o["baseEjectionDuration"], of + ".baseEjectionDuration")
+                if errors == nil || errors! < 1 { problem(file, o["maxServerErrors"] ?? o, of + ".maxServerErrors", "must be a whole number ≥ 1") }
+                if percent == nil || !(0...100).contains(percent!) { problem(file, o["maxEjectionPercent"] ?? o, of + ".maxEjectionPercent", "must be from 0 to 100") }
+                if let errors, errors >= 1, let percent, (0...100).contains(percent), let interval, let base {
+                    listener.outlierDetection = OutlierDetection(maxServerErrors: errors, intervalMilliseconds: interval,
+                                                                 baseEjectionMilliseconds: base, maxEjectionPercent: percent)
+                }
+            }
+            if let p = l["connectionPool"]?[pm.protocol.rawValue] {
+                listener.connectionPool = ConnectionPool(maxConnections: p["maxConnections"]?.int, maxPendingRequests: p["maxPendingRequests"]?.int,
+                                                         maxRequests: p["maxRequests"]?.int)
+            }
+            return listener
         }
 
         mutating func route(_ file: String, _ r: Node, _ field: String, namespace: String) -> RouteSpec? {

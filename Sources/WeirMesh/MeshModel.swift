@@ -22,6 +22,46 @@ public struct PortMapping: Sendable, Hashable {
     public var `protocol`: PortProtocol
 }
 
+public struct HealthCheck: Sendable, Hashable {
+    public var `protocol`: PortProtocol
+    public var path: String?
+    public var port: UInt16?
+    public var healthyThreshold: Int
+    public var unhealthyThreshold: Int
+    public var intervalMilliseconds: Int
+    public var timeoutMilliseconds: Int
+}
+
+public struct OutlierDetection: Sendable, Hashable {
+    public var maxServerErrors: Int
+    public var intervalMilliseconds: Int
+    public var baseEjectionMilliseconds: Int
+    public var maxEjectionPercent: Int
+}
+
+public struct ConnectionPool: Sendable, Hashable {
+    public var maxConnections: Int?
+    public var maxPendingRequests: Int?
+    public var maxRequests: Int?
+}
+
+/// A virtual node's listener: the application port and how inbound traffic to it is handled.
+public struct NodeListener: Sendable, Hashable {
+    public var portMapping: PortMapping
+    public var healthCheck: HealthCheck?
+    public var perRequestTimeoutMilliseconds: Int?
+    public var idleTimeoutMilliseconds: Int?
+    public var outlierDetection: OutlierDetection?
+    public var connectionPool: ConnectionPool?
+
+    public init(portMapping: PortMapping, healthCheck: HealthCheck? = nil, perRequestTimeoutMilliseconds: Int? = nil,
+                idleTimeoutMilliseconds: Int? = nil, outlierDetection: OutlierDetection? = nil, connectionPool: ConnectionPool? = nil) {
+        self.portMapping = portMapping; self.healthCheck = healthCheck
+        self.perRequestTimeoutMilliseconds = perRequestTimeoutMilliseconds; self.idleTimeoutMilliseconds = idleTimeoutMilliseconds
+        self.outlierDetection = outlierDetection; self.connectionPool = connectionPool
+    }
+}
+
 public struct Mesh: Sendable, Hashable {
     public var name: String
     public var egressDropAll: Bool
@@ -33,7 +73,7 @@ public struct VirtualNode: Sendable, Hashable {
     /// `spec.awsName`, defaulting to `<name>_<namespace>` as App Mesh's controller does.
     public var awsName: String
     public var meshName: String?
-    public var listeners: [PortMapping]
+    public var listeners: [NodeListener]
     /// DNS hostname from `serviceDiscovery.dns.hostname`.
     public var hostname: String?
     public var backends: [ResourceRef]

@@ -78,7 +78,7 @@ struct ManifestReaderTests {
         #expect(m.virtualNodes.map(\.ref.description) == ["shop/front", "shop/cart-v1", "shop/cart-v2"])
         #expect(m.virtualNodes[0].backends == [ResourceRef(name: "cart", namespace: "shop")])
         #expect(m.virtualNodes[0].accessLogPath == "/dev/stdout")
-        #expect(m.virtualNodes[0].listeners == [PortMapping(port: 8080, protocol: .http)])
+        #expect(m.virtualNodes[0].listeners.map(\.portMapping) == [PortMapping(port: 8080, protocol: .http)])
         let route = try #require(m.virtualRouters.first?.routes.first)
         #expect(route.kind == .http && route.prefix == "/")
         #expect(route.targets.map(\.weight) == [90, 10])
