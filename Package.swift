@@ -46,16 +46,19 @@ let package = Package(
         ),
         // Pure: App Mesh v1beta2 manifests read and checked, with file:line:field problems.
         .target(name: "WeirMesh", dependencies: [.product(name: "Yams", package: "Yams")]),
+        // xDS: Envoy bootstrap (the ADS server and snapshot cache come next).
+        .target(name: "WeirXDS", dependencies: ["WeirMesh", "WeirNetns"]),
         .executableTarget(
             name: "weir",
             dependencies: [
-                "WeirCapture", "WeirNetfilter", "WeirNetns", "WeirForwarder", "WeirMesh",
+                "WeirCapture", "WeirNetfilter", "WeirNetns", "WeirForwarder", "WeirMesh", "WeirXDS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
         // Measurements for scripts/bench (not a product).
         .executableTarget(name: "weir-bench", dependencies: ["WeirCapture", "WeirNetfilter", "WeirNetns"]),
+        .testTarget(name: "WeirXDSTests", dependencies: ["WeirXDS", "WeirMesh", "WeirNetns", "WeirTestSupport"]),
         .testTarget(name: "WeirMeshTests", dependencies: ["WeirMesh", "WeirTestSupport"]),
         .testTarget(name: "WeirCaptureTests", dependencies: ["WeirCapture"], resources: [.copy("Goldens")]),
         // Throwaway namespaces, sockets and commands shared by the namespace tests.

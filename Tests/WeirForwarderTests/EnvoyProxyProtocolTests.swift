@@ -5,15 +5,6 @@ import Testing
 import WeirNetns
 import WeirTestSupport
 
-/// Envoy 1.40 from the project's .venv (scripts/install-deps installs it).
-let envoyBinary: String? = {
-    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-    let lib = root.appendingPathComponent(".venv/lib")
-    let pythons = (try? FileManager.default.contentsOfDirectory(atPath: lib.path)) ?? []
-    return pythons.map { lib.appendingPathComponent("\($0)/site-packages/envoy/_bin/envoy").path }
-        .first { FileManager.default.isExecutableFile(atPath: $0) }
-}()
-
 /// Envoy with a proxy_protocol + original_dst listener and a tcp_proxy to an ORIGINAL_DST cluster: it connects
 /// wherever the PROXY header says the client was going. It runs as uid 1337, which weir's rules never capture.
 func envoyConfig(listenPort: UInt16, adminPort: UInt16) -> String {

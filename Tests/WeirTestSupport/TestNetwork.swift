@@ -201,3 +201,13 @@ public enum TestSockets {
         return .nowhere("no listener got the connection")
     }
 }
+
+/// Envoy 1.40 from the project's .venv (scripts/install-deps installs it).
+public let envoyBinary: String? = {
+    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    let lib = root.appendingPathComponent(".venv/lib")
+    let pythons = (try? FileManager.default.contentsOfDirectory(atPath: lib.path)) ?? []
+    return pythons.map { lib.appendingPathComponent("\($0)/site-packages/envoy/_bin/envoy").path }
+        .first { FileManager.default.isExecutableFile(atPath: $0) }
+}()
+
