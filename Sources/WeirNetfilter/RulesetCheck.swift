@@ -99,7 +99,7 @@ extension CaptureInstaller {
             } else if let v = iptablesVariant {
                 report.problems += Self.diffIptables(iptablesLive, plan: plan, variant: v)
             }
-            let (bypassProblems, bypassWarnings) = Self.classify(Self.bypasses(live, plan: plan))
+            let (bypassProblems, bypassWarnings) = Self.classify(Self.bypasses(live, plan: plan, iptables: weirTable == nil && iptablesVariant != nil))
             report.problems += bypassProblems
             report.warnings += bypassWarnings
             report.problems += Self.legacyNatRules()
@@ -208,17 +208,22 @@ extension CaptureInstaller {
     }
 
     /// Base chains of other tables on weir's hooks that run before weir and drop, accept or NAT traffic.
-    static func bypasses(_ live: LiveRuleset, plan: RedirectPlan?) -> [CheckFinding] {
+    /// With the iptables backend weir's rules run inside iptables' own base chains: nat at -100, mangle at -150.
+    static func iptablesPriority(_ b: PlanChain.Base) -> Int32 { b.type == .nat ? -100 : -150 }
+
+    static func bypasses(_ live: LiveRuleset, plan: RedirectPlan?, iptables: Bool = false) -> [CheckFinding] {
         var out: [CheckFinding] = []
         let families: Set<UInt32> = [UInt32(NFPROTO_INET), UInt32(NFPROTO_IPV4), UInt32(NFPROTO_IPV6)]
         let weirFamily: UInt32? = plan.map { UInt32(NftablesObjects.family($0)) }
         for c in live.chains where families.contains(c.family) {
             guard let hook = c.hook, let prio = c.priority else { continue }
-            if c.table == RedirectPlan.tableName && (weirFamily == nil || c.family == weirFamily) { continue }
+            if !iptables && c.table == RedirectPlan.tableName && (weirFamily == nil || c.family == weirFamily) { continue }
+            // iptables-nft's own tables hold weir's jumps under the iptables backend; they are not foreign.
+            if iptables && ["nat", "mangle"].contains(c.table) && c.family != UInt32(NFPROTO_INET) { continue }
             // weir's earliest chain on this hook (defaults when the spec is unknown).
             let weirPriorities: [Int32] = (plan?.chains ?? []).compactMap { ch in
                 guard let b = ch.base, NftablesObjects.hookNumber(b.hook) == hook else { return nil }
-                return b.priority
+                return iptables ? iptablesPriority(b) : b.priority
             }
             let onWeirHook = hook == NftablesObjects.hookNumber(.output) || hook == NftablesObjects.hookNumber(.prerouting)
             guard onWeirHook else { continue }

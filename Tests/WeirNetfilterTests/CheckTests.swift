@@ -93,6 +93,22 @@ struct CheckTests {
         }
     }
 
+    @Test("with the iptables backend, a foreign chain before iptables' nat chain is a bypass")
+    func foreignBypassIptables() throws {
+        try TestNetwork.with { net in
+            try net.installer(.iptables(.nft)).install(RedirectPlan(spec: try spec()))
+            try sh("ip", "netns", "exec", net.pod, "nft", "-f", "-", input: """
+                table ip sneaky {
+                    chain out { type nat hook output priority -105; policy accept; tcp dport 80 dnat to 198.18.0.2:8080; }
+                }
+                """)
+            let report = try net.installer(.iptables(.nft)).check(spec: nil, probe: false)
+            #expect(report.backend == "iptables-nft")
+            #expect(report.problems.contains { $0.kind == .bypass && $0.detail.contains("sneaky") }, "\(report.problems)")
+            #expect(!report.problems.contains { $0.detail.contains("chain ip nat ") || $0.detail.contains("chain ip6 nat ") }, "iptables' own chains flagged: \(report.problems)")
+        }
+    }
+
     @Test("a foreign chain after weir is not a bypass")
     func foreignAfter() throws {
         try TestNetwork.with { net in
