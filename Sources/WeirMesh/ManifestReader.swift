@@ -113,9 +113,20 @@ public enum ManifestReader {
                     problem(file, spec?["provider"], "spec.provider", "name a virtualNode.virtualNodeRef or a virtualRouter.virtualRouterRef")
                 }
                 out.virtualServices.append(service)
-            case "VirtualGateway", "GatewayRoute":
-                // Read by a later version; accepted so that whole App Mesh directories validate.
-                break
+            case "VirtualGateway":
+                var gw = VirtualGateway(ref: ref, listeners: [], accessLogPath: spec?["logging"]?["accessLog"]?["file"]?["path"]?.string, location: loc)
+                for (i, l) in (spec?["listeners"]?.sequence ?? []).enumerated() {
+                    if let listener = nodeListener(file, l, "spec.listeners[\(i)]") {
+                        if listener.portMapping.protocol == .tcp {
+                            problem(file, l["portMapping"]?["protocol"], "spec.listeners[\(i)].portMapping.protocol", "a virtual gateway listens for http, http2 or grpc, not tcp")
+                        }
+                        gw.listeners.append(listener)
+                    }
+                }
+                if gw.listeners.isEmpty { problem(file, spec ?? doc, "spec.listeners", "a virtual gateway needs a listener") }
+                out.virtualGateways.append(gw)
+            case "GatewayRoute":
+                if let route = gatewayRoute(file, spec, ref: ref, loc: loc) { out.gatewayRoutes.append(route) }
             default:
                 problem(file, doc["kind"] ?? doc, "kind", "unknown App Mesh kind '\(kind ?? "")'; expected Mesh, VirtualNode, VirtualRouter, VirtualService, VirtualGateway or GatewayRoute")
             }
@@ -131,6 +142,39 @@ public enum ManifestReader {
                 problem(file, node["protocol"] ?? node, field + ".protocol", "must be one of http, http2, grpc, tcp; found '\(p)'"); return nil
             }
             return PortMapping(port: UInt16(port), protocol: proto)
+        }
+
+        mutating func gatewayRoute(_ file: String, _ spec: Node?, ref: ResourceRef, loc: SourceLocation) -> GatewayRoute? {
+            let kinds: [(String, PortProtocol)] = [("httpRoute", .http), ("http2Route", .http2), ("grpcRoute", .grpc)]
+            let present = kinds.filter { spec?[$0.0] != nil }
+            guard present.count == 1, let (key, kind) = present.first, let body = spec?[key] else {
+                problem(file, spec, "spec", "a gateway route has exactly one of httpRoute, http2Route, grpcRoute"); return nil
+            }
+            let f = "spec.\(key)"
+            guard let t = body["action"]?["target"]?["virtualService"]?["virtualServiceRef"], let name = t["name"]?.string else {
+                problem(file, body["action"] ?? body, f + ".action.target.virtualService.virtualServiceRef.name", "a gateway route targets a virtual service"); return nil
+            }
+            var route = GatewayRoute(ref: ref, kind: kind, priority: spec?["priority"]?.int, prefix: body["match"]?["prefix"]?.string,
+                                     hostname: nil, method: body["match"]?["method"]?.string,
+                                     target: ResourceRef(name: name, namespace: t["namespace"]?.string ?? ref.namespace),
+                                     targetPort: body["action"]?["target"]?["port"]?.int.map { UInt16(clamping: $0) },
+                                     rewritePrefix: body["action"]?["rewrite"]?["prefix"]?["value"]?.string, location: loc)
+            if let h = body["match"]?["hostname"] {
+                if let e = h["exact"]?.string { route.hostname = .exact(e) }
+                else if let s = h["suffix"]?.string { route.hostname = .suffix(s) }
+                else { problem(file, h, f + ".match.hostname", "give exact or suffix") }
+            }
+            if let m = route.method, !Self.methods.contains(m) {
+                problem(file, body["match"]?["method"], f + ".match.method", "must be one of \(Self.methods.sorted().joined(separator: ", ")), found '\(m)'")
+            }
+            for (i, h) in (body["match"]?["headers"]?.sequence ?? []).enumerated() {
+                guard let n = h["name"]?.string else { problem(file, h, "\(f).match.headers[\(i)].name", "a header match names the header"); continue }
+                route.headers.append(HeaderMatch(name: n, match: stringMatch(file, h["match"], "\(f).match.headers[\(i)].match"), invert: h["invert"]?.bool ?? false))
+            }
+            if kind != .grpc && route.prefix == nil && route.hostname == nil && body["match"]?["path"] == nil {
+                problem(file, body["match"] ?? body, f + ".match", "match a prefix, a path or a hostname")
+            }
+            return route
         }
 
         mutating func nodeListener(_ file: String, _ l: Node, _ field: String) -> NodeListener? {
@@ -320,6 +364,9 @@ public enum ManifestReader {
                         problems.append(MeshProblem(location: t.location, message: "target virtual node \(t.node) does not exist"))
                     }
                 }
+            }
+            for g in out.gatewayRoutes where !services.contains(g.target) {
+                problems.append(MeshProblem(location: g.location, message: "target virtual service \(g.target) does not exist"))
             }
             for s in out.virtualServices {
                 switch s.provider {

@@ -155,12 +155,39 @@ public struct VirtualService: Sendable, Hashable {
     public var location: SourceLocation
 }
 
+/// An ingress gateway: Envoy at the edge of the mesh.
+public struct VirtualGateway: Sendable, Hashable {
+    public var ref: ResourceRef
+    public var listeners: [NodeListener]
+    public var accessLogPath: String?
+    public var location: SourceLocation
+}
+
+/// A route from a virtual gateway to a virtual service.
+public struct GatewayRoute: Sendable, Hashable {
+    public var ref: ResourceRef
+    public var kind: PortProtocol
+    public var priority: Int?
+    public var prefix: String?
+    /// `match.hostname`: exact or suffix.
+    public var hostname: StringMatch?
+    public var headers: [HeaderMatch] = []
+    public var method: String?
+    public var target: ResourceRef
+    public var targetPort: UInt16?
+    /// `action.rewrite.prefix.value` (nil: App Mesh's default prefix rewrite).
+    public var rewritePrefix: String?
+    public var location: SourceLocation
+}
+
 /// Everything read from a manifest directory.
 public struct MeshManifests: Sendable, Hashable {
     public var meshes: [Mesh] = []
     public var virtualNodes: [VirtualNode] = []
     public var virtualRouters: [VirtualRouter] = []
     public var virtualServices: [VirtualService] = []
+    public var virtualGateways: [VirtualGateway] = []
+    public var gatewayRoutes: [GatewayRoute] = []
     public init() {}
 }
 

@@ -23,7 +23,7 @@ struct MeshValidateCommand: ParsableCommand {
         let files = try Self.manifestFiles(directory)
         do {
             let m = try ManifestReader.read(files)
-            print("weir mesh: \(files.count) file(s) valid: \(m.meshes.count) mesh(es), \(m.virtualNodes.count) virtual node(s), \(m.virtualRouters.count) virtual router(s), \(m.virtualServices.count) virtual service(s)")
+            print("weir mesh: \(files.count) file(s) valid: \(m.meshes.count) mesh(es), \(m.virtualNodes.count) virtual node(s), \(m.virtualRouters.count) virtual router(s), \(m.virtualServices.count) virtual service(s), \(m.virtualGateways.count) virtual gateway(s), \(m.gatewayRoutes.count) gateway route(s)")
         } catch {
             throw CommandFailure(status: .badInput, message: "invalid App Mesh manifests:\n" + error.description)
         }
