@@ -77,17 +77,10 @@ struct EnvoyProxyProtocolTests {
             try forwarder.start(in: net.podNamespace)
             defer { forwarder.stop() }
 
-            let listener = try TestSockets.listen(net.serverNamespace, family, port: 9000)
-            defer { close(listener) }
-            let client = try blockingSocket(net.podNamespace, connectTo: family == .ipv4 ? server4 : server6)
-            defer { close(client) }
-            let server = try #require(acceptOne(listener), "Envoy did not reach the original destination")
-            defer { close(server) }
-            sendAll(client, "through envoy")
-            var buf = [UInt8](repeating: 0, count: 64)
-            #expect(recv(server, &buf, buf.count, 0) == 13)
-            sendAll(server, "back")
-            #expect(recv(client, &buf, buf.count, 0) == 4)
+            // Relayed fails unless Envoy reaches the original destination.
+            let r = try Relayed.outbound(net, family)
+            defer { r.close() }
+            #expect(r.exchange("through envoy", "back") == (13, 4))
         }
     }
 }

@@ -57,12 +57,9 @@ struct ForwardProcessTests {
             let fwd = try ForwardProcess(["--netns", "/run/netns/\(net.pod)", "--admin", admin.description, "--drain-timeout", "5000"])
             defer { _ = fwd.waitExit(seconds: 0) }
             try fwd.waitReady(net.podNamespace, admin: admin)
-            let listener = try TestSockets.listen(net.serverNamespace, .ipv4, port: 9000)
-            defer { close(listener) }
-            let client = try blockingSocket(net.podNamespace, connectTo: server4)
-            defer { close(client) }
-            let server = try #require(acceptOne(listener))
-            defer { close(server) }
+            let r = try Relayed.outbound(net)
+            defer { r.close() }
+            let (client, server) = (r.client, r.server)
             fwd.terminate()
             usleep(300_000)
             // New connections find no listener; the open one still carries data both ways.
@@ -127,16 +124,9 @@ struct ForwardProcessTests {
             let fwd = try ForwardProcess(["--netns", "/run/netns/\(net.pod)", "--admin", admin.description, "--access-log", log.path])
             defer { fwd.terminate(); _ = fwd.waitExit(seconds: 5) }
             try fwd.waitReady(net.podNamespace, admin: admin)
-            let listener = try TestSockets.listen(net.serverNamespace, .ipv4, port: 9000)
-            defer { close(listener) }
-            let client = try blockingSocket(net.podNamespace, connectTo: server4)
-            let server = try #require(acceptOne(listener))
-            sendAll(client, "12345")
-            var buf = [UInt8](repeating: 0, count: 16)
-            #expect(recv(server, &buf, buf.count, 0) == 5)
-            sendAll(server, "abc")
-            #expect(recv(client, &buf, buf.count, 0) == 3)
-            close(client); close(server)
+            let r = try Relayed.outbound(net)
+            #expect(r.exchange("12345", "abc") == (5, 3))
+            r.close()
             usleep(300_000)
             let metrics = try httpGet(net.podNamespace, admin, "/metrics")
             #expect(metrics.contains("weir_forward_connections_total{direction=\"outbound\"} 1"))
@@ -160,17 +150,9 @@ struct ForwardProcessTests {
             let fwd = try ForwardProcess(["--netns", ns, "--mode", "tproxy", "--admin", admin.description])
             defer { fwd.terminate(); _ = fwd.waitExit(seconds: 5) }
             try fwd.waitReady(net.podNamespace, admin: admin)
-            let app = try TestSockets.listen(net.podNamespace, family, port: 9080)
-            defer { close(app) }
-            let client = try blockingSocket(net.serverNamespace, connectTo: Endpoint(family: family, address: TestNetwork.podAddress(family), port: 9080))
-            defer { close(client) }
-            let server = try #require(acceptOne(app))
-            defer { close(server) }
-            sendAll(client, "tproxied")
-            var buf = [UInt8](repeating: 0, count: 32)
-            #expect(recv(server, &buf, buf.count, 0) == 8)
-            sendAll(server, "ok")
-            #expect(recv(client, &buf, buf.count, 0) == 2)
+            let r = try Relayed.inbound(net, family)
+            defer { r.close() }
+            #expect(r.exchange("tproxied", "ok") == (8, 2))
             #expect(try httpGet(net.podNamespace, admin, "/metrics").contains("weir_forward_connections_total{direction=\"inbound\"} 1"))
         }
     }

@@ -149,6 +149,16 @@ final class Relayed {
     /// The test closes `fd` itself.
     func release(_ fd: Int32) { owned.remove(fd) }
 
+    /// Sends `request` from the client and `reply` from the server; returns the byte counts each side received.
+    func exchange(_ request: String, _ reply: String) -> (server: Int, client: Int) {
+        var buf = [UInt8](repeating: 0, count: 256)
+        sendAll(client, request)
+        let atServer = recv(server, &buf, buf.count, 0)
+        sendAll(server, reply)
+        let atClient = recv(client, &buf, buf.count, 0)
+        return (atServer, atClient)
+    }
+
     func close() { owned.forEach { Glibc.close($0) }; owned = [] }
 }
 
@@ -182,11 +192,7 @@ struct ForwarderTests {
         try withForwarder { net, _ in
             let r = try Relayed.inbound(net, family)
             defer { r.close() }
-            sendAll(r.client, "hello app")
-            var buf = [UInt8](repeating: 0, count: 32)
-            #expect(recv(r.server, &buf, buf.count, 0) == 9)
-            sendAll(r.server, "hi")
-            #expect(recv(r.client, &buf, buf.count, 0) == 2)
+            #expect(r.exchange("hello app", "hi") == (9, 2))
             #expect(metric("weir_forward_connections_total{direction=\"inbound\"}") >= 1)
         }
     }
