@@ -3,7 +3,7 @@ import PackageDescription
 
 let package = Package(
     name: "weir",
-    platforms: [.macOS(.v13)],
+    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "weir", targets: ["weir"]),
     ],
@@ -13,6 +13,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+        .package(url: "https://github.com/grpc/grpc-swift-2", from: "2.4.3"),
+        .package(url: "https://github.com/grpc/grpc-swift-nio-transport", from: "2.9.2"),
+        .package(url: "https://github.com/grpc/grpc-swift-protobuf", from: "2.4.1"),
     ],
     targets: [
         // C: libnftnl + libmnl + kernel netfilter/rtnetlink headers.
@@ -44,10 +48,36 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
-        // Pure: App Mesh v1beta2 manifests read and checked, with file:line:field problems.
-        .target(name: "WeirMesh", dependencies: [.product(name: "Yams", package: "Yams")]),
-        // xDS: Envoy bootstrap (the ADS server and snapshot cache come next).
-        .target(name: "WeirXDS", dependencies: ["WeirMesh", "WeirNetns"]),
+        // Generated (scripts/gen-protos, committed): weir's subset of the Envoy v3 API and the ADS service.
+        .target(
+            name: "EnvoyAPI",
+            dependencies: [
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+            ]
+        ),
+        // Pure: App Mesh v1beta2 manifests read and checked (file:line:field problems), compiled to Envoy resources.
+        .target(
+            name: "WeirMesh",
+            dependencies: [
+                "EnvoyAPI",
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ]
+        ),
+        // xDS: snapshot cache, ADS server (SotW + delta) over gRPC, sources, upstream relay, Envoy bootstrap.
+        .target(
+            name: "WeirXDS",
+            dependencies: [
+                "WeirMesh", "WeirNetns", "EnvoyAPI",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .executableTarget(
             name: "weir",
             dependencies: [
@@ -58,8 +88,8 @@ let package = Package(
         ),
         // Measurements for scripts/bench (not a product).
         .executableTarget(name: "weir-bench", dependencies: ["WeirCapture", "WeirNetfilter", "WeirNetns"]),
-        .testTarget(name: "WeirXDSTests", dependencies: ["WeirXDS", "WeirMesh", "WeirNetns", "WeirTestSupport"]),
-        .testTarget(name: "WeirMeshTests", dependencies: ["WeirMesh", "WeirTestSupport"]),
+        .testTarget(name: "WeirXDSTests", dependencies: ["WeirXDS", "WeirMesh", "WeirNetns", "EnvoyAPI", "WeirTestSupport"]),
+        .testTarget(name: "WeirMeshTests", dependencies: ["WeirMesh", "EnvoyAPI", "WeirTestSupport"], resources: [.copy("Goldens")]),
         .testTarget(name: "WeirCaptureTests", dependencies: ["WeirCapture"], resources: [.copy("Goldens")]),
         // Throwaway namespaces, sockets and commands shared by the namespace tests.
         .target(name: "WeirTestSupport", dependencies: ["WeirCapture", "WeirNetfilter", "WeirNetns", "CWeirShims"], path: "Tests/WeirTestSupport"),

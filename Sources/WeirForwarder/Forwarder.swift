@@ -14,7 +14,7 @@ public final class Forwarder: Sendable {
     public let config: ForwarderConfig
     let state = ForwarderState()
     let threads: Mutex<[NamespaceThread]> = Mutex([])
-    let adminFD = Atomic<Int32>(-1)
+    let admin = Mutex<AdminEndpoint?>(nil)
 
     /// Prometheus registry the metrics go to; bootstrapped once per process.
     public static let registry = PrometheusCollectorRegistry()
@@ -97,8 +97,7 @@ public final class Forwarder: Sendable {
         }
         state.stopping.store(true, ordering: .relaxed)
         wait()
-        let fd = adminFD.exchange(-1, ordering: .relaxed)
-        if fd >= 0 { shutdown(fd, Int32(SHUT_RDWR)); close(fd) }
+        admin.withLock { $0?.close(); $0 = nil }
     }
 
     /// Closes everything now.
@@ -106,8 +105,7 @@ public final class Forwarder: Sendable {
         state.draining.store(true, ordering: .relaxed)
         state.stopping.store(true, ordering: .relaxed)
         wait()
-        let fd = adminFD.exchange(-1, ordering: .relaxed)
-        if fd >= 0 { shutdown(fd, Int32(SHUT_RDWR)); close(fd) }
+        admin.withLock { $0?.close(); $0 = nil }
     }
 
     /// Waits for the workers to end.
@@ -120,54 +118,20 @@ public final class Forwarder: Sendable {
 
     /// Serves `GET /metrics` (Prometheus text) and `GET /ready` on loopback TCP (`127.0.0.1:15090`) or a Unix socket (`unix:/path`).
     func startAdmin(_ address: String, namespace: NetworkNamespace, logger: Logger) throws {
-        let fd: Int32 = try namespace.run {
-            if address.hasPrefix("unix:") {
-                let path = String(address.dropFirst(5))
-                unlink(path)
-                let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-                var sun = sockaddr_un()
-                sun.sun_family = sa_family_t(AF_UNIX)
-                let bytes = Array(path.utf8.prefix(107)) + [0]
-                withUnsafeMutableBytes(of: &sun.sun_path) { $0.copyBytes(from: bytes) }
-                let rc = withUnsafePointer(to: &sun) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-                guard rc == 0, listen(fd, 64) == 0 else { throw ForwarderError.system("bind \(address)", weir_errno()) }
-                return fd
-            }
-            guard let ep = Endpoint.parse(address) else { throw ForwarderError.system("admin address \(address)", EINVAL) }
-            let fd = socket(ep.family == .ipv4 ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-            _ = weir_set_reuse(fd)
-            var (addr, len) = SocketAddress.make(ep)
-            let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
-            guard rc == 0, listen(fd, 64) == 0 else { let e = weir_errno(); close(fd); throw ForwarderError.listen(ep, e) }
-            return fd
-        }
-        adminFD.store(fd, ordering: .relaxed)
         let state = self.state
-        let t = try NamespaceThread(namespace: .current, name: "weir-admin") {
-            // Bounded by the listener: closing it ends accept with an error.
-            while true {
-                let c = accept(fd, nil, nil)
-                if c < 0 { if weir_errno() == EINTR { continue }; return }
-                var request = [UInt8](repeating: 0, count: 4096)
-                let n = recv(c, &request, request.count, 0)
-                let line = n > 0 ? String(decoding: request[0..<n], as: UTF8.self).split(separator: "\r\n").first.map(String.init) ?? "" : ""
+        let endpoint = try AdminEndpoint(address, namespace: namespace) { path in
+            if path.hasPrefix("/metrics") {
                 var body: [UInt8] = []
-                var status = "200 OK"
-                var type = "text/plain; version=0.0.4"
-                if line.hasPrefix("GET /metrics") {
-                    Forwarder.registry.emit(into: &body)
-                } else if line.hasPrefix("GET /ready") {
-                    body = Array((state.draining.load(ordering: .relaxed) ? "draining\n" : "ready\n").utf8)
-                    if state.draining.load(ordering: .relaxed) { status = "503 Service Unavailable" }
-                } else {
-                    status = "404 Not Found"; type = "text/plain"; body = Array("try /metrics or /ready\n".utf8)
-                }
-                let head = Array("HTTP/1.1 \(status)\r\nContent-Type: \(type)\r\nContent-Length: \(body.count)\r\nConnection: close\r\n\r\n".utf8)
-                _ = (head + body).withUnsafeBytes { send(c, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-                close(c)
+                Forwarder.registry.emit(into: &body)
+                return AdminEndpoint.Reply(contentType: "text/plain; version=0.0.4", body: body)
             }
+            if path.hasPrefix("/ready") {
+                let draining = state.draining.load(ordering: .relaxed)
+                return .text(draining ? "draining\n" : "ready\n", status: draining ? "503 Service Unavailable" : "200 OK")
+            }
+            return .text("try /metrics or /ready\n", status: "404 Not Found")
         }
-        _ = t
+        admin.withLock { $0 = endpoint }
         logger.info("admin endpoint", metadata: ["address": "\(address)"])
     }
 }

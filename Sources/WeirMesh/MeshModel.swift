@@ -13,6 +13,7 @@ public struct SourceLocation: Sendable, Hashable, CustomStringConvertible {
     public var line: Int
     public var field: String
     public var description: String { "\(file):\(line): \(field)" }
+    public init(file: String, line: Int, field: String) { self.file = file; self.line = line; self.field = field }
 }
 
 public enum PortProtocol: String, Sendable, Hashable, CaseIterable { case http, http2, grpc, tcp }
@@ -196,9 +197,11 @@ public struct MeshProblem: Sendable, Hashable, CustomStringConvertible {
     public var location: SourceLocation
     public var message: String
     public var description: String { "\(location): \(message)" }
+    public init(location: SourceLocation, message: String) { self.location = location; self.message = message }
 }
 
 public struct MeshError: Error, Sendable, CustomStringConvertible {
     public var problems: [MeshProblem]
     public var description: String { problems.map(\.description).joined(separator: "\n") }
+    public init(problems: [MeshProblem]) { self.problems = problems }
 }

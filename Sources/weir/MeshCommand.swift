@@ -1,12 +1,13 @@
 import ArgumentParser
 import Foundation
 import WeirMesh
+import WeirXDS
 
 struct MeshCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "mesh",
         abstract: "Work with App Mesh (appmesh.k8s.aws/v1beta2) manifests.",
-        subcommands: [MeshValidateCommand.self]
+        subcommands: [MeshValidateCommand.self, MeshRenderCommand.self]
     )
 }
 
@@ -31,19 +32,33 @@ struct MeshValidateCommand: ParsableCommand {
 
     /// The manifest files under `directory`, sorted, with their text.
     static func manifestFiles(_ directory: String) throws -> [(path: String, text: String)] {
-        var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
-            throw CommandFailure(status: .badInput, message: "\(directory): not a directory of App Mesh manifests")
+        do { return try ConfigDirectory.files(directory) } catch {
+            throw CommandFailure(status: .badInput, message: "\(error.description): give a directory of App Mesh manifests")
         }
-        let base = URL(fileURLWithPath: directory)
-        let paths = (FileManager.default.enumerator(atPath: directory)?.compactMap { $0 as? String } ?? [])
-            .filter { $0.hasSuffix(".yaml") || $0.hasSuffix(".yml") }.sorted()
-        return try paths.map { rel in
-            do {
-                return (base.appendingPathComponent(rel).path, try String(contentsOf: base.appendingPathComponent(rel), encoding: .utf8))
-            } catch {
-                throw CommandFailure(status: .badInput, message: "\(rel): cannot be read: \(error.localizedDescription)")
-            }
+    }
+}
+
+struct MeshRenderCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "render",
+        abstract: "Print the Envoy resources (JSON) a node gets from a directory of App Mesh manifests.",
+        discussion: "The node id is App Mesh's (mesh/<mesh>/virtualNode/<name>, or its ARN) or <namespace>/<name>. Exit 2 on invalid manifests or an unknown node."
+    )
+
+    @Argument(help: "Directory of .yaml/.yml manifests (read recursively).") var directory: String
+    @Option(help: "Envoy node id.") var node: String
+    @Option(help: "Envoy's inbound (ingress) listener port.") var ingressPort: UInt16 = 15000
+    @Option(help: "Envoy's outbound (egress) listener port.") var egressPort: UInt16 = 15001
+
+    func run() throws {
+        let files = try MeshValidateCommand.manifestFiles(directory)
+        do {
+            let m = try ManifestReader.read(files)
+            var options = MeshCompiler.Options()
+            options.ingressPort = ingressPort; options.egressPort = egressPort
+            print(try MeshCompiler(m, options: options).compile(nodeID: node).json(), terminator: "")
+        } catch {
+            throw CommandFailure(status: .badInput, message: "cannot render node \(node):\n" + error.description)
         }
     }
 }

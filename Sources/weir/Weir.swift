@@ -27,7 +27,7 @@ struct Weir: ParsableCommand {
 
         Exit codes: 0 ok, 1 runtime failure, 2 bad input (nothing was changed), 3 check found a problem.
         """,
-        subcommands: [InitCommand.self, CheckCommand.self, CleanCommand.self, PlanCommand.self, ForwardCommand.self, MeshCommand.self, BootstrapCommand.self]
+        subcommands: [InitCommand.self, CheckCommand.self, CleanCommand.self, PlanCommand.self, ForwardCommand.self, MeshCommand.self, BootstrapCommand.self, XDSCommand.self]
     )
 
     static func main() {

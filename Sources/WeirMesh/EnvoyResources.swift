@@ -1,0 +1,105 @@
+import EnvoyAPI
+import Foundation
+import SwiftProtobuf
+
+/// The Envoy v3 type URLs weir serves, in make-before-break order: clusters before the endpoints they use,
+/// listeners before the route configurations they name (Envoy warms them in that order).
+public enum ResourceType: String, Sendable, Hashable, CaseIterable, Codable, Comparable {
+    case cluster = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+    case endpoint = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+    case listener = "type.googleapis.com/envoy.config.listener.v3.Listener"
+    case route = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+
+    /// Order of pushes: CDS, EDS, LDS, RDS.
+    public var order: Int {
+        switch self { case .cluster: 0; case .endpoint: 1; case .listener: 2; case .route: 3 }
+    }
+    public static func < (a: ResourceType, b: ResourceType) -> Bool { a.order < b.order }
+
+    /// In state-of-the-world, LDS and CDS responses carry the full set: a missing resource is deleted.
+    public var isFullState: Bool { self == .cluster || self == .listener }
+
+    public var shortName: String {
+        switch self { case .cluster: "CDS"; case .endpoint: "EDS"; case .listener: "LDS"; case .route: "RDS" }
+    }
+}
+
+/// The Envoy resources one node gets, as typed messages.
+public struct EnvoyResources: Sendable, Equatable {
+    public var listeners: [Envoy_Config_Listener_V3_Listener] = []
+    public var routes: [Envoy_Config_Route_V3_RouteConfiguration] = []
+    public var clusters: [Envoy_Config_Cluster_V3_Cluster] = []
+    public var endpoints: [Envoy_Config_Endpoint_V3_ClusterLoadAssignment] = []
+    /// Listeners sent only to a client that asks for them by name (proxyless gRPC `api_listener`s):
+    /// a wildcard subscriber (an Envoy sidecar) does not get them.
+    public var namedOnly: Set<String> = []
+
+    public init() {}
+
+    /// Each resource serialized once, by type and name.
+    public func encoded() throws -> [ResourceType: [String: EncodedResource]] {
+        var out: [ResourceType: [String: EncodedResource]] = [:]
+        func add<M: SwiftProtobuf.Message>(_ type: ResourceType, _ name: String, _ m: M) throws {
+            out[type, default: [:]][name] = EncodedResource(bytes: try m.serializedBytes(), namedOnly: namedOnly.contains(name))
+        }
+        for l in listeners { try add(.listener, l.name, l) }
+        for r in routes { try add(.route, r.name, r) }
+        for c in clusters { try add(.cluster, c.name, c) }
+        for e in endpoints { try add(.endpoint, e.clusterName, e) }
+        return out
+    }
+
+    /// Envoy's JSON shape (snake_case field names, `@type` in Any), one array per type; keys sorted.
+    public func json() -> String {
+        EnvoyTypes.register()
+        var o = JSONEncodingOptions()
+        o.preserveProtoFieldNames = true
+        func arr<M: SwiftProtobuf.Message>(_ ms: [M]) -> [Any] {
+            ms.map { m in
+                let text = (try? m.jsonString(options: o)) ?? "{}"
+                return (try? JSONSerialization.jsonObject(with: Data(text.utf8))) ?? [:]
+            }
+        }
+        let object: [String: Any] = ["listeners": arr(listeners), "routes": arr(routes), "clusters": arr(clusters), "endpoints": arr(endpoints)]
+        let data = try! JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
+        return String(decoding: data, as: UTF8.self) + "\n"
+    }
+}
+
+/// One serialized resource: the bytes of the message (what goes in `Any.value`).
+public struct EncodedResource: Sendable, Hashable, Codable {
+    public var bytes: [UInt8]
+    public var namedOnly: Bool
+    public init(bytes: [UInt8], namedOnly: Bool = false) { self.bytes = bytes; self.namedOnly = namedOnly }
+}
+
+/// Registers weir's Envoy message types so `Any` values print as JSON and parse from JSON.
+public enum EnvoyTypes {
+    nonisolated(unsafe) private static var done = false
+    private static let lock = NSLock()
+    public static let all: [any SwiftProtobuf.Message.Type] = [
+        Envoy_Config_Listener_V3_Listener.self, Envoy_Config_Route_V3_RouteConfiguration.self,
+        Envoy_Config_Cluster_V3_Cluster.self, Envoy_Config_Endpoint_V3_ClusterLoadAssignment.self,
+        Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_HttpConnectionManager.self,
+        Envoy_Extensions_Filters_Network_TcpProxy_V3_TcpProxy.self,
+        Envoy_Extensions_Filters_Http_Router_V3_Router.self,
+        Envoy_Extensions_Filters_Listener_OriginalDst_V3_OriginalDst.self,
+        Envoy_Extensions_AccessLoggers_File_V3_FileAccessLog.self,
+        Envoy_Extensions_Upstreams_Http_V3_HttpProtocolOptions.self,
+    ]
+    public static func register() {
+        lock.lock(); defer { lock.unlock() }
+        guard !done else { return }
+        for t in all { _ = Google_Protobuf_Any.register(messageType: t) }
+        done = true
+    }
+}
+
+func anyOf<M: SwiftProtobuf.Message>(_ m: M) -> Google_Protobuf_Any {
+    // Encoding a proto3 message with no required fields cannot fail.
+    try! Google_Protobuf_Any(message: m)
+}
+
+func duration(milliseconds ms: Int) -> Google_Protobuf_Duration {
+    Google_Protobuf_Duration(seconds: Int64(ms / 1000), nanos: Int32((ms % 1000) * 1_000_000))
+}

@@ -1,0 +1,541 @@
+import EnvoyAPI
+import Foundation
+import SwiftProtobuf
+
+/// Compiles App Mesh manifests, per virtual node, into the Envoy resources App Mesh's control plane gave that node's
+/// Envoy: an ingress listener for redirected inbound traffic, an egress listener for the node's backends, their route
+/// configurations and clusters, and `api_listener`s for proxyless gRPC clients. Pure: no I/O.
+public struct MeshCompiler: Sendable {
+    public struct Options: Sendable, Hashable {
+        /// Where redirected inbound traffic arrives (App Mesh's `APPMESH_ENVOY_INGRESS_PORT`).
+        public var ingressPort: UInt16 = 15000
+        /// Where redirected outbound traffic arrives (App Mesh's `APPMESH_ENVOY_EGRESS_PORT`).
+        public var egressPort: UInt16 = 15001
+        /// Where the local application listens (its listener ports), seen from Envoy.
+        public var localAppAddress = "127.0.0.1"
+        public init() {}
+    }
+
+    public var manifests: MeshManifests
+    public var options: Options
+
+    public init(_ manifests: MeshManifests, options: Options = Options()) {
+        self.manifests = manifests; self.options = options
+    }
+
+    static let ingressListener = "ingress", egressListener = "egress", passthroughCluster = "passthrough"
+    static let adsSource: Envoy_Config_Core_V3_ConfigSource = {
+        var s = Envoy_Config_Core_V3_ConfigSource()
+        s.ads = Envoy_Config_Core_V3_AggregatedConfigSource()
+        s.resourceApiVersion = .v3
+        return s
+    }()
+
+    /// The resources for the Envoy (or proxyless gRPC client) whose `node.id` is `nodeID`.
+    public func compile(nodeID: String) throws(MeshError) -> EnvoyResources {
+        let identity: NodeIdentity
+        do { identity = try NodeIdentity.parse(nodeID) } catch {
+            throw MeshError(problems: [MeshProblem(location: SourceLocation(file: "(node)", line: 0, field: "node.id"), message: error.description)])
+        }
+        guard let node = manifests.virtualNode(for: identity) else {
+            throw MeshError(problems: [MeshProblem(location: SourceLocation(file: "(node)", line: 0, field: "node.id"),
+                                                   message: "no virtual node in the manifests answers to node id '\(nodeID)'")])
+        }
+        return try compile(node)
+    }
+
+    /// Every node id the manifests define, in App Mesh's form where the node's mesh is known.
+    public var nodeIDs: [String] {
+        manifests.virtualNodes.map { n in
+            if let mesh = manifests.meshName(of: n) { return "mesh/\(mesh)/virtualNode/\(n.awsName)" }
+            return "\(n.ref.namespace)/\(n.ref.name)"
+        }
+    }
+
+    public func compile(_ node: VirtualNode) throws(MeshError) -> EnvoyResources {
+        var b = Builder(compiler: self, node: node)
+        b.build()
+        if !b.problems.isEmpty { throw MeshError(problems: b.problems) }
+        return b.out
+    }
+
+    /// Everything the compiler needs while building one node's resources.
+    struct Builder {
+        let compiler: MeshCompiler
+        let node: VirtualNode
+        var out = EnvoyResources()
+        var problems: [MeshProblem] = []
+        var clusterNames = Set<String>()
+
+        init(compiler: MeshCompiler, node: VirtualNode) { self.compiler = compiler; self.node = node }
+
+        var m: MeshManifests { compiler.manifests }
+        var dropAll: Bool {
+            let mesh = m.meshName(of: node)
+            return m.meshes.first { $0.name == mesh }?.egressDropAll ?? true
+        }
+
+        mutating func problem(_ loc: SourceLocation, _ message: String) { problems.append(MeshProblem(location: loc, message: message)) }
+
+        mutating func build() {
+            buildIngress()
+            buildEgress()
+            out.clusters.sort { $0.name < $1.name }
+            out.endpoints.sort { $0.clusterName < $1.clusterName }
+            out.routes.sort { $0.name < $1.name }
+        }
+
+        // MARK: ingress
+
+        mutating func buildIngress() {
+            var listener = Envoy_Config_Listener_V3_Listener()
+            listener.name = MeshCompiler.ingressListener
+            listener.address = socketAddress("0.0.0.0", compiler.options.ingressPort)
+            listener.trafficDirection = .inbound
+            listener.listenerFilters = [originalDst()]
+            for l in node.listeners {
+                let port = l.portMapping.port
+                let cluster = "local_app_\(port)"
+                addLocalCluster(cluster, l)
+                var chain = Envoy_Config_Listener_V3_FilterChain()
+                chain.name = "ingress_\(port)"
+                chain.filterChainMatch.destinationPort = Google_Protobuf_UInt32Value(UInt32(port))
+                if l.portMapping.protocol == .tcp {
+                    var tcp = Envoy_Extensions_Filters_Network_TcpProxy_V3_TcpProxy()
+                    tcp.statPrefix = "ingress_\(port)"
+                    tcp.cluster = cluster
+                    if let idle = l.idleTimeoutMilliseconds { tcp.idleTimeout = duration(milliseconds: idle) }
+                    tcp.accessLog = accessLogs
+                    chain.filters = [filter("envoy.filters.network.tcp_proxy", tcp)]
+                } else {
+                    let routeName = "ingress_\(port)"
+                    var route = Envoy_Config_Route_V3_Route()
+                    route.name = "ingress"
+                    route.match.prefix = "/"
+                    route.route.cluster = cluster
+                    if let t = l.perRequestTimeoutMilliseconds { route.route.timeout = duration(milliseconds: t) }
+                    if let t = l.idleTimeoutMilliseconds { route.route.idleTimeout = duration(milliseconds: t) }
+                    var vhost = Envoy_Config_Route_V3_VirtualHost()
+                    vhost.name = "ingress_\(port)"
+                    vhost.domains = ["*"]
+                    vhost.routes = [route]
+                    var rc = Envoy_Config_Route_V3_RouteConfiguration()
+                    rc.name = routeName
+                    rc.virtualHosts = [vhost]
+                    out.routes.append(rc)
+                    chain.filters = [filter("envoy.filters.network.http_connection_manager",
+                                            httpConnectionManager(statPrefix: "ingress_\(port)", routeConfig: routeName, idleMilliseconds: l.idleTimeoutMilliseconds))]
+                }
+                listener.filterChains.append(chain)
+            }
+            out.listeners.append(listener)
+        }
+
+        mutating func addLocalCluster(_ name: String, _ l: NodeListener) {
+            var c = Envoy_Config_Cluster_V3_Cluster()
+            c.name = name
+            c.type = .static
+            c.connectTimeout = duration(milliseconds: 1000)
+            c.loadAssignment = loadAssignment(name, [(compiler.options.localAppAddress, l.portMapping.port)])
+            if l.portMapping.protocol != .tcp && l.portMapping.protocol != .http { c.typedExtensionProtocolOptions = http2Options() }
+            if let pool = l.connectionPool {
+                var t = Envoy_Config_Cluster_V3_CircuitBreakers.Thresholds()
+                if let v = pool.maxConnections { t.maxConnections = Google_Protobuf_UInt32Value(UInt32(clamping: v)) }
+                if let v = pool.maxPendingRequests { t.maxPendingRequests = Google_Protobuf_UInt32Value(UInt32(clamping: v)) }
+                if let v = pool.maxRequests { t.maxRequests = Google_Protobuf_UInt32Value(UInt32(clamping: v)) }
+                c.circuitBreakers.thresholds = [t]
+            }
+            out.clusters.append(c)
+            clusterNames.insert(name)
+        }
+
+        // MARK: egress
+
+        /// What one backend port carries: HTTP-family virtual hosts, or one TCP service.
+        struct PortPlan {
+            var proto: PortProtocol
+            var hosts: [Envoy_Config_Route_V3_VirtualHost] = []
+            var tcpTargets: [(cluster: String, weight: Int)] = []
+            var tcpIdleMilliseconds: Int?
+            var owner: String
+        }
+
+        mutating func buildEgress() {
+            var ports: [UInt16: PortPlan] = [:]
+            for backend in node.backends {
+                guard let service = m.virtualServices.first(where: { $0.ref == backend }) else { continue }
+                switch service.provider {
+                case nil:
+                    problem(service.location, "virtual service \(service.ref) has no provider, so backend \(node.ref) cannot reach it")
+                case .virtualNode(let ref):
+                    guard let target = m.virtualNodes.first(where: { $0.ref == ref }) else { continue }
+                    guard !target.listeners.isEmpty else {
+                        problem(target.location, "virtual node \(ref) provides \(service.awsName) but has no listener"); continue
+                    }
+                    for l in target.listeners {
+                        let port = l.portMapping.port, proto = l.portMapping.protocol
+                        let cluster = addTargetCluster(target, port: port)
+                        if proto == .tcp {
+                            addTCP(&ports, port: port, service: service, targets: [(cluster, 1)], idle: nil)
+                        } else {
+                            var route = Envoy_Config_Route_V3_Route()
+                            route.name = "\(service.awsName)/\(target.ref.name)"
+                            route.match.prefix = "/"
+                            route.route.cluster = cluster
+                            addHost(&ports, port: port, proto: proto, service: service, routes: [route])
+                        }
+                    }
+                case .virtualRouter(let ref):
+                    guard let router = m.virtualRouters.first(where: { $0.ref == ref }) else { continue }
+                    for pm in router.listeners {
+                        let routes = router.routes.enumerated()
+                            .filter { ($0.element.kind == .tcp) == (pm.protocol == .tcp) }
+                            .sorted { ($0.element.priority ?? 1001, $0.offset) < ($1.element.priority ?? 1001, $1.offset) }
+                            .map(\.element)
+                        if pm.protocol == .tcp {
+                            guard let r = routes.first else {
+                                problem(router.location, "tcp listener \(pm.port) of virtual router \(router.ref) has no tcpRoute"); continue
+                            }
+                            let targets = r.targets.filter { $0.weight > 0 }.map { t in (addTargetCluster(t, port: pm.port), t.weight) }
+                            addTCP(&ports, port: pm.port, service: service, targets: targets, idle: r.idleTimeoutMilliseconds)
+                        } else {
+                            var envoyRoutes: [Envoy_Config_Route_V3_Route] = []
+                            for r in routes { envoyRoutes.append(httpRoute(r, router: router, port: pm.port)) }
+                            addHost(&ports, port: pm.port, proto: pm.protocol, service: service, routes: envoyRoutes)
+                        }
+                    }
+                }
+            }
+
+            var listener = Envoy_Config_Listener_V3_Listener()
+            listener.name = MeshCompiler.egressListener
+            listener.address = socketAddress("0.0.0.0", compiler.options.egressPort)
+            listener.trafficDirection = .outbound
+            listener.listenerFilters = [originalDst()]
+            if !dropAll { addPassthroughCluster() }
+            for port in ports.keys.sorted() {
+                let plan = ports[port]!
+                var chain = Envoy_Config_Listener_V3_FilterChain()
+                chain.name = "egress_\(port)"
+                chain.filterChainMatch.destinationPort = Google_Protobuf_UInt32Value(UInt32(port))
+                if plan.proto == .tcp {
+                    var tcp = Envoy_Extensions_Filters_Network_TcpProxy_V3_TcpProxy()
+                    tcp.statPrefix = "egress_\(port)"
+                    if plan.tcpTargets.count == 1 { tcp.cluster = plan.tcpTargets[0].cluster } else {
+                        tcp.weightedClusters.clusters = plan.tcpTargets.map { t in
+                            var w = Envoy_Extensions_Filters_Network_TcpProxy_V3_TcpProxy.WeightedCluster.ClusterWeight()
+                            w.name = t.cluster; w.weight = UInt32(t.weight); return w
+                        }
+                    }
+                    if let idle = plan.tcpIdleMilliseconds { tcp.idleTimeout = duration(milliseconds: idle) }
+                    tcp.accessLog = accessLogs
+                    chain.filters = [filter("envoy.filters.network.tcp_proxy", tcp)]
+                } else {
+                    var rc = Envoy_Config_Route_V3_RouteConfiguration()
+                    rc.name = "egress_\(port)"
+                    rc.virtualHosts = plan.hosts
+                    if !dropAll {
+                        // ALLOW_ALL: HTTP to a host the mesh does not know goes where it was going.
+                        var any = Envoy_Config_Route_V3_VirtualHost()
+                        any.name = "allow_all"
+                        any.domains = ["*"]
+                        var r = Envoy_Config_Route_V3_Route()
+                        r.name = "allow_all"
+                        r.match.prefix = "/"
+                        r.route.cluster = MeshCompiler.passthroughCluster
+                        any.routes = [r]
+                        rc.virtualHosts.append(any)
+                    }
+                    out.routes.append(rc)
+                    chain.filters = [filter("envoy.filters.network.http_connection_manager",
+                                            httpConnectionManager(statPrefix: "egress_\(port)", routeConfig: rc.name, idleMilliseconds: nil))]
+                }
+                listener.filterChains.append(chain)
+            }
+            if !dropAll {
+                var chain = Envoy_Config_Listener_V3_FilterChain()
+                chain.name = "passthrough"
+                var tcp = Envoy_Extensions_Filters_Network_TcpProxy_V3_TcpProxy()
+                tcp.statPrefix = "passthrough"
+                tcp.cluster = MeshCompiler.passthroughCluster
+                chain.filters = [filter("envoy.filters.network.tcp_proxy", tcp)]
+                listener.defaultFilterChain = chain
+            }
+            out.listeners.append(listener)
+        }
+
+        mutating func addHost(_ ports: inout [UInt16: PortPlan], port: UInt16, proto: PortProtocol, service: VirtualService,
+                              routes: [Envoy_Config_Route_V3_Route]) {
+            if let existing = ports[port], existing.proto == .tcp {
+                problem(service.location, "port \(port) carries tcp for \(existing.owner) and \(proto.rawValue) for \(service.awsName); one port carries one protocol family")
+                return
+            }
+            var vhost = Envoy_Config_Route_V3_VirtualHost()
+            vhost.name = "\(service.awsName):\(port)"
+            vhost.domains = [service.awsName, "\(service.awsName):\(port)"]
+            vhost.routes = routes
+            ports[port, default: PortPlan(proto: proto, owner: service.awsName)].hosts.append(vhost)
+
+            // The same service for proxyless gRPC clients: xds:///<name>:<port>.
+            let name = "\(service.awsName):\(port)"
+            var rc = Envoy_Config_Route_V3_RouteConfiguration()
+            rc.name = name
+            var grpcHost = vhost
+            grpcHost.domains = [name, service.awsName]
+            rc.virtualHosts = [grpcHost]
+            out.routes.append(rc)
+            var api = Envoy_Config_Listener_V3_Listener()
+            api.name = name
+            api.apiListener.apiListener = anyOf(httpConnectionManager(statPrefix: name, routeConfig: name, idleMilliseconds: nil, accessLog: false))
+            out.listeners.append(api)
+            out.namedOnly.insert(name)
+        }
+
+        mutating func addTCP(_ ports: inout [UInt16: PortPlan], port: UInt16, service: VirtualService, targets: [(String, Int)], idle: Int?) {
+            if let existing = ports[port] {
+                problem(service.location, "port \(port) already carries \(existing.proto.rawValue) for \(existing.owner); a tcp virtual service (\(service.awsName)) needs a port of its own in a node's backends")
+                return
+            }
+            var plan = PortPlan(proto: .tcp, owner: service.awsName)
+            plan.tcpTargets = targets.map { (cluster: $0.0, weight: $0.1) }
+            plan.tcpIdleMilliseconds = idle
+            ports[port] = plan
+        }
+
+        mutating func addTargetCluster(_ t: WeightedTarget, port: UInt16) -> String {
+            guard let target = m.virtualNodes.first(where: { $0.ref == t.node }) else { return "" }
+            return addTargetCluster(target, port: t.port ?? target.listeners.first?.portMapping.port ?? port)
+        }
+
+        /// The cluster of a virtual node as a route target: its listener's health check and outlier detection,
+        /// endpoints from its DNS service discovery (an IP literal gives EDS endpoints, a hostname a DNS cluster).
+        mutating func addTargetCluster(_ target: VirtualNode, port: UInt16) -> String {
+            let name = "vn_\(target.awsName)_\(port)"
+            guard clusterNames.insert(name).inserted else { return name }
+            let listener = target.listeners.first { $0.portMapping.port == port } ?? target.listeners.first
+            var c = Envoy_Config_Cluster_V3_Cluster()
+            c.name = name
+            c.connectTimeout = duration(milliseconds: 1000)
+            let host = target.hostname
+            if let host, IPAddressLiteral.isLiteral(host) {
+                c.type = .eds
+            } else if let host {
+                c.type = .strictDns
+                c.dnsLookupFamily = .v4Preferred
+                c.loadAssignment = loadAssignment(name, [(host, port)])
+            } else {
+                c.type = .eds
+            }
+            if c.type == .eds {
+                c.edsClusterConfig.edsConfig = MeshCompiler.adsSource
+                out.endpoints.append(loadAssignment(name, host.map { [($0, port)] } ?? []))
+            }
+            if let proto = listener?.portMapping.protocol, proto == .http2 || proto == .grpc { c.typedExtensionProtocolOptions = http2Options() }
+            if let hc = listener?.healthCheck { c.healthChecks = [healthCheck(hc)] }
+            if let o = listener?.outlierDetection {
+                var od = Envoy_Config_Cluster_V3_OutlierDetection()
+                od.consecutive5Xx = Google_Protobuf_UInt32Value(UInt32(clamping: o.maxServerErrors))
+                od.interval = duration(milliseconds: o.intervalMilliseconds)
+                od.baseEjectionTime = duration(milliseconds: o.baseEjectionMilliseconds)
+                od.maxEjectionPercent = Google_Protobuf_UInt32Value(UInt32(clamping: o.maxEjectionPercent))
+                od.enforcingConsecutive5Xx = Google_Protobuf_UInt32Value(100)
+                od.enforcingSuccessRate = Google_Protobuf_UInt32Value(0)
+                c.outlierDetection = od
+            }
+            out.clusters.append(c)
+            return name
+        }
+
+        mutating func addPassthroughCluster() {
+            var c = Envoy_Config_Cluster_V3_Cluster()
+            c.name = MeshCompiler.passthroughCluster
+            c.type = .originalDst
+            c.lbPolicy = .clusterProvided
+            c.connectTimeout = duration(milliseconds: 1000)
+            out.clusters.append(c)
+            clusterNames.insert(c.name)
+        }
+
+        // MARK: routes
+
+        mutating func httpRoute(_ r: RouteSpec, router: VirtualRouter, port: UInt16) -> Envoy_Config_Route_V3_Route {
+            var route = Envoy_Config_Route_V3_Route()
+            route.name = "\(router.ref.name)/\(r.name)"
+            var match = Envoy_Config_Route_V3_RouteMatch()
+            if r.kind == .grpc {
+                if let s = r.grpcService {
+                    if let method = r.grpcMethod { match.path = "/\(s)/\(method)" } else { match.prefix = "/\(s)/" }
+                } else { match.prefix = "/" }
+                match.grpc = Envoy_Config_Route_V3_RouteMatch.GrpcRouteMatchOptions()
+            } else if let p = r.path {
+                switch p {
+                case .exact(let v): match.path = v
+                case .regex(let v): match.safeRegex.regex = v
+                default: match.prefix = "/"
+                }
+            } else {
+                match.prefix = r.prefix ?? "/"
+            }
+            if let method = r.method {
+                var h = Envoy_Config_Route_V3_HeaderMatcher()
+                h.name = ":method"
+                h.stringMatch.exact = method
+                match.headers.append(h)
+            }
+            for h in r.headers { match.headers.append(headerMatcher(h)) }
+            for q in r.query {
+                var qm = Envoy_Config_Route_V3_QueryParameterMatcher()
+                qm.name = q.name
+                if let v = q.exact { qm.stringMatch.exact = v } else { qm.presentMatch = true }
+                match.queryParameters.append(qm)
+            }
+            route.match = match
+            var action = Envoy_Config_Route_V3_RouteAction()
+            let targets = r.targets.filter { $0.weight > 0 }
+            let clusters = targets.map { addTargetCluster($0, port: port) }
+            if clusters.count == 1 { action.cluster = clusters[0] } else {
+                action.weightedClusters.clusters = zip(targets, clusters).map { t, c in
+                    var w = Envoy_Config_Route_V3_WeightedCluster.ClusterWeight()
+                    w.name = c; w.weight = Google_Protobuf_UInt32Value(UInt32(t.weight)); return w
+                }
+            }
+            if let t = r.perRequestTimeoutMilliseconds { action.timeout = duration(milliseconds: t) }
+            if let t = r.idleTimeoutMilliseconds { action.idleTimeout = duration(milliseconds: t) }
+            if let retry = r.retry { action.retryPolicy = retryPolicy(retry) }
+            route.route = action
+            return route
+        }
+
+        func headerMatcher(_ h: HeaderMatch) -> Envoy_Config_Route_V3_HeaderMatcher {
+            var m = Envoy_Config_Route_V3_HeaderMatcher()
+            m.name = h.name
+            m.invertMatch = h.invert
+            switch h.match {
+            case nil: m.presentMatch = true
+            case .exact(let v)?: m.stringMatch.exact = v
+            case .prefix(let v)?: m.stringMatch.prefix = v
+            case .suffix(let v)?: m.stringMatch.suffix = v
+            case .regex(let v)?: m.stringMatch.safeRegex.regex = v
+            case .range(let a, let b)?:
+                var range = Envoy_Type_V3_Int64Range()
+                range.start = Int64(a); range.end = Int64(b)
+                m.rangeMatch = range
+            }
+            return m
+        }
+
+        /// App Mesh retry events to Envoy's `retry_on` conditions.
+        func retryPolicy(_ r: RetryPolicy) -> Envoy_Config_Route_V3_RetryPolicy {
+            var on: [String] = []
+            for e in r.httpRetryEvents {
+                switch e {
+                case "server-error": on.append("5xx")
+                case "gateway-error": on.append("gateway-error")
+                case "client-error": on.append("retriable-4xx")
+                case "stream-error": on.append("refused-stream")
+                default: break
+                }
+            }
+            if !r.tcpRetryEvents.isEmpty { on += ["connect-failure", "reset"] }
+            on += r.grpcRetryEvents
+            var p = Envoy_Config_Route_V3_RetryPolicy()
+            p.retryOn = on.joined(separator: ",")
+            p.numRetries = Google_Protobuf_UInt32Value(UInt32(clamping: r.maxRetries))
+            p.perTryTimeout = duration(milliseconds: r.perRetryTimeoutMilliseconds)
+            return p
+        }
+
+        // MARK: pieces
+
+        var accessLogs: [Envoy_Config_Accesslog_V3_AccessLog] {
+            guard let path = node.accessLogPath else { return [] }
+            var file = Envoy_Extensions_AccessLoggers_File_V3_FileAccessLog()
+            file.path = path
+            var log = Envoy_Config_Accesslog_V3_AccessLog()
+            log.name = "envoy.access_loggers.file"
+            log.typedConfig = anyOf(file)
+            return [log]
+        }
+
+        func httpConnectionManager(statPrefix: String, routeConfig: String, idleMilliseconds: Int?, accessLog: Bool = true)
+            -> Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_HttpConnectionManager {
+            var hcm = Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_HttpConnectionManager()
+            hcm.statPrefix = statPrefix
+            hcm.codecType = .auto
+            hcm.rds.configSource = MeshCompiler.adsSource
+            hcm.rds.routeConfigName = routeConfig
+            var router = Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_HttpFilter()
+            router.name = "envoy.filters.http.router"
+            router.typedConfig = anyOf(Envoy_Extensions_Filters_Http_Router_V3_Router())
+            hcm.httpFilters = [router]
+            if let idle = idleMilliseconds { hcm.streamIdleTimeout = duration(milliseconds: idle) }
+            if accessLog { hcm.accessLog = accessLogs }
+            return hcm
+        }
+
+        func filter<M: SwiftProtobuf.Message>(_ name: String, _ config: M) -> Envoy_Config_Listener_V3_Filter {
+            var f = Envoy_Config_Listener_V3_Filter()
+            f.name = name
+            f.typedConfig = anyOf(config)
+            return f
+        }
+
+        func originalDst() -> Envoy_Config_Listener_V3_ListenerFilter {
+            var f = Envoy_Config_Listener_V3_ListenerFilter()
+            f.name = "envoy.filters.listener.original_dst"
+            f.typedConfig = anyOf(Envoy_Extensions_Filters_Listener_OriginalDst_V3_OriginalDst())
+            return f
+        }
+
+        func socketAddress(_ host: String, _ port: UInt16) -> Envoy_Config_Core_V3_Address {
+            var a = Envoy_Config_Core_V3_Address()
+            a.socketAddress.address = host
+            a.socketAddress.portValue = UInt32(port)
+            return a
+        }
+
+        func loadAssignment(_ name: String, _ endpoints: [(String, UInt16)]) -> Envoy_Config_Endpoint_V3_ClusterLoadAssignment {
+            var cla = Envoy_Config_Endpoint_V3_ClusterLoadAssignment()
+            cla.clusterName = name
+            if !endpoints.isEmpty {
+                var locality = Envoy_Config_Endpoint_V3_LocalityLbEndpoints()
+                locality.lbEndpoints = endpoints.map { host, port in
+                    var e = Envoy_Config_Endpoint_V3_LbEndpoint()
+                    e.endpoint.address = socketAddress(host, port)
+                    return e
+                }
+                cla.endpoints = [locality]
+            }
+            return cla
+        }
+
+        func http2Options() -> [String: Google_Protobuf_Any] {
+            var o = Envoy_Extensions_Upstreams_Http_V3_HttpProtocolOptions()
+            o.explicitHTTPConfig.http2ProtocolOptions = Envoy_Config_Core_V3_Http2ProtocolOptions()
+            return ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions": anyOf(o)]
+        }
+
+        func healthCheck(_ h: HealthCheck) -> Envoy_Config_Core_V3_HealthCheck {
+            var hc = Envoy_Config_Core_V3_HealthCheck()
+            hc.timeout = duration(milliseconds: h.timeoutMilliseconds)
+            hc.interval = duration(milliseconds: h.intervalMilliseconds)
+            hc.healthyThreshold = Google_Protobuf_UInt32Value(UInt32(h.healthyThreshold))
+            hc.unhealthyThreshold = Google_Protobuf_UInt32Value(UInt32(h.unhealthyThreshold))
+            if let p = h.port { hc.altPort = Google_Protobuf_UInt32Value(UInt32(p)) }
+            switch h.protocol {
+            case .http, .http2: hc.httpHealthCheck.path = h.path ?? "/"
+            case .grpc: hc.grpcHealthCheck = Envoy_Config_Core_V3_HealthCheck.GrpcHealthCheck()
+            case .tcp: hc.tcpHealthCheck = Envoy_Config_Core_V3_HealthCheck.TcpHealthCheck()
+            }
+            return hc
+        }
+    }
+}
+
+/// Whether a DNS service-discovery hostname is an IP address literal.
+enum IPAddressLiteral {
+    static func isLiteral(_ s: String) -> Bool {
+        var v4 = in_addr(), v6 = in6_addr()
+        return inet_pton(AF_INET, s, &v4) == 1 || inet_pton(AF_INET6, s, &v6) == 1
+    }
+}

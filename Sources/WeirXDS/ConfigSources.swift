@@ -1,0 +1,215 @@
+import EnvoyAPI
+import Foundation
+import Logging
+import SwiftProtobuf
+import Synchronization
+import WeirMesh
+import Yams
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The files of a config directory: `.yaml`, `.yml` (and `.json` when asked), read recursively, sorted.
+public enum ConfigDirectory {
+    public struct Failure: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    public static func files(_ directory: String, extensions: [String] = [".yaml", ".yml"]) throws(Failure) -> [(path: String, text: String)] {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw Failure(description: "\(directory): not a directory")
+        }
+        let base = URL(fileURLWithPath: directory)
+        let paths = (FileManager.default.enumerator(atPath: directory)?.compactMap { $0 as? String } ?? [])
+            .filter { p in extensions.contains { p.hasSuffix($0) } && !p.split(separator: "/").contains { $0.hasPrefix(".") } }
+            .sorted()
+        var out: [(String, String)] = []
+        for rel in paths {
+            let url = base.appendingPathComponent(rel)
+            guard let data = FileManager.default.contents(atPath: url.path) else { throw Failure(description: "\(url.path): cannot be read") }
+            out.append((url.path, String(decoding: data, as: UTF8.self)))
+        }
+        return out
+    }
+}
+
+/// Envoy resources written by hand, in Envoy's own YAML/JSON shape: files with a `resources:` list whose entries
+/// carry `@type` (as Envoy's filesystem subscriptions read them), for the subset of the API weir knows.
+public enum EnvoyResourceFiles {
+    public static func read(_ files: [(path: String, text: String)]) throws(MeshError) -> EnvoyResources {
+        EnvoyTypes.register()
+        var out = EnvoyResources()
+        var problems: [MeshProblem] = []
+        var options = JSONDecodingOptions()
+        options.ignoreUnknownFields = false
+        for (path, text) in files {
+            func problem(_ line: Int, _ field: String, _ message: String) {
+                problems.append(MeshProblem(location: SourceLocation(file: path, line: line, field: field), message: message))
+            }
+            let root: Node?
+            do { root = try Yams.compose(yaml: text) } catch {
+                problem(0, "(yaml)", "not valid YAML: \(error)"); continue
+            }
+            guard let list = root?["resources"]?.sequence else { problem(root?.mark?.line ?? 0, "resources", "expected a `resources:` list"); continue }
+            for (i, node) in list.enumerated() {
+                let field = "resources[\(i)]"
+                let line = node.mark?.line ?? 0
+                guard let object = try? Yams.load(yaml: Yams.serialize(node: node)) as? [String: Any], let type = object["@type"] as? String else {
+                    problem(line, field + ".@type", "each resource is a mapping with an @type"); continue
+                }
+                var body = object
+                body.removeValue(forKey: "@type")
+                guard let json = try? JSONSerialization.data(withJSONObject: body) else { problem(line, field, "cannot be turned into JSON"); continue }
+                let text = String(decoding: json, as: UTF8.self)
+                do {
+                    switch type.split(separator: "/").last.map(String.init) {
+                    case Envoy_Config_Listener_V3_Listener.protoMessageName:
+                        out.listeners.append(try Envoy_Config_Listener_V3_Listener(jsonString: text, options: options))
+                    case Envoy_Config_Cluster_V3_Cluster.protoMessageName:
+                        out.clusters.append(try Envoy_Config_Cluster_V3_Cluster(jsonString: text, options: options))
+                    case Envoy_Config_Route_V3_RouteConfiguration.protoMessageName:
+                        out.routes.append(try Envoy_Config_Route_V3_RouteConfiguration(jsonString: text, options: options))
+                    case Envoy_Config_Endpoint_V3_ClusterLoadAssignment.protoMessageName:
+                        out.endpoints.append(try Envoy_Config_Endpoint_V3_ClusterLoadAssignment(jsonString: text, options: options))
+                    default:
+                        problem(line, field + ".@type", "'\(type)' is not a Listener, Cluster, RouteConfiguration or ClusterLoadAssignment (v3)")
+                    }
+                } catch {
+                    problem(line, field, "not a valid \(type.split(separator: ".").last ?? "") for weir's subset of the Envoy API: \(error)")
+                }
+            }
+        }
+        if !problems.isEmpty { throw MeshError(problems: problems) }
+        return out
+    }
+}
+
+/// weir's config sources for the xDS cache: App Mesh manifests (compiled per node) and Envoy-native files (served to
+/// every node), each read from a watched directory. A change that does not validate is refused as a whole and the
+/// last good config stays served.
+public final class ConfigSources: SnapshotSource {
+    public let meshDirectory: String?
+    public let envoyDirectory: String?
+    let options: MeshCompiler.Options
+    let cache: SnapshotCache
+    let logger: Logger
+    struct Good {
+        var manifests: MeshManifests?
+        var envoy: EnvoyResources?
+        var lastError: String?
+        var generation = 0
+    }
+    let good = Mutex(Good())
+
+    public init(mesh: String?, envoy: String?, options: MeshCompiler.Options = MeshCompiler.Options(), cache: SnapshotCache,
+                logger: Logger = Logger(label: "weir.xds.sources")) {
+        self.meshDirectory = mesh; self.envoyDirectory = envoy; self.options = options; self.cache = cache; self.logger = logger
+    }
+
+    /// The problem that made the last reload fail, if it did.
+    public var lastError: String? { good.withLock { $0.lastError } }
+    public var generation: Int { good.withLock { $0.generation } }
+
+    /// Reads and validates both directories; on success publishes every known node's new snapshot.
+    /// Returns the problems (nil when the new config is in force).
+    @discardableResult
+    public func reload() -> String? {
+        var manifests: MeshManifests?
+        var envoy: EnvoyResources?
+        do {
+            if let meshDirectory {
+                let files: [(path: String, text: String)]
+                do { files = try ConfigDirectory.files(meshDirectory) } catch { throw MeshError(problems: [MeshProblem(location: SourceLocation(file: meshDirectory, line: 0, field: "(directory)"), message: error.description)]) }
+                manifests = try ManifestReader.read(files)
+            }
+            if let envoyDirectory {
+                let files: [(path: String, text: String)]
+                do { files = try ConfigDirectory.files(envoyDirectory, extensions: [".yaml", ".yml", ".json"]) } catch { throw MeshError(problems: [MeshProblem(location: SourceLocation(file: envoyDirectory, line: 0, field: "(directory)"), message: error.description)]) }
+                envoy = try EnvoyResourceFiles.read(files)
+            }
+        } catch {
+            return refuse((error as? MeshError)?.description ?? "\(error)")
+        }
+        // Compile every node we serve under the new config before anything is published: all or nothing.
+        var next: [String: Snapshot] = [:]
+        var nodes = cache.interestingNodeIDs
+        if let manifests { nodes.formUnion(MeshCompiler(manifests, options: options).nodeIDs) }
+        for node in nodes.sorted() {
+            switch Self.build(node, manifests: manifests, envoy: envoy, options: options) {
+            case .success(let s?):
+                let problems = s.consistencyProblems()
+                if !problems.isEmpty { return refuse("node \(node): " + problems.joined(separator: "; ")) }
+                next[node] = s
+            case .success(nil): continue
+            case .failure(let e): return refuse("node \(node): \(e.description)")
+            }
+        }
+        good.withLock { $0.manifests = manifests; $0.envoy = envoy; $0.lastError = nil; $0.generation += 1 }
+        for (node, s) in next { try? cache.set(node, s) }
+        logger.info("config in force", metadata: ["nodes": "\(next.count)"])
+        return nil
+    }
+
+    func refuse(_ problems: String) -> String {
+        good.withLock { $0.lastError = problems }
+        logger.error("config refused; the last good config stays served", metadata: ["problems": "\(problems)"])
+        return problems
+    }
+
+    static func build(_ node: String, manifests: MeshManifests?, envoy: EnvoyResources?, options: MeshCompiler.Options) -> Result<Snapshot?, MeshError> {
+        var resources = EnvoyResources()
+        var known = false
+        if let manifests, let id = try? NodeIdentity.parse(node), manifests.virtualNode(for: id) != nil {
+            do { resources = try MeshCompiler(manifests, options: options).compile(nodeID: node) } catch { return .failure(error) }
+            known = true
+        }
+        if let envoy {
+            resources.listeners += envoy.listeners; resources.clusters += envoy.clusters
+            resources.routes += envoy.routes; resources.endpoints += envoy.endpoints
+            known = true
+        }
+        guard known else { return .success(nil) }
+        do { return .success(try Snapshot(resources)) } catch {
+            return .failure(MeshError(problems: [MeshProblem(location: SourceLocation(file: "(node)", line: 0, field: node), message: "cannot encode: \(error)")]))
+        }
+    }
+
+    public func resources(for nodeID: String) -> Snapshot? {
+        let (m, e) = good.withLock { ($0.manifests, $0.envoy) }
+        guard case .success(let s?) = Self.build(nodeID, manifests: m, envoy: e, options: options) else { return nil }
+        return s
+    }
+
+    /// Watches both directories with inotify and reloads on change (debounced by 20 ms); runs until the process ends.
+    public func watch() throws {
+        let fd = inotify_init1(Int32(IN_CLOEXEC))
+        guard fd >= 0 else { throw ConfigDirectory.Failure(description: "inotify_init1: \(String(cString: strerror(errno)))") }
+        let mask = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_CREATE | IN_ATTRIB)
+        @Sendable func addTree(_ root: String) {
+            _ = inotify_add_watch(fd, root, mask)
+            for rel in FileManager.default.enumerator(atPath: root)?.compactMap({ $0 as? String }) ?? [] {
+                var d: ObjCBool = false
+                let p = root + "/" + rel
+                if FileManager.default.fileExists(atPath: p, isDirectory: &d), d.boolValue { _ = inotify_add_watch(fd, p, mask) }
+            }
+        }
+        let roots = [meshDirectory, envoyDirectory].compactMap { $0 }
+        for r in roots { addTree(r) }
+        let thread = Thread { [self] in
+            var buffer = [UInt8](repeating: 0, count: 16384)
+            while true {
+                let n = read(fd, &buffer, buffer.count)
+                if n < 0 { if errno == EINTR { continue }; return }
+                // Let an editor or `kubectl cp` finish its burst of writes, then read everything once.
+                usleep(20_000)
+                var pending = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                while poll(&pending, 1, 0) > 0 { _ = read(fd, &buffer, buffer.count) }
+                for r in roots { addTree(r) } // new subdirectories
+                self.reload()
+            }
+        }
+        thread.name = "weir-xds-watch"
+        thread.start()
+    }
+}

@@ -1,0 +1,114 @@
+import EnvoyAPI
+import Foundation
+import SwiftProtobuf
+import WeirMesh
+
+/// One resource in a snapshot: its serialized message and a version that is a hash of those bytes, so the same
+/// config has the same version in every weir process and across restarts.
+public struct VersionedResource: Sendable, Hashable, Codable {
+    public var name: String
+    public var version: String
+    public var bytes: [UInt8]
+    /// Sent only to a client that names it (proxyless gRPC `api_listener`s), never to a wildcard subscriber.
+    public var namedOnly: Bool
+
+    public init(name: String, bytes: [UInt8], namedOnly: Bool = false) {
+        self.name = name; self.bytes = bytes; self.namedOnly = namedOnly
+        self.version = ContentHash.hex(bytes)
+    }
+}
+
+/// The complete config of one node: every resource by type and name, and an overall version.
+public struct Snapshot: Sendable, Hashable {
+    public let resources: [ResourceType: [String: VersionedResource]]
+    /// A hash over every resource's name and version.
+    public let version: String
+
+    public init(resources: [ResourceType: [String: VersionedResource]]) {
+        self.resources = resources
+        var h = ContentHash()
+        for type in ResourceType.allCases.sorted() {
+            h.add(type.rawValue)
+            for (name, r) in (resources[type] ?? [:]).sorted(by: { $0.key < $1.key }) { h.add(name); h.add(r.version) }
+        }
+        version = h.hex
+    }
+
+    public init(_ resources: EnvoyResources) throws {
+        var out: [ResourceType: [String: VersionedResource]] = [:]
+        for (type, byName) in try resources.encoded() {
+            out[type] = byName.reduce(into: [:]) { $0[$1.key] = VersionedResource(name: $1.key, bytes: $1.value.bytes, namedOnly: $1.value.namedOnly) }
+        }
+        self.init(resources: out)
+    }
+
+    public static let empty = Snapshot(resources: [:])
+
+    public func count(_ type: ResourceType) -> Int { resources[type]?.count ?? 0 }
+
+    /// What a snapshot must satisfy before it is served: every route configuration a listener names over RDS and every
+    /// endpoint set an EDS cluster names exists, and every resource decodes as its type.
+    public func consistencyProblems() -> [String] {
+        var problems: [String] = []
+        let routes = Set(resources[.route]?.keys.map { $0 } ?? []), endpoints = Set(resources[.endpoint]?.keys.map { $0 } ?? [])
+        for (name, r) in resources[.cluster] ?? [:] {
+            guard let c = try? Envoy_Config_Cluster_V3_Cluster(serializedBytes: r.bytes) else { problems.append("cluster \(name) does not decode"); continue }
+            if c.type == .eds {
+                let eds = c.edsClusterConfig.serviceName.isEmpty ? c.name : c.edsClusterConfig.serviceName
+                if !endpoints.contains(eds) { problems.append("cluster \(name) uses EDS resource \(eds), which the snapshot lacks") }
+            }
+        }
+        for (name, r) in resources[.listener] ?? [:] {
+            guard let l = try? Envoy_Config_Listener_V3_Listener(serializedBytes: r.bytes) else { problems.append("listener \(name) does not decode"); continue }
+            for rds in Self.routeNames(of: l) where !routes.contains(rds) {
+                problems.append("listener \(name) uses route configuration \(rds), which the snapshot lacks")
+            }
+        }
+        return problems.sorted()
+    }
+
+    /// The RDS names a listener refers to (HTTP connection managers in its filter chains or its `api_listener`).
+    public static func routeNames(of l: Envoy_Config_Listener_V3_Listener) -> [String] {
+        typealias HCM = Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_HttpConnectionManager
+        var anys: [Google_Protobuf_Any] = []
+        for chain in l.filterChains + (l.hasDefaultFilterChain ? [l.defaultFilterChain] : []) {
+            for f in chain.filters where f.typedConfig.typeURL.hasSuffix("/" + HCM.protoMessageName) { anys.append(f.typedConfig) }
+        }
+        if l.hasApiListener, l.apiListener.apiListener.typeURL.hasSuffix("/" + HCM.protoMessageName) { anys.append(l.apiListener.apiListener) }
+        return anys.compactMap { a in
+            guard let hcm = try? HCM(serializedBytes: a.value), case .rds(let rds)? = hcm.routeSpecifier else { return nil }
+            return rds.routeConfigName
+        }
+    }
+
+    /// The EDS names a cluster refers to.
+    public static func endpointName(of c: Envoy_Config_Cluster_V3_Cluster) -> String? {
+        guard c.type == .eds else { return nil }
+        return c.edsClusterConfig.serviceName.isEmpty ? c.name : c.edsClusterConfig.serviceName
+    }
+}
+
+/// FNV-1a over 128 bits (two 64-bit lanes with different offsets): stable, fast, and not a security boundary.
+struct ContentHash {
+    var a: UInt64 = 0xcbf2_9ce4_8422_2325
+    var b: UInt64 = 0x6c62_272e_07bb_0142
+
+    mutating func add<S: Sequence>(bytes: S) where S.Element == UInt8 {
+        for x in bytes {
+            a = (a ^ UInt64(x)) &* 0x0000_0100_0000_01b3
+            b = (b ^ UInt64(x)) &* 0x0000_0100_0000_01b3 &+ 0x9e37
+        }
+    }
+    mutating func add(_ s: String) { add(bytes: s.utf8); add(bytes: [0]) }
+
+    var hex: String {
+        func lane(_ x: UInt64) -> String { let s = String(x, radix: 16); return String(repeating: "0", count: 16 - s.count) + s }
+        return lane(a) + lane(b)
+    }
+
+    static func hex(_ bytes: [UInt8]) -> String {
+        var h = ContentHash()
+        h.add(bytes: bytes)
+        return h.hex
+    }
+}

@@ -1,0 +1,147 @@
+import Foundation
+import Logging
+import Synchronization
+import WeirMesh
+
+/// Where a node's config comes from. Asked for nodes it has not been asked about before (a new Envoy connects).
+public protocol SnapshotSource: Sendable {
+    /// The resources for `nodeID` under the source's current good config, or nil when the source cannot serve it
+    /// (unknown node, or no good config yet).
+    func resources(for nodeID: String) -> Snapshot?
+}
+
+/// Versioned snapshots per node, with watches and the last good snapshot of each node persisted to disk.
+///
+/// A snapshot is accepted only when it is consistent (every RDS and EDS name referenced exists); an inconsistent one
+/// is refused and the previous one stays in force. Persisted snapshots are loaded at start, so a restarted sidecar gets
+/// its config even while the sources are broken.
+public final class SnapshotCache: Sendable {
+    struct State {
+        var snapshots: [String: Snapshot] = [:]
+        var watchers: [String: [UInt64: AsyncStream<Snapshot>.Continuation]] = [:]
+        var nextID: UInt64 = 0
+    }
+    let state = Mutex(State())
+    let directory: URL?
+    let logger: Logger
+    let source = Mutex<(any SnapshotSource)?>(nil)
+
+    public enum Failure: Error, CustomStringConvertible {
+        case inconsistent(node: String, problems: [String])
+        public var description: String {
+            switch self {
+            case .inconsistent(let node, let problems): return "snapshot for \(node) refused: " + problems.joined(separator: "; ")
+            }
+        }
+    }
+
+    /// - Parameter stateDirectory: where the last good snapshot of each node is kept (nil: not persisted).
+    public init(stateDirectory: URL?, logger: Logger = Logger(label: "weir.xds.cache")) {
+        self.directory = stateDirectory
+        self.logger = logger
+        if let stateDirectory { loadPersisted(stateDirectory) }
+    }
+
+    public func setSource(_ s: (any SnapshotSource)?) { source.withLock { $0 = s } }
+
+    public var nodeIDs: [String] { state.withLock { Array($0.snapshots.keys).sorted() } }
+
+    /// Node ids with a connected stream, or with a snapshot.
+    public var interestingNodeIDs: Set<String> {
+        state.withLock { Set($0.snapshots.keys).union($0.watchers.filter { !$0.value.isEmpty }.keys) }
+    }
+
+    public func snapshot(for nodeID: String) -> Snapshot? { state.withLock { $0.snapshots[nodeID] } }
+
+    /// Sets a node's snapshot if it is consistent; notifies watchers when it changed. Returns whether it changed.
+    @discardableResult
+    public func set(_ nodeID: String, _ snapshot: Snapshot) throws(Failure) -> Bool {
+        let problems = snapshot.consistencyProblems()
+        guard problems.isEmpty else { throw .inconsistent(node: nodeID, problems: problems) }
+        let watchers: [AsyncStream<Snapshot>.Continuation]? = state.withLock { s in
+            if s.snapshots[nodeID]?.version == snapshot.version { return nil }
+            s.snapshots[nodeID] = snapshot
+            return Array((s.watchers[nodeID] ?? [:]).values)
+        }
+        guard let watchers else { return false }
+        persist(nodeID, snapshot)
+        for w in watchers { w.yield(snapshot) }
+        logger.debug("snapshot", metadata: ["node": "\(nodeID)", "version": "\(snapshot.version)"])
+        return true
+    }
+
+    /// Snapshots for a node as they change, starting with the current one. Asks the source when the node is new.
+    public func watch(_ nodeID: String) -> (id: UInt64, stream: AsyncStream<Snapshot>) {
+        if snapshot(for: nodeID) == nil, let s = source.withLock({ $0 })?.resources(for: nodeID) {
+            do { try set(nodeID, s) } catch { logger.warning("\(error)") }
+        }
+        let (stream, continuation) = AsyncStream<Snapshot>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        let (id, current) = state.withLock { s -> (UInt64, Snapshot?) in
+            s.nextID += 1
+            s.watchers[nodeID, default: [:]][s.nextID] = continuation
+            return (s.nextID, s.snapshots[nodeID])
+        }
+        if let current { continuation.yield(current) }
+        return (id, stream)
+    }
+
+    public func cancelWatch(_ nodeID: String, _ id: UInt64) {
+        let c = state.withLock { $0.watchers[nodeID]?.removeValue(forKey: id) }
+        c?.finish()
+    }
+
+    // MARK: persistence
+
+    struct Persisted: Codable {
+        var node: String
+        var resources: [String: [String: PersistedResource]]
+    }
+    struct PersistedResource: Codable {
+        var bytes: Data
+        var namedOnly: Bool
+    }
+
+    static func fileName(_ nodeID: String) -> String {
+        // Node ids hold slashes and colons; the file name is a readable, safe form plus a hash for uniqueness.
+        let safe = String(nodeID.map { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == "." ? $0 : "_" }.prefix(80))
+        return "\(safe)-\(ContentHash.hex(Array(nodeID.utf8)).prefix(12)).snapshot.json"
+    }
+
+    func persist(_ nodeID: String, _ snapshot: Snapshot) {
+        guard let directory else { return }
+        let p = Persisted(node: nodeID, resources: snapshot.resources.reduce(into: [:]) { out, e in
+            out[e.key.rawValue] = e.value.mapValues { PersistedResource(bytes: Data($0.bytes), namedOnly: $0.namedOnly) }
+        })
+        do {
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            let data = try encoder.encode(p)
+            // Write to a temporary file and rename: a crash never leaves a torn snapshot.
+            let final = directory.appendingPathComponent(Self.fileName(nodeID))
+            let tmp = directory.appendingPathComponent(".\(Self.fileName(nodeID)).tmp")
+            try data.write(to: tmp)
+            _ = rename(tmp.path, final.path)
+        } catch {
+            logger.warning("cannot persist snapshot", metadata: ["node": "\(nodeID)", "error": "\(error)"])
+        }
+    }
+
+    func loadPersisted(_ directory: URL) {
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
+        for f in files where f.hasSuffix(".snapshot.json") {
+            guard let data = FileManager.default.contents(atPath: directory.appendingPathComponent(f).path),
+                  let p = try? JSONDecoder().decode(Persisted.self, from: data) else {
+                logger.warning("ignoring unreadable snapshot file", metadata: ["file": "\(f)"]); continue
+            }
+            var resources: [ResourceType: [String: VersionedResource]] = [:]
+            for (t, byName) in p.resources {
+                guard let type = ResourceType(rawValue: t) else { continue }
+                resources[type] = byName.reduce(into: [:]) { $0[$1.key] = VersionedResource(name: $1.key, bytes: Array($1.value.bytes), namedOnly: $1.value.namedOnly) }
+            }
+            let s = Snapshot(resources: resources)
+            if s.consistencyProblems().isEmpty { state.withLock { $0.snapshots[p.node] = s } }
+        }
+        if !files.isEmpty { logger.info("loaded persisted snapshots", metadata: ["nodes": "\(nodeIDs.count)"]) }
+    }
+}
