@@ -499,6 +499,10 @@ public struct MeshCompiler: Sendable {
             cla.clusterName = name
             if !endpoints.isEmpty {
                 var locality = Envoy_Config_Endpoint_V3_LocalityLbEndpoints()
+                // Proxyless gRPC needs a locality (an empty one will do) with a weight; Envoy ignores the weight unless
+                // told to use locality weights.
+                locality.locality = Envoy_Config_Core_V3_Locality()
+                locality.loadBalancingWeight = Google_Protobuf_UInt32Value(1)
                 locality.lbEndpoints = endpoints.map { host, port in
                     var e = Envoy_Config_Endpoint_V3_LbEndpoint()
                     e.endpoint.address = socketAddress(host, port)

@@ -111,6 +111,7 @@ public final class ADSService: RegistrableRPCService, Sendable {
                 }
                 if let (type, message) = M.nack(in: r), let node = watch?.node {
                     logger.warning("NACK", metadata: ["node": "\(node)", "type": "\(type.shortName)", "error": "\(message)"])
+                    cache.rejected(node)
                     onNack?(node, type, message)
                 }
                 out = machine.receive(r, snapshot: snapshot)

@@ -18,6 +18,8 @@ public protocol SnapshotSource: Sendable {
 public final class SnapshotCache: Sendable {
     struct State {
         var snapshots: [String: Snapshot] = [:]
+        /// The snapshot before the current one, per node: what goes back to disk if the current one is rejected.
+        var previous: [String: Snapshot] = [:]
         var watchers: [String: [UInt64: AsyncStream<Snapshot>.Continuation]] = [:]
         var nextID: UInt64 = 0
     }
@@ -60,6 +62,7 @@ public final class SnapshotCache: Sendable {
         guard problems.isEmpty else { throw .inconsistent(node: nodeID, problems: problems) }
         let watchers: [AsyncStream<Snapshot>.Continuation]? = state.withLock { s in
             if s.snapshots[nodeID]?.version == snapshot.version { return nil }
+            s.previous[nodeID] = s.snapshots[nodeID]
             s.snapshots[nodeID] = snapshot
             return Array((s.watchers[nodeID] ?? [:]).values)
         }
@@ -68,6 +71,14 @@ public final class SnapshotCache: Sendable {
         for w in watchers { w.yield(snapshot) }
         logger.debug("snapshot", metadata: ["node": "\(nodeID)", "version": "\(snapshot.version)"])
         return true
+    }
+
+    /// A sidecar of the node rejected (NACKed) the current snapshot: it stays served (the last good config stays in
+    /// force in Envoy anyway), but the snapshot kept on disk goes back to the previous one, so a restarted sidecar
+    /// starts from config that was accepted.
+    public func rejected(_ nodeID: String) {
+        guard let previous = state.withLock({ $0.previous[nodeID] }) else { return }
+        persist(nodeID, previous)
     }
 
     /// Snapshots for a node as they change, starting with the current one. Asks the source when the node is new.

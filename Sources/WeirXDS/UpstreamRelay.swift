@@ -84,6 +84,7 @@ public final class UpstreamRelay: SnapshotSource {
             var lds = Envoy_Service_Discovery_V3_DiscoveryRequest()
             lds.typeURL = ResourceType.listener.rawValue
             send.yield(lds)
+            nacks.reset() // nonces belong to one stream: a new stream starts without them
             nacks.attach(send)
             defer { nacks.attach(nil); send.finish() }
             try await ads.streamAggregatedResources(requestProducer: { writer in
@@ -156,6 +157,7 @@ final class NackBox: Sendable {
     let states = Mutex<[ResourceType: TypeState]>([:])
     let sink = Mutex<AsyncStream<Envoy_Service_Discovery_V3_DiscoveryRequest>.Continuation?>(nil)
 
+    func reset() { states.withLock { $0.removeAll() } }
     func attach(_ s: AsyncStream<Envoy_Service_Discovery_V3_DiscoveryRequest>.Continuation?) { sink.withLock { $0 = s } }
     func state(_ t: ResourceType) -> TypeState? { states.withLock { $0[t] } }
     func record(_ t: ResourceType, nonce: String, version: String, names: [String]) {

@@ -211,3 +211,60 @@ public let envoyBinary: String? = {
         .first { FileManager.default.isExecutableFile(atPath: $0) }
 }()
 
+
+/// The project's root directory (for scripts and test helpers).
+public let projectRoot: URL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+/// The project's Python (with grpcio and xds-protos; scripts/install-deps makes it).
+public let venvPython: String = projectRoot.appendingPathComponent(".venv/bin/python").path
+
+/// A test helper script under Tests/helpers.
+public func helperScript(_ name: String) -> String { projectRoot.appendingPathComponent("Tests/helpers/\(name)").path }
+
+/// A process a test started (optionally inside a namespace, optionally as uid 1337), its output in a log file.
+/// `stop()` kills it with SIGKILL and waits: a child spawned from a Dispatch thread may block SIGTERM.
+public final class Spawned: @unchecked Sendable {
+    public let process = Process()
+    public let log: URL
+
+    public init(_ args: [String], namespace: String? = nil, asProxyUser: Bool = false, environment: [String: String] = [:], log: URL) throws {
+        self.log = log
+        FileManager.default.createFile(atPath: log.path, contents: nil)
+        var argv = args
+        if asProxyUser { argv = ["/usr/bin/setpriv", "--reuid=1337", "--regid=1337", "--clear-groups"] + argv }
+        if let namespace { argv = ["/usr/sbin/ip", "netns", "exec", namespace] + argv }
+        process.executableURL = URL(fileURLWithPath: argv[0])
+        process.arguments = Array(argv.dropFirst())
+        var env = ProcessInfo.processInfo.environment
+        for (k, v) in environment { env[k] = v }
+        process.environment = env
+        let handle = try FileHandle(forWritingTo: log)
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+    }
+
+    public var output: String { (try? String(contentsOf: log, encoding: .utf8)) ?? "" }
+
+    public func stop() {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+    }
+}
+
+/// Polls `condition` every 50 ms for at most `seconds`; returns whether it became true.
+public func eventually(_ seconds: Double = 10, _ condition: () -> Bool) -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if condition() { return true }
+        usleep(50_000)
+    }
+    return condition()
+}
+
+/// `GET http://host:port/path` from inside a namespace, with curl-free Python; nil on any failure.
+public func httpText(_ namespace: String, _ url: String) -> String? {
+    let code = "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+    guard let r = try? sh(["ip", "netns", "exec", namespace, "python3", "-c", code, url], allowFailure: true), r.status == 0 else { return nil }
+    return r.output
+}
