@@ -146,7 +146,7 @@ public final class ConfigSources: SnapshotSource {
             }
         }
         good.withLock { $0.manifests = manifests; $0.envoy = envoy; $0.lastError = nil; $0.generation += 1 }
-        for (node, s) in next { try? cache.set(node, s) }
+        for (node, s) in next { _ = try? cache.set(node, s) }
         logger.info("config in force", metadata: ["nodes": "\(next.count)"])
         return nil
     }

@@ -24,3 +24,37 @@ struct MeshCommandTests {
         #expect(missing.status == 2)
     }
 }
+
+@Suite("weir mesh render and weir xds arguments")
+struct MeshRenderCommandTests {
+    static let meshDir = projectRoot.appendingPathComponent("Tests/WeirMeshTests/Goldens/mesh-drop").path
+
+    @Test("render prints the node's Envoy resources as JSON, the same as the golden")
+    func render() throws {
+        let out = try sh([weirBinary, "mesh", "render", Self.meshDir, "--node", "mesh/shop/virtualNode/web_shop"], allowFailure: true)
+        #expect(out.status == 0, "\(out.output)")
+        let golden = try String(contentsOf: projectRoot.appendingPathComponent("Tests/WeirMeshTests/Goldens/mesh-drop-web.json"), encoding: .utf8)
+        #expect(out.output == golden)
+        let k8s = try sh([weirBinary, "mesh", "render", Self.meshDir, "--node", "shop/web"], allowFailure: true)
+        #expect(k8s.output == golden, "the <namespace>/<name> id names the same node")
+    }
+
+    @Test("an unknown node or a malformed id exits 2 and says which")
+    func unknownNode() throws {
+        let out = try sh([weirBinary, "mesh", "render", Self.meshDir, "--node", "mesh/shop/virtualNode/ghost"], allowFailure: true)
+        #expect(out.status == 2 && out.output.contains("ghost"), "\(out.output)")
+        let bad = try sh([weirBinary, "mesh", "render", Self.meshDir, "--node", "not-an-id"], allowFailure: true)
+        #expect(bad.status == 2 && bad.output.contains("not-an-id"), "\(bad.output)")
+    }
+
+    @Test("weir xds refuses bad arguments with exit 2 before listening", arguments: [
+        ["--listen", "nowhere"],
+        ["--listen", "127.0.0.1:15999"],
+        ["--listen", "127.0.0.1:15999", "--mesh", "/tmp", "--upstream", "127.0.0.1:1"],
+        ["--listen", "127.0.0.1:15999", "--upstream", "bad address"],
+    ])
+    func xdsArguments(_ args: [String]) throws {
+        let out = try sh([weirBinary, "xds"] + args, allowFailure: true)
+        #expect(out.status == 2, "\(out.output)")
+    }
+}

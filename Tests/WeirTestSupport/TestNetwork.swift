@@ -229,7 +229,7 @@ public final class Spawned: @unchecked Sendable {
 
     public init(_ args: [String], namespace: String? = nil, asProxyUser: Bool = false, environment: [String: String] = [:], log: URL) throws {
         self.log = log
-        FileManager.default.createFile(atPath: log.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
         var argv = args
         if asProxyUser { argv = ["/usr/bin/setpriv", "--reuid=1337", "--regid=1337", "--clear-groups"] + argv }
         if let namespace { argv = ["/usr/sbin/ip", "netns", "exec", namespace] + argv }

@@ -1,0 +1,222 @@
+#!/usr/bin/env python3
+"""scripts/bench xds: weir's xDS cache under load, in a throwaway network namespace.
+
+A 100-service mesh (100 virtual nodes; each node calls 10 services, and every node calls `common`).
+Phase 1: 10 real Envoy 1.40 sidecars (10 nodes) connect over ADS; a weight change in `common`'s router is written
+to the manifest directory; time until all 10 Envoys have ACKed the new routes (polled from weir's /streams).
+Phase 2: 1000 concurrent ADS streams (grpcio, this process, 10 streams per node across 100 nodes) subscribe to CDS,
+LDS and their RDS; the same kind of change; time from the rename of the manifest to each stream receiving (and
+ACKing) its new RDS: p50 and p99. weir's RSS with no streams and with 1000 idle streams gives memory per idle stream;
+its CPU time during a push, per stream pushed to, gives CPU per push.
+Goals (issue 4): p99 <= 100 ms to 1000 streams, <= 20 KiB per idle stream, 10 Envoys converged in <= 200 ms.
+Env: XDS_STREAMS (1000), XDS_NODES (100), XDS_ENVOYS (10), XDS_BINARY (weir binary).
+"""
+import asyncio, glob, json, os, shutil, signal, statistics, subprocess, sys, tempfile, time, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, glob.glob(os.path.join(ROOT, ".venv/lib/python3*/site-packages"))[0])
+import grpc  # noqa: E402
+from envoy.service.discovery.v3 import discovery_pb2, ads_pb2_grpc  # noqa: E402
+
+STREAMS = int(os.environ.get("XDS_STREAMS", "1000"))
+NODES = int(os.environ.get("XDS_NODES", "100"))
+ENVOYS = int(os.environ.get("XDS_ENVOYS", "10"))
+WEIR = os.environ.get("XDS_BINARY", os.path.join(ROOT, ".build-static/release/weir"))
+ENVOY = glob.glob(os.path.join(ROOT, ".venv/lib/python3*/site-packages/envoy/_bin/envoy"))[0]
+NS = f"weirb-xds-{os.getpid()}"
+CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
+RDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+
+
+def mesh(common_weight):
+    docs = ["apiVersion: appmesh.k8s.aws/v1beta2\nkind: Mesh\nmetadata: {name: bench}\n"]
+    for i in range(NODES):
+        backends = sorted({(i + k) % NODES for k in range(1, 11)})
+        b = "".join(f"    - virtualService: {{virtualServiceRef: {{name: svc{j}}}}}\n" for j in backends)
+        b += "    - virtualService: {virtualServiceRef: {name: common}}\n"
+        docs.append(f"apiVersion: appmesh.k8s.aws/v1beta2\nkind: VirtualNode\nmetadata: {{name: node{i}, namespace: bench}}\nspec:\n"
+                    f"  listeners: [{{portMapping: {{port: 8080, protocol: http}}}}]\n"
+                    f"  serviceDiscovery: {{dns: {{hostname: 10.1.{i // 250}.{i % 250 + 1}}}}}\n  backends:\n{b}")
+        docs.append(f"apiVersion: appmesh.k8s.aws/v1beta2\nkind: VirtualService\nmetadata: {{name: svc{i}, namespace: bench}}\n"
+                    f"spec: {{provider: {{virtualNode: {{virtualNodeRef: {{name: node{i}}}}}}}}}\n")
+    docs.append("apiVersion: appmesh.k8s.aws/v1beta2\nkind: VirtualRouter\nmetadata: {name: common, namespace: bench}\nspec:\n"
+                "  listeners: [{portMapping: {port: 8080, protocol: http}}]\n  routes:\n    - name: split\n      httpRoute:\n"
+                "        match: {prefix: /}\n        action:\n          weightedTargets:\n"
+                f"            - {{virtualNodeRef: {{name: node0}}, weight: {common_weight}}}\n"
+                f"            - {{virtualNodeRef: {{name: node1}}, weight: {100 - common_weight}}}\n")
+    docs.append("apiVersion: appmesh.k8s.aws/v1beta2\nkind: VirtualService\nmetadata: {name: common, namespace: bench}\n"
+                "spec: {provider: {virtualRouter: {virtualRouterRef: {name: common}}}}\n")
+    return "---\n".join(docs)
+
+
+def write_mesh(d, weight):
+    tmp = os.path.join(d, ".mesh.tmp")
+    with open(tmp, "w") as f:
+        f.write(mesh(weight))
+    t0 = time.time()
+    os.rename(tmp, os.path.join(d, "mesh", "mesh.yaml"))
+    return t0
+
+
+def node_id(i):
+    return f"mesh/bench/virtualNode/node{i}_bench"
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def admin(path):
+    return json.loads(subprocess.run(["ip", "netns", "exec", NS, "python3", "-c",
+                                      "import urllib.request,sys;sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())",
+                                      f"http://127.0.0.1:15990{path}"], capture_output=True, text=True, check=True).stdout)
+
+
+class Stream:
+    """One SotW ADS stream: CDS and LDS (wildcard), RDS for the node's route configurations; ACKs everything."""
+
+    def __init__(self, stub, node):
+        self.stub, self.node = stub, node
+        self.queue = asyncio.Queue()
+        self.rds_times = []
+        self.ready = asyncio.Event()
+
+    async def requests(self):
+        while True:
+            r = await self.queue.get()
+            yield r
+
+    def send(self, **kw):
+        self.queue.put_nowait(discovery_pb2.DiscoveryRequest(**kw))
+
+    async def run(self):
+        self.send(node={"id": self.node}, type_url=CDS)
+        self.send(type_url=LDS)
+        self.send(type_url=RDS, resource_names=["egress_8080", "ingress_8080"])
+        async for resp in self.stub.StreamAggregatedResources(self.requests()):
+            names = ["egress_8080", "ingress_8080"] if resp.type_url == RDS else []
+            self.send(type_url=resp.type_url, version_info=resp.version_info, response_nonce=resp.nonce, resource_names=names)
+            if resp.type_url == RDS:
+                self.rds_times.append(time.time())
+                self.ready.set()
+
+
+async def phase_streams(d, pid, sock):
+    channels = [grpc.aio.insecure_channel(f"unix://{sock}") for _ in range(max(1, STREAMS // 50))]
+    streams = [Stream(ads_pb2_grpc.AggregatedDiscoveryServiceStub(channels[k % len(channels)]), node_id(k % NODES)) for k in range(STREAMS)]
+    tasks = [asyncio.create_task(s.run()) for s in streams]
+    await asyncio.wait_for(asyncio.gather(*(s.ready.wait() for s in streams)), 120)
+    await asyncio.sleep(2)
+    idle_rss = rss_kib(pid)
+    results = []
+    for weight in (60, 30, 80):
+        for s in streams:
+            s.rds_times.clear()
+        cpu0 = cpu_seconds(pid)
+        t0 = write_mesh(d, weight)
+        deadline = time.time() + 30
+        while time.time() < deadline and not all(s.rds_times for s in streams):
+            await asyncio.sleep(0.002)
+        lat = sorted((s.rds_times[0] - t0) * 1000 for s in streams if s.rds_times)
+        await asyncio.sleep(0.5)
+        cpu = cpu_seconds(pid) - cpu0
+        results.append((lat, cpu))
+    for t in tasks:
+        t.cancel()
+    for c in channels:
+        await c.close()
+    return idle_rss, results
+
+
+def main():
+    if os.geteuid() != 0:
+        sys.exit("scripts/bench xds needs root (it creates a network namespace)")
+    d = tempfile.mkdtemp(prefix="weir-bench-xds-")
+    os.makedirs(os.path.join(d, "mesh"))
+    write_mesh(d, 90)
+    sock = os.path.join(d, "xds.sock")
+    procs = []
+    subprocess.run(["ip", "netns", "add", NS], check=True)
+    try:
+        subprocess.run(["ip", "-n", NS, "link", "set", "lo", "up"], check=True)
+        weir = subprocess.Popen(["ip", "netns", "exec", NS, WEIR, "xds", "--listen", f"unix:{sock}", "--mesh", os.path.join(d, "mesh"),
+                                 "--admin", "127.0.0.1:15990"], stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "weir.log"), "w"))
+        procs.append(weir)
+        for _ in range(200):
+            if os.path.exists(sock):
+                break
+            time.sleep(0.05)
+        time.sleep(0.5)
+        pid = int(subprocess.run(["pgrep", "-f", f"weir xds --listen unix:{sock}"], capture_output=True, text=True).stdout.split()[-1])
+        base_rss = rss_kib(pid)
+
+        # Phase 1: real Envoys.
+        for k in range(ENVOYS):
+            b = subprocess.run([WEIR, "bootstrap", "--node", node_id(k), "--xds", f"unix:{sock}", "--admin-port", str(16000 + k)],
+                               capture_output=True, text=True, check=True).stdout
+            path = os.path.join(d, f"envoy{k}.json")
+            open(path, "w").write(b)
+            procs.append(subprocess.Popen(["ip", "netns", "exec", NS, ENVOY, "-c", path, "--disable-hot-restart", "--base-id", str(k + 10),
+                                           "-l", "error", "--concurrency", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+        def envoys_acked(previous):
+            s = [x for x in admin("/streams") if x["nodeID"].startswith("mesh/bench/")]
+            if len(s) < ENVOYS:
+                return False
+            return all(x["types"].get("RDS", {}).get("lastAckedVersion") and x["types"]["RDS"]["lastAckedVersion"] == x["types"]["RDS"]["lastSentVersion"]
+                       and x["types"]["RDS"]["lastSentVersion"] != previous.get(x["id"]) for x in s)
+
+        deadline = time.time() + 60
+        while time.time() < deadline and not envoys_acked({}):
+            time.sleep(0.1)
+        envoy_times = []
+        for weight in (70, 40, 90):
+            prev = {x["id"]: x["types"]["RDS"]["lastSentVersion"] for x in admin("/streams")}
+            t0 = write_mesh(d, weight)
+            while time.time() - t0 < 10 and not envoys_acked(prev):
+                time.sleep(0.002)
+            envoy_times.append((time.time() - t0) * 1000)
+        for p in procs[1:]:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+        procs = procs[:1]
+        time.sleep(1)
+
+        # Phase 2: 1000 grpcio streams.
+        rss_before = rss_kib(pid)
+        idle_rss, results = asyncio.run(phase_streams(d, pid, sock))
+        per_stream = (idle_rss - rss_before) * 1024 / STREAMS
+
+        print(f"weir xds bench: {NODES} nodes, a {NODES + 1}-service mesh, {STREAMS} grpcio ADS streams, {ENVOYS} Envoy 1.40 sidecars")
+        print(f"  RSS: {base_rss} KiB with snapshots loaded, {rss_before} KiB before the streams, {idle_rss} KiB with {STREAMS} idle streams")
+        print(f"  memory per idle stream: {per_stream / 1024:.1f} KiB (goal <= 20 KiB)")
+        print(f"  10 Envoys converged after a manifest change: " + ", ".join(f"{t:.0f} ms" for t in envoy_times)
+              + f" (median {statistics.median(envoy_times):.0f} ms; goal <= 200 ms; includes the 20 ms watch debounce)")
+        for i, (lat, cpu) in enumerate(results):
+            if len(lat) < STREAMS:
+                print(f"  change {i + 1}: only {len(lat)} of {STREAMS} streams got the update")
+            if lat:
+                p50 = lat[len(lat) // 2]; p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+                print(f"  change {i + 1}: manifest rename -> RDS at {len(lat)} streams: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {lat[-1]:.1f} ms"
+                      f" (goal p99 <= 100 ms); weir CPU {cpu * 1000:.0f} ms = {cpu * 1e6 / STREAMS:.0f} us per stream pushed")
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+        subprocess.run(["ip", "netns", "del", NS])
+        shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
