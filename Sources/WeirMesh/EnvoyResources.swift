@@ -96,8 +96,12 @@ public enum EnvoyTypes {
 }
 
 func anyOf<M: SwiftProtobuf.Message>(_ m: M) -> Google_Protobuf_Any {
-    // Encoding a proto3 message with no required fields cannot fail.
-    try! Google_Protobuf_Any(message: m)
+    // Serialized now, once: an Any built from a message re-serializes it every time the outer message is sized or
+    // encoded, at every level of nesting. Encoding a proto3 message with no required fields cannot fail.
+    var a = Google_Protobuf_Any()
+    a.typeURL = "type.googleapis.com/" + M.protoMessageName
+    a.value = try! m.serializedData()
+    return a
 }
 
 func duration(milliseconds ms: Int) -> Google_Protobuf_Duration {

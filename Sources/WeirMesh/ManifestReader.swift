@@ -1,13 +1,44 @@
+import Foundation
 import Yams
 
 /// Reads App Mesh manifests (multi-document YAML) into the model, with every problem located to file, line and field.
 public enum ManifestReader {
     static let apiVersion = "appmesh.k8s.aws/v1beta2"
 
+    /// Per-file parse results by path and text, so re-reading a directory where one file changed parses one file.
+    public final class FileCache: @unchecked Sendable {
+        var entries: [String: (text: String, out: MeshManifests, problems: [MeshProblem])] = [:]
+        let lock = NSLock()
+        public init() {}
+        func get(_ path: String, _ text: String) -> (MeshManifests, [MeshProblem])? {
+            lock.lock(); defer { lock.unlock() }
+            guard let e = entries[path], e.text == text else { return nil }
+            return (e.out, e.problems)
+        }
+        func set(_ path: String, _ text: String, _ out: MeshManifests, _ problems: [MeshProblem]) {
+            lock.lock(); defer { lock.unlock() }
+            entries[path] = (text, out, problems)
+        }
+        /// Forgets files that are gone.
+        func keep(_ paths: Set<String>) {
+            lock.lock(); defer { lock.unlock() }
+            entries = entries.filter { paths.contains($0.key) }
+        }
+    }
+
     /// Reads `files` (path and text, in the order given) and checks cross-references. Throws every problem at once.
-    public static func read(_ files: [(path: String, text: String)]) throws(MeshError) -> MeshManifests {
+    public static func read(_ files: [(path: String, text: String)], cache: FileCache? = nil) throws(MeshError) -> MeshManifests {
         var reader = Reader()
-        for (path, text) in files { reader.readFile(path: path, text: text) }
+        for (path, text) in files {
+            if let cache, let (out, problems) = cache.get(path, text) {
+                reader.out.append(out); reader.problems += problems; continue
+            }
+            var one = Reader()
+            one.readFile(path: path, text: text)
+            cache?.set(path, text, one.out, one.problems)
+            reader.out.append(one.out); reader.problems += one.problems
+        }
+        cache?.keep(Set(files.map(\.path)))
         reader.checkReferences()
         if !reader.problems.isEmpty { throw MeshError(problems: reader.problems) }
         return reader.out
@@ -114,7 +145,7 @@ public enum ManifestReader {
                 }
                 out.virtualServices.append(service)
             case "VirtualGateway":
-                var gw = VirtualGateway(ref: ref, listeners: [], accessLogPath: spec?["logging"]?["accessLog"]?["file"]?["path"]?.string, location: loc)
+                var gw = VirtualGateway(ref: ref, awsName: spec?["awsName"]?.string ?? "\(name)_\(namespace)", meshName: spec?["meshRef"]?["name"]?.string, listeners: [], accessLogPath: spec?["logging"]?["accessLog"]?["file"]?["path"]?.string, location: loc)
                 for (i, l) in (spec?["listeners"]?.sequence ?? []).enumerated() {
                     if let listener = nodeListener(file, l, "spec.listeners[\(i)]") {
                         if listener.portMapping.protocol == .tcp {

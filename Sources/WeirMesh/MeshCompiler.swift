@@ -37,11 +37,10 @@ public struct MeshCompiler: Sendable {
         do { identity = try NodeIdentity.parse(nodeID) } catch {
             throw MeshError(problems: [MeshProblem(location: SourceLocation(file: "(node)", line: 0, field: "node.id"), message: error.description)])
         }
-        guard let node = manifests.virtualNode(for: identity) else {
-            throw MeshError(problems: [MeshProblem(location: SourceLocation(file: "(node)", line: 0, field: "node.id"),
-                                                   message: "no virtual node in the manifests answers to node id '\(nodeID)'")])
-        }
-        return try compile(node)
+        if let node = manifests.virtualNode(for: identity) { return try compile(node) }
+        if let gateway = manifests.virtualGateway(for: identity) { return try compile(gateway) }
+        throw MeshError(problems: [MeshProblem(location: SourceLocation(file: "(node)", line: 0, field: "node.id"),
+                                               message: "no virtual node or virtual gateway in the manifests answers to node id '\(nodeID)'")])
     }
 
     /// Every node id the manifests define, in App Mesh's form where the node's mesh is known.
@@ -49,12 +48,28 @@ public struct MeshCompiler: Sendable {
         manifests.virtualNodes.map { n in
             if let mesh = manifests.meshName(of: n) { return "mesh/\(mesh)/virtualNode/\(n.awsName)" }
             return "\(n.ref.namespace)/\(n.ref.name)"
+        } + manifests.virtualGateways.map { g in
+            if let mesh = g.meshName ?? (manifests.meshes.count == 1 ? manifests.meshes[0].name : nil) { return "mesh/\(mesh)/virtualGateway/\(g.awsName)" }
+            return "\(g.ref.namespace)/\(g.ref.name)"
         }
     }
 
     public func compile(_ node: VirtualNode) throws(MeshError) -> EnvoyResources {
-        var b = Builder(compiler: self, node: node)
+        var b = Builder(compiler: self, node: node, meshName: manifests.meshName(of: node), accessLogPath: node.accessLogPath)
         b.build()
+        if !b.problems.isEmpty { throw MeshError(problems: b.problems) }
+        return b.out
+    }
+
+    /// A virtual gateway: one listener per gateway listener port, its gateway routes (those in the gateway's
+    /// namespace) as routes to the target virtual services, through their routers' routes.
+    public func compile(_ gateway: VirtualGateway) throws(MeshError) -> EnvoyResources {
+        let mesh = gateway.meshName ?? (manifests.meshes.count == 1 ? manifests.meshes[0].name : nil)
+        var b = Builder(compiler: self, node: nil, meshName: mesh, accessLogPath: gateway.accessLogPath)
+        b.buildGateway(gateway)
+        b.out.clusters.sort { $0.name < $1.name }
+        b.out.endpoints.sort { $0.clusterName < $1.clusterName }
+        b.out.routes.sort { $0.name < $1.name }
         if !b.problems.isEmpty { throw MeshError(problems: b.problems) }
         return b.out
     }
@@ -62,18 +77,20 @@ public struct MeshCompiler: Sendable {
     /// Everything the compiler needs while building one node's resources.
     struct Builder {
         let compiler: MeshCompiler
-        let node: VirtualNode
+        /// The virtual node being compiled (nil for a virtual gateway).
+        let node: VirtualNode!
+        let meshName: String?
+        let accessLogPath: String?
         var out = EnvoyResources()
         var problems: [MeshProblem] = []
         var clusterNames = Set<String>()
 
-        init(compiler: MeshCompiler, node: VirtualNode) { self.compiler = compiler; self.node = node }
+        init(compiler: MeshCompiler, node: VirtualNode?, meshName: String?, accessLogPath: String?) {
+            self.compiler = compiler; self.node = node; self.meshName = meshName; self.accessLogPath = accessLogPath
+        }
 
         var m: MeshManifests { compiler.manifests }
-        var dropAll: Bool {
-            let mesh = m.meshName(of: node)
-            return m.meshes.first { $0.name == mesh }?.egressDropAll ?? true
-        }
+        var dropAll: Bool { m.meshes.first { $0.name == meshName }?.egressDropAll ?? true }
 
         mutating func problem(_ loc: SourceLocation, _ message: String) { problems.append(MeshProblem(location: loc, message: message)) }
 
@@ -356,6 +373,103 @@ public struct MeshCompiler: Sendable {
             clusterNames.insert(c.name)
         }
 
+        // MARK: gateway
+
+        mutating func buildGateway(_ gw: VirtualGateway) {
+            let routes = m.gatewayRoutes.filter { $0.ref.namespace == gw.ref.namespace }
+                .enumerated().sorted { ($0.element.priority ?? 1001, $0.offset) < ($1.element.priority ?? 1001, $1.offset) }.map(\.element)
+            for l in gw.listeners {
+                let port = l.portMapping.port
+                var hosts: [String: Envoy_Config_Route_V3_VirtualHost] = [:]
+                var order: [String] = []
+                for gr in routes where gr.kind == l.portMapping.protocol {
+                    let domains: [String]
+                    switch gr.hostname {
+                    case .exact(let h)?: domains = [h, "\(h):\(port)"]
+                    case .suffix(let s)?: domains = ["*\(s)", "*\(s):\(port)"]
+                    default: domains = ["*"]
+                    }
+                    let key = domains.joined(separator: ",")
+                    if hosts[key] == nil {
+                        var v = Envoy_Config_Route_V3_VirtualHost()
+                        v.name = "gateway_\(port)_\(domains[0])"
+                        v.domains = domains
+                        hosts[key] = v
+                        order.append(key)
+                    }
+                    hosts[key]!.routes += gatewayRoutes(gr)
+                }
+                // Specific hostnames first; Envoy picks the most specific domain anyway, the order keeps output stable.
+                let name = "gateway_\(port)"
+                var rc = Envoy_Config_Route_V3_RouteConfiguration()
+                rc.name = name
+                rc.virtualHosts = order.sorted { ($0 == "*" ? 1 : 0, $0) < ($1 == "*" ? 1 : 0, $1) }.map { hosts[$0]! }
+                out.routes.append(rc)
+                var listener = Envoy_Config_Listener_V3_Listener()
+                listener.name = name
+                listener.address = socketAddress("0.0.0.0", port)
+                listener.trafficDirection = .inbound
+                var chain = Envoy_Config_Listener_V3_FilterChain()
+                chain.name = name
+                chain.filters = [filter("envoy.filters.network.http_connection_manager",
+                                        httpConnectionManager(statPrefix: name, routeConfig: name, idleMilliseconds: l.idleTimeoutMilliseconds))]
+                listener.filterChains = [chain]
+                out.listeners.append(listener)
+            }
+        }
+
+        /// A gateway route to a virtual service: through its router's routes (each combined with the gateway
+        /// route's match), or straight to the virtual node that provides it. App Mesh rewrites the matched prefix
+        /// to `/` unless the route says otherwise.
+        mutating func gatewayRoutes(_ gr: GatewayRoute) -> [Envoy_Config_Route_V3_Route] {
+            guard let service = m.virtualServices.first(where: { $0.ref == gr.target }) else { return [] }
+            var specs: [(RouteSpec, VirtualRouter?)] = []
+            func base(_ name: String, _ kind: PortProtocol) -> RouteSpec {
+                var s = RouteSpec(name: name, kind: kind, priority: nil, prefix: gr.prefix, targets: [], location: gr.location)
+                s.headers = gr.headers
+                s.method = gr.method
+                return s
+            }
+            switch service.provider {
+            case .virtualNode(let ref)?:
+                var s = base(gr.ref.name, gr.kind)
+                s.targets = [WeightedTarget(node: ref, weight: 1, port: gr.targetPort, location: gr.location)]
+                specs.append((s, nil))
+            case .virtualRouter(let ref)?:
+                guard let router = m.virtualRouters.first(where: { $0.ref == ref }) else { return [] }
+                let kinds: Set<PortProtocol> = [.http, .http2, .grpc]
+                for r in router.routes.enumerated().sorted(by: { ($0.element.priority ?? 1001, $0.offset) < ($1.element.priority ?? 1001, $1.offset) }).map(\.element)
+                    where kinds.contains(r.kind) {
+                    var s = base("\(gr.ref.name)/\(r.name)", r.kind)
+                    if gr.prefix == nil || gr.prefix == "/" { s.prefix = r.prefix; s.path = r.path }
+                    s.headers += r.headers
+                    s.method = gr.method ?? r.method
+                    s.query = r.query
+                    s.grpcService = r.grpcService; s.grpcMethod = r.grpcMethod
+                    s.retry = r.retry
+                    s.perRequestTimeoutMilliseconds = r.perRequestTimeoutMilliseconds
+                    s.idleTimeoutMilliseconds = r.idleTimeoutMilliseconds
+                    s.targets = r.targets
+                    specs.append((s, router))
+                }
+            case nil:
+                problem(gr.location, "target virtual service \(service.ref) has no provider")
+                return []
+            }
+            return specs.map { spec, router in
+                let port = gr.targetPort ?? router?.listeners.first?.port
+                    ?? spec.targets.first.flatMap { t in m.virtualNodes.first { $0.ref == t.node }?.listeners.first?.portMapping.port } ?? 80
+                var route = httpRoute(spec, router: router ?? VirtualRouter(ref: gr.ref, listeners: [], routes: [], location: gr.location), port: port)
+                route.name = "\(gr.ref.namespace)/\(spec.name)"
+                if let p = gr.prefix, p != "/", route.match.prefix == p {
+                    route.route.prefixRewrite = gr.rewritePrefix ?? "/"
+                } else if let r = gr.rewritePrefix, route.match.prefix.isEmpty == false {
+                    route.route.prefixRewrite = r
+                }
+                return route
+            }
+        }
+
         // MARK: routes
 
         mutating func httpRoute(_ r: RouteSpec, router: VirtualRouter, port: UInt16) -> Envoy_Config_Route_V3_Route {
@@ -448,7 +562,7 @@ public struct MeshCompiler: Sendable {
         // MARK: pieces
 
         var accessLogs: [Envoy_Config_Accesslog_V3_AccessLog] {
-            guard let path = node.accessLogPath else { return [] }
+            guard let path = accessLogPath else { return [] }
             var file = Envoy_Extensions_AccessLoggers_File_V3_FileAccessLog()
             file.path = path
             var log = Envoy_Config_Accesslog_V3_AccessLog()

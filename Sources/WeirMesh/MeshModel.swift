@@ -159,6 +159,9 @@ public struct VirtualService: Sendable, Hashable {
 /// An ingress gateway: Envoy at the edge of the mesh.
 public struct VirtualGateway: Sendable, Hashable {
     public var ref: ResourceRef
+    /// `spec.awsName`, defaulting to `<name>_<namespace>` as App Mesh's controller does.
+    public var awsName: String
+    public var meshName: String?
     public var listeners: [NodeListener]
     public var accessLogPath: String?
     public var location: SourceLocation
@@ -190,6 +193,11 @@ public struct MeshManifests: Sendable, Hashable {
     public var virtualGateways: [VirtualGateway] = []
     public var gatewayRoutes: [GatewayRoute] = []
     public init() {}
+
+    mutating func append(_ other: MeshManifests) {
+        meshes += other.meshes; virtualNodes += other.virtualNodes; virtualRouters += other.virtualRouters
+        virtualServices += other.virtualServices; virtualGateways += other.virtualGateways; gatewayRoutes += other.gatewayRoutes
+    }
 }
 
 /// One problem in the manifests, located to the field.

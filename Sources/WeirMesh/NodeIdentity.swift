@@ -5,6 +5,8 @@
 /// `<namespace>/<name>`, as App Mesh's Kubernetes controller names virtual nodes.
 public enum NodeIdentity: Sendable, Hashable {
     case appMesh(mesh: String, awsName: String)
+    /// `mesh/<mesh>/virtualGateway/<awsName>`: an Envoy running as a virtual gateway.
+    case appMeshGateway(mesh: String, awsName: String)
     case kubernetes(ResourceRef)
 
     public enum ParseError: Error, Sendable, Equatable, CustomStringConvertible {
@@ -12,7 +14,7 @@ public enum NodeIdentity: Sendable, Hashable {
         public var description: String {
             switch self {
             case .malformed(let id):
-                return "node id '\(id)' is not mesh/<mesh>/virtualNode/<name>, an App Mesh ARN, or <namespace>/<name>"
+                return "node id '\(id)' is not mesh/<mesh>/virtualNode/<name>, mesh/<mesh>/virtualGateway/<name>, an App Mesh ARN, or <namespace>/<name>"
             }
         }
     }
@@ -28,6 +30,9 @@ public enum NodeIdentity: Sendable, Hashable {
         let pieces = path.split(separator: "/", omittingEmptySubsequences: false)
         if pieces.count == 4, pieces[0] == "mesh", pieces[2] == "virtualNode", !pieces[1].isEmpty, !pieces[3].isEmpty {
             return .appMesh(mesh: String(pieces[1]), awsName: String(pieces[3]))
+        }
+        if pieces.count == 4, pieces[0] == "mesh", pieces[2] == "virtualGateway", !pieces[1].isEmpty, !pieces[3].isEmpty {
+            return .appMeshGateway(mesh: String(pieces[1]), awsName: String(pieces[3]))
         }
         if !id.hasPrefix("arn:"), pieces.count == 2, !pieces[0].isEmpty, !pieces[1].isEmpty {
             return .kubernetes(ResourceRef(name: String(pieces[1]), namespace: String(pieces[0])))
@@ -46,6 +51,21 @@ extension MeshManifests {
             return virtualNodes.first { $0.ref == ref }
         case .appMesh(let mesh, let awsName):
             return virtualNodes.first { n in meshName(of: n) == mesh && n.awsName == awsName }
+        case .appMeshGateway:
+            return nil
+        }
+    }
+
+    /// The virtual gateway an Envoy with this identity runs as (`<namespace>/<name>` names a gateway when no
+    /// virtual node has that name).
+    public func virtualGateway(for identity: NodeIdentity) -> VirtualGateway? {
+        switch identity {
+        case .kubernetes(let ref):
+            return virtualNodes.contains { $0.ref == ref } ? nil : virtualGateways.first { $0.ref == ref }
+        case .appMeshGateway(let mesh, let awsName):
+            return virtualGateways.first { g in (g.meshName ?? (meshes.count == 1 ? meshes[0].name : nil)) == mesh && g.awsName == awsName }
+        case .appMesh:
+            return nil
         }
     }
 

@@ -30,7 +30,8 @@ public struct StreamStatus: Sendable, Codable, Equatable {
 public final class ADSService: RegistrableRPCService, Sendable {
     let cache: SnapshotCache
     let logger: Logger
-    let streams = Mutex<[UInt64: StreamStatus]>([:])
+    /// Per stream, how to describe it: the status is computed only when someone asks (an event must stay cheap).
+    let streams = Mutex<[UInt64: @Sendable () -> StreamStatus]>([:])
     let nextID = Atomic<UInt64>(0)
     /// Called with a stream's NACK (node, type, error message): the upstream relay forwards it.
     let onNack: (@Sendable (String, ResourceType, String) -> Void)?
@@ -40,7 +41,7 @@ public final class ADSService: RegistrableRPCService, Sendable {
     }
 
     /// Every stream's state, for the admin endpoint and tests.
-    public var status: [StreamStatus] { streams.withLock { Array($0.values) }.sorted { $0.id < $1.id } }
+    public var status: [StreamStatus] { streams.withLock { Array($0.values) }.map { $0() }.sorted { $0.id < $1.id } }
 
     public func registerMethods<Transport: ServerTransport>(with router: inout RPCRouter<Transport>) {
         typealias ADS = Envoy_Service_Discovery_V3_AggregatedDiscoveryService
@@ -89,8 +90,6 @@ public final class ADSService: RegistrableRPCService, Sendable {
             sink.yield(.end)
         }
         defer { reader.cancel() }
-        var watcher: Task<Void, Never>?
-        defer { watcher?.cancel() }
 
         for await event in events {
             var out: [OutgoingResponse] = []
@@ -103,9 +102,7 @@ public final class ADSService: RegistrableRPCService, Sendable {
                     guard let node = M.nodeID(of: r), !node.isEmpty else {
                         throw RPCError(code: .invalidArgument, message: "the first request of an ADS stream must carry node.id")
                     }
-                    let w = cache.watch(node)
-                    watch = (node, w.id)
-                    watcher = Task { for await s in w.stream { sink.yield(.snapshot(s)) } }
+                    watch = (node, cache.watch(node) { s in sink.yield(.snapshot(s)) })
                     logger.info("ADS stream", metadata: ["node": "\(node)", "protocol": "\(M.name)", "peer": "\(peer)"])
                     snapshot = cache.snapshot(for: node)
                 }
@@ -124,9 +121,13 @@ public final class ADSService: RegistrableRPCService, Sendable {
                 try await writer.write(EncodedMessage(bytes: ResponseEncoder.shared.bytes(response)))
             }
             if let node = watch?.node {
-                let st = StreamStatus(id: id, nodeID: node, protocol: M.name, peer: peer,
-                                      types: machine.status(snapshot: snapshot).reduce(into: [:]) { $0[$1.key.shortName] = $1.value })
-                streams.withLock { $0[id] = st }
+                let (m, s) = (machine, snapshot)
+                streams.withLock {
+                    $0[id] = {
+                        StreamStatus(id: id, nodeID: node, protocol: M.name, peer: peer,
+                                     types: m.status(snapshot: s).reduce(into: [:]) { $0[$1.key.shortName] = $1.value })
+                    }
+                }
             }
         }
     }

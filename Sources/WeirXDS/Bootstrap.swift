@@ -36,7 +36,7 @@ public struct EnvoyBootstrap: Sendable {
     public init(nodeID: String, xds: XDSAddress, delta: Bool = false, adminPort: UInt16 = 9901) throws(NodeIdentity.ParseError) {
         self.nodeID = nodeID; self.xds = xds; self.delta = delta; self.adminPort = adminPort
         switch try NodeIdentity.parse(nodeID) {
-        case .appMesh(_, let awsName): cluster = awsName
+        case .appMesh(_, let awsName), .appMeshGateway(_, let awsName): cluster = awsName
         case .kubernetes(let ref): cluster = ref.name
         }
     }

@@ -20,7 +20,7 @@ public final class SnapshotCache: Sendable {
         var snapshots: [String: Snapshot] = [:]
         /// The snapshot before the current one, per node: what goes back to disk if the current one is rejected.
         var previous: [String: Snapshot] = [:]
-        var watchers: [String: [UInt64: AsyncStream<Snapshot>.Continuation]] = [:]
+        var watchers: [String: [UInt64: @Sendable (Snapshot) -> Void]] = [:]
         var nextID: UInt64 = 0
     }
     let state = Mutex(State())
@@ -55,12 +55,15 @@ public final class SnapshotCache: Sendable {
 
     public func snapshot(for nodeID: String) -> Snapshot? { state.withLock { $0.snapshots[nodeID] } }
 
-    /// Sets a node's snapshot if it is consistent; notifies watchers when it changed. Returns whether it changed.
+    /// Sets a node's snapshot if it is consistent (`checked`: the caller has just checked it); notifies watchers when it
+    /// changed. Returns whether it changed.
     @discardableResult
-    public func set(_ nodeID: String, _ snapshot: Snapshot) throws(Failure) -> Bool {
-        let problems = snapshot.consistencyProblems()
-        guard problems.isEmpty else { throw .inconsistent(node: nodeID, problems: problems) }
-        let watchers: [AsyncStream<Snapshot>.Continuation]? = state.withLock { s in
+    public func set(_ nodeID: String, _ snapshot: Snapshot, checked: Bool = false) throws(Failure) -> Bool {
+        if !checked {
+            let problems = snapshot.consistencyProblems()
+            guard problems.isEmpty else { throw .inconsistent(node: nodeID, problems: problems) }
+        }
+        let watchers: [@Sendable (Snapshot) -> Void]? = state.withLock { s in
             if s.snapshots[nodeID]?.version == snapshot.version { return nil }
             s.previous[nodeID] = s.snapshots[nodeID]
             s.snapshots[nodeID] = snapshot
@@ -68,7 +71,7 @@ public final class SnapshotCache: Sendable {
         }
         guard let watchers else { return false }
         persist(nodeID, snapshot)
-        for w in watchers { w.yield(snapshot) }
+        for w in watchers { w(snapshot) }
         logger.debug("snapshot", metadata: ["node": "\(nodeID)", "version": "\(snapshot.version)"])
         return true
     }
@@ -81,24 +84,26 @@ public final class SnapshotCache: Sendable {
         persist(nodeID, previous)
     }
 
-    /// Snapshots for a node as they change, starting with the current one. Asks the source when the node is new.
-    public func watch(_ nodeID: String) -> (id: UInt64, stream: AsyncStream<Snapshot>) {
+    /// Calls `onChange` with a node's snapshot whenever it changes, starting with the current one (a watch costs a
+    /// closure, no task: there is one per ADS stream). Asks the source when the node is new.
+    public func watch(_ nodeID: String, onChange: @escaping @Sendable (Snapshot) -> Void) -> UInt64 {
         if snapshot(for: nodeID) == nil, let s = source.withLock({ $0 })?.resources(for: nodeID) {
             do { try set(nodeID, s) } catch { logger.warning("\(error)") }
         }
-        let (stream, continuation) = AsyncStream<Snapshot>.makeStream(bufferingPolicy: .bufferingNewest(1))
         let (id, current) = state.withLock { s -> (UInt64, Snapshot?) in
             s.nextID += 1
-            s.watchers[nodeID, default: [:]][s.nextID] = continuation
+            s.watchers[nodeID, default: [:]][s.nextID] = onChange
             return (s.nextID, s.snapshots[nodeID])
         }
-        if let current { continuation.yield(current) }
-        return (id, stream)
+        if let current { onChange(current) }
+        return id
     }
 
     public func cancelWatch(_ nodeID: String, _ id: UInt64) {
-        let c = state.withLock { $0.watchers[nodeID]?.removeValue(forKey: id) }
-        c?.finish()
+        state.withLock { s in
+            s.watchers[nodeID]?.removeValue(forKey: id)
+            if s.watchers[nodeID]?.isEmpty == true { s.watchers.removeValue(forKey: nodeID) }
+        }
     }
 
     // MARK: persistence

@@ -31,6 +31,12 @@ public final class XDSServer: Sendable {
         }
         var config = HTTP2ServerTransport.Posix.Config.defaults
         config.rpc.maxRequestPayloadSize = 16 << 20
+        // Many proxyless clients (or a relay) multiplex their streams on one connection; NIO's own default is 100,
+        // and a client that opens the 101st before it has read the server's SETTINGS gets a GOAWAY.
+        config.http2.maxConcurrentStreams = 16384
+        // grpc clients multiplexing many streams send BDP pings; do not count them as abuse.
+        config.connection.keepalive.clientBehavior.minPingIntervalWithoutCalls = .seconds(1)
+        config.connection.keepalive.clientBehavior.allowWithoutCalls = true
         let transport = HTTP2ServerTransport.Posix(address: address, transportSecurity: .plaintext, config: config)
         let server = GRPCServer(transport: transport, services: [service])
         try await withThrowingDiscardingTaskGroup { group in

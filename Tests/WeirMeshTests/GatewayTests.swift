@@ -61,3 +61,34 @@ struct GatewayTests {
         }
     }
 }
+
+@Suite("App Mesh gateways compiled")
+struct GatewayCompileTests {
+    @Test("a virtual gateway gets a listener per port and its gateway routes through the target's router, with the prefix rewritten")
+    func compiles() throws {
+        let m = try ManifestReader.read([("mesh.yaml", gateway)])
+        let compiler = MeshCompiler(m)
+        #expect(compiler.nodeIDs.contains("mesh/shop/virtualGateway/ingress_shop"))
+        for id in ["mesh/shop/virtualGateway/ingress_shop", "shop/ingress"] {
+            let r = try compiler.compile(nodeID: id)
+            #expect(r.listeners.map(\.name) == ["gateway_8088"])
+            #expect(r.listeners[0].address.socketAddress.portValue == 8088)
+            let rc = try #require(r.routes.first { $0.name == "gateway_8088" })
+            let host = try #require(rc.virtualHosts.first)
+            #expect(host.domains == ["*.example.com", "*.example.com:8088"])
+            let route = try #require(host.routes.first)
+            #expect(route.match.prefix == "/cart" && route.route.prefixRewrite == "/")
+            #expect(route.match.headers.map(\.name) == ["x-tenant"])
+            #expect(route.route.weightedClusters.clusters.map(\.name) == ["vn_cart-v1_shop_9080", "vn_cart-v2_shop_9080"])
+            #expect(Set(r.clusters.map(\.name)) == ["vn_cart-v1_shop_9080", "vn_cart-v2_shop_9080"])
+            #expect(r.listeners[0].filterChains.count == 1)
+        }
+    }
+
+    @Test("a gateway node id that names nothing is an error")
+    func unknownGateway() throws {
+        let m = try ManifestReader.read([("mesh.yaml", gateway)])
+        #expect(throws: MeshError.self) { try MeshCompiler(m).compile(nodeID: "mesh/shop/virtualGateway/nope") }
+        #expect(try NodeIdentity.parse("mesh/shop/virtualGateway/gw") == .appMeshGateway(mesh: "shop", awsName: "gw"))
+    }
+}
