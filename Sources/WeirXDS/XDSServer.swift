@@ -34,8 +34,9 @@ public final class XDSServer: Sendable {
         // Many proxyless clients (or a relay) multiplex their streams on one connection; NIO's own default is 100,
         // and a client that opens the 101st before it has read the server's SETTINGS gets a GOAWAY.
         config.http2.maxConcurrentStreams = 16384
-        // grpc clients multiplexing many streams send BDP pings; do not count them as abuse.
-        config.connection.keepalive.clientBehavior.minPingIntervalWithoutCalls = .seconds(1)
+        // grpc clients multiplexing many streams send BDP pings while data flows; on a local control plane they are
+        // not abuse, and striking them out closed whole connections of streams (GOAWAY ENHANCE_YOUR_CALM).
+        config.connection.keepalive.clientBehavior.minPingIntervalWithoutCalls = .zero
         config.connection.keepalive.clientBehavior.allowWithoutCalls = true
         let transport = HTTP2ServerTransport.Posix(address: address, transportSecurity: .plaintext, config: config)
         let server = GRPCServer(transport: transport, services: [service])
@@ -44,8 +45,9 @@ public final class XDSServer: Sendable {
             let bound = try await transport.listeningAddress
             logger.info("xDS server listening", metadata: ["address": "\(bound)"])
             ready?("\(bound)")
-            try await withTaskCancellationHandler {
-                try await Task.sleep(for: .seconds(1 << 40))
+            await withTaskCancellationHandler {
+                // Cancellation is the way to stop: it ends this sleep and starts the graceful shutdown.
+                try? await Task.sleep(for: .seconds(1 << 40))
             } onCancel: {
                 server.beginGracefulShutdown()
             }

@@ -40,6 +40,13 @@ struct XDSCommand: ParsableCommand {
     }
 
     func run() throws {
+        // SIGTERM and SIGINT are taken by sigwait below (blocked first, so every thread inherits the mask).
+        var signals = sigset_t()
+        sigemptyset(&signals)
+        sigaddset(&signals, SIGTERM)
+        sigaddset(&signals, SIGINT)
+        pthread_sigmask(SIG_BLOCK, &signals, nil)
+        signal(SIGPIPE, SIG_IGN)
         let logger = Logger(label: "weir.xds")
         let cache = SnapshotCache(stateDirectory: state.map { URL(fileURLWithPath: $0) }, logger: logger)
         var relay: UpstreamRelay?
@@ -70,20 +77,24 @@ struct XDSCommand: ParsableCommand {
             throw CommandFailure(status: .badInput, message: "--admin: \(error)")
         }
         _ = adminEndpoint
-        for s in [SIGTERM, SIGINT] { signal(s, SIG_IGN) }
-        let signals = [SIGTERM, SIGINT].map { DispatchSource.makeSignalSource(signal: $0, queue: .main) }
         let failure = Mutex<Error?>(nil)
+        let finished = DispatchSemaphore(value: 0)
         let task = Task {
             do { try await server.serve { address in FileHandle.standardError.write(Data("weir xds: serving ADS on \(address)\n".utf8)) } } catch {
-                failure.withLock { $0 = error }
+                if !Task.isCancelled {
+                    failure.withLock { $0 = error }
+                    exitProcess(1, error)
+                }
             }
-            exitProcess(failure.withLock { $0 } == nil ? 0 : 1, failure.withLock { $0 })
+            finished.signal()
         }
-        for s in signals {
-            s.setEventHandler { task.cancel() }
-            s.resume()
-        }
-        dispatchMain()
+        var received: Int32 = 0
+        sigwait(&signals, &received)
+        // Graceful shutdown waits for streams to end, and a sidecar never ends its ADS stream: give the streams a
+        // moment to see the GOAWAY, then leave (snapshots are already on disk).
+        task.cancel()
+        _ = finished.wait(timeout: .now() + .seconds(2))
+        Foundation.exit(0)
     }
 }
 

@@ -269,7 +269,7 @@ struct EnvoyMeshTests {
         defer { lab.close() }
         try lab.writeMesh(colorMesh(blue: 100, green: 0))
         let upstream = try lab.startWeir(["--mesh", lab.meshDir.path], listen: "127.0.0.1:15020", admin: "127.0.0.1:15903", name: "weir-upstream")
-        _ = try lab.startWeir(["--upstream", "127.0.0.1:15020", "--state", lab.stateDir.path])
+        let relay = try lab.startWeir(["--upstream", "127.0.0.1:15020", "--state", lab.stateDir.path])
         _ = try lab.startEnvoy(delta: false)
         #expect(eventually(15) { (try? lab.requests(1)) == ["blue": 1] }, "no config through the relay")
         #expect(try lab.requests(50) == ["blue": 50])
@@ -280,6 +280,11 @@ struct EnvoyMeshTests {
         try lab.replaceMesh(colorMesh(blue: 0, green: 100))
         _ = try lab.startWeir(["--mesh", lab.meshDir.path], listen: "127.0.0.1:15020", admin: "127.0.0.1:15903", name: "weir-upstream-2")
         #expect(eventually(20) { (try? lab.requests(5)) == ["green": 5] }, "the relay did not pass on the restarted upstream's config")
+
+        // SIGTERM ends weir promptly and cleanly even though a sidecar keeps its ADS stream open.
+        kill(relay.process.processIdentifier, SIGTERM)
+        #expect(eventually(6) { !relay.process.isRunning }, "weir xds did not exit on SIGTERM")
+        if !relay.process.isRunning { #expect(relay.process.terminationStatus == 0 && relay.process.terminationReason == .exit) }
     }
 }
 
