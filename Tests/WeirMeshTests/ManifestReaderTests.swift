@@ -136,3 +136,24 @@ struct ManifestReaderTests {
         }
     }
 }
+
+@Suite("manifest file cache")
+struct ManifestFileCacheTests {
+    @Test("an unchanged file is not parsed again, a changed one is, and the result is the same as without the cache")
+    func cache() throws {
+        let cache = ManifestReader.FileCache()
+        let files = [("a.yaml", canary)]
+        let first = try ManifestReader.read(files, cache: cache)
+        let plain = try ManifestReader.read(files)
+        #expect(first == plain)
+        #expect(try ManifestReader.read(files, cache: cache) == first)
+        let changed = [("a.yaml", canary.replacingOccurrences(of: "weight: 90", with: "weight: 80"))]
+        let second = try ManifestReader.read(changed, cache: cache)
+        let uncached = try ManifestReader.read(changed)
+        #expect(second != first && second == uncached)
+        // A broken file stays broken from the cache too.
+        let broken = [("a.yaml", canary.replacingOccurrences(of: "weight: 90", with: "weight: 190"))]
+        #expect(throws: MeshError.self) { try ManifestReader.read(broken, cache: cache) }
+        #expect(throws: MeshError.self) { try ManifestReader.read(broken, cache: cache) }
+    }
+}

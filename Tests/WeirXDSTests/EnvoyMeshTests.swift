@@ -281,6 +281,13 @@ struct EnvoyMeshTests {
         _ = try lab.startWeir(["--mesh", lab.meshDir.path], listen: "127.0.0.1:15020", admin: "127.0.0.1:15903", name: "weir-upstream-2")
         #expect(eventually(20) { (try? lab.requests(5)) == ["green": 5] }, "the relay did not pass on the restarted upstream's config")
 
+        // A config the local Envoy rejects: its NACK is forwarded upstream, where it shows on the relay's stream.
+        try lab.replaceMesh(colorMesh(blue: 0, green: 100, brokenRegex: true))
+        #expect(eventually(20) {
+            (lab.streamTypes(admin: "127.0.0.1:15903")["RDS"]?["lastNackMessage"] as? String)?.contains("missing ]") == true
+        }, "the upstream did not see the local NACK: \(lab.streamTypes(admin: "127.0.0.1:15903")["RDS"] ?? [:])")
+        #expect(try lab.requests(5) == ["green": 5], "Envoy keeps its last good routes")
+
         // SIGTERM ends weir promptly and cleanly even though a sidecar keeps its ADS stream open.
         kill(relay.process.processIdentifier, SIGTERM)
         #expect(eventually(6) { !relay.process.isRunning }, "weir xds did not exit on SIGTERM")
