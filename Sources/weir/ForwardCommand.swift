@@ -85,12 +85,7 @@ struct ForwardCommand: ParsableCommand {
         do { try namespace.validate() } catch { throw CommandFailure(status: .badInput, message: error.description) }
 
         // SIGTERM and SIGINT are taken by sigwait below; worker threads inherit the blocked mask.
-        var signals = sigset_t()
-        sigemptyset(&signals)
-        sigaddset(&signals, SIGTERM)
-        sigaddset(&signals, SIGINT)
-        pthread_sigmask(SIG_BLOCK, &signals, nil)
-        signal(SIGPIPE, SIG_IGN)
+        var signals = blockTerminationSignals()
 
         let forwarder = Forwarder(config: config)
         do {

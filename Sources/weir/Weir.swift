@@ -67,3 +67,15 @@ func failure(from error: Error) -> CommandFailure {
     default: return CommandFailure(status: .runtimeFailure, message: "\(error)")
     }
 }
+
+/// Blocks SIGTERM and SIGINT (call before starting threads: they inherit the mask) so `sigwait` takes them, and
+/// ignores SIGPIPE. Returns the set to wait on.
+func blockTerminationSignals() -> sigset_t {
+    var signals = sigset_t()
+    sigemptyset(&signals)
+    sigaddset(&signals, SIGTERM)
+    sigaddset(&signals, SIGINT)
+    pthread_sigmask(SIG_BLOCK, &signals, nil)
+    signal(SIGPIPE, SIG_IGN)
+    return signals
+}

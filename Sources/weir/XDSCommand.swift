@@ -41,12 +41,7 @@ struct XDSCommand: ParsableCommand {
 
     func run() throws {
         // SIGTERM and SIGINT are taken by sigwait below (blocked first, so every thread inherits the mask).
-        var signals = sigset_t()
-        sigemptyset(&signals)
-        sigaddset(&signals, SIGTERM)
-        sigaddset(&signals, SIGINT)
-        pthread_sigmask(SIG_BLOCK, &signals, nil)
-        signal(SIGPIPE, SIG_IGN)
+        var signals = blockTerminationSignals()
         let logger = Logger(label: "weir.xds")
         let cache = SnapshotCache(stateDirectory: state.map { URL(fileURLWithPath: $0) }, logger: logger)
         var relay: UpstreamRelay?
