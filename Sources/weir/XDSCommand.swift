@@ -72,14 +72,10 @@ struct XDSCommand: ParsableCommand {
             throw CommandFailure(status: .badInput, message: "--admin: \(error)")
         }
         _ = adminEndpoint
-        let failure = Mutex<Error?>(nil)
         let finished = DispatchSemaphore(value: 0)
         let task = Task {
             do { try await server.serve { address in FileHandle.standardError.write(Data("weir xds: serving ADS on \(address)\n".utf8)) } } catch {
-                if !Task.isCancelled {
-                    failure.withLock { $0 = error }
-                    exitProcess(1, error)
-                }
+                if !Task.isCancelled { exitProcess(1, error) }
             }
             finished.signal()
         }
@@ -98,4 +94,3 @@ func exitProcess(_ code: Int32, _ error: Error?) -> Never {
     exit(code)
 }
 
-import Synchronization

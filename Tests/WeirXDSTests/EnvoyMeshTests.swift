@@ -191,8 +191,6 @@ final class MeshLab: @unchecked Sendable {
 
     func sentVersion(_ type: String = "RDS") -> String? { streamTypes()[type]?["lastSentVersion"] as? String }
 
-    func stop(_ p: Spawned?) { p?.stop() }
-
     func close() {
         for p in processes { p.stop() }
         net.close()
