@@ -15,6 +15,10 @@ public enum ResourceType: String, Sendable, Hashable, CaseIterable, Codable, Com
         switch self { case .cluster: 0; case .endpoint: 1; case .listener: 2; case .route: 3 }
     }
     public static func < (a: ResourceType, b: ResourceType) -> Bool { a.order < b.order }
+    // By case, not by the long type URL (RawRepresentable's defaults would hash and compare the raw strings, and these
+    // are dictionary keys on every push).
+    public static func == (a: ResourceType, b: ResourceType) -> Bool { a.order == b.order }
+    public func hash(into hasher: inout Hasher) { hasher.combine(order) }
 
     /// In state-of-the-world, LDS and CDS responses carry the full set: a missing resource is deleted.
     public var isFullState: Bool { self == .cluster || self == .listener }

@@ -23,15 +23,25 @@ public struct Snapshot: Sendable, Hashable {
     public let resources: [ResourceType: [String: VersionedResource]]
     /// A hash over every resource's name and version.
     public let version: String
+    /// Per type, a hash over that type's names and versions: a stream whose subscription did not change has nothing to
+    /// send for a type whose hash did not change, without looking at the resources.
+    public let typeVersions: [ResourceType: String]
 
     public init(resources: [ResourceType: [String: VersionedResource]]) {
         self.resources = resources
         var h = ContentHash()
+        var perType: [ResourceType: String] = [:]
         for type in ResourceType.allCases.sorted() {
             h.add(type.rawValue)
-            for (name, r) in (resources[type] ?? [:]).sorted(by: { $0.key < $1.key }) { h.add(name); h.add(r.version) }
+            var t = ContentHash()
+            for (name, r) in (resources[type] ?? [:]).sorted(by: { $0.key < $1.key }) {
+                h.add(name); h.add(r.version)
+                t.add(name); t.add(r.version)
+            }
+            perType[type] = t.hex
         }
         version = h.hex
+        typeVersions = perType
     }
 
     public init(_ resources: EnvoyResources) throws {

@@ -60,6 +60,14 @@ public struct SotWStream: Sendable {
         var nackedVersion: String?
         var nackMessage: String?
         var mustAnswer = false
+        /// What the last push decision was computed from: the type's resources (their hash) and the subscription.
+        /// The same inputs give the same decision, so ACKs and unrelated config changes cost no selection.
+        var decidedFrom: (typeVersion: String, wildcard: Bool, names: Set<String>)?
+
+        func unchanged(in snapshot: Snapshot, _ type: ResourceType) -> Bool {
+            guard !mustAnswer, let d = decidedFrom, let v = snapshot.typeVersions[type] else { return false }
+            return d.typeVersion == v && d.wildcard == wildcard && d.names == names
+        }
     }
 
     public private(set) var node: Envoy_Config_Core_V3_Node?
@@ -95,6 +103,7 @@ public struct SotWStream: Sendable {
         st.requested = true
         types[type] = st
         guard let snapshot else { return [] }
+        if st.unchanged(in: snapshot, type) { return [] } // an ACK of what is current
         return push(type, snapshot).map { [$0] } ?? []
     }
 
@@ -104,6 +113,7 @@ public struct SotWStream: Sendable {
         var out: [OutgoingResponse] = []
         var shrink: [ResourceType] = []
         for type in ResourceType.allCases.sorted() where types[type]?.requested == true {
+            if types[type]?.unchanged(in: snapshot, type) == true { continue }
             let selected = select(type, snapshot)
             if type.isFullState, let st = types[type] {
                 let stale = st.lastSent.keys.filter { selected[$0] == nil }
@@ -120,6 +130,9 @@ public struct SotWStream: Sendable {
         for type in shrink {
             if let r = push(type, select(type, snapshot)) { out.append(r) }
         }
+        for (type, var st) in types where st.requested {
+            if let v = snapshot.typeVersions[type] { st.decidedFrom = (v, st.wildcard, st.names); types[type] = st }
+        }
         return out
     }
 
@@ -129,7 +142,12 @@ public struct SotWStream: Sendable {
     }
 
     mutating func push(_ type: ResourceType, _ snapshot: Snapshot) -> OutgoingResponse? {
-        push(type, select(type, snapshot))
+        let r = push(type, select(type, snapshot))
+        if let v = snapshot.typeVersions[type], var st = types[type] {
+            st.decidedFrom = (v, st.wildcard, st.names)
+            types[type] = st
+        }
+        return r
     }
 
     mutating func push(_ type: ResourceType, _ selected: [String: VersionedResource]) -> OutgoingResponse? {
