@@ -1,6 +1,7 @@
 import EnvoyAPI
 import Foundation
 import SwiftProtobuf
+import Synchronization
 
 /// Compiles App Mesh manifests, per virtual node, into the Envoy resources App Mesh's control plane gave that node's
 /// Envoy: an ingress listener for redirected inbound traffic, an egress listener for the node's backends, their route
@@ -18,6 +19,8 @@ public struct MeshCompiler: Sendable {
 
     public var manifests: MeshManifests
     public var options: Options
+    /// Shares what does not depend on the node being compiled across nodes and reloads (nil: build everything).
+    public var memo: CompileMemo?
 
     public init(_ manifests: MeshManifests, options: Options = Options()) {
         self.manifests = manifests; self.options = options
@@ -329,6 +332,15 @@ public struct MeshCompiler: Sendable {
         mutating func addTargetCluster(_ target: VirtualNode, port: UInt16) -> String {
             let name = "vn_\(target.awsName)_\(port)"
             guard clusterNames.insert(name).inserted else { return name }
+            let built = compiler.memo?.targetCluster(target, port: port) { targetCluster(target, port: port, name: name) }
+                ?? targetCluster(target, port: port, name: name)
+            out.clusters.append(built.cluster)
+            if let e = built.endpoints { out.endpoints.append(e) }
+            return name
+        }
+
+        func targetCluster(_ target: VirtualNode, port: UInt16, name: String) -> CompileMemo.TargetCluster {
+            var endpoints: Envoy_Config_Endpoint_V3_ClusterLoadAssignment?
             let listener = target.listeners.first { $0.portMapping.port == port } ?? target.listeners.first
             var c = Envoy_Config_Cluster_V3_Cluster()
             c.name = name
@@ -345,7 +357,7 @@ public struct MeshCompiler: Sendable {
             }
             if c.type == .eds {
                 c.edsClusterConfig.edsConfig = MeshCompiler.adsSource
-                out.endpoints.append(loadAssignment(name, host.map { [($0, port)] } ?? []))
+                endpoints = loadAssignment(name, host.map { [($0, port)] } ?? [])
             }
             if let proto = listener?.portMapping.protocol, proto == .http2 || proto == .grpc { c.typedExtensionProtocolOptions = http2Options() }
             if let hc = listener?.healthCheck { c.healthChecks = [healthCheck(hc)] }
@@ -359,8 +371,7 @@ public struct MeshCompiler: Sendable {
                 od.enforcingSuccessRate = Google_Protobuf_UInt32Value(0)
                 c.outlierDetection = od
             }
-            out.clusters.append(c)
-            return name
+            return CompileMemo.TargetCluster(target: target, cluster: c, endpoints: endpoints)
         }
 
         mutating func addPassthroughCluster() {
@@ -655,5 +666,40 @@ enum IPAddressLiteral {
     static func isLiteral(_ s: String) -> Bool {
         var v4 = in_addr(), v6 = in6_addr()
         return inet_pton(AF_INET, s, &v4) == 1 || inet_pton(AF_INET6, s, &v6) == 1
+    }
+}
+
+/// What the compiler builds the same way for every node that uses it, kept across nodes and reloads: the cluster (and
+/// endpoints) of a virtual node as a route target depends only on that virtual node and the port. A reused message is
+/// the same value, so comparing it with the last one sent is immediate and it is not serialized again.
+public final class CompileMemo: Sendable {
+    public struct TargetCluster: Sendable {
+        let target: VirtualNode
+        let cluster: Envoy_Config_Cluster_V3_Cluster
+        let endpoints: Envoy_Config_Endpoint_V3_ClusterLoadAssignment?
+    }
+    struct Key: Hashable { var name: String; var port: UInt16 }
+    struct State {
+        var current: [Key: TargetCluster] = [:]
+        var previous: [Key: TargetCluster] = [:]
+    }
+    let state = Mutex(State())
+
+    public init() {}
+
+    /// Starts a reload: what the previous one did not use is forgotten.
+    public func beginGeneration() { state.withLock { $0.previous = $0.current; $0.current = [:] } }
+
+    func targetCluster(_ target: VirtualNode, port: UInt16, build: () -> TargetCluster) -> TargetCluster {
+        let key = Key(name: target.awsName, port: port)
+        let known = state.withLock { s -> TargetCluster? in
+            if let v = s.current[key], v.target == target { return v }
+            if let v = s.previous[key], v.target == target { s.current[key] = v; return v }
+            return nil
+        }
+        if let known { return known }
+        let v = build()
+        state.withLock { $0.current[key] = v }
+        return v
     }
 }

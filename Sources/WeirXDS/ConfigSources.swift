@@ -103,6 +103,8 @@ public final class ConfigSources: SnapshotSource {
     }
     let good = Mutex(Good())
     let fileCache = ManifestReader.FileCache()
+    let memo = ResourceMemo()
+    let compileMemo = CompileMemo()
 
     public init(mesh: String?, envoy: String?, options: MeshCompiler.Options = MeshCompiler.Options(), cache: SnapshotCache,
                 logger: Logger = Logger(label: "weir.xds.sources")) {
@@ -145,14 +147,11 @@ public final class ConfigSources: SnapshotSource {
         let results = Mutex([Result<Snapshot?, MeshError>?](repeating: nil, count: order.count))
         let options = self.options
         let (m, e) = (manifests, envoy)
+        memo.beginGeneration()
+        compileMemo.beginGeneration()
+        let (memo, compileMemo) = (self.memo, self.compileMemo)
         DispatchQueue.concurrentPerform(iterations: order.count) { i in
-            var r = Self.build(order[i], manifests: m, envoy: e, options: options)
-            if case .success(let s?) = r {
-                let problems = s.consistencyProblems()
-                if !problems.isEmpty {
-                    r = .failure(MeshError(problems: [MeshProblem(location: SourceLocation(file: "(node)", line: 0, field: order[i]), message: problems.joined(separator: "; "))]))
-                }
-            }
+            let r = Self.build(order[i], manifests: m, envoy: e, options: options, memo: memo, compileMemo: compileMemo)
             results.withLock { $0[i] = r }
         }
         for (node, r) in zip(order, results.withLock { $0 }) {
@@ -164,7 +163,7 @@ public final class ConfigSources: SnapshotSource {
         }
         let compiled = clock.now
         good.withLock { $0.manifests = manifests; $0.envoy = envoy; $0.lastError = nil; $0.generation += 1 }
-        for (node, s) in next { _ = try? cache.set(node, s, checked: true) }
+        cache.publish(next)
         logger.info("config in force", metadata: ["nodes": "\(next.count)", "read_ms": "\((read - started).milliseconds)",
                                                    "compile_ms": "\((compiled - read).milliseconds)", "publish_ms": "\((clock.now - compiled).milliseconds)"])
         return nil
@@ -176,11 +175,15 @@ public final class ConfigSources: SnapshotSource {
         return problems
     }
 
-    static func build(_ node: String, manifests: MeshManifests?, envoy: EnvoyResources?, options: MeshCompiler.Options) -> Result<Snapshot?, MeshError> {
+    /// A node's snapshot under the given config, checked for consistency (nil: the config does not know the node).
+    static func build(_ node: String, manifests: MeshManifests?, envoy: EnvoyResources?, options: MeshCompiler.Options, memo: ResourceMemo,
+                      compileMemo: CompileMemo) -> Result<Snapshot?, MeshError> {
         var resources = EnvoyResources()
         var known = false
         if let manifests, let id = try? NodeIdentity.parse(node), manifests.virtualNode(for: id) != nil || manifests.virtualGateway(for: id) != nil {
-            do { resources = try MeshCompiler(manifests, options: options).compile(nodeID: node) } catch { return .failure(error) }
+            var compiler = MeshCompiler(manifests, options: options)
+            compiler.memo = compileMemo
+            do { resources = try compiler.compile(nodeID: node) } catch { return .failure(error) }
             known = true
         }
         if let envoy {
@@ -189,14 +192,20 @@ public final class ConfigSources: SnapshotSource {
             known = true
         }
         guard known else { return .success(nil) }
-        do { return .success(try Snapshot(resources)) } catch {
+        do {
+            let (snapshot, problems) = try memo.snapshot(node: node, resources)
+            guard problems.isEmpty else {
+                return .failure(MeshError(problems: [MeshProblem(location: SourceLocation(file: "(node)", line: 0, field: node), message: problems.joined(separator: "; "))]))
+            }
+            return .success(snapshot)
+        } catch {
             return .failure(MeshError(problems: [MeshProblem(location: SourceLocation(file: "(node)", line: 0, field: node), message: "cannot encode: \(error)")]))
         }
     }
 
     public func resources(for nodeID: String) -> Snapshot? {
         let (m, e) = good.withLock { ($0.manifests, $0.envoy) }
-        guard case .success(let s?) = Self.build(nodeID, manifests: m, envoy: e, options: options) else { return nil }
+        guard case .success(let s?) = Self.build(nodeID, manifests: m, envoy: e, options: options, memo: memo, compileMemo: compileMemo) else { return nil }
         return s
     }
 

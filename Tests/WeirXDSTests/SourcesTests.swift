@@ -1,5 +1,6 @@
 import EnvoyAPI
 import Foundation
+import SwiftProtobuf
 import Testing
 import WeirMesh
 @testable import WeirXDS
@@ -70,5 +71,76 @@ struct SourcesTests {
         #expect(problems.contains("m.yaml") && problems.contains("spec.listeners[0].portMapping.port"), "\(problems)")
         #expect(cache.snapshot(for: node) == good)
         #expect(sources.lastError != nil)
+    }
+
+    /// Writes the fixture (with a replacement) and reloads; returns the node's snapshot.
+    func reloaded(_ sources: ConfigSources, _ cache: SnapshotCache, _ file: URL, _ text: String) throws -> Snapshot {
+        try text.write(to: file, atomically: true, encoding: .utf8)
+        #expect(sources.reload() == nil)
+        return try #require(cache.snapshot(for: "mesh/colors/virtualNode/front_apps"))
+    }
+
+    @Test("reloads reuse what did not change and rebuild what did: a target's health check reaches its cluster, the same config gives the same bytes")
+    func memoizedReloads() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("weir-memo-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let file = dir.appendingPathComponent("m.yaml")
+        let cache = SnapshotCache(stateDirectory: nil)
+        let sources = ConfigSources(mesh: dir.path, envoy: nil, cache: cache)
+
+        let first = try reloaded(sources, cache, file, meshFixture)
+        let cluster = try #require(first.resources[.cluster]?["vn_blue_apps_9081"])
+        #expect(try Envoy_Config_Cluster_V3_Cluster(serializedBytes: cluster.bytes).healthChecks.isEmpty)
+
+        // The target virtual node changes: its cluster (compiled once, shared by every node that calls it) must follow.
+        let withCheck = meshFixture.replacingOccurrences(of: "listeners: [{portMapping: {port: 9081, protocol: http}}]", with: """
+        listeners:
+            - portMapping: {port: 9081, protocol: http}
+              healthCheck: {protocol: http, path: /ping, healthyThreshold: 2, unhealthyThreshold: 3, timeoutMillis: 2000, intervalMillis: 5000}
+        """)
+        #expect(withCheck != meshFixture)
+        let second = try reloaded(sources, cache, file, withCheck)
+        let changed = try #require(second.resources[.cluster]?["vn_blue_apps_9081"])
+        #expect(changed.version != cluster.version)
+        #expect(try Envoy_Config_Cluster_V3_Cluster(serializedBytes: changed.bytes).healthChecks.first?.httpHealthCheck.path == "/ping")
+        // What did not change is the very same resource.
+        #expect(second.resources[.listener] == first.resources[.listener])
+
+        // Back to the first config: the same versions and bytes as a fresh compile (nothing stale survives the memo).
+        let third = try reloaded(sources, cache, file, meshFixture)
+        #expect(third == first)
+        let manifests = try ManifestReader.read([(file.path, meshFixture)])
+        let fresh = try #require(try ConfigSources.build("mesh/colors/virtualNode/front_apps", manifests: manifests, envoy: nil,
+                                                         options: MeshCompiler.Options(), memo: ResourceMemo(), compileMemo: CompileMemo()).get())
+        #expect(fresh == third)
+    }
+
+    @Test("a listener naming a route configuration the node lacks is found from the remembered references")
+    func memoConsistency() throws {
+        var r = EnvoyResources()
+        var l = Envoy_Config_Listener_V3_Listener()
+        l.name = "in"
+        var hcm = Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_HttpConnectionManager()
+        hcm.statPrefix = "in"
+        var rds = Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_Rds()
+        rds.routeConfigName = "missing"
+        hcm.rds = rds
+        var f = Envoy_Config_Listener_V3_Filter()
+        f.name = "envoy.filters.network.http_connection_manager"
+        f.typedConfig = try Google_Protobuf_Any(message: hcm)
+        var chain = Envoy_Config_Listener_V3_FilterChain()
+        chain.filters = [f]
+        l.filterChains = [chain]
+        r.listeners = [l]
+        let memo = ResourceMemo()
+        for _ in 0..<2 { // the second time from the memo
+            let (_, problems) = try memo.snapshot(node: "n", r)
+            #expect(problems == ["listener in uses route configuration missing, which the snapshot lacks"])
+        }
+        var route = Envoy_Config_Route_V3_RouteConfiguration()
+        route.name = "missing"
+        r.routes = [route]
+        #expect(try memo.snapshot(node: "n", r).problems.isEmpty)
     }
 }
