@@ -97,10 +97,11 @@ public final class ADSService: RegistrableRPCService, Sendable {
             }
             session.start(node: node, snapshot: cache.snapshot(for: node))
             logger.info("ADS stream", metadata: ["node": "\(node)", "protocol": "\(M.name)", "peer": "\(session.peer)"])
-            session.watchID = cache.watch(node) { [weak session] s in
-                // A snapshot change: queued here, written by a short-lived task (the stream's own task is reading).
+            session.watchID = cache.watch(node) { [weak session, cache] s in
+                // A snapshot change: queued here, written by a short-lived task (the stream's own task is reading),
+                // started once the whole change is published.
                 guard let session, session.update(s) else { return }
-                Task { try? await session.drain() }
+                cache.afterPublish { Task { try? await session.drain() } }
             }
         }
         if let (type, message) = M.nack(in: r), let node = session.node {

@@ -76,6 +76,32 @@ public final class SnapshotCache: Sendable {
         return true
     }
 
+    /// Work the watchers hand back while a batch is being published (nil: no batch).
+    let batch = Mutex<[@Sendable () -> Void]?>(nil)
+
+    /// Sets many nodes' snapshots (already checked), then runs what the watchers deferred with `afterPublish`: every
+    /// stream's protocol state is brought up to date before any of them starts writing, so the writes do not slow
+    /// down the publishing of the nodes after them.
+    public func publish(_ snapshots: [String: Snapshot]) {
+        batch.withLock { $0 = [] }
+        for (node, s) in snapshots { _ = try? set(node, s, checked: true) }
+        let work = batch.withLock { b in
+            defer { b = nil }
+            return b ?? []
+        }
+        for w in work { w() }
+    }
+
+    /// Runs `work` when the batch being published is complete, or now when none is.
+    public func afterPublish(_ work: @escaping @Sendable () -> Void) {
+        let now = batch.withLock { b -> Bool in
+            guard b != nil else { return true }
+            b!.append(work)
+            return false
+        }
+        if now { work() }
+    }
+
     /// A sidecar of the node rejected (NACKed) the current snapshot: it stays served (the last good config stays in
     /// force in Envoy anyway), but the snapshot kept on disk goes back to the previous one, so a restarted sidecar
     /// starts from config that was accepted.
