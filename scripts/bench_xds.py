@@ -6,7 +6,7 @@ Phase 1: 10 real Envoy 1.40 sidecars (10 nodes) connect over ADS; a weight chang
 to the manifest directory; time until all 10 Envoys have ACKed the new routes (polled from weir's /streams).
 Phase 2: 1000 concurrent ADS streams (grpcio, in XDS_CLIENT_PROCS other processes, 10 streams per node across 100 nodes) subscribe to CDS,
 LDS and their RDS; the same kind of change; time from the rename of the manifest to each stream receiving (and
-ACKing) its new RDS: p50 and p99. weir's RSS with no streams and with 1000 idle streams gives memory per idle stream;
+ACKing) its new RDS: p50 and p99. weir's RSS as each client process connects gives memory per idle stream (the slope);
 its CPU time during a push, per stream pushed to, gives CPU per push.
 Goals (issue 4): p99 <= 100 ms to 1000 streams, <= 20 KiB per idle stream, 10 Envoys converged in <= 200 ms.
 Env: XDS_STREAMS (1000), XDS_NODES (100), XDS_ENVOYS (10), XDS_CLIENT_PROCS (2 grpcio processes), XDS_BINARY (weir binary).
@@ -110,32 +110,32 @@ def admin(path):
 
 
 class Stream:
-    """One SotW ADS stream: CDS and LDS (wildcard), RDS for the node's route configurations; ACKs everything."""
+    """One SotW ADS stream: CDS and LDS (wildcard), RDS for the node's route configurations; ACKs everything.
+    Uses the call object's read/write (no request generator and queue: the load generator must stay cheap, it shares
+    the machine's 2 cores with weir)."""
 
     def __init__(self, stub, node):
         self.stub, self.node = stub, node
-        self.queue = asyncio.Queue()
         self.rds_times = []
         self.ready = asyncio.Event()
 
-    async def requests(self):
-        while True:
-            r = await self.queue.get()
-            yield r
-
-    def send(self, **kw):
-        self.queue.put_nowait(discovery_pb2.DiscoveryRequest(**kw))
-
     async def run(self):
-        self.send(node={"id": self.node}, type_url=CDS)
-        self.send(type_url=LDS)
-        self.send(type_url=RDS, resource_names=["egress_8080", "ingress_8080"])
-        async for resp in self.stub.StreamAggregatedResources(self.requests()):
-            names = ["egress_8080", "ingress_8080"] if resp.type_url == RDS else []
-            self.send(type_url=resp.type_url, version_info=resp.version_info, response_nonce=resp.nonce, resource_names=names)
+        Req = discovery_pb2.DiscoveryRequest
+        names = ["egress_8080", "ingress_8080"]
+        call = self.stub.StreamAggregatedResources()
+        await call.write(Req(node={"id": self.node}, type_url=CDS))
+        await call.write(Req(type_url=LDS))
+        await call.write(Req(type_url=RDS, resource_names=names))
+        while True:
+            resp = await call.read()
+            if resp is grpc.aio.EOF:
+                return
             if resp.type_url == RDS:
                 self.rds_times.append(time.time())
+                await call.write(Req(type_url=RDS, version_info=resp.version_info, response_nonce=resp.nonce, resource_names=names))
                 self.ready.set()
+            else:
+                await call.write(Req(type_url=resp.type_url, version_info=resp.version_info, response_nonce=resp.nonce))
 
 
 def client_worker(conn, sock, first, count):
@@ -168,16 +168,20 @@ def phase_streams(d, pid, sock):
     ctx = mp.get_context("spawn")
     procs, conns = [], []
     per = STREAMS // CLIENT_PROCS
+    # The client processes connect one after the other; weir's RSS after each gives the memory per idle stream as a
+    # slope (what one more stream costs), free of what the heap held before the first stream.
+    rss_points = [(0, rss_kib(pid))]
     for k in range(CLIENT_PROCS):
         a, b = ctx.Pipe()
-        p = ctx.Process(target=client_worker, args=(b, sock, k * per, per if k < CLIENT_PROCS - 1 else STREAMS - k * per))
+        count = per if k < CLIENT_PROCS - 1 else STREAMS - k * per
+        p = ctx.Process(target=client_worker, args=(b, sock, k * per, count))
         p.start()
         procs.append(p); conns.append(a)
-    for c in conns:
-        if not c.poll(180) or c.recv() != "ready":
+        if not a.poll(180) or a.recv() != "ready":
             raise SystemExit("ADS client processes did not get their config")
-    time.sleep(2)
-    idle_rss = rss_kib(pid)
+        time.sleep(2)
+        rss_points.append((rss_points[-1][0] + count, rss_kib(pid)))
+    idle_rss = rss_points
     results = []
     for weight in (60, 30, 80):
         for c in conns:
@@ -263,12 +267,17 @@ def main():
 
         # Phase 2: 1000 grpcio streams.
         rss_before = rss_kib(pid)
-        idle_rss, results = phase_streams(d, pid, sock)
-        per_stream = (idle_rss - rss_before) * 1024 / STREAMS
+        points, results = phase_streams(d, pid, sock)
+        idle_rss = points[-1][1]
+        (n1, r1), (n2, r2) = points[-2], points[-1]
+        per_stream = (r2 - r1) * 1024 / (n2 - n1)
+        per_stream_all = (idle_rss - rss_before) * 1024 / STREAMS
 
         print(f"weir xds bench: {NODES} nodes, a {NODES + 1}-service mesh, {STREAMS} grpcio ADS streams, {ENVOYS} Envoy 1.40 sidecars")
         print(f"  RSS: {base_rss} KiB with snapshots loaded, {rss_before} KiB before the streams, {idle_rss} KiB with {STREAMS} idle streams")
-        print(f"  memory per idle stream: {per_stream / 1024:.1f} KiB (goal <= 20 KiB)")
+        print("  RSS as the client processes connected: " + ", ".join(f"{n} streams {r} KiB" for n, r in points))
+        print(f"  memory per idle stream: {per_stream / 1024:.1f} KiB from {n1} to {n2} streams"
+              f" ({per_stream_all / 1024:.1f} KiB averaged from none to {STREAMS}; goal <= 20 KiB)")
         for i, (lat, cpu) in enumerate(results):
             if len(lat) < STREAMS:
                 print(f"  change {i + 1}: only {len(lat)} of {STREAMS} streams got the update")
