@@ -4,7 +4,7 @@
 Pod namespace (client + proxy) and server namespace over veth (198.18.0.1 / 198.18.0.2). Only those two
 namespaces are touched; every process started here is ended by its PID; the namespaces are deleted on exit.
 """
-import glob, json, os, re, signal, socket, subprocess, sys, tempfile, time
+import glob, json, os, re, shutil, signal, socket, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WEIR = os.path.join(ROOT, ".build-static/release/weir")
@@ -82,6 +82,7 @@ def teardown():
             except (ProcessLookupError, ValueError):
                 pass
         sh("ip", "netns", "del", ns, check=False)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def servers():
