@@ -100,14 +100,7 @@ public final class ResourceMemo: Sendable {
         for x in r.endpoints {
             out[.endpoint, default: [:]][x.clusterName] = try entry(&scope, .endpoint, x.clusterName, x, namedOnly: r.namedOnly.contains(x.clusterName)) { _ in [] }.resource
         }
-        var problems: [String] = []
-        let routes = out[.route] ?? [:], endpoints = out[.endpoint] ?? [:]
-        for (cluster, names) in eds {
-            for n in names where endpoints[n] == nil { problems.append("cluster \(cluster) uses EDS resource \(n), which the snapshot lacks") }
-        }
-        for (listener, names) in rds {
-            for n in names where routes[n] == nil { problems.append("listener \(listener) uses route configuration \(n), which the snapshot lacks") }
-        }
-        return (Snapshot(resources: out), problems.sorted())
+        let snapshot = Snapshot(resources: out)
+        return (snapshot, snapshot.missingReferences(eds: eds, rds: rds).sorted())
     }
 }

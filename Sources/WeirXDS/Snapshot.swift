@@ -60,21 +60,23 @@ public struct Snapshot: Sendable, Hashable {
     /// endpoint set an EDS cluster names exists, and every resource decodes as its type.
     public func consistencyProblems() -> [String] {
         var problems: [String] = []
-        let routes = Set(resources[.route]?.keys.map { $0 } ?? []), endpoints = Set(resources[.endpoint]?.keys.map { $0 } ?? [])
+        var eds: [(cluster: String, names: [String])] = [], rds: [(listener: String, names: [String])] = []
         for (name, r) in resources[.cluster] ?? [:] {
             guard let c = try? Envoy_Config_Cluster_V3_Cluster(serializedBytes: r.bytes) else { problems.append("cluster \(name) does not decode"); continue }
-            if c.type == .eds {
-                let eds = c.edsClusterConfig.serviceName.isEmpty ? c.name : c.edsClusterConfig.serviceName
-                if !endpoints.contains(eds) { problems.append("cluster \(name) uses EDS resource \(eds), which the snapshot lacks") }
-            }
+            eds.append((name, Self.endpointName(of: c).map { [$0] } ?? []))
         }
         for (name, r) in resources[.listener] ?? [:] {
             guard let l = try? Envoy_Config_Listener_V3_Listener(serializedBytes: r.bytes) else { problems.append("listener \(name) does not decode"); continue }
-            for rds in Self.routeNames(of: l) where !routes.contains(rds) {
-                problems.append("listener \(name) uses route configuration \(rds), which the snapshot lacks")
-            }
+            rds.append((name, Self.routeNames(of: l)))
         }
-        return problems.sorted()
+        return (problems + missingReferences(eds: eds, rds: rds)).sorted()
+    }
+
+    /// The references (EDS names of clusters, RDS names of listeners) that name nothing in this snapshot.
+    func missingReferences(eds: [(cluster: String, names: [String])], rds: [(listener: String, names: [String])]) -> [String] {
+        let routes = resources[.route] ?? [:], endpoints = resources[.endpoint] ?? [:]
+        return eds.flatMap { c in c.names.filter { endpoints[$0] == nil }.map { "cluster \(c.cluster) uses EDS resource \($0), which the snapshot lacks" } }
+            + rds.flatMap { l in l.names.filter { routes[$0] == nil }.map { "listener \(l.listener) uses route configuration \($0), which the snapshot lacks" } }
     }
 
     /// The RDS names a listener refers to (HTTP connection managers in its filter chains or its `api_listener`).

@@ -1,5 +1,6 @@
 import EnvoyAPI
 import Foundation
+import Synchronization
 import Testing
 import WeirMesh
 @testable import WeirXDS
@@ -225,6 +226,47 @@ struct SnapshotTests {
         #expect(bad.consistencyProblems().contains { $0.contains("route configuration egress_9081") })
         #expect(throws: SnapshotCache.Failure.self) { try cache.set("n", bad) }
         #expect(cache.snapshot(for: "n")?.version == good.version)
+    }
+
+    @Test("a published change reaches every node before the work its watchers defer runs; outside a publish it runs at once")
+    func publishThenWrite() throws {
+        let cache = SnapshotCache(stateDirectory: nil)
+        let seen = Mutex<[String]>([])
+        for node in ["a", "b"] {
+            _ = cache.watch(node) { [cache] s in
+                cache.afterPublish {
+                    // Deferred work sees the whole change in force: both nodes already carry their new snapshot.
+                    let both = ["a", "b"].allSatisfy { cache.snapshot(for: $0)?.version == s.version }
+                    seen.withLock { $0.append("\(node):\(both)") }
+                }
+            }
+        }
+        let next = snap([.cluster: ["c": "2"]])
+        cache.publish(["a": next, "b": next])
+        #expect(seen.withLock { $0 }.sorted() == ["a:true", "b:true"])
+        let ranNow = Mutex(false)
+        cache.afterPublish { ranNow.withLock { $0 = true } }
+        #expect(ranNow.withLock { $0 })
+    }
+
+    @Test("with the per-type decision shortcut, unchanged types still send nothing and a changed type or subscription is still answered")
+    func unchangedTypesCostNothing() throws {
+        var s = SotWStream()
+        let first = snap([.cluster: ["c": "1"], .route: ["r": "1"]])
+        let c = try #require(s.receive(request(.cluster), snapshot: first).first)
+        let r = try #require(s.receive(request(.route, names: ["r"]), snapshot: first).first)
+        #expect(s.receive(request(.cluster, nonce: c.nonce, version: c.version), snapshot: first).isEmpty)
+        #expect(s.receive(request(.route, names: ["r"], nonce: r.nonce, version: r.version), snapshot: first).isEmpty)
+        let second = snap([.cluster: ["c": "1"], .route: ["r": "2"]])
+        #expect(first.typeVersions[.cluster] == second.typeVersions[.cluster] && first.typeVersions[.route] != second.typeVersions[.route])
+        #expect(s.update(second).map(\.type) == [.route])
+        // The subscription changes while the resources do not: the stream is answered again.
+        let third = snap([.cluster: ["c": "1"], .route: ["r": "2", "q": "1"]])
+        _ = s.update(third)
+        #expect(s.receive(request(.route, names: ["r", "q"], nonce: r.nonce), snapshot: third).isEmpty, "a stale nonce is ignored")
+        let latest = try #require(s.status(snapshot: third)[.route]?.lastSentNonce)
+        let again = s.receive(request(.route, names: ["r", "q"], nonce: latest), snapshot: third)
+        #expect(again.first?.resourceNames.sorted() == ["q", "r"])
     }
 
     @Test("the last good snapshot is persisted and served by a new cache")
