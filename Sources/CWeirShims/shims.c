@@ -3,6 +3,8 @@
 #include <net/if.h>
 #include <errno.h>
 #include <sched.h>
+#include <sys/timerfd.h>
+#include <time.h>
 #include <string.h>
 #include <linux/netfilter_ipv4.h>
 #include <linux/netfilter_ipv6/ip6_tables.h>
@@ -91,6 +93,21 @@ int weir_epoll_wait(int ep, uint64_t *data, uint32_t *events, int max, int timeo
     int n = epoll_wait(ep, evs, max, timeout_ms);
     for (int i = 0; i < n; i++) { data[i] = evs[i].data.u64; events[i] = evs[i].events; }
     return n;
+}
+int weir_timerfd_periodic(int period_ms) {
+    int fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (fd < 0) return -1;
+    struct itimerspec spec = {
+        .it_interval = { .tv_sec = period_ms / 1000, .tv_nsec = (long)(period_ms % 1000) * 1000000L },
+        .it_value = { .tv_sec = period_ms / 1000, .tv_nsec = (long)(period_ms % 1000) * 1000000L },
+    };
+    if (timerfd_settime(fd, 0, &spec, NULL) != 0) { int e = errno; close(fd); errno = e; return -1; }
+    return fd;
+}
+void weir_timerfd_ack(int fd) {
+    uint64_t expirations;
+    ssize_t n = read(fd, &expirations, sizeof(expirations));
+    (void)n;
 }
 int weir_set_reuse(int fd) {
     int one = 1;

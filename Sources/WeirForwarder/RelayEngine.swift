@@ -139,15 +139,24 @@ final class Worker {
     let bufferSize = 64 * 1024
     let spliceChunk = 1 << 20
     var resumeAcceptAt: UInt64 = 0
-    var lastSweep: UInt64 = 0
+    /// Ticks every 100 ms: timeouts, resuming accept, noticing a drain or stop request.
+    let ticker: Int32
 
-    static let kindListener: UInt64 = 0, kindClient: UInt64 = 1, kindUpstream: UInt64 = 2
+    static let kindListener: UInt64 = 0, kindClient: UInt64 = 1, kindUpstream: UInt64 = 2, kindTicker: UInt64 = 3
 
     init(config: ForwarderConfig, state: ForwarderState, metrics: ForwarderMetrics, listeners: [Listener], accessLog: Int32, logger: Logger) throws {
         self.config = config; self.state = state; self.metrics = metrics; self.listeners = listeners
         self.accessLog = accessLog; self.logger = logger
         epoll = weir_epoll_create()
         guard epoll >= 0 else { throw ForwarderError.system("epoll_create1", weir_errno()) }
+        // The loop sleeps in epoll_wait without a timeout and wakes for this timer instead: a timeout
+        // arms and cancels a kernel timer around every wait, which in a virtual machine costs about
+        // 15 µs per request/response round trip (measured with sockperf through the forwarder).
+        ticker = weir_timerfd_periodic(100)
+        guard ticker >= 0 else { let e = weir_errno(); close(epoll); throw ForwarderError.system("timerfd_create", e) }
+        guard weir_epoll_add(epoll, ticker, WEIR_EPOLLIN, Self.kindTicker) == 0 else {
+            let e = weir_errno(); close(ticker); close(epoll); throw ForwarderError.system("epoll_ctl", e)
+        }
         buffer = UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: 64)
         for (i, l) in listeners.enumerated() {
             guard weir_epoll_add(epoll, l.fd, WEIR_EPOLLIN, UInt64(i) << 2 | Self.kindListener) == 0 else {
@@ -158,6 +167,7 @@ final class Worker {
 
     deinit {
         buffer.deallocate()
+        close(ticker)
         close(epoll)
     }
 
@@ -174,19 +184,20 @@ final class Worker {
             var n = spin > 0 ? weir_epoll_wait(epoll, &data, &events, 256, 0) : 0
             if n == 0 {
                 if spin > 0 && monotonicNanoseconds() < spinUntil { continue }
-                n = weir_epoll_wait(epoll, &data, &events, 256, 100)
+                n = weir_epoll_wait(epoll, &data, &events, 256, -1)
             }
             if n > 0 && spin > 0 { spinUntil = monotonicNanoseconds() + spin }
             if n < 0 && weir_errno() != EINTR { logger.error("epoll_wait failed", metadata: ["errno": "\(weir_errno())"]); break }
+            var tick = false
             for i in 0..<max(0, Int(n)) {
                 let kind = data[i] & 3, index = Int(data[i] >> 2)
-                if kind == Self.kindListener { acceptAll(index) }
+                if kind == Self.kindTicker { tick = true }
+                else if kind == Self.kindListener { acceptAll(index) }
                 else if index < slots.count, let c = slots[index] { handle(c, slot: index, upstreamEvent: kind == Self.kindUpstream, events: events[i]) }
             }
             freeSlots += freedThisRound
             freedThisRound.removeAll(keepingCapacity: true)
-            let now = monotonicNanoseconds()
-            if now - lastSweep >= 100_000_000 { sweep(now); lastSweep = now }
+            if tick { weir_timerfd_ack(ticker); sweep(monotonicNanoseconds()) }
             if state.stopping.load(ordering: .relaxed) {
                 for (i, c) in slots.enumerated() { if let c { finish(c, slot: i, reason: .shutdown, reset: true) } }
                 break

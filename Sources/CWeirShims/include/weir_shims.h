@@ -46,6 +46,12 @@ int weir_epoll_add(int ep, int fd, uint32_t events, uint64_t data);
 int weir_epoll_del(int ep, int fd);
 /// Waits; fills data[i] and events[i]; returns the count or -1.
 int weir_epoll_wait(int ep, uint64_t *data, uint32_t *events, int max, int timeout_ms);
+/// A non-blocking CLOCK_MONOTONIC timerfd that fires every `period_ms`; returns the descriptor or -1.
+/// An event loop that sleeps in epoll_wait(-1) with this timer registered arms one kernel timer per
+/// period, not one per wait (in a virtual machine each arm and cancel can exit to the hypervisor).
+int weir_timerfd_periodic(int period_ms);
+/// Reads and discards a timerfd's expiry count.
+void weir_timerfd_ack(int fd);
 /// Sets SO_REUSEPORT and SO_REUSEADDR.
 int weir_set_reuse(int fd);
 /// Sets TCP_NODELAY.
