@@ -34,8 +34,8 @@ public struct EnvoyResources: Sendable, Equatable {
     public var routes: [Envoy_Config_Route_V3_RouteConfiguration] = []
     public var clusters: [Envoy_Config_Cluster_V3_Cluster] = []
     public var endpoints: [Envoy_Config_Endpoint_V3_ClusterLoadAssignment] = []
-    /// Listeners sent only to a client that asks for them by name (proxyless gRPC `api_listener`s):
-    /// a wildcard subscriber (an Envoy sidecar) does not get them.
+    /// Resources sent only to a client that asks for them by name (proxyless gRPC `api_listener`s and the
+    /// LOGICAL_DNS clusters their routes use): a wildcard subscriber (an Envoy sidecar) does not get them.
     public var namedOnly: Set<String> = []
 
     public init() {}

@@ -87,6 +87,8 @@ public struct MeshCompiler: Sendable {
         var out = EnvoyResources()
         var problems: [MeshProblem] = []
         var clusterNames = Set<String>()
+        /// Target clusters resolved by DNS (STRICT_DNS), by name: proxyless routes use a LOGICAL_DNS twin of each.
+        var dnsClusters: [String: Envoy_Config_Cluster_V3_Cluster] = [:]
 
         init(compiler: MeshCompiler, node: VirtualNode?, meshName: String?, accessLogPath: String?) {
             self.compiler = compiler; self.node = node; self.meshName = meshName; self.accessLogPath = accessLogPath
@@ -302,6 +304,7 @@ public struct MeshCompiler: Sendable {
             rc.name = name
             var grpcHost = vhost
             grpcHost.domains = [name, service.awsName]
+            grpcHost.routes = routes.map { proxylessRoute($0) }
             rc.virtualHosts = [grpcHost]
             out.routes.append(rc)
             var api = Envoy_Config_Listener_V3_Listener()
@@ -309,6 +312,38 @@ public struct MeshCompiler: Sendable {
             api.apiListener.apiListener = anyOf(httpConnectionManager(statPrefix: name, routeConfig: name, idleMilliseconds: nil, accessLog: false))
             out.listeners.append(api)
             out.namedOnly.insert(name)
+        }
+
+        /// gRPC's xDS client takes EDS and LOGICAL_DNS clusters but not STRICT_DNS ones: in the route a proxyless
+        /// client gets, a target found by DNS hostname is a LOGICAL_DNS twin of its cluster (the same endpoint).
+        mutating func proxylessRoute(_ route: Envoy_Config_Route_V3_Route) -> Envoy_Config_Route_V3_Route {
+            guard case .route(var action) = route.action else { return route }
+            switch action.clusterSpecifier {
+            case .cluster(let name): action.cluster = logicalDNSTwin(name)
+            case .weightedClusters(var w):
+                for i in w.clusters.indices { w.clusters[i].name = logicalDNSTwin(w.clusters[i].name) }
+                action.weightedClusters = w
+            default: return route
+            }
+            var r = route
+            r.route = action
+            return r
+        }
+
+        /// The LOGICAL_DNS twin of a STRICT_DNS target cluster, added once and sent only to clients that ask for it
+        /// by name (an Envoy sidecar's wildcard CDS does not get it); any other cluster name comes back as it is.
+        mutating func logicalDNSTwin(_ name: String) -> String {
+            guard let strict = dnsClusters[name] else { return name }
+            let twin = name + "_logical_dns"
+            if clusterNames.insert(twin).inserted {
+                var c = strict
+                c.name = twin
+                c.type = .logicalDns
+                c.loadAssignment.clusterName = twin
+                out.clusters.append(c)
+                out.namedOnly.insert(twin)
+            }
+            return twin
         }
 
         mutating func addTCP(_ ports: inout [UInt16: PortPlan], port: UInt16, service: VirtualService, targets: [(String, Int)], idle: Int?) {
@@ -335,6 +370,7 @@ public struct MeshCompiler: Sendable {
             let built = compiler.memo?.targetCluster(target, port: port) { targetCluster(target, port: port, name: name) }
                 ?? targetCluster(target, port: port, name: name)
             out.clusters.append(built.cluster)
+            if built.cluster.type == .strictDns { dnsClusters[name] = built.cluster }
             if let e = built.endpoints { out.endpoints.append(e) }
             return name
         }

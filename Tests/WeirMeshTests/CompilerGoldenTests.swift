@@ -77,7 +77,29 @@ struct CompilerGoldenTests {
         let v1 = try #require(r.clusters.first { $0.name == "vn_catalog-v1_shop_9080" })
         #expect(v1.healthChecks.first?.httpHealthCheck.path == "/healthz" && v1.outlierDetection.consecutive5Xx.value == 5)
         #expect(r.clusters.first { $0.name == "local_app_8080" }?.circuitBreakers.thresholds.first?.maxConnections.value == 100)
-        #expect(r.namedOnly == ["catalog.shop:9080", "prices.shop:7070"], "api_listeners for proxyless gRPC, not for TCP")
+        #expect(r.namedOnly == ["catalog.shop:9080", "prices.shop:7070", "vn_catalog-v2_shop_9080_logical_dns"],
+                "api_listeners for proxyless gRPC (not for TCP), and the LOGICAL_DNS cluster their routes use")
+    }
+
+    @Test("proxyless routes send a DNS-hostname target to a LOGICAL_DNS twin (gRPC takes no STRICT_DNS); Envoy's routes keep STRICT_DNS")
+    func proxylessDNSTargets() throws {
+        let r = try MeshCompiler(Self.manifests("mesh-drop")).compile(nodeID: "shop/web")
+        let envoyCanary = try #require(r.routes.first { $0.name == "egress_9080" }?.virtualHosts.first?.routes.first { $0.name == "catalog/canary" })
+        #expect(envoyCanary.route.weightedClusters.clusters.map(\.name) == ["vn_catalog-v1_shop_9080", "vn_catalog-v2_shop_9080"])
+        let proxyless = try #require(r.routes.first { $0.name == "catalog.shop:9080" }?.virtualHosts.first)
+        #expect(proxyless.routes.map(\.name) == ["catalog/beta-testers", "catalog/items-by-id", "catalog/canary"])
+        let canary = try #require(proxyless.routes.last)
+        #expect(canary.route.weightedClusters.clusters.map { "\($0.name)=\($0.weight.value)" }
+                == ["vn_catalog-v1_shop_9080=90", "vn_catalog-v2_shop_9080_logical_dns=10"], "the EDS target stays, the DNS one is the twin")
+        #expect(canary.route.retryPolicy == envoyCanary.route.retryPolicy, "only the cluster names differ")
+        let strict = try #require(r.clusters.first { $0.name == "vn_catalog-v2_shop_9080" })
+        let twin = try #require(r.clusters.first { $0.name == "vn_catalog-v2_shop_9080_logical_dns" })
+        #expect(strict.type == .strictDns && twin.type == .logicalDns)
+        #expect(twin.loadAssignment.clusterName == twin.name)
+        #expect(twin.loadAssignment.endpoints.flatMap(\.lbEndpoints).map(\.endpoint.address.socketAddress.address)
+                == strict.loadAssignment.endpoints.flatMap(\.lbEndpoints).map(\.endpoint.address.socketAddress.address))
+        #expect(twin.loadAssignment.endpoints.count == 1 && twin.loadAssignment.endpoints[0].lbEndpoints.count == 1, "LOGICAL_DNS takes exactly one endpoint")
+        #expect(r.clusters.filter { $0.type == .logicalDns }.count == 1, "one twin however many routes use it")
     }
 
     @Test("an unknown node id is an error naming it")
