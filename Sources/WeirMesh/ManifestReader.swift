@@ -79,6 +79,11 @@ public enum ManifestReader {
         mutating func readDocument(_ file: String, _ doc: Node) {
             guard doc.mapping != nil else { problem(file, doc, "(document)", "expected a Kubernetes object (a mapping)"); return }
             let kind = doc["kind"]?.string
+            if kind == "Namespace", doc["apiVersion"]?.string == "v1", let name = doc["metadata"]?["name"]?.string {
+                // Read for the labels a virtual gateway's namespaceSelector matches.
+                out.namespaceLabels[name] = labels(file, doc["metadata"]?["labels"], "metadata.labels")
+                return
+            }
             guard let api = doc["apiVersion"]?.string, api == ManifestReader.apiVersion else {
                 // Other Kubernetes objects (Deployments, Services) may share the files: skip them quietly,
                 // but an App Mesh kind with the wrong version is a mistake.
@@ -146,6 +151,8 @@ public enum ManifestReader {
                 out.virtualServices.append(service)
             case "VirtualGateway":
                 var gw = VirtualGateway(ref: ref, awsName: spec?["awsName"]?.string ?? "\(name)_\(namespace)", meshName: spec?["meshRef"]?["name"]?.string, listeners: [], accessLogPath: spec?["logging"]?["accessLog"]?["file"]?["path"]?.string, location: loc)
+                if let s = spec?["namespaceSelector"] { gw.namespaceSelector = labelSelector(file, s, "spec.namespaceSelector") }
+                if let s = spec?["gatewayRouteSelector"] { gw.gatewayRouteSelector = labelSelector(file, s, "spec.gatewayRouteSelector") }
                 for (i, l) in (spec?["listeners"]?.sequence ?? []).enumerated() {
                     if let listener = nodeListener(file, l, "spec.listeners[\(i)]") {
                         if listener.portMapping.protocol == .tcp {
@@ -157,10 +164,53 @@ public enum ManifestReader {
                 if gw.listeners.isEmpty { problem(file, spec ?? doc, "spec.listeners", "a virtual gateway needs a listener") }
                 out.virtualGateways.append(gw)
             case "GatewayRoute":
-                if let route = gatewayRoute(file, spec, ref: ref, loc: loc) { out.gatewayRoutes.append(route) }
+                if var route = gatewayRoute(file, spec, ref: ref, loc: loc) {
+                    route.labels = labels(file, doc["metadata"]?["labels"], "metadata.labels")
+                    if let g = spec?["virtualGatewayRef"] {
+                        if let n = g["name"]?.string, !n.isEmpty { route.virtualGatewayRef = ResourceRef(name: n, namespace: g["namespace"]?.string ?? namespace) }
+                        else { problem(file, g, "spec.virtualGatewayRef.name", "a virtualGatewayRef names a virtual gateway") }
+                    }
+                    out.gatewayRoutes.append(route)
+                }
             default:
                 problem(file, doc["kind"] ?? doc, "kind", "unknown App Mesh kind '\(kind ?? "")'; expected Mesh, VirtualNode, VirtualRouter, VirtualService, VirtualGateway or GatewayRoute")
             }
+        }
+
+        /// A string-to-string map such as `metadata.labels`.
+        mutating func labels(_ file: String, _ node: Node?, _ field: String) -> [String: String] {
+            guard let node else { return [:] }
+            guard let mapping = node.mapping else { problem(file, node, field, "expected a map of label names to values"); return [:] }
+            var out: [String: String] = [:]
+            for (k, v) in mapping {
+                guard let key = k.string, let value = v.string, v.scalar != nil else {
+                    problem(file, v, "\(field).\(k.string ?? "?")", "a label value is a string"); continue
+                }
+                out[key] = value
+            }
+            return out
+        }
+
+        /// A Kubernetes label selector: `matchLabels` and `matchExpressions` (In, NotIn, Exists, DoesNotExist).
+        mutating func labelSelector(_ file: String, _ node: Node, _ field: String) -> LabelSelector? {
+            guard node.mapping != nil else {
+                // `field:` with no value is null: the same as leaving the selector out.
+                if let v = node.scalar?.string, ["", "~", "null", "Null", "NULL"].contains(v) { return nil }
+                problem(file, node, field, "expected a label selector (matchLabels, matchExpressions)"); return nil
+            }
+            var s = LabelSelector(matchLabels: labels(file, node["matchLabels"], field + ".matchLabels"))
+            for (i, e) in (node["matchExpressions"]?.sequence ?? []).enumerated() {
+                let f = "\(field).matchExpressions[\(i)]"
+                guard let key = e["key"]?.string, !key.isEmpty else { problem(file, e, f + ".key", "a match expression needs a key"); continue }
+                guard let op = LabelSelector.Operator(rawValue: e["operator"]?.string ?? "") else {
+                    problem(file, e["operator"] ?? e, f + ".operator", "must be In, NotIn, Exists or DoesNotExist, found '\(e["operator"]?.string ?? "")'"); continue
+                }
+                let values = (e["values"]?.sequence ?? []).compactMap(\.string)
+                if (op == .in || op == .notIn) && values.isEmpty { problem(file, e, f + ".values", "\(op.rawValue) needs at least one value"); continue }
+                if (op == .exists || op == .doesNotExist) && !values.isEmpty { problem(file, e["values"], f + ".values", "\(op.rawValue) takes no values"); continue }
+                s.matchExpressions.append(LabelSelector.Requirement(key: key, op: op, values: values))
+            }
+            return s
         }
 
         mutating func portMapping(_ file: String, _ node: Node?, _ field: String) -> PortMapping? {
@@ -381,6 +431,10 @@ public enum ManifestReader {
             return policy
         }
 
+        static func show(_ labels: [String: String]) -> String {
+            "{" + labels.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: ", ") + "}"
+        }
+
         /// Every name a resource refers to must exist.
         mutating func checkReferences() {
             let nodes = Set(out.virtualNodes.map(\.ref)), routers = Set(out.virtualRouters.map(\.ref)), services = Set(out.virtualServices.map(\.ref))
@@ -398,6 +452,16 @@ public enum ManifestReader {
             }
             for g in out.gatewayRoutes where !services.contains(g.target) {
                 problems.append(MeshProblem(location: g.location, message: "target virtual service \(g.target) does not exist"))
+            }
+            for g in out.gatewayRoutes {
+                let gateways = out.gateways(of: g)
+                if let ref = g.virtualGatewayRef, gateways.isEmpty {
+                    problems.append(MeshProblem(location: g.location, message: "virtual gateway \(ref) named by spec.virtualGatewayRef does not exist"))
+                } else if gateways.isEmpty {
+                    problems.append(MeshProblem(location: g.location, message: "no virtual gateway selects this gateway route: a VirtualGateway's spec.namespaceSelector must match namespace '\(g.ref.namespace)' (labels \(Self.show(out.labels(ofNamespace: g.ref.namespace)))) and its spec.gatewayRouteSelector, if any, the route's labels \(Self.show(g.labels)); or name one in spec.virtualGatewayRef"))
+                } else if gateways.count > 1 {
+                    problems.append(MeshProblem(location: g.location, message: "several virtual gateways select this gateway route (\(gateways.map(\.ref.description).sorted().joined(separator: ", "))); App Mesh takes one: narrow their selectors or name one in spec.virtualGatewayRef"))
+                }
             }
             for s in out.virtualServices {
                 switch s.provider {

@@ -423,7 +423,7 @@ public struct MeshCompiler: Sendable {
         // MARK: gateway
 
         mutating func buildGateway(_ gw: VirtualGateway) {
-            let routes = m.gatewayRoutes.filter { $0.ref.namespace == gw.ref.namespace }
+            let routes = m.gatewayRoutes.filter { m.gateways(of: $0).map(\.ref) == [gw.ref] }
                 .enumerated().sorted { ($0.element.priority ?? 1001, $0.offset) < ($1.element.priority ?? 1001, $1.offset) }.map(\.element)
             for l in gw.listeners {
                 let port = l.portMapping.port

@@ -156,6 +156,36 @@ public struct VirtualService: Sendable, Hashable {
     public var location: SourceLocation
 }
 
+/// A Kubernetes label selector (`matchLabels` and `matchExpressions`; all of them must hold).
+public struct LabelSelector: Sendable, Hashable {
+    public enum Operator: String, Sendable, Hashable { case `in` = "In", notIn = "NotIn", exists = "Exists", doesNotExist = "DoesNotExist" }
+    public struct Requirement: Sendable, Hashable {
+        public var key: String
+        public var op: Operator
+        public var values: [String]
+    }
+    public var matchLabels: [String: String] = [:]
+    public var matchExpressions: [Requirement] = []
+    public init(matchLabels: [String: String] = [:], matchExpressions: [Requirement] = []) {
+        self.matchLabels = matchLabels; self.matchExpressions = matchExpressions
+    }
+
+    /// An empty selector matches everything.
+    public func matches(_ labels: [String: String]) -> Bool {
+        for (k, v) in matchLabels where labels[k] != v { return false }
+        for r in matchExpressions {
+            let value = labels[r.key]
+            switch r.op {
+            case .in: if value == nil || !r.values.contains(value!) { return false }
+            case .notIn: if let value, r.values.contains(value) { return false }
+            case .exists: if value == nil { return false }
+            case .doesNotExist: if value != nil { return false }
+            }
+        }
+        return true
+    }
+}
+
 /// An ingress gateway: Envoy at the edge of the mesh.
 public struct VirtualGateway: Sendable, Hashable {
     public var ref: ResourceRef
@@ -164,12 +194,20 @@ public struct VirtualGateway: Sendable, Hashable {
     public var meshName: String?
     public var listeners: [NodeListener]
     public var accessLogPath: String?
+    /// `spec.namespaceSelector`: the namespaces whose gateway routes it takes. Absent selects none, empty all.
+    public var namespaceSelector: LabelSelector?
+    /// `spec.gatewayRouteSelector`: which gateway routes of those namespaces (absent or empty: all).
+    public var gatewayRouteSelector: LabelSelector?
     public var location: SourceLocation
 }
 
 /// A route from a virtual gateway to a virtual service.
 public struct GatewayRoute: Sendable, Hashable {
     public var ref: ResourceRef
+    /// `metadata.labels`, for a gateway's `gatewayRouteSelector`.
+    public var labels: [String: String] = [:]
+    /// `spec.virtualGatewayRef`: the gateway named outright, instead of chosen by the gateways' selectors.
+    public var virtualGatewayRef: ResourceRef?
     public var kind: PortProtocol
     public var priority: Int?
     public var prefix: String?
@@ -192,11 +230,35 @@ public struct MeshManifests: Sendable, Hashable {
     public var virtualServices: [VirtualService] = []
     public var virtualGateways: [VirtualGateway] = []
     public var gatewayRoutes: [GatewayRoute] = []
+    /// Labels of the `v1` `Namespace` objects found beside the App Mesh ones, by name.
+    public var namespaceLabels: [String: [String: String]] = [:]
     public init() {}
 
     mutating func append(_ other: MeshManifests) {
         meshes += other.meshes; virtualNodes += other.virtualNodes; virtualRouters += other.virtualRouters
         virtualServices += other.virtualServices; virtualGateways += other.virtualGateways; gatewayRoutes += other.gatewayRoutes
+        namespaceLabels.merge(other.namespaceLabels) { a, _ in a }
+    }
+
+    /// A namespace's labels as Kubernetes gives them: those of its `Namespace` object, if the manifests have
+    /// one, and always `kubernetes.io/metadata.name: <name>`.
+    public func labels(ofNamespace name: String) -> [String: String] {
+        var l = namespaceLabels[name] ?? [:]
+        l["kubernetes.io/metadata.name"] = name
+        return l
+    }
+
+    /// The gateways a gateway route belongs to, as App Mesh's controller chose them: the one its
+    /// `virtualGatewayRef` names, or else every gateway whose `namespaceSelector` takes the route's
+    /// namespace and whose `gatewayRouteSelector` takes the route's labels. One is right; none or
+    /// several is an error the reader reports.
+    public func gateways(of route: GatewayRoute) -> [VirtualGateway] {
+        if let ref = route.virtualGatewayRef { return virtualGateways.filter { $0.ref == ref } }
+        let nsLabels = labels(ofNamespace: route.ref.namespace)
+        return virtualGateways.filter { gw in
+            guard let ns = gw.namespaceSelector, ns.matches(nsLabels) else { return false }
+            return gw.gatewayRouteSelector?.matches(route.labels) ?? true
+        }
     }
 }
 

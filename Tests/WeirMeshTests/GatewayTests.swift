@@ -5,10 +5,15 @@ import Testing
 let gateway = canary + """
 
 ---
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {gateway: ingress}}
+---
 apiVersion: appmesh.k8s.aws/v1beta2
 kind: VirtualGateway
 metadata: {name: ingress, namespace: shop}
 spec:
+  namespaceSelector: {matchLabels: {gateway: ingress}}
   listeners: [{portMapping: {port: 8088, protocol: http}}]
   logging: {accessLog: {file: {path: /dev/stdout}}}
 ---
@@ -48,6 +53,14 @@ struct GatewayTests {
         ("virtualServiceRef: {name: cart}\n      rewrite", "virtualServiceRef: {name: checkout}\n      rewrite", "GatewayRoute shop/cart-route", "shop/checkout does not exist"),
         ("{port: 8088, protocol: http}", "{port: 8088, protocol: tcp}", "spec.listeners[0].portMapping.protocol", "not tcp"),
         ("hostname: {suffix: .example.com}", "hostname: {regex: .*}", "spec.httpRoute.match.hostname", "exact or suffix"),
+        ("namespaceSelector: {matchLabels: {gateway: ingress}}", "namespaceSelector: {matchExpressions: [{key: gateway, operator: Like, values: [x]}]}",
+         "spec.namespaceSelector.matchExpressions[0].operator", "In, NotIn, Exists or DoesNotExist"),
+        ("namespaceSelector: {matchLabels: {gateway: ingress}}", "namespaceSelector: {matchExpressions: [{key: gateway, operator: In}]}",
+         "spec.namespaceSelector.matchExpressions[0].values", "at least one value"),
+        ("namespaceSelector: {matchLabels: {gateway: ingress}}", "namespaceSelector: {matchLabels: {gateway: edge}}",
+         "GatewayRoute shop/cart-route", "no virtual gateway selects this gateway route"),
+        ("  namespaceSelector: {matchLabels: {gateway: ingress}}\n", "",
+         "GatewayRoute shop/cart-route", "no virtual gateway selects this gateway route"),
     ])
     func badValues(_ from: String, _ to: String, _ field: String, _ mentions: String) {
         #expect(gateway.contains(from))
@@ -90,5 +103,102 @@ struct GatewayCompileTests {
         let m = try ManifestReader.read([("mesh.yaml", gateway)])
         #expect(throws: MeshError.self) { try MeshCompiler(m).compile(nodeID: "mesh/shop/virtualGateway/nope") }
         #expect(try NodeIdentity.parse("mesh/shop/virtualGateway/gw") == .appMeshGateway(mesh: "shop", awsName: "gw"))
+    }
+}
+
+/// Two gateways and routes in two namespaces: which route goes to which gateway, as App Mesh's controller chose.
+func selectorMesh(edge: String, internalGW: String, routeExtra: String = "") -> String {
+    canary + """
+
+    ---
+    apiVersion: v1
+    kind: Namespace
+    metadata: {name: shop, labels: {exposure: public}}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: VirtualGateway
+    metadata: {name: edge, namespace: ingress}
+    spec:
+      listeners: [{portMapping: {port: 8088, protocol: http}}]
+    \(edge)
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: VirtualGateway
+    metadata: {name: internal, namespace: ingress}
+    spec:
+      listeners: [{portMapping: {port: 9099, protocol: http}}]
+    \(internalGW)
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: GatewayRoute
+    metadata: {name: public-cart, namespace: shop, labels: {audience: public}}
+    spec:
+      httpRoute:
+        match: {prefix: /public}
+        action: {target: {virtualService: {virtualServiceRef: {name: cart}}}}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: GatewayRoute
+    metadata: {name: staff-cart, namespace: shop, labels: {audience: staff}}
+    spec:
+    \(routeExtra)
+      httpRoute:
+        match: {prefix: /staff}
+        action: {target: {virtualService: {virtualServiceRef: {name: cart}}}}
+    """
+}
+
+@Suite("App Mesh gateway route selection")
+struct GatewaySelectionTests {
+    func prefixes(_ m: MeshManifests, _ node: String, _ port: Int) throws -> [String] {
+        let r = try MeshCompiler(m).compile(nodeID: node)
+        return r.routes.first { $0.name == "gateway_\(port)" }?.virtualHosts.flatMap(\.routes).map(\.match.prefix) ?? []
+    }
+
+    @Test("gateways in another namespace take routes by namespace labels and route labels")
+    func crossNamespace() throws {
+        let m = try ManifestReader.read([("mesh.yaml", selectorMesh(
+            edge: "  namespaceSelector: {matchLabels: {exposure: public}}\n  gatewayRouteSelector: {matchLabels: {audience: public}}",
+            internalGW: "  namespaceSelector: {matchExpressions: [{key: kubernetes.io/metadata.name, operator: In, values: [shop, billing]}]}\n  gatewayRouteSelector: {matchExpressions: [{key: audience, operator: NotIn, values: [public]}]}"))])
+        #expect(try prefixes(m, "ingress/edge", 8088) == ["/public"])
+        #expect(try prefixes(m, "ingress/internal", 9099) == ["/staff"], "selected by the namespace's name label, which every namespace has")
+    }
+
+    @Test("a route two gateways select is an error naming both; virtualGatewayRef settles it")
+    func ambiguous() throws {
+        let both = selectorMesh(edge: "  namespaceSelector: {}", internalGW: "  namespaceSelector: {matchExpressions: [{key: exposure, operator: Exists}]}")
+        do {
+            _ = try ManifestReader.read([("mesh.yaml", both)])
+            Issue.record("two gateways selecting one route were accepted")
+        } catch {
+            #expect(error.problems.contains { $0.message.contains("several virtual gateways") && $0.message.contains("ingress/edge, ingress/internal") }, "\(error.problems)")
+            #expect(error.problems.allSatisfy { $0.location.line > 0 })
+        }
+        // Naming the gateway outright: the staff route goes to internal only, even though edge selects everything.
+        let named = selectorMesh(edge: "  namespaceSelector: {}", internalGW: "  namespaceSelector: {matchLabels: {exposure: none}}",
+                                 routeExtra: "  virtualGatewayRef: {name: internal, namespace: ingress}")
+        let m = try ManifestReader.read([("mesh.yaml", named)])
+        #expect(try prefixes(m, "ingress/edge", 8088) == ["/public"])
+        #expect(try prefixes(m, "ingress/internal", 9099) == ["/staff"])
+        let missing = named.replacingOccurrences(of: "{name: internal, namespace: ingress}", with: "{name: gone}")
+        #expect(throws: MeshError.self) { try ManifestReader.read([("mesh.yaml", missing)]) }
+        do { _ = try ManifestReader.read([("mesh.yaml", missing)]) } catch {
+            #expect(error.problems.contains { $0.message.contains("shop/gone") }, "the ref defaults to the route's namespace: \(error.problems)")
+        }
+    }
+
+    @Test("label selector semantics: matchLabels and every operator; an empty selector matches all")
+    func selectorSemantics() {
+        let labels = ["app": "cart", "tier": "web"]
+        #expect(LabelSelector().matches(labels) && LabelSelector().matches([:]))
+        #expect(LabelSelector(matchLabels: ["app": "cart"]).matches(labels))
+        #expect(!LabelSelector(matchLabels: ["app": "cart", "tier": "db"]).matches(labels))
+        func one(_ op: LabelSelector.Operator, _ key: String, _ values: [String] = []) -> Bool {
+            LabelSelector(matchExpressions: [.init(key: key, op: op, values: values)]).matches(labels)
+        }
+        #expect(one(.in, "tier", ["web", "db"]) && !one(.in, "tier", ["db"]) && !one(.in, "zone", ["a"]))
+        #expect(one(.notIn, "tier", ["db"]) && !one(.notIn, "tier", ["web"]) && one(.notIn, "zone", ["a"]))
+        #expect(one(.exists, "app") && !one(.exists, "zone"))
+        #expect(one(.doesNotExist, "zone") && !one(.doesNotExist, "app"))
     }
 }
