@@ -54,6 +54,8 @@ public final class Forwarder: Sendable {
                     let worker = try Worker(config: config, state: state, metrics: metrics, listeners: box.value, accessLog: logFD, logger: logger)
                     worker.run()
                 } catch {
+                    // Its listeners would keep taking a share of new connections that nobody accepts.
+                    for l in box.value { close(l.fd) }
                     logger.error("worker failed: \(error)")
                 }
             }

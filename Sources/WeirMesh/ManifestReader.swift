@@ -31,12 +31,12 @@ public enum ManifestReader {
         var reader = Reader()
         for (path, text) in files {
             if let cache, let (out, problems) = cache.get(path, text) {
-                reader.out.append(out); reader.problems += problems; continue
+                reader.namespacesTwice(out); reader.out.append(out); reader.problems += problems; continue
             }
             var one = Reader()
             one.readFile(path: path, text: text)
             cache?.set(path, text, one.out, one.problems)
-            reader.out.append(one.out); reader.problems += one.problems
+            reader.namespacesTwice(one.out); reader.out.append(one.out); reader.problems += one.problems
         }
         cache?.keep(Set(files.map(\.path)))
         reader.checkReferences()
@@ -81,7 +81,14 @@ public enum ManifestReader {
             let kind = doc["kind"]?.string
             if kind == "Namespace", doc["apiVersion"]?.string == "v1", let name = doc["metadata"]?["name"]?.string {
                 // Read for the labels a virtual gateway's namespaceSelector matches.
-                out.namespaceLabels[name] = labels(file, doc["metadata"]?["labels"], "metadata.labels")
+                let l = labels(file, doc["metadata"]?["labels"], "metadata.labels")
+                let here = SourceLocation(file: file, line: doc.mark?.line ?? 0, field: "Namespace \(name)")
+                if let first = out.namespaceLocations[name] {
+                    problems.append(MeshProblem(location: here, message: "Namespace \(name) is defined twice (first at \(first.file):\(first.line))"))
+                } else {
+                    out.namespaceLabels[name] = l
+                    out.namespaceLocations[name] = here
+                }
                 return
             }
             guard let api = doc["apiVersion"]?.string, api == ManifestReader.apiVersion else {
@@ -166,7 +173,7 @@ public enum ManifestReader {
             case "GatewayRoute":
                 if var route = gatewayRoute(file, spec, ref: ref, loc: loc) {
                     route.labels = labels(file, doc["metadata"]?["labels"], "metadata.labels")
-                    if let g = spec?["virtualGatewayRef"] {
+                    if let g = spec?["virtualGatewayRef"], !Self.isNull(g) {
                         if let n = g["name"]?.string, !n.isEmpty { route.virtualGatewayRef = ResourceRef(name: n, namespace: g["namespace"]?.string ?? namespace) }
                         else { problem(file, g, "spec.virtualGatewayRef.name", "a virtualGatewayRef names a virtual gateway") }
                     }
@@ -177,9 +184,15 @@ public enum ManifestReader {
             }
         }
 
+        /// YAML null (`field:` with no value, `~`, `null`): Kubernetes reads it as the field left out.
+        static func isNull(_ node: Node?) -> Bool {
+            guard let s = node?.scalar else { return false }
+            return s.style == .plain && ["", "~", "null", "Null", "NULL"].contains(s.string)
+        }
+
         /// A string-to-string map such as `metadata.labels`.
         mutating func labels(_ file: String, _ node: Node?, _ field: String) -> [String: String] {
-            guard let node else { return [:] }
+            guard let node, !Self.isNull(node) else { return [:] }
             guard let mapping = node.mapping else { problem(file, node, field, "expected a map of label names to values"); return [:] }
             var out: [String: String] = [:]
             for (k, v) in mapping {
@@ -195,16 +208,22 @@ public enum ManifestReader {
         mutating func labelSelector(_ file: String, _ node: Node, _ field: String) -> LabelSelector? {
             guard node.mapping != nil else {
                 // `field:` with no value is null: the same as leaving the selector out.
-                if let v = node.scalar?.string, ["", "~", "null", "Null", "NULL"].contains(v) { return nil }
+                if Self.isNull(node) { return nil }
                 problem(file, node, field, "expected a label selector (matchLabels, matchExpressions)"); return nil
             }
             var s = LabelSelector(matchLabels: labels(file, node["matchLabels"], field + ".matchLabels"))
-            for (i, e) in (node["matchExpressions"]?.sequence ?? []).enumerated() {
+            let expressions = node["matchExpressions"]
+            if let expressions, !Self.isNull(expressions), expressions.sequence == nil {
+                // Ignoring it would widen the selector.
+                problem(file, expressions, field + ".matchExpressions", "expected a list of {key, operator, values}"); return nil
+            }
+            for (i, e) in (expressions?.sequence ?? []).enumerated() {
                 let f = "\(field).matchExpressions[\(i)]"
                 guard let key = e["key"]?.string, !key.isEmpty else { problem(file, e, f + ".key", "a match expression needs a key"); continue }
                 guard let op = LabelSelector.Operator(rawValue: e["operator"]?.string ?? "") else {
                     problem(file, e["operator"] ?? e, f + ".operator", "must be In, NotIn, Exists or DoesNotExist, found '\(e["operator"]?.string ?? "")'"); continue
                 }
+                if let v = e["values"], !Self.isNull(v), v.sequence == nil { problem(file, v, f + ".values", "expected a list of strings"); continue }
                 let values = (e["values"]?.sequence ?? []).compactMap(\.string)
                 if (op == .in || op == .notIn) && values.isEmpty { problem(file, e, f + ".values", "\(op.rawValue) needs at least one value"); continue }
                 if (op == .exists || op == .doesNotExist) && !values.isEmpty { problem(file, e["values"], f + ".values", "\(op.rawValue) takes no values"); continue }
@@ -429,6 +448,15 @@ public enum ManifestReader {
                 problem(file, r, field, "name at least one retry event (httpRetryEvents, tcpRetryEvents\(kind == .grpc ? ", grpcRetryEvents" : ""))")
             }
             return policy
+        }
+
+        /// A Namespace object in `next` that an earlier file already defined.
+        mutating func namespacesTwice(_ next: MeshManifests) {
+            for (name, here) in next.namespaceLocations.sorted(by: { $0.key < $1.key }) {
+                if let first = out.namespaceLocations[name] {
+                    problems.append(MeshProblem(location: here, message: "Namespace \(name) is defined twice (first at \(first.file):\(first.line))"))
+                }
+            }
         }
 
         static func show(_ labels: [String: String]) -> String {

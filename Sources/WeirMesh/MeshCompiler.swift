@@ -64,8 +64,8 @@ public struct MeshCompiler: Sendable {
         return b.out
     }
 
-    /// A virtual gateway: one listener per gateway listener port, its gateway routes (those in the gateway's
-    /// namespace) as routes to the target virtual services, through their routers' routes.
+    /// A virtual gateway: one listener per gateway listener port, its gateway routes (those it selects, see
+    /// `MeshManifests.gateways(of:)`) as routes to the target virtual services, through their routers' routes.
     public func compile(_ gateway: VirtualGateway) throws(MeshError) -> EnvoyResources {
         let mesh = gateway.meshName ?? (manifests.meshes.count == 1 ? manifests.meshes[0].name : nil)
         var b = Builder(compiler: self, node: nil, meshName: mesh, accessLogPath: gateway.accessLogPath)

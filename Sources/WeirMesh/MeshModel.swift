@@ -232,12 +232,15 @@ public struct MeshManifests: Sendable, Hashable {
     public var gatewayRoutes: [GatewayRoute] = []
     /// Labels of the `v1` `Namespace` objects found beside the App Mesh ones, by name.
     public var namespaceLabels: [String: [String: String]] = [:]
+    /// Where each of those Namespace objects is, to report one defined twice.
+    public var namespaceLocations: [String: SourceLocation] = [:]
     public init() {}
 
     mutating func append(_ other: MeshManifests) {
         meshes += other.meshes; virtualNodes += other.virtualNodes; virtualRouters += other.virtualRouters
         virtualServices += other.virtualServices; virtualGateways += other.virtualGateways; gatewayRoutes += other.gatewayRoutes
         namespaceLabels.merge(other.namespaceLabels) { a, _ in a }
+        namespaceLocations.merge(other.namespaceLocations) { a, _ in a }
     }
 
     /// A namespace's labels as Kubernetes gives them: those of its `Namespace` object, if the manifests have

@@ -61,6 +61,10 @@ struct GatewayTests {
          "GatewayRoute shop/cart-route", "no virtual gateway selects this gateway route"),
         ("  namespaceSelector: {matchLabels: {gateway: ingress}}\n", "",
          "GatewayRoute shop/cart-route", "no virtual gateway selects this gateway route"),
+        ("namespaceSelector: {matchLabels: {gateway: ingress}}", "namespaceSelector: {matchExpressions: {key: gateway, operator: Exists}}",
+         "spec.namespaceSelector.matchExpressions", "expected a list"),
+        ("metadata: {name: shop, labels: {gateway: ingress}}", "metadata: {name: shop, labels: {gateway: ingress}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: shop}",
+         "Namespace shop", "defined twice"),
     ])
     func badValues(_ from: String, _ to: String, _ field: String, _ mentions: String) {
         #expect(gateway.contains(from))
@@ -150,6 +154,33 @@ func selectorMesh(edge: String, internalGW: String, routeExtra: String = "") -> 
 
 @Suite("App Mesh gateway route selection")
 struct GatewaySelectionTests {
+    @Test("a Namespace object in two files is an error naming the first")
+    func namespaceTwice() {
+        let ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {gateway: other}}\n"
+        do {
+            _ = try ManifestReader.read([("mesh.yaml", gateway), ("namespaces.yaml", ns)])
+            Issue.record("accepted a second Namespace shop")
+        } catch {
+            #expect(error.problems.contains { $0.location.file == "namespaces.yaml" && $0.message.contains("first at mesh.yaml:") }, "\(error.problems)")
+        }
+    }
+
+    @Test("null labels, selectors and virtualGatewayRef read as left out, as Kubernetes reads them")
+    func nulls() throws {
+        let text = gateway
+            .replacingOccurrences(of: "metadata: {name: cart-route, namespace: shop}", with: "metadata: {name: cart-route, namespace: shop, labels: }")
+            .replacingOccurrences(of: "spec:\n  priority: 10", with: "spec:\n  virtualGatewayRef: ~\n  priority: 10")
+            + "\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: billing\n  labels:\n"
+        #expect(text.contains("labels: }") && text.contains("virtualGatewayRef: ~"))
+        let m = try ManifestReader.read([("mesh.yaml", text)])
+        #expect(m.gatewayRoutes.first?.labels == [:] && m.gatewayRoutes.first?.virtualGatewayRef == nil)
+        #expect(m.labels(ofNamespace: "billing") == ["kubernetes.io/metadata.name": "billing"])
+        #expect(try MeshCompiler(m).compile(nodeID: "shop/ingress").routes.first { $0.name == "gateway_8088" }?.virtualHosts.first?.routes.count == 1)
+        // A null gatewayRouteSelector selects every route, a null namespaceSelector none.
+        let noRoutes = gateway.replacingOccurrences(of: "namespaceSelector: {matchLabels: {gateway: ingress}}", with: "namespaceSelector:\n  gatewayRouteSelector:")
+        #expect(throws: MeshError.self) { try ManifestReader.read([("mesh.yaml", noRoutes)]) }
+    }
+
     func prefixes(_ m: MeshManifests, _ node: String, _ port: Int) throws -> [String] {
         let r = try MeshCompiler(m).compile(nodeID: node)
         return r.routes.first { $0.name == "gateway_\(port)" }?.virtualHosts.flatMap(\.routes).map(\.match.prefix) ?? []
