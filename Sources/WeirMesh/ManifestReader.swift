@@ -112,7 +112,9 @@ public enum ManifestReader {
                 if !["ALLOW_ALL", "DROP_ALL"].contains(egress) {
                     problem(file, spec?["egressFilter"]?["type"], "spec.egressFilter.type", "must be ALLOW_ALL or DROP_ALL, found '\(egress)'")
                 }
-                out.meshes.append(Mesh(name: name, egressDropAll: egress != "ALLOW_ALL", location: loc))
+                var mesh = Mesh(name: name, egressDropAll: egress != "ALLOW_ALL", location: loc)
+                if let s = spec?["namespaceSelector"] { mesh.namespaceSelector = labelSelector(file, s, "spec.namespaceSelector") }
+                out.meshes.append(mesh)
             case "VirtualNode":
                 var node = VirtualNode(ref: ref, awsName: spec?["awsName"]?.string ?? "\(name)_\(namespace)", meshName: spec?["meshRef"]?["name"]?.string, listeners: [], hostname: nil, backends: [], accessLogPath: nil, location: loc)
                 for (i, l) in (spec?["listeners"]?.sequence ?? []).enumerated() {

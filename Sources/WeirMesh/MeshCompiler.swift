@@ -52,7 +52,7 @@ public struct MeshCompiler: Sendable {
             if let mesh = manifests.meshName(of: n) { return "mesh/\(mesh)/virtualNode/\(n.awsName)" }
             return "\(n.ref.namespace)/\(n.ref.name)"
         } + manifests.virtualGateways.map { g in
-            if let mesh = g.meshName ?? (manifests.meshes.count == 1 ? manifests.meshes[0].name : nil) { return "mesh/\(mesh)/virtualGateway/\(g.awsName)" }
+            if let mesh = manifests.meshName(of: g) { return "mesh/\(mesh)/virtualGateway/\(g.awsName)" }
             return "\(g.ref.namespace)/\(g.ref.name)"
         }
     }
@@ -67,7 +67,7 @@ public struct MeshCompiler: Sendable {
     /// A virtual gateway: one listener per gateway listener port, its gateway routes (those it selects, see
     /// `MeshManifests.gateways(of:)`) as routes to the target virtual services, through their routers' routes.
     public func compile(_ gateway: VirtualGateway) throws(MeshError) -> EnvoyResources {
-        let mesh = gateway.meshName ?? (manifests.meshes.count == 1 ? manifests.meshes[0].name : nil)
+        let mesh = manifests.meshName(of: gateway)
         var b = Builder(compiler: self, node: nil, meshName: mesh, accessLogPath: gateway.accessLogPath)
         b.buildGateway(gateway)
         b.out.clusters.sort { $0.name < $1.name }

@@ -66,6 +66,9 @@ public struct NodeListener: Sendable, Hashable {
 public struct Mesh: Sendable, Hashable {
     public var name: String
     public var egressDropAll: Bool
+    /// `spec.namespaceSelector`: the namespaces whose objects belong to this mesh when they name none
+    /// (absent selects none, empty all).
+    public var namespaceSelector: LabelSelector?
     public var location: SourceLocation
 }
 

@@ -63,14 +63,25 @@ extension MeshManifests {
         case .kubernetes(let ref):
             return virtualNodes.contains { $0.ref == ref } ? nil : virtualGateways.first { $0.ref == ref }
         case .appMeshGateway(let mesh, let awsName):
-            return virtualGateways.first { g in (g.meshName ?? (meshes.count == 1 ? meshes[0].name : nil)) == mesh && g.awsName == awsName }
+            return virtualGateways.first { g in meshName(of: g) == mesh && g.awsName == awsName }
         case .appMesh:
             return nil
         }
     }
 
     /// The mesh a virtual node belongs to.
-    public func meshName(of node: VirtualNode) -> String? {
-        node.meshName ?? (meshes.count == 1 ? meshes[0].name : nil)
+    public func meshName(of node: VirtualNode) -> String? { meshName(meshRef: node.meshName, namespace: node.ref.namespace) }
+
+    /// The mesh a virtual gateway belongs to.
+    public func meshName(of gateway: VirtualGateway) -> String? { meshName(meshRef: gateway.meshName, namespace: gateway.ref.namespace) }
+
+    /// Its `meshRef`; else the only mesh; else, as App Mesh's controller chose, the one mesh whose
+    /// `namespaceSelector` takes the object's namespace (nil when none or several do).
+    func meshName(meshRef: String?, namespace: String) -> String? {
+        if let meshRef { return meshRef }
+        if meshes.count == 1 { return meshes[0].name }
+        let labels = labels(ofNamespace: namespace)
+        let selecting = meshes.filter { $0.namespaceSelector?.matches(labels) ?? false }
+        return selecting.count == 1 ? selecting[0].name : nil
     }
 }

@@ -31,3 +31,54 @@ struct NodeIdentityTests {
         #expect(m.virtualNode(for: try NodeIdentity.parse("shop/nobody")) == nil)
     }
 }
+
+@Suite("mesh membership by namespace")
+struct MeshMembershipTests {
+    static let twoMeshes = """
+    apiVersion: v1
+    kind: Namespace
+    metadata: {name: shop, labels: {mesh: retail}}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: Mesh
+    metadata: {name: retail}
+    spec:
+      namespaceSelector: {matchLabels: {mesh: retail}}
+      egressFilter: {type: ALLOW_ALL}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: Mesh
+    metadata: {name: ledger}
+    spec:
+      namespaceSelector: {matchExpressions: [{key: kubernetes.io/metadata.name, operator: In, values: [bank]}]}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: VirtualNode
+    metadata: {name: front, namespace: shop}
+    spec: {listeners: [{portMapping: {port: 8080, protocol: http}}]}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: VirtualNode
+    metadata: {name: teller, namespace: bank}
+    spec: {listeners: [{portMapping: {port: 8080, protocol: http}}]}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: VirtualNode
+    metadata: {name: stray, namespace: lab}
+    spec: {listeners: [{portMapping: {port: 8080, protocol: http}}]}
+    """
+
+    @Test("with several meshes, a node without meshRef belongs to the one mesh whose namespaceSelector takes its namespace")
+    func bySelector() throws {
+        let m = try ManifestReader.read([("mesh.yaml", Self.twoMeshes)])
+        let compiler = MeshCompiler(m)
+        #expect(compiler.nodeIDs.contains("mesh/retail/virtualNode/front_shop"))
+        #expect(compiler.nodeIDs.contains("mesh/ledger/virtualNode/teller_bank"))
+        #expect(!compiler.nodeIDs.contains { $0.hasSuffix("/virtualNode/stray_lab") }, "no mesh selects namespace lab")
+        #expect(m.virtualNode(for: try NodeIdentity.parse("mesh/retail/virtualNode/front_shop"))?.ref.description == "shop/front")
+        #expect(m.virtualNode(for: try NodeIdentity.parse("mesh/ledger/virtualNode/front_shop")) == nil)
+        // Each node gets its own mesh's egress filter: retail allows all, ledger drops.
+        #expect(try compiler.compile(nodeID: "shop/front").clusters.contains { $0.name == "passthrough" })
+        #expect(try !compiler.compile(nodeID: "bank/teller").clusters.contains { $0.name == "passthrough" })
+    }
+}
