@@ -83,11 +83,10 @@ public enum ManifestReader {
                 // Read for the labels a virtual gateway's namespaceSelector matches.
                 let l = labels(file, doc["metadata"]?["labels"], "metadata.labels")
                 let here = SourceLocation(file: file, line: doc.mark?.line ?? 0, field: "Namespace \(name)")
-                if let first = out.namespaceLocations[name] {
+                if let first = out.namespaces[name]?.location {
                     problems.append(MeshProblem(location: here, message: "Namespace \(name) is defined twice (first at \(first.file):\(first.line))"))
                 } else {
-                    out.namespaceLabels[name] = l
-                    out.namespaceLocations[name] = here
+                    out.namespaces[name] = MeshManifests.Namespace(labels: l, location: here)
                 }
                 return
             }
@@ -225,8 +224,11 @@ public enum ManifestReader {
                 guard let op = LabelSelector.Operator(rawValue: e["operator"]?.string ?? "") else {
                     problem(file, e["operator"] ?? e, f + ".operator", "must be In, NotIn, Exists or DoesNotExist, found '\(e["operator"]?.string ?? "")'"); continue
                 }
-                if let v = e["values"], !Self.isNull(v), v.sequence == nil { problem(file, v, f + ".values", "expected a list of strings"); continue }
-                let values = (e["values"]?.sequence ?? []).compactMap(\.string)
+                let items = e["values"].flatMap { Self.isNull($0) ? [] : $0.sequence.map(Array.init) } ?? []
+                if let v = e["values"], !Self.isNull(v), v.sequence == nil || items.contains(where: { $0.scalar == nil }) {
+                    problem(file, v, f + ".values", "expected a list of strings"); continue
+                }
+                let values = items.compactMap(\.string)
                 if (op == .in || op == .notIn) && values.isEmpty { problem(file, e, f + ".values", "\(op.rawValue) needs at least one value"); continue }
                 if (op == .exists || op == .doesNotExist) && !values.isEmpty { problem(file, e["values"], f + ".values", "\(op.rawValue) takes no values"); continue }
                 s.matchExpressions.append(LabelSelector.Requirement(key: key, op: op, values: values))
@@ -454,8 +456,8 @@ public enum ManifestReader {
 
         /// A Namespace object in `next` that an earlier file already defined.
         mutating func namespacesTwice(_ next: MeshManifests) {
-            for (name, here) in next.namespaceLocations.sorted(by: { $0.key < $1.key }) {
-                if let first = out.namespaceLocations[name] {
+            for (name, here) in next.namespaces.mapValues(\.location).sorted(by: { $0.key < $1.key }) {
+                if let first = out.namespaces[name]?.location {
                     problems.append(MeshProblem(location: here, message: "Namespace \(name) is defined twice (first at \(first.file):\(first.line))"))
                 }
             }
@@ -491,6 +493,20 @@ public enum ManifestReader {
                     problems.append(MeshProblem(location: g.location, message: "no virtual gateway selects this gateway route: a VirtualGateway's spec.namespaceSelector must match namespace '\(g.ref.namespace)' (labels \(Self.show(out.labels(ofNamespace: g.ref.namespace)))) and its spec.gatewayRouteSelector, if any, the route's labels \(Self.show(g.labels)); or name one in spec.virtualGatewayRef"))
                 } else if gateways.count > 1 {
                     problems.append(MeshProblem(location: g.location, message: "several virtual gateways select this gateway route (\(gateways.map(\.ref.description).sorted().joined(separator: ", "))); App Mesh takes one: narrow their selectors or name one in spec.virtualGatewayRef"))
+                }
+            }
+            // With several meshes, an object that names none joins the one mesh whose namespaceSelector takes
+            // its namespace; App Mesh's webhook refused an object that no mesh or several meshes took.
+            if out.meshes.count > 1 {
+                let members = out.virtualNodes.filter { $0.meshName == nil }.map { ($0.ref, $0.location) }
+                    + out.virtualGateways.filter { $0.meshName == nil }.map { ($0.ref, $0.location) }
+                for (ref, loc) in members {
+                    let meshes = out.meshes(selecting: ref.namespace).map(\.name)
+                    if meshes.count != 1 {
+                        problems.append(MeshProblem(location: loc, message: meshes.isEmpty
+                            ? "no mesh takes namespace '\(ref.namespace)' (labels \(Self.show(out.labels(ofNamespace: ref.namespace)))): with several meshes, give spec.meshRef or a Mesh spec.namespaceSelector that matches"
+                            : "several meshes take namespace '\(ref.namespace)' (\(meshes.sorted().joined(separator: ", "))): give spec.meshRef or narrow their namespaceSelectors"))
+                    }
                 }
             }
             for s in out.virtualServices {

@@ -233,23 +233,25 @@ public struct MeshManifests: Sendable, Hashable {
     public var virtualServices: [VirtualService] = []
     public var virtualGateways: [VirtualGateway] = []
     public var gatewayRoutes: [GatewayRoute] = []
-    /// Labels of the `v1` `Namespace` objects found beside the App Mesh ones, by name.
-    public var namespaceLabels: [String: [String: String]] = [:]
-    /// Where each of those Namespace objects is, to report one defined twice.
-    public var namespaceLocations: [String: SourceLocation] = [:]
+    /// A `v1` `Namespace` object found beside the App Mesh ones: its labels, and where it is.
+    public struct Namespace: Sendable, Hashable {
+        public var labels: [String: String]
+        public var location: SourceLocation
+    }
+    /// The Namespace objects, by name.
+    public var namespaces: [String: Namespace] = [:]
     public init() {}
 
     mutating func append(_ other: MeshManifests) {
         meshes += other.meshes; virtualNodes += other.virtualNodes; virtualRouters += other.virtualRouters
         virtualServices += other.virtualServices; virtualGateways += other.virtualGateways; gatewayRoutes += other.gatewayRoutes
-        namespaceLabels.merge(other.namespaceLabels) { a, _ in a }
-        namespaceLocations.merge(other.namespaceLocations) { a, _ in a }
+        namespaces.merge(other.namespaces) { a, _ in a }
     }
 
     /// A namespace's labels as Kubernetes gives them: those of its `Namespace` object, if the manifests have
     /// one, and always `kubernetes.io/metadata.name: <name>`.
     public func labels(ofNamespace name: String) -> [String: String] {
-        var l = namespaceLabels[name] ?? [:]
+        var l = namespaces[name]?.labels ?? [:]
         l["kubernetes.io/metadata.name"] = name
         return l
     }

@@ -80,8 +80,13 @@ extension MeshManifests {
     func meshName(meshRef: String?, namespace: String) -> String? {
         if let meshRef { return meshRef }
         if meshes.count == 1 { return meshes[0].name }
-        let labels = labels(ofNamespace: namespace)
-        let selecting = meshes.filter { $0.namespaceSelector?.matches(labels) ?? false }
+        let selecting = meshes(selecting: namespace)
         return selecting.count == 1 ? selecting[0].name : nil
+    }
+
+    /// The meshes whose `namespaceSelector` takes this namespace.
+    func meshes(selecting namespace: String) -> [Mesh] {
+        let labels = labels(ofNamespace: namespace)
+        return meshes.filter { $0.namespaceSelector?.matches(labels) ?? false }
     }
 }

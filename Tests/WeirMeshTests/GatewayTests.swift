@@ -63,6 +63,8 @@ struct GatewayTests {
          "GatewayRoute shop/cart-route", "no virtual gateway selects this gateway route"),
         ("namespaceSelector: {matchLabels: {gateway: ingress}}", "namespaceSelector: {matchExpressions: {key: gateway, operator: Exists}}",
          "spec.namespaceSelector.matchExpressions", "expected a list"),
+        ("namespaceSelector: {matchLabels: {gateway: ingress}}", "namespaceSelector: {matchExpressions: [{key: gateway, operator: In, values: [{a: b}]}]}",
+         "spec.namespaceSelector.matchExpressions[0].values", "expected a list of strings"),
         ("metadata: {name: shop, labels: {gateway: ingress}}", "metadata: {name: shop, labels: {gateway: ingress}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: shop}",
          "Namespace shop", "defined twice"),
     ])

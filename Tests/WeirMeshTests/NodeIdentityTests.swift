@@ -61,6 +61,9 @@ struct MeshMembershipTests {
     kind: VirtualNode
     metadata: {name: teller, namespace: bank}
     spec: {listeners: [{portMapping: {port: 8080, protocol: http}}]}
+    """
+    static let stray = """
+
     ---
     apiVersion: appmesh.k8s.aws/v1beta2
     kind: VirtualNode
@@ -74,11 +77,30 @@ struct MeshMembershipTests {
         let compiler = MeshCompiler(m)
         #expect(compiler.nodeIDs.contains("mesh/retail/virtualNode/front_shop"))
         #expect(compiler.nodeIDs.contains("mesh/ledger/virtualNode/teller_bank"))
-        #expect(!compiler.nodeIDs.contains { $0.hasSuffix("/virtualNode/stray_lab") }, "no mesh selects namespace lab")
         #expect(m.virtualNode(for: try NodeIdentity.parse("mesh/retail/virtualNode/front_shop"))?.ref.description == "shop/front")
         #expect(m.virtualNode(for: try NodeIdentity.parse("mesh/ledger/virtualNode/front_shop")) == nil)
         // Each node gets its own mesh's egress filter: retail allows all, ledger drops.
         #expect(try compiler.compile(nodeID: "shop/front").clusters.contains { $0.name == "passthrough" })
         #expect(try !compiler.compile(nodeID: "bank/teller").clusters.contains { $0.name == "passthrough" })
+    }
+
+    @Test("with several meshes, a node that no mesh or two meshes take is an error naming its namespace; meshRef settles it",
+          arguments: [("", "no mesh takes namespace 'lab'"),
+                      ("\n  namespaceSelector: {}", "several meshes take namespace 'lab' (ledger, retail)")])
+    func unplaced(_ widen: String, _ message: String) throws {
+        let text = (Self.twoMeshes + Self.stray).replacingOccurrences(of: "  egressFilter: {type: ALLOW_ALL}", with: "  egressFilter: {type: ALLOW_ALL}" + widen)
+            .replacingOccurrences(of: "values: [bank]}]}", with: "values: [bank]}]}" + widen)
+        do {
+            _ = try ManifestReader.read([("mesh.yaml", text)])
+            Issue.record("accepted a node with no single mesh")
+        } catch {
+            let p = error.problems.first { $0.location.field == "VirtualNode lab/stray" }
+            #expect(p?.message.contains(message) == true, "\(error.problems)")
+            #expect((p?.location.line ?? 0) > 0)
+        }
+        guard widen.isEmpty else { return }  // with both meshes taking everything, the other nodes are unplaced too
+        let named = text.replacingOccurrences(of: "metadata: {name: stray, namespace: lab}\nspec: {", with: "metadata: {name: stray, namespace: lab}\nspec: {meshRef: {name: ledger}, ")
+        #expect(named != text)
+        #expect(try MeshCompiler(ManifestReader.read([("mesh.yaml", named)])).nodeIDs.contains("mesh/ledger/virtualNode/stray_lab"))
     }
 }
