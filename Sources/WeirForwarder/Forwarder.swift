@@ -74,6 +74,8 @@ public final class Forwarder: Sendable {
                 var one: Int32 = 1
                 if family == .ipv6 { setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, 4) }
                 _ = weir_set_reuse(fd)
+                // Accepted sockets inherit TCP_NODELAY from their listener: set once here, not per connection.
+                _ = weir_set_nodelay(fd)
                 if config.mode == .tproxy && direction == .inbound { _ = weir_set_transparent(fd, family == .ipv4 ? AF_INET : AF_INET6) }
                 let any = Endpoint(family: family, address: Array(repeating: 0, count: family == .ipv4 ? 4 : 16), port: port)
                 var (addr, len) = SocketAddress.make(any)

@@ -193,7 +193,7 @@ final class Worker {
             for i in 0..<max(0, Int(n)) {
                 let kind = data[i] & 3, index = Int(data[i] >> 2)
                 if kind == Self.kindTicker { tick = true }
-                else if kind == Self.kindListener { acceptAll(index) }
+                else if kind == Self.kindListener { acceptOne(index) }
                 else if index < slots.count, let c = slots[index] { handle(c, slot: index, upstreamEvent: kind == Self.kindUpstream, events: events[i]) }
             }
             freeSlots += freedThisRound
@@ -216,25 +216,25 @@ final class Worker {
 
     // MARK: accepting
 
-    func acceptAll(_ index: Int) {
+    /// Takes one connection per readiness event. Listeners are level-triggered: while the backlog holds more, the
+    /// next `epoll_wait` reports the listener again, in the same round as the traffic of open connections. Draining
+    /// the backlog to EAGAIN would cost one failing accept per wakeup (nginx's `multi_accept off`, for the same reason).
+    func acceptOne(_ index: Int) {
         let listener = listeners[index]
         var peer = sockaddr_storage()
         var len = socklen_t(0)
-        // Bounded: the backlog is finite; EAGAIN ends the loop.
-        for _ in 0..<4096 {
-            let fd = weir_accept(listener.fd, &peer, &len)
-            if fd < 0 {
-                let e = weir_errno()
-                if e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM {
-                    // Out of descriptors: stop accepting for a moment; established connections keep flowing.
-                    pauseAccepting()
-                    metrics.acceptPaused.increment()
-                    logger.warning("out of file descriptors; accept paused", metadata: ["errno": "\(e)"])
-                }
-                return
+        let fd = weir_accept(listener.fd, &peer, &len)
+        if fd < 0 {
+            let e = weir_errno()
+            if e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM {
+                // Out of descriptors: stop accepting for a moment; established connections keep flowing.
+                pauseAccepting()
+                metrics.acceptPaused.increment()
+                logger.warning("out of file descriptors; accept paused", metadata: ["errno": "\(e)"])
             }
-            accepted(fd, peer: peer, listener: listener)
+            return
         }
+        accepted(fd, peer: peer, listener: listener)
     }
 
     func pauseAccepting() {
@@ -264,23 +264,23 @@ final class Worker {
             return
         }
         guard let source = SocketAddress.endpoint(peer, family: listener.family) else { refuse(fd); return }
-        let local = SocketAddress.local(fd, family: listener.family)
-        let original: Endpoint?
-        // Outbound capture is nat REDIRECT in both modes; only inbound uses TPROXY in tproxy mode.
+        // Outbound capture is nat REDIRECT in both modes; only inbound uses TPROXY in tproxy mode, where the
+        // original destination is the accepted socket's own address.
         let tproxied = config.mode == .tproxy && listener.direction == .inbound
-        original = tproxied ? local : SocketAddress.originalDestination(fd, family: listener.family)
-        guard let destination = original, let local else { refuse(fd); return }
-        // A connection nobody redirected (made straight to a capture port) would be relayed to the forwarder itself.
-        let ownPorts = [config.outboundPort, config.inboundPort]
-        if (!tproxied && destination == local) || (ownPorts.contains(destination.port) && SocketAddress.isLocal(destination)) {
+        let original = tproxied ? SocketAddress.local(fd, family: listener.family) : SocketAddress.originalDestination(fd, family: listener.family)
+        guard let destination = original else { refuse(fd); return }
+        // A connection nobody redirected (made straight to a capture port) has its own local address as original
+        // destination, and would be relayed to the forwarder itself; so would one redirected to a capture port
+        // of this host. Both are a capture port on a local address.
+        if (destination.port == config.outboundPort || destination.port == config.inboundPort) && SocketAddress.isLocal(destination) {
             metrics.refusedLoops.increment()
             logger.notice("refused a connection whose original destination is the forwarder itself", metadata: ["destination": "\(destination)"])
             refuse(fd)
             return
         }
         let now = monotonicNanoseconds()
+        // TCP_NODELAY comes from the listener.
         let c = Connection(client: fd, direction: listener.direction, source: source, destination: destination, now: now, metrics: metrics)
-        _ = weir_set_nodelay(fd)
         let slot = freeSlots.popLast() ?? { slots.append(nil); return slots.count - 1 }()
         slots[slot] = c
         _ = state.active.add(1, ordering: .relaxed)
@@ -329,21 +329,17 @@ final class Worker {
     func handle(_ c: Connection, slot: Int, upstreamEvent: Bool, events: UInt32) {
         if c.connecting {
             guard upstreamEvent else { return }
+            // A TCP socket in SYN-SENT polls as nothing: writable means established, and a failed connect shows
+            // as an error or hang-up, whose reason SO_ERROR gives. A success costs no system call.
+            if events & (WEIR_EPOLLERR | WEIR_EPOLLHUP) == 0 {
+                if events & WEIR_EPOLLOUT != 0 { connected(c, slot: slot) }
+                return
+            }
             var err: Int32 = 0
             var len = socklen_t(4)
             getsockopt(c.upstream, SOL_SOCKET, SO_ERROR, &err, &len)
-            if err == EINPROGRESS || err == EALREADY { return }
-            if err != 0 {
-                metrics.connectFailed(SocketAddress.reason(err))
-                finish(c, slot: slot, reason: .connectFailed, reset: true)
-                return
-            }
-            // Writable without error: connected (a spurious wakeup reports EINPROGRESS above).
-            var probe = sockaddr_storage()
-            var plen = socklen_t(MemoryLayout<sockaddr_storage>.size)
-            let isConnected = withUnsafeMutablePointer(to: &probe) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(c.upstream, $0, &plen) } } == 0
-            if !isConnected { return }
-            connected(c, slot: slot)
+            metrics.connectFailed(SocketAddress.reason(err == 0 ? ECONNRESET : err))
+            finish(c, slot: slot, reason: .connectFailed, reset: true)
             return
         }
         // Readable (or closed, or failed): move bytes away from this side. Writable: move bytes toward it.
@@ -369,8 +365,8 @@ final class Worker {
     func relay(_ c: Connection, slot: Int, up: Bool, down: Bool, drain: Bool) {
         c.lastActivity = monotonicNanoseconds()
         let before = (c.up.bytes, c.down.bytes)
-        let upOutcome = up ? pump(&c.up, from: c.client, to: c.upstream, drain: drain) : .idle
-        let downOutcome = down ? pump(&c.down, from: c.upstream, to: c.client, drain: drain) : .idle
+        let upOutcome = up ? pump(&c.up, from: c.client, to: c.upstream, drain: drain, last: c.down.done) : .idle
+        let downOutcome = down ? pump(&c.down, from: c.upstream, to: c.client, drain: drain, last: c.up.done) : .idle
         if c.up.bytes != before.0 { c.bytesUpstream.increment(by: Int64(c.up.bytes - before.0)) }
         if c.down.bytes != before.1 { c.bytesDownstream.increment(by: Int64(c.down.bytes - before.1)) }
         // A reset read from one side, or a write the other side refused, becomes a reset to the other side.
@@ -382,8 +378,9 @@ final class Worker {
         if c.up.done && c.down.done { finish(c, slot: slot, reason: .done, reset: false) }
     }
 
-    /// Moves bytes `from` → `to` until `from` has nothing more or `to` takes nothing more.
-    func pump(_ f: inout Flow, from: Int32, to: Int32, drain: Bool) -> PumpOutcome {
+    /// Moves bytes `from` → `to` until `from` has nothing more or `to` takes nothing more. `last`: the other
+    /// direction is finished, so this one's EOF ends the connection and the close that follows sends the FIN.
+    func pump(_ f: inout Flow, from: Int32, to: Int32, drain: Bool, last: Bool) -> PumpOutcome {
         // Bounded: each pass moves data or returns; a 64 KiB chunk per pass covers far more than one event's worth.
         for _ in 0..<100_000 {
             if f.inPipe > 0 {
@@ -402,7 +399,10 @@ final class Worker {
                 return n < 0 && weir_errno() == EAGAIN ? .blocked : .writeReset
             }
             if f.eof {
-                if !f.shutDown { shutdown(to, Int32(SHUT_WR)); f.shutDown = true; f.releasePipe() }
+                if !f.shutDown {
+                    if !last { shutdown(to, Int32(SHUT_WR)) }
+                    f.shutDown = true; f.releasePipe()
+                }
                 return .idle
             }
             if f.pipeRead >= 0 {

@@ -258,21 +258,49 @@ struct ForwarderTests {
     @Test("connecting to a closed port gives the client a reset, not a hang")
     func closedPort() throws {
         try withForwarder { net, _ in
+            let before = metricLine("weir_forward_connect_failures_total{reason=\"refused\"}")
             let client = try blockingSocket(net.podNamespace, connectTo: Endpoint(family: .ipv4, address: TestNetwork.serverV4, port: 9999))
             defer { close(client) }
             #expect(readAll(client).reset)
+            // The failed connect is counted by its reason, which the kernel gave (SO_ERROR).
+            #expect(metricLine("weir_forward_connect_failures_total{reason=\"refused\"}") == before + 1)
         }
     }
 
-    @Test("a connection made straight to the capture port is refused as a loop, and counted")
-    func loop() throws {
+    @Test("a connection made straight to the capture port is refused as a loop, and counted",
+          arguments: [[UInt8]([127, 0, 0, 1]), TestNetwork.podV4])
+    func loop(address: [UInt8]) throws {
         try withForwarder { net, _ in
             let before = metric("weir_forward_refused_loops_total")
-            let client = try blockingSocket(net.podNamespace, connectTo: Endpoint(family: .ipv4, address: [127, 0, 0, 1], port: 15001))
+            let client = try blockingSocket(net.podNamespace, connectTo: Endpoint(family: .ipv4, address: address, port: 15001))
             defer { close(client) }
             #expect(readAll(client).reset)
             #expect(metric("weir_forward_refused_loops_total") == before + 1)
         }
+    }
+
+    @Test("accepted sockets inherit TCP_NODELAY from their listener (the forwarder sets it once, on the listener)")
+    func nodelayInherited() throws {
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(listener) }
+        #expect(weir_set_nodelay(listener) == 0)
+        var (addr, len) = SocketAddress.make(Endpoint(family: .ipv4, address: [127, 0, 0, 1], port: 0))
+        let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, len) } }
+        #expect(bound == 0 && listen(listener, 4) == 0)
+        let port = try #require(SocketAddress.local(listener, family: .ipv4)).port
+        let client = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(client) }
+        (addr, len) = SocketAddress.make(Endpoint(family: .ipv4, address: [127, 0, 0, 1], port: port))
+        #expect(withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(client, $0, len) } } == 0)
+        let accepted = accept(listener, nil, nil)
+        defer { close(accepted) }
+        var value: Int32 = 0
+        var size = socklen_t(4)
+        #expect(getsockopt(accepted, Int32(IPPROTO_TCP), TCP_NODELAY, &value, &size) == 0)
+        #expect(value != 0)
+        // And the client, which did not ask, does not have it: the value is not just a default.
+        #expect(getsockopt(client, Int32(IPPROTO_TCP), TCP_NODELAY, &value, &size) == 0)
+        #expect(value == 0)
     }
 
     @Test("beyond the connection limit new connections are reset and existing ones are unharmed")
@@ -330,6 +358,14 @@ struct ForwarderTests {
 }
 
 /// Reads one metric's value from the process-wide registry.
+/// One labelled series, e.g. `name{reason="refused"}`; 0 when absent.
+func metricLine(_ series: String) -> Int {
+    var out: [UInt8] = []
+    Forwarder.registry.emit(into: &out)
+    return String(decoding: out, as: UTF8.self).split(separator: "\n").filter { $0.hasPrefix(series + " ") }
+        .compactMap { Double($0.split(separator: " ").last ?? "") }.map { Int($0) }.reduce(0, +)
+}
+
 func metric(_ name: String) -> Int {
     var out: [UInt8] = []
     Forwarder.registry.emit(into: &out)
