@@ -1,5 +1,6 @@
 import EnvoyAPI
 import Foundation
+import Synchronization
 import SwiftProtobuf
 import WeirMesh
 
@@ -26,6 +27,9 @@ public struct Snapshot: Sendable, Hashable {
     /// Per type, a hash over that type's names and versions: a stream whose subscription did not change has nothing to
     /// send for a type whose hash did not change, without looking at the resources.
     public let typeVersions: [ResourceType: String]
+    /// What state-of-the-world streams selected from this snapshot, shared by every stream of the node that selects
+    /// the same (not part of the snapshot's value).
+    let selections = SelectionMemo()
 
     public init(resources: [ResourceType: [String: VersionedResource]]) {
         self.resources = resources
@@ -98,6 +102,41 @@ public struct Snapshot: Sendable, Hashable {
         guard c.type == .eds else { return nil }
         return c.edsClusterConfig.serviceName.isEmpty ? c.name : c.edsClusterConfig.serviceName
     }
+}
+
+/// The resources of one type a subscription selects, sorted by name, and the version of that list: computed once per
+/// snapshot and subscription, and shared (the streams of one node, ten Envoys or a thousand gRPC clients, mostly
+/// subscribe alike).
+struct Selection: Sendable {
+    let resources: [VersionedResource]
+    let version: String
+
+    init(_ type: ResourceType, _ resources: [VersionedResource]) {
+        self.resources = resources
+        var h = ContentHash()
+        h.add(type.rawValue)
+        for r in resources { h.add(r.name); h.add(r.version) }
+        version = h.hex
+    }
+}
+
+/// A snapshot's selections by subscription. Bounded: past `limit` distinct subscriptions (a client inventing name
+/// sets), selections are computed and not kept.
+final class SelectionMemo: Sendable, Hashable {
+    struct Key: Hashable { let type: ResourceType; let wildcard: Bool; let names: Set<String> }
+    static let limit = 256
+    private let memo = Mutex<[Key: Selection]>([:])
+
+    func selection(_ key: Key, compute: () -> Selection) -> Selection {
+        if let s = memo.withLock({ $0[key] }) { return s }
+        let s = compute()
+        memo.withLock { if $0.count < Self.limit { $0[key] = s } }
+        return s
+    }
+
+    // Not part of the snapshot's value: any two memos are alike.
+    static func == (a: SelectionMemo, b: SelectionMemo) -> Bool { true }
+    func hash(into hasher: inout Hasher) {}
 }
 
 /// FNV-1a over 128 bits (two 64-bit lanes with different offsets): stable, fast, and not a security boundary.

@@ -55,7 +55,8 @@ public struct SotWStream: Sendable {
         var names: Set<String> = []
         var lastSentVersion: String?
         var lastSentNonce: String?
-        var lastSent: [String: VersionedResource] = [:]
+        /// What the last response carried, sorted by name (shared with the snapshot's selection).
+        var lastSent: [VersionedResource] = []
         var ackedVersion: String?
         var nackedVersion: String?
         var nackMessage: String?
@@ -116,10 +117,9 @@ public struct SotWStream: Sendable {
             if types[type]?.unchanged(in: snapshot, type) == true { continue }
             let selected = select(type, snapshot)
             if type.isFullState, let st = types[type] {
-                let stale = st.lastSent.keys.filter { selected[$0] == nil }
+                let stale = st.lastSent.filter { !Self.selects(st, snapshot.resources[type]?[$0.name]) }
                 if !stale.isEmpty {
-                    var union = selected
-                    for name in stale { union[name] = st.lastSent[name] }
+                    let union = Selection(type, (selected.resources + stale).sorted { $0.name < $1.name })
                     if let r = push(type, union) { out.append(r) }
                     shrink.append(type)
                     continue
@@ -136,9 +136,26 @@ public struct SotWStream: Sendable {
         return out
     }
 
-    func select(_ type: ResourceType, _ snapshot: Snapshot) -> [String: VersionedResource] {
-        guard let st = types[type] else { return [:] }
-        return (snapshot.resources[type] ?? [:]).filter { name, r in (st.wildcard && !r.namedOnly) || st.names.contains(name) }
+    /// Whether the subscription takes this resource (a wildcard never takes one sent only by name).
+    static func selects(_ st: TypeState, _ r: VersionedResource?) -> Bool {
+        guard let r else { return false }
+        return (st.wildcard && !r.namedOnly) || st.names.contains(r.name)
+    }
+
+    func select(_ type: ResourceType, _ snapshot: Snapshot) -> Selection {
+        guard let st = types[type] else { return Selection(type, []) }
+        return snapshot.selections.selection(.init(type: type, wildcard: st.wildcard, names: st.names)) {
+            let all = snapshot.resources[type] ?? [:]
+            var chosen: [VersionedResource]
+            if st.wildcard {
+                chosen = all.values.filter { Self.selects(st, $0) }
+            } else {
+                // Named subscriptions are usually far smaller than the type: look the names up.
+                chosen = st.names.compactMap { all[$0] }
+            }
+            chosen.sort { $0.name < $1.name }
+            return Selection(type, chosen)
+        }
     }
 
     mutating func push(_ type: ResourceType, _ snapshot: Snapshot) -> OutgoingResponse? {
@@ -150,13 +167,10 @@ public struct SotWStream: Sendable {
         return r
     }
 
-    mutating func push(_ type: ResourceType, _ selected: [String: VersionedResource]) -> OutgoingResponse? {
+    mutating func push(_ type: ResourceType, _ selected: Selection) -> OutgoingResponse? {
         guard var st = types[type] else { return nil }
-        let resources = selected.values.sorted { $0.name < $1.name }
-        var h = ContentHash()
-        h.add(type.rawValue)
-        for r in resources { h.add(r.name); h.add(r.version) }
-        let version = h.hex
+        let resources = selected.resources
+        let version = selected.version
         // A NACKed version stays rejected until the config changes; an identical response is never resent,
         // unless the client is owed an answer (initial request, new names).
         if version == st.nackedVersion { st.mustAnswer = false; types[type] = st; return nil }
@@ -165,7 +179,7 @@ public struct SotWStream: Sendable {
         st.lastSentVersion = version
         let nonce = String(version.prefix(20))
         st.lastSentNonce = nonce
-        st.lastSent = selected
+        st.lastSent = resources
         types[type] = st
         return OutgoingResponse(type: type, nonce: nonce, body: .sotw(version: version, resources: resources))
     }
