@@ -193,7 +193,7 @@ final class Worker {
             for i in 0..<max(0, Int(n)) {
                 let kind = data[i] & 3, index = Int(data[i] >> 2)
                 if kind == Self.kindTicker { tick = true }
-                else if kind == Self.kindListener { acceptOne(index) }
+                else if kind == Self.kindListener { accept(index, budget: Int(n) / 2) }
                 else if index < slots.count, let c = slots[index] { handle(c, slot: index, upstreamEvent: kind == Self.kindUpstream, events: events[i]) }
             }
             freeSlots += freedThisRound
@@ -216,25 +216,31 @@ final class Worker {
 
     // MARK: accepting
 
-    /// Takes one connection per readiness event. Listeners are level-triggered: while the backlog holds more, the
-    /// next `epoll_wait` reports the listener again, in the same round as the traffic of open connections. Draining
-    /// the backlog to EAGAIN would cost one failing accept per wakeup (nginx's `multi_accept off`, for the same reason).
-    func acceptOne(_ index: Int) {
+    /// Takes up to `budget` connections: about as many as this round serves (half its events; a relayed
+    /// connection has two sockets). Listeners are level-triggered, so stopping before EAGAIN loses nothing: while
+    /// the backlog holds more, the next `epoll_wait` reports the listener again. A quiet worker takes one connection
+    /// and skips the accept that would only fail with EAGAIN; a busy one takes new connections in proportion to the
+    /// traffic it serves, so a burst does not overflow the backlog while open connections keep the rounds full.
+    func accept(_ index: Int, budget: Int) {
         let listener = listeners[index]
         var peer = sockaddr_storage()
         var len = socklen_t(0)
-        let fd = weir_accept(listener.fd, &peer, &len)
-        if fd < 0 {
-            let e = weir_errno()
-            if e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM {
-                // Out of descriptors: stop accepting for a moment; established connections keep flowing.
-                pauseAccepting()
-                metrics.acceptPaused.increment()
-                logger.warning("out of file descriptors; accept paused", metadata: ["errno": "\(e)"])
+        // Bounded: at most `budget` (≤ 128: half the events a round can hold); EAGAIN ends it sooner.
+        for _ in 0..<max(1, budget) {
+            let fd = weir_accept(listener.fd, &peer, &len)
+            if fd < 0 {
+                let e = weir_errno()
+                if e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM {
+                    // Out of descriptors: stop accepting for a moment; established connections keep flowing.
+                    pauseAccepting()
+                    metrics.acceptPaused.increment()
+                    logger.warning("out of file descriptors; accept paused", metadata: ["errno": "\(e)"])
+                }
+                return
             }
-            return
+            accepted(fd, peer: peer, listener: listener)
+            if listeners[index].paused { return }
         }
-        accepted(fd, peer: peer, listener: listener)
     }
 
     func pauseAccepting() {

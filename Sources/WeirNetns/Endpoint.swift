@@ -99,15 +99,22 @@ public enum SocketAddress {
         return endpoint(ss, family: family)
     }
 
-    /// True when the address is assigned in this namespace (a bind to it succeeds) or is loopback.
+    /// Whether the address may be assigned in this namespace: loopback, or a bind to it succeeds. Only a bind
+    /// refused with EADDRNOTAVAIL proves an address foreign; any other failure (no descriptor left, a link-local
+    /// address without its scope) answers "local", so that a caller guarding against loops errs on the safe side.
     public static func isLocal(_ e: Endpoint) -> Bool {
         if e.family == .ipv4 && e.address[0] == 127 { return true }
         if e.family == .ipv6 && e.address == Array(repeating: 0, count: 15) + [1] { return true }
         let fd = socket(e.family == .ipv4 ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return false }
+        guard fd >= 0 else { return true }
         defer { close(fd) }
+        // IP_BIND_ADDRESS_NO_PORT (24, linux/in.h; also for IPv6 sockets): the bind checks the address without
+        // taking a port, so exhausted ephemeral ports cannot make a local address look foreign.
+        var one: Int32 = 1
+        _ = setsockopt(fd, Int32(IPPROTO_IP), 24, &one, 4)
         var (addr, len) = make(Endpoint(family: e.family, address: e.address, port: 0))
-        return withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } } == 0
+        if withUnsafePointer(to: &addr, { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }) == 0 { return true }
+        return weir_errno() != EADDRNOTAVAIL
     }
 
 }

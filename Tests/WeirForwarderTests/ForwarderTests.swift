@@ -165,7 +165,8 @@ final class Relayed {
 let server4 = Endpoint(family: .ipv4, address: TestNetwork.serverV4, port: 9000)
 let server6 = Endpoint(family: .ipv6, address: TestNetwork.serverV6, port: 9000)
 
-@Suite("Forwarder in namespaces", .enabled(if: canRunNamespaceTests))
+// Serialized: several tests compare process-wide counters before and after.
+@Suite("Forwarder in namespaces", .enabled(if: canRunNamespaceTests), .serialized)
 struct ForwarderTests {
     static let megabytes = 100
 
@@ -279,30 +280,6 @@ struct ForwarderTests {
         }
     }
 
-    @Test("accepted sockets inherit TCP_NODELAY from their listener (the forwarder sets it once, on the listener)")
-    func nodelayInherited() throws {
-        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(listener) }
-        #expect(weir_set_nodelay(listener) == 0)
-        var (addr, len) = SocketAddress.make(Endpoint(family: .ipv4, address: [127, 0, 0, 1], port: 0))
-        let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, len) } }
-        #expect(bound == 0 && listen(listener, 4) == 0)
-        let port = try #require(SocketAddress.local(listener, family: .ipv4)).port
-        let client = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(client) }
-        (addr, len) = SocketAddress.make(Endpoint(family: .ipv4, address: [127, 0, 0, 1], port: port))
-        #expect(withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(client, $0, len) } } == 0)
-        let accepted = accept(listener, nil, nil)
-        defer { close(accepted) }
-        var value: Int32 = 0
-        var size = socklen_t(4)
-        #expect(getsockopt(accepted, Int32(IPPROTO_TCP), TCP_NODELAY, &value, &size) == 0)
-        #expect(value != 0)
-        // And the client, which did not ask, does not have it: the value is not just a default.
-        #expect(getsockopt(client, Int32(IPPROTO_TCP), TCP_NODELAY, &value, &size) == 0)
-        #expect(value == 0)
-    }
-
     @Test("beyond the connection limit new connections are reset and existing ones are unharmed")
     func maxConnections() throws {
         try withForwarder({ $0.maxConnections = 2; $0.workers = 1 }) { net, _ in
@@ -395,5 +372,43 @@ struct ProbeWithForwarderTests {
             let inbound = report.probe?.checks.filter { $0.name.hasPrefix("inbound") } ?? []
             #expect(inbound.count == 2 && inbound.allSatisfy { $0.outcome == "passed" && $0.detail.contains("held by a running proxy") }, "\(inbound)")
         }
+    }
+}
+
+/// What the relay engine takes from the kernel without asking each time; no namespace needed.
+@Suite("kernel behaviour the relay engine relies on")
+struct KernelFactsTests {
+    @Test("the loop guard's locality test: loopback is local, an unassigned address is not, an unprovable one counts as local")
+    func locality() {
+        #expect(SocketAddress.isLocal(Endpoint(family: .ipv4, address: [127, 0, 0, 1], port: 15001)))
+        #expect(SocketAddress.isLocal(Endpoint(family: .ipv6, address: Array(repeating: 0, count: 15) + [1], port: 15001)))
+        // TEST-NET-2 (RFC 5737) is assigned nowhere: the bind fails with EADDRNOTAVAIL.
+        #expect(!SocketAddress.isLocal(Endpoint(family: .ipv4, address: [198, 51, 100, 7], port: 15001)))
+        // A link-local address without its interface cannot be bound (EINVAL): not provably foreign, so local.
+        #expect(SocketAddress.isLocal(Endpoint(family: .ipv6, address: [0xfe, 0x80] + Array(repeating: 0, count: 13) + [1], port: 15001)))
+    }
+
+    @Test("accepted sockets inherit TCP_NODELAY from their listener (the forwarder sets it once, on the listener)")
+    func nodelayInherited() throws {
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(listener) }
+        #expect(weir_set_nodelay(listener) == 0)
+        var (addr, len) = SocketAddress.make(Endpoint(family: .ipv4, address: [127, 0, 0, 1], port: 0))
+        let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, len) } }
+        #expect(bound == 0 && listen(listener, 4) == 0)
+        let port = try #require(SocketAddress.local(listener, family: .ipv4)).port
+        let client = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(client) }
+        (addr, len) = SocketAddress.make(Endpoint(family: .ipv4, address: [127, 0, 0, 1], port: port))
+        #expect(withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(client, $0, len) } } == 0)
+        let accepted = accept(listener, nil, nil)
+        defer { close(accepted) }
+        var value: Int32 = 0
+        var size = socklen_t(4)
+        #expect(getsockopt(accepted, Int32(IPPROTO_TCP), TCP_NODELAY, &value, &size) == 0)
+        #expect(value != 0)
+        // And the client, which did not ask, does not have it: the value is not just a default.
+        #expect(getsockopt(client, Int32(IPPROTO_TCP), TCP_NODELAY, &value, &size) == 0)
+        #expect(value == 0)
     }
 }
