@@ -83,11 +83,7 @@ public enum ManifestReader {
                 // Read for the labels a virtual gateway's namespaceSelector matches.
                 let l = labels(file, doc["metadata"]?["labels"], "metadata.labels")
                 let here = SourceLocation(file: file, line: doc.mark?.line ?? 0, field: "Namespace \(name)")
-                if let first = out.namespaces[name]?.location {
-                    problems.append(MeshProblem(location: here, message: "Namespace \(name) is defined twice (first at \(first.file):\(first.line))"))
-                } else {
-                    out.namespaces[name] = MeshManifests.Namespace(labels: l, location: here)
-                }
+                if !namespaceTwice(name, at: here) { out.namespaces[name] = MeshManifests.Namespace(labels: l, location: here) }
                 return
             }
             guard let api = doc["apiVersion"]?.string, api == ManifestReader.apiVersion else {
@@ -454,13 +450,16 @@ public enum ManifestReader {
             return policy
         }
 
-        /// A Namespace object in `next` that an earlier file already defined.
+        /// The Namespace objects in `next` (one file's) that an earlier file already defined.
         mutating func namespacesTwice(_ next: MeshManifests) {
-            for (name, here) in next.namespaces.mapValues(\.location).sorted(by: { $0.key < $1.key }) {
-                if let first = out.namespaces[name]?.location {
-                    problems.append(MeshProblem(location: here, message: "Namespace \(name) is defined twice (first at \(first.file):\(first.line))"))
-                }
-            }
+            for (name, here) in next.namespaces.mapValues(\.location).sorted(by: { $0.key < $1.key }) { _ = namespaceTwice(name, at: here) }
+        }
+
+        /// Reports a Namespace object already read (in this file or an earlier one); returns whether it was.
+        mutating func namespaceTwice(_ name: String, at here: SourceLocation) -> Bool {
+            guard let first = out.namespaces[name]?.location else { return false }
+            problems.append(MeshProblem(location: here, message: "Namespace \(name) is defined twice (first at \(first.file):\(first.line))"))
+            return true
         }
 
         static func show(_ labels: [String: String]) -> String {

@@ -179,7 +179,7 @@ public struct LabelSelector: Sendable, Hashable {
         for r in matchExpressions {
             let value = labels[r.key]
             switch r.op {
-            case .in: if value == nil || !r.values.contains(value!) { return false }
+            case .in: guard let value, r.values.contains(value) else { return false }
             case .notIn: if let value, r.values.contains(value) { return false }
             case .exists: if value == nil { return false }
             case .doesNotExist: if value != nil { return false }
