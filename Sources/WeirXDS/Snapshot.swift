@@ -134,6 +134,9 @@ final class SelectionMemo: Sendable, Hashable {
         return s
     }
 
+    /// How many selections are kept (for tests).
+    var count: Int { memo.withLock { $0.count } }
+
     // Not part of the snapshot's value: any two memos are alike.
     static func == (a: SelectionMemo, b: SelectionMemo) -> Bool { true }
     func hash(into hasher: inout Hasher) {}

@@ -269,6 +269,24 @@ struct SnapshotTests {
         #expect(again.first?.resourceNames.sorted() == ["q", "r"])
     }
 
+    @Test("streams that subscribe alike share one selection of a snapshot; distinct subscriptions are kept up to the bound, and still answered right past it")
+    func sharedSelections() throws {
+        let names = (0..<300).map { "r\($0)" }
+        let snapshot = snap([.cluster: ["a": "1", "b": "1"], .route: Dictionary(uniqueKeysWithValues: names.map { ($0, "1") })])
+        var one = SotWStream(), two = SotWStream()
+        let c1 = try #require(one.receive(request(.cluster), snapshot: snapshot).first)
+        let c2 = try #require(two.receive(request(.cluster), snapshot: snapshot).first)
+        #expect(c1 == c2 && c1.resourceNames == ["a", "b"])
+        #expect(snapshot.selections.count == 1, "the second stream's wildcard CDS came from the first one's selection")
+        // A client inventing subscriptions: each one answered with exactly what it named, the memo bounded.
+        for (i, name) in names.enumerated() {
+            var s = SotWStream()
+            let r = try #require(s.receive(request(.route, names: [name]), snapshot: snapshot).first)
+            #expect(r.resourceNames == [name], "subscription \(i)")
+        }
+        #expect(snapshot.selections.count == SelectionMemo.limit)
+    }
+
     @Test("the last good snapshot is persisted and served by a new cache")
     func persistence() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("weir-cache-\(UUID().uuidString)")
