@@ -17,6 +17,8 @@ let package = Package(
         .package(url: "https://github.com/grpc/grpc-swift-2", from: "2.4.3"),
         .package(url: "https://github.com/grpc/grpc-swift-nio-transport", from: "2.9.2"),
         .package(url: "https://github.com/grpc/grpc-swift-protobuf", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-http2", from: "1.46.0"),
     ],
     targets: [
         // C: libnftnl + libmnl + kernel netfilter/rtnetlink headers.
@@ -75,6 +77,10 @@ let package = Package(
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP2", package: "swift-nio-http2"),
+                .product(name: "NIOHPACK", package: "swift-nio-http2"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -88,7 +94,16 @@ let package = Package(
         ),
         // Measurements for scripts/bench (not a product).
         .executableTarget(name: "weir-bench", dependencies: ["WeirCapture", "WeirNetfilter", "WeirNetns"]),
-        .testTarget(name: "WeirXDSTests", dependencies: ["WeirXDS", "WeirMesh", "WeirNetns", "EnvoyAPI", "WeirTestSupport"]),
+        .testTarget(
+            name: "WeirXDSTests",
+            dependencies: [
+                "WeirXDS", "WeirMesh", "WeirNetns", "EnvoyAPI", "WeirTestSupport",
+                // A real gRPC client (grpc-swift-2) for the ADS transport's tests.
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+            ]
+        ),
         .testTarget(name: "WeirMeshTests", dependencies: ["WeirMesh", "EnvoyAPI", "WeirTestSupport"], resources: [.copy("Goldens")]),
         .testTarget(name: "WeirCaptureTests", dependencies: ["WeirCapture"], resources: [.copy("Goldens")]),
         // Throwaway namespaces, sockets and commands shared by the namespace tests.

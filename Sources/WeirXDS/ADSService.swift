@@ -1,19 +1,9 @@
 import EnvoyAPI
 import Foundation
-import GRPCCore
-import GRPCProtobuf
+import SwiftProtobuf
 import Logging
 import Synchronization
 import WeirMesh
-
-/// A response already serialized (shared between streams); the serializer only copies it into the transport.
-struct EncodedMessage: Sendable {
-    let bytes: [UInt8]
-}
-
-struct EncodedMessageSerializer: MessageSerializer {
-    func serialize<Bytes: GRPCContiguousBytes>(_ message: EncodedMessage) throws -> Bytes { Bytes(message.bytes) }
-}
 
 /// What operators see of one ADS stream.
 public struct StreamStatus: Sendable, Codable, Equatable {
@@ -25,15 +15,16 @@ public struct StreamStatus: Sendable, Codable, Equatable {
 }
 
 /// The ADS service: `StreamAggregatedResources` (state of the world) and `DeltaAggregatedResources`, fed by a
-/// `SnapshotCache`.
+/// `SnapshotCache`. The transport (`ADSTransport`, gRPC over NIO's HTTP/2) hands it each stream's requests and writes
+/// what the stream's session queues.
 ///
-/// A stream costs one task (the one gRPC runs the handler on, which reads the requests) and one `StreamSession`. A
-/// snapshot change does not wake that task: the cache's watch callback runs the protocol machine under the session's
-/// lock, queues the responses, and a short-lived task writes them. Requests and snapshot changes reach the machine in
-/// the order they happen, and one writer at a time drains the queue in that order, so a stream's state never races
-/// and its responses never overtake each other. (A second task and an event stream per stream cost ~12 KiB of task
-/// stacks at 1000 idle streams; this way an idle stream is the session and gRPC's own state.)
-public final class ADSService: RegistrableRPCService, Sendable {
+/// A stream costs one `StreamSession` and NIO's HTTP/2 stream channel, and no task: a request runs the protocol machine
+/// on the connection's event loop; a snapshot change runs it in the cache's watch callback, under the session's lock,
+/// and then wakes the event loop to write. Requests and snapshot changes reach the machine in the order they happen,
+/// and only the event loop writes, in queue order, so a stream's state never races and its responses never overtake
+/// each other. (Each stream on grpc-swift-2's server transport held ~15 KiB of task stacks, measured with heaptrack
+/// at 1000 idle streams; that was most of an idle stream's memory.)
+public final class ADSService: Sendable {
     let cache: SnapshotCache
     let logger: Logger
     /// Every open stream's session; its status is computed only when someone asks (an event must stay cheap).
@@ -49,59 +40,35 @@ public final class ADSService: RegistrableRPCService, Sendable {
     /// Every stream's state, for the admin endpoint and tests.
     public var status: [StreamStatus] { streams.withLock { Array($0.values) }.compactMap { $0.status() }.sorted { $0.id < $1.id } }
 
-    public func registerMethods<Transport: ServerTransport>(with router: inout RPCRouter<Transport>) {
-        typealias ADS = Envoy_Service_Discovery_V3_AggregatedDiscoveryService
-        router.registerHandler(
-            forMethod: ADS.Method.StreamAggregatedResources.descriptor,
-            deserializer: ProtobufDeserializer<Envoy_Service_Discovery_V3_DiscoveryRequest>(),
-            serializer: EncodedMessageSerializer()
-        ) { request, context in
-            StreamingServerResponse(of: EncodedMessage.self) { writer in
-                try await self.serve(request.messages, session: StreamSession(machine: SotWMachine(), writer: writer, peer: context.remotePeer))
-                return [:]
-            }
-        }
-        router.registerHandler(
-            forMethod: ADS.Method.DeltaAggregatedResources.descriptor,
-            deserializer: ProtobufDeserializer<Envoy_Service_Discovery_V3_DeltaDiscoveryRequest>(),
-            serializer: EncodedMessageSerializer()
-        ) { request, context in
-            StreamingServerResponse(of: EncodedMessage.self) { writer in
-                try await self.serve(request.messages, session: StreamSession(machine: DeltaMachine(), writer: writer, peer: context.remotePeer))
-                return [:]
-            }
-        }
-    }
-
-    /// Reads the stream's requests until it ends. Kept small on purpose: this frame lives as long as the stream.
-    func serve<M: StreamMachine>(_ requests: RPCAsyncSequence<M.Request, any Error>, session: StreamSession<M>) async throws {
+    /// A new stream: visible in `status` from now on.
+    func opened<M: StreamMachine>(_ session: StreamSession<M>) {
         let id = nextID.add(1, ordering: .relaxed).newValue
         session.id = id
         streams.withLock { $0[id] = session }
-        defer {
-            session.close()
-            if let node = session.node, let watch = session.watchID { cache.cancelWatch(node, watch) }
-            streams.withLock { _ = $0.removeValue(forKey: id) }
-        }
-        for try await r in requests {
-            if try received(r, session: session) { try await session.drain() }
-        }
     }
 
-    /// One request: the first one names the node and starts the watch. Returns whether this task must drain.
-    func received<M: StreamMachine>(_ r: M.Request, session: StreamSession<M>) throws -> Bool {
+    /// The stream ended (either side, or the connection): no more responses, no more watch.
+    func closed<M: StreamMachine>(_ session: StreamSession<M>) {
+        session.close()
+        if let node = session.node, let watch = session.watchID { cache.cancelWatch(node, watch) }
+        streams.withLock { _ = $0.removeValue(forKey: session.id) }
+    }
+
+    /// One request: the first one names the node and starts the watch. Returns whether the caller must drain the
+    /// session's queue (it became the writer).
+    func received<M: StreamMachine>(_ r: M.Request, session: StreamSession<M>) throws(ADSCallFailure) -> Bool {
         if session.node == nil {
             // The node comes from the first request.
             guard let node = M.nodeID(of: r), !node.isEmpty else {
-                throw RPCError(code: .invalidArgument, message: "the first request of an ADS stream must carry node.id")
+                throw ADSCallFailure(status: .invalidArgument, message: "the first request of an ADS stream must carry node.id")
             }
             session.start(node: node, snapshot: cache.snapshot(for: node))
             logger.info("ADS stream", metadata: ["node": "\(node)", "protocol": "\(M.name)", "peer": "\(session.peer)"])
             session.watchID = cache.watch(node) { [weak session, cache] s in
-                // A snapshot change: queued here, written by a short-lived task (the stream's own task is reading),
-                // started once the whole change is published.
+                // A snapshot change: queued here, written by the stream's event loop once the whole change is
+                // published.
                 guard let session, session.update(s) else { return }
-                cache.afterPublish { Task { try? await session.drain() } }
+                cache.afterPublish { session.wake() }
             }
         }
         if let (type, message) = M.nack(in: r), let node = session.node {
@@ -111,6 +78,13 @@ public final class ADSService: RegistrableRPCService, Sendable {
         }
         return session.receive(r)
     }
+}
+
+/// Why a stream ends with a gRPC status other than OK.
+struct ADSCallFailure: Error {
+    enum Status: Int { case invalidArgument = 3, resourceExhausted = 8, unimplemented = 12, `internal` = 13 }
+    var status: Status
+    var message: String
 }
 
 protocol StreamStatusSource: Sendable {
@@ -124,20 +98,21 @@ final class StreamSession<M: StreamMachine>: StreamStatusSource, @unchecked Send
         var snapshot: Snapshot?
         var node: String?
         var queue: [OutgoingResponse] = []
-        /// A task is writing the queue: others only append to it.
+        /// A writer has been asked to write the queue: others only append to it.
         var draining = false
         var closed = false
     }
     let state: Mutex<State>
-    let writer: RPCWriter<EncodedMessage>
     let peer: String
-    // Set once by the stream's task before anything else can see them.
+    /// Asks the stream's writer (its event loop) to drain the queue; called from any thread.
+    let wake: @Sendable () -> Void
+    // Set once, before anything else can see them.
     var id: UInt64 = 0
     var watchID: UInt64?
 
-    init(machine: M, writer: RPCWriter<EncodedMessage>, peer: String) {
+    init(machine: M, peer: String, wake: @escaping @Sendable () -> Void) {
         state = Mutex(State(machine: machine))
-        self.writer = writer; self.peer = peer
+        self.peer = peer; self.wake = wake
     }
 
     var node: String? { state.withLock { $0.node } }
@@ -171,24 +146,11 @@ final class StreamSession<M: StreamMachine>: StreamStatusSource, @unchecked Send
         return true
     }
 
-    /// Writes the queue in order until it is empty. Only the task that `enqueue` chose calls this.
-    func drain() async throws {
-        while true {
-            let batch: [OutgoingResponse] = state.withLock { s in
-                let b = s.queue
-                s.queue.removeAll()
-                if b.isEmpty { s.draining = false }
-                return b
-            }
-            if batch.isEmpty { return }
-            do {
-                for response in batch {
-                    try await writer.write(EncodedMessage(bytes: ResponseEncoder.shared.bytes(response)))
-                }
-            } catch {
-                state.withLock { $0.draining = false; $0.closed = true; $0.queue.removeAll() }
-                throw error
-            }
+    /// The writer takes the next response in order; `nil` ends its turn (the next enqueue picks a writer again).
+    func next() -> OutgoingResponse? {
+        state.withLock { s in
+            if s.queue.isEmpty || s.closed { s.draining = false; s.queue.removeAll(); return nil }
+            return s.queue.removeFirst()
         }
     }
 
@@ -205,7 +167,7 @@ final class StreamSession<M: StreamMachine>: StreamStatusSource, @unchecked Send
 
 /// The two protocols behind one interface, so one loop serves both.
 protocol StreamMachine: Sendable {
-    associatedtype Request: Sendable
+    associatedtype Request: SwiftProtobuf.Message & Sendable
     static var name: String { get }
     static func nodeID(of r: Request) -> String?
     static func nack(in r: Request) -> (ResourceType, String)?

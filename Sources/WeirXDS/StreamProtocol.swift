@@ -1,5 +1,6 @@
 import EnvoyAPI
 import Foundation
+import NIOCore
 import SwiftProtobuf
 import WeirMesh
 
@@ -322,13 +323,21 @@ public struct DeltaStream: Sendable {
     }
 }
 
-/// Serialized responses by content key (the nonce), so a response sent to many streams is encoded once.
+/// Serialized responses by content key (the nonce), so a response sent to many streams is encoded once. What is kept
+/// is the gRPC message as it goes on the wire (5-byte prefix, then the protobuf), in one buffer every stream's write
+/// shares (NIO's `ByteBuffer` is copy-on-write; writing it copies nothing).
 public final class ResponseEncoder: Sendable {
-    let cache = SynchronizedDictionary<String, [UInt8]>()
+    let cache = SynchronizedDictionary<String, ByteBuffer>()
     public static let shared = ResponseEncoder()
     let identifier = "weir"
 
+    /// The serialized `DiscoveryResponse` or `DeltaDiscoveryResponse`.
     public func bytes(_ r: OutgoingResponse) -> [UInt8] {
+        Array(framed(r).readableBytesView.dropFirst(5))
+    }
+
+    /// The response as one gRPC length-prefixed message.
+    func framed(_ r: OutgoingResponse) -> ByteBuffer {
         let key = "\(r.type.order)|\(r.nonce)"
         if let hit = cache.get(key) { return hit }
         let bytes: [UInt8]
@@ -363,8 +372,13 @@ public final class ResponseEncoder: Sendable {
             }
             bytes = (try? m.serializedBytes()) ?? []
         }
-        cache.set(key, bytes, limit: 4096)
-        return bytes
+        var framed = ByteBuffer()
+        framed.reserveCapacity(5 + bytes.count)
+        framed.writeInteger(UInt8(0))
+        framed.writeInteger(UInt32(bytes.count))
+        framed.writeBytes(bytes)
+        cache.set(key, framed, limit: 4096)
+        return framed
     }
 
     public var encodedCount: Int { cache.count }

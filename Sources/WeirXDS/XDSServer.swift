@@ -1,7 +1,6 @@
 import Foundation
-import GRPCCore
-import GRPCNIOTransportHTTP2
 import Logging
+import NIOCore
 import WeirMesh
 import WeirNetns
 
@@ -21,37 +20,24 @@ public final class XDSServer: Sendable {
 
     /// Serves until the task is cancelled. `ready` is called with the bound address once listening.
     public func serve(ready: (@Sendable (String) -> Void)? = nil) async throws {
-        let address: GRPCNIOTransportCore.SocketAddress
-        switch listen {
-        case .unix(let path):
-            unlink(path)
-            address = .unixDomainSocket(path: path)
-        case .tcp(let e):
-            address = e.family == .ipv4 ? .ipv4(host: e.host, port: Int(e.port)) : .ipv6(host: e.host, port: Int(e.port))
+        let transport = ADSTransport(service: service)
+        let listener = try await transport.bind(listen)
+        let bound: String
+        switch listener.localAddress {
+        case let a? where a.protocol == .inet: bound = "\(a.ipAddress ?? ""):\(a.port ?? 0)"
+        case let a? where a.protocol == .inet6: bound = "[\(a.ipAddress ?? "")]:\(a.port ?? 0)"
+        case let a?: bound = "unix:\(a.pathname ?? "")"
+        case nil: bound = "\(listen)"
         }
-        var config = HTTP2ServerTransport.Posix.Config.defaults
-        config.rpc.maxRequestPayloadSize = 16 << 20
-        // Many proxyless clients (or a relay) multiplex their streams on one connection; NIO's own default is 100,
-        // and a client that opens the 101st before it has read the server's SETTINGS gets a GOAWAY.
-        config.http2.maxConcurrentStreams = 16384
-        // grpc clients multiplexing many streams send BDP pings while data flows; on a local control plane they are
-        // not abuse, and striking them out closed whole connections of streams (GOAWAY ENHANCE_YOUR_CALM).
-        config.connection.keepalive.clientBehavior.minPingIntervalWithoutCalls = .zero
-        config.connection.keepalive.clientBehavior.allowWithoutCalls = true
-        let transport = HTTP2ServerTransport.Posix(address: address, transportSecurity: .plaintext, config: config)
-        let server = GRPCServer(transport: transport, services: [service])
-        try await withThrowingDiscardingTaskGroup { group in
-            group.addTask { try await server.serve() }
-            let bound = try await transport.listeningAddress
-            logger.info("xDS server listening", metadata: ["address": "\(bound)"])
-            ready?("\(bound)")
-            await withTaskCancellationHandler {
-                // Cancellation is the way to stop: it ends this sleep and starts the graceful shutdown.
-                try? await Task.sleep(for: .seconds(1 << 40))
-            } onCancel: {
-                server.beginGracefulShutdown()
-            }
-        }
+        logger.info("xDS server listening", metadata: ["address": "\(bound)"])
+        ready?(bound)
+        await withTaskCancellationHandler {
+            // Cancellation is the way to stop: it ends this sleep.
+            try? await Task.sleep(for: .seconds(1 << 40))
+        } onCancel: {}
+        // A sidecar never ends its ADS stream: GOAWAY tells it to reconnect (to the next weir), then the connections
+        // close.
+        await transport.stop(listener: listener)
     }
 
     /// `/streams` (JSON: every ADS stream's node, protocol and per-type state), `/snapshots` (node → version and

@@ -1,0 +1,323 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOHPACK
+import NIOHTTP2
+import NIOPosix
+import Synchronization
+
+/// gRPC over HTTP/2, server side, for exactly the two ADS methods: on NIO's event loops, one stream handler per
+/// HTTP/2 stream and no task per stream.
+///
+/// What it implements of gRPC (the HTTP/2 protocol document of grpc/grpc): `POST` with `content-type:
+/// application/grpc[+proto|;…]` (anything else: HTTP 415); the path names the method (anything else: trailers-only
+/// response with `UNIMPLEMENTED`); length-prefixed messages, uncompressed (a compressed one, or a `grpc-encoding`
+/// other than `identity`, ends the call with `UNIMPLEMENTED`/`INTERNAL` and `grpc-accept-encoding: identity`); a
+/// request larger than 16 MiB ends it with `RESOURCE_EXHAUSTED`; the client's half-close ends it with `OK`; an error
+/// ends it with `grpc-status` and a percent-encoded `grpc-message`. HTTP/2 itself (flow control, PING, SETTINGS,
+/// RST_STREAM, GOAWAY) is NIOHTTP2's.
+final class ADSTransport: Sendable {
+    static let sotwPath = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+    static let deltaPath = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
+    static let maxRequestBytes = 16 << 20
+
+    let service: ADSService
+    let group: any EventLoopGroup
+    /// Open connections, so a stop can say GOAWAY to each.
+    let connections = Mutex<[ObjectIdentifier: any Channel]>([:])
+
+    init(service: ADSService, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
+        self.service = service; self.group = group
+    }
+
+    /// Binds and starts accepting; the returned channel is the listener.
+    func bind(_ address: XDSAddress) async throws -> any Channel {
+        let isTCP: Bool
+        if case .tcp = address { isTCP = true } else { isTCP = false }
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            // Small reads to start with: an ADS connection is mostly idle, and NIOHTTP2's frame parser keeps what it
+            // read until the frame is whole. NIO grows the buffer when reads fill it.
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 1024, maximum: 65536))
+            .childChannelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    if isTCP { try channel.syncOptions?.setOption(.socketOption(.tcp_nodelay), value: 1) }
+                    try self.configure(channel)
+                }
+            }
+        switch address {
+        case .unix(let path):
+            unlink(path)
+            return try await bootstrap.bind(unixDomainSocketPath: path).get()
+        case .tcp(let e):
+            return try await bootstrap.bind(host: e.host, port: Int(e.port)).get()
+        }
+    }
+
+    func configure(_ channel: any Channel) throws {
+        var connection = NIOHTTP2Handler.ConnectionConfiguration()
+        // Many proxyless clients (or a relay) multiplex their streams on one connection; NIO's own default is 100,
+        // and a client that opens the 101st before it has read the server's SETTINGS is refused.
+        connection.initialSettings = [
+            HTTP2Setting(parameter: .maxConcurrentStreams, value: 16384),
+            HTTP2Setting(parameter: .maxHeaderListSize, value: HPACKDecoder.defaultMaxHeaderListSize),
+        ]
+        // Requests are small (ACKs, subscriptions); a 1 MiB connection window lets many streams' requests in
+        // without waiting for WINDOW_UPDATEs.
+        connection.targetWindowSize = 1 << 20
+        // NIOHTTP2's abuse limits (200 of each per 30 s) are for servers on the open internet. Here they cut
+        // legitimate clients off with GOAWAY ENHANCE_YOUR_CALM: a grpcio process that exits resets all its streams at
+        // once, and grpc clients send a BDP PING with each burst of data. weir listens on a Unix socket or loopback,
+        // for the node's own sidecars; the limits stay, sized for that.
+        connection.controlFrameRateLimit.maximumCount = 20_000
+        // Frames for a stream the client has just reset (our trailers crossing its RST_STREAM) are stream errors, and
+        // NIOHTTP2 counts them for the connection's whole life: the default of 200 ends a sidecar's long-lived
+        // connection after 200 such races.
+        connection.maximumConnectionGlitches = 1 << 30
+        var stream = NIOHTTP2Handler.StreamConfiguration()
+        stream.targetWindowSize = 1 << 20
+        stream.streamResetFrameRateLimit.maximumCount = 4 * 16384
+        stream.streamErrorRateLimit.maximumCount = 4 * 16384
+        let peer = Self.peerName(channel.remoteAddress)
+        _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
+            mode: .server, connectionConfiguration: connection, streamConfiguration: stream
+        ) { [service] streamChannel in
+            streamChannel.eventLoop.makeCompletedFuture {
+                try streamChannel.pipeline.syncOperations.addHandler(ADSStreamHandler(service: service, peer: peer))
+            }
+        }
+        try channel.pipeline.syncOperations.addHandler(ConnectionErrorLogger(logger: service.logger, peer: peer))
+        let id = ObjectIdentifier(channel)
+        connections.withLock { $0[id] = channel }
+        channel.closeFuture.whenComplete { [self] _ in self.connections.withLock { _ = $0.removeValue(forKey: id) } }
+    }
+
+    /// Stops listening, tells every connection GOAWAY, and closes them once the frames are out.
+    func stop(listener: any Channel) async {
+        try? await listener.close()
+        let open = connections.withLock { Array($0.values) }
+        for c in open {
+            let goAway = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: .maxID, errorCode: .noError, opaqueData: nil))
+            c.writeAndFlush(goAway).whenComplete { _ in c.close(promise: nil) }
+        }
+        for c in open { try? await c.closeFuture.get() }
+    }
+
+    /// The peer as grpc names it: `ipv4:ADDRESS:PORT`, `ipv6:[ADDRESS]:PORT`, `unix:PATH`.
+    static func peerName(_ address: SocketAddress?) -> String {
+        switch address {
+        case .v4?: return "ipv4:\(address?.ipAddress ?? ""):\(address?.port ?? 0)"
+        case .v6?: return "ipv6:[\(address?.ipAddress ?? "")]:\(address?.port ?? 0)"
+        case .unixDomainSocket?: return "unix:\(address?.pathname ?? "")"
+        case nil: return "unknown"
+        }
+    }
+}
+
+/// Logs the errors NIOHTTP2 reports on a connection. It handles them itself: a stream error (a frame for a stream
+/// already reset, say) costs only that stream; a connection error is answered with GOAWAY and the connection closes.
+final class ConnectionErrorLogger: ChannelInboundHandler {
+    typealias InboundIn = Any
+    let logger: Logger
+    let peer: String
+    init(logger: Logger, peer: String) { self.logger = logger; self.peer = peer }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // A frame for a stream that has just ended is the usual race of a client cancelling; anything else is news.
+        let benign = error is NIOHTTP2Errors.NoSuchStream || error is NIOHTTP2Errors.StreamClosed
+        logger.log(level: benign ? .debug : .warning, "ADS connection error", metadata: ["peer": "\(peer)", "error": "\(error)"])
+    }
+}
+
+/// One HTTP/2 stream: one ADS call. Lives on the connection's event loop; only `wake` is called from elsewhere, and
+/// it hops onto the loop.
+final class ADSStreamHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTP2Frame.FramePayload
+    typealias OutboundOut = HTTP2Frame.FramePayload
+
+    let service: ADSService
+    let peer: String
+    var context: ChannelHandlerContext?
+    var call: (any ADSCall)?
+    /// Bytes of a request message not yet whole; `nil` between messages, so an idle stream holds no buffer.
+    var partial: ByteBuffer?
+    var sentHeaders = false
+    var finished = false
+
+    init(service: ADSService, peer: String) { self.service = service; self.peer = peer }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !finished else { return }
+        switch unwrapInboundIn(data) {
+        case .headers(let h):
+            if call == nil {
+                start(context, h.headers)
+            }
+            if h.endStream, !finished { finish(context, status: 0, message: nil) }
+        case .data(let d):
+            guard call != nil else { return }
+            if case .byteBuffer(let bytes) = d.data {
+                if partial == nil { partial = bytes } else { partial!.writeImmutableBuffer(bytes) }
+                readMessages(context)
+            }
+            if d.endStream, !finished { finish(context, status: 0, message: nil) }
+        default:
+            break
+        }
+    }
+
+    /// The request's headers: which method, and whether we can serve it.
+    func start(_ context: ChannelHandlerContext, _ headers: HPACKHeaders) {
+        let contentType = headers.first(name: "content-type") ?? ""
+        guard headers.first(name: ":method") == "POST", contentType.hasPrefix("application/grpc") else {
+            // Not gRPC at all: plain HTTP says so.
+            sentHeaders = true
+            finished = true
+            let h: HPACKHeaders = [":status": "415", "content-type": "text/plain"]
+            context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: h, endStream: true))), promise: nil)
+            return
+        }
+        if let encoding = headers.first(name: "grpc-encoding"), encoding != "identity" {
+            finish(context, status: ADSCallFailure.Status.unimplemented.rawValue, message: "compression \(encoding) is not supported; send identity")
+            return
+        }
+        let wake = Self.waker(self, context)
+        switch headers.first(name: ":path") {
+        case ADSTransport.sotwPath?:
+            call = StreamSession(machine: SotWMachine(), peer: peer, wake: wake)
+        case ADSTransport.deltaPath?:
+            call = StreamSession(machine: DeltaMachine(), peer: peer, wake: wake)
+        case let path:
+            finish(context, status: ADSCallFailure.Status.unimplemented.rawValue, message: "unknown method \(path ?? "(none)")")
+            return
+        }
+        call?.opened(in: service)
+        // Response headers now: grpc clients (Envoy's among them) consider the call established once they arrive.
+        sentHeaders = true
+        let h: HPACKHeaders = [":status": "200", "content-type": "application/grpc"]
+        context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: h))), promise: nil)
+    }
+
+    static func waker(_ handler: ADSStreamHandler, _ context: ChannelHandlerContext) -> @Sendable () -> Void {
+        let bound = NIOLoopBound(handler, eventLoop: context.eventLoop)
+        let loop = context.eventLoop
+        return { loop.execute { bound.value.drain() } }
+    }
+
+    /// Every whole message in `partial`, in order.
+    func readMessages(_ context: ChannelHandlerContext) {
+        while var buffer = partial, !finished, let call {
+            guard buffer.readableBytes >= 5,
+                  let compressed = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self),
+                  let length = buffer.getInteger(at: buffer.readerIndex + 1, as: UInt32.self) else { return }
+            if compressed != 0 {
+                finish(context, status: ADSCallFailure.Status.internal.rawValue, message: "compressed message without grpc-encoding")
+                return
+            }
+            if length > ADSTransport.maxRequestBytes {
+                finish(context, status: ADSCallFailure.Status.resourceExhausted.rawValue,
+                       message: "request of \(length) bytes is larger than \(ADSTransport.maxRequestBytes)")
+                return
+            }
+            guard buffer.readableBytes >= 5 + Int(length) else { return }
+            buffer.moveReaderIndex(forwardBy: 5)
+            let message = buffer.readSlice(length: Int(length))!
+            partial = buffer.readableBytes == 0 ? nil : buffer
+            do {
+                if try call.receive(message, in: service) { drain() }
+            } catch {
+                finish(context, status: error.status.rawValue, message: error.message)
+                return
+            }
+        }
+    }
+
+    /// Writes what the session has queued while the stream can take it; the rest waits for writability.
+    func drain() {
+        guard let context, let call, !finished else { return }
+        var wrote = false
+        while context.channel.isWritable, let response = call.next() {
+            let framed = ResponseEncoder.shared.framed(response)
+            context.write(wrapOutboundOut(.data(.init(data: .byteBuffer(framed)))), promise: nil)
+            wrote = true
+        }
+        if wrote { context.flush() }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { drain() }
+        context.fireChannelWritabilityChanged()
+    }
+
+    /// Ends the call with a gRPC status: trailers after the response headers, or a trailers-only response.
+    func finish(_ context: ChannelHandlerContext, status: Int, message: String?) {
+        guard !finished else { return }
+        finished = true
+        partial = nil
+        var h: HPACKHeaders = sentHeaders ? [:] : [":status": "200", "content-type": "application/grpc"]
+        h.add(name: "grpc-status", value: String(status))
+        if let message { h.add(name: "grpc-message", value: Self.percentEncoded(message)) }
+        if status == ADSCallFailure.Status.unimplemented.rawValue || status == ADSCallFailure.Status.internal.rawValue {
+            h.add(name: "grpc-accept-encoding", value: "identity")
+        }
+        sentHeaders = true
+        context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: h, endStream: true))), promise: nil)
+        call?.closed(in: service)
+        call = nil
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        // The stream is gone: reset by the client, or its connection closed.
+        finished = true
+        partial = nil
+        call?.closed(in: service)
+        call = nil
+        self.context = nil
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+
+    /// grpc-message is percent-encoded UTF-8: bytes outside printable ASCII, and `%`, become `%XX`.
+    static func percentEncoded(_ s: String) -> String {
+        var out = ""
+        for b in s.utf8 {
+            if b >= 0x20, b <= 0x7E, b != UInt8(ascii: "%") {
+                out.unicodeScalars.append(Unicode.Scalar(b))
+            } else {
+                out += "%" + String(format: "%02X", b)
+            }
+        }
+        return out
+    }
+}
+
+/// A stream's session as the transport sees it, whatever its protocol.
+protocol ADSCall: AnyObject {
+    func opened(in service: ADSService)
+    /// Decodes one request and runs it; returns whether the caller must drain.
+    func receive(_ message: ByteBuffer, in service: ADSService) throws(ADSCallFailure) -> Bool
+    func next() -> OutgoingResponse?
+    func closed(in service: ADSService)
+}
+
+extension StreamSession: ADSCall {
+    func opened(in service: ADSService) { service.opened(self) }
+
+    func receive(_ message: ByteBuffer, in service: ADSService) throws(ADSCallFailure) -> Bool {
+        let request: M.Request
+        do {
+            request = try M.Request(serializedBytes: Array(message.readableBytesView))
+        } catch {
+            throw ADSCallFailure(status: .internal, message: "cannot decode \(M.Request.protoMessageName): \(error)")
+        }
+        return try service.received(request, session: self)
+    }
+
+    func closed(in service: ADSService) { service.closed(self) }
+}

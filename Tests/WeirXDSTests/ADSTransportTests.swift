@@ -1,0 +1,181 @@
+import EnvoyAPI
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import GRPCProtobuf
+import Synchronization
+import Testing
+import WeirMesh
+import WeirTestSupport
+@testable import WeirXDS
+
+typealias Response = Envoy_Service_Discovery_V3_DiscoveryResponse
+typealias ADSClient = Envoy_Service_Discovery_V3_AggregatedDiscoveryService.Client<HTTP2ClientTransport.Posix>
+
+/// weir's xDS server in this process, on a Unix socket of its own, and a grpc-swift-2 client connected to it (one
+/// HTTP/2 connection). The server stops when `body` returns. (Loopback TCP is what the Envoy tests use.)
+func withServedADS<T: Sendable>(_ body: @Sendable (SnapshotCache, XDSServer, ADSClient, GRPCClient<HTTP2ClientTransport.Posix>) async throws -> T) async throws -> T {
+    let cache = SnapshotCache(stateDirectory: nil)
+    let path = "/tmp/weir-ads-test-\(UUID().uuidString.prefix(8)).sock"
+    defer { unlink(path) }
+    let server = XDSServer(listen: .unix(path: path), cache: cache)
+    let (bound, announce) = AsyncStream<String>.makeStream()
+    let serving = Task { try await server.serve { announce.yield($0) } }
+    defer { serving.cancel() }
+    var addresses = bound.makeAsyncIterator()
+    #expect(await addresses.next() == "unix:\(path)")
+    let transport = try HTTP2ClientTransport.Posix(target: .unixDomainSocket(path: path), transportSecurity: .plaintext)
+    return try await withGRPCClient(transport: transport) { client in
+        try await body(cache, server, ADSClient(wrapping: client), client)
+    }
+}
+
+/// Polls `condition` every 20 ms for at most `seconds`, without blocking a thread of the concurrency pool.
+func until(_ seconds: Double, _ condition: () -> Bool) async -> Bool {
+    for _ in 0..<Int(seconds * 50) {
+        if condition() { return true }
+        try? await Task.sleep(for: .milliseconds(20))
+    }
+    return condition()
+}
+
+/// Bytes sent as they are: a request that is not a valid message.
+struct RawBytesSerializer: MessageSerializer {
+    func serialize<Bytes: GRPCContiguousBytes>(_ message: [UInt8]) throws -> Bytes { Bytes(message) }
+}
+
+@Suite("ADS over gRPC: weir's HTTP/2 transport with a real gRPC client")
+struct ADSTransportTests {
+    @Test("a SotW stream gets the config, its ACK gets no answer, a change is pushed, and the client's half-close ends the call with OK")
+    func sotwOverTheWire() async throws {
+        try await withServedADS { cache, server, ads, _ in
+            try cache.set("n1", snap([.cluster: ["a": "1"]]), checked: true)
+            let (requests, send) = AsyncStream<Request>.makeStream()
+            send.yield(request(.cluster))
+            try await ads.streamAggregatedResources(requestProducer: { w in
+                for await r in requests { try await w.write(r) }
+            }, onResponse: { response in
+                var messages = response.messages.makeAsyncIterator()
+                let first = try #require(try await messages.next())
+                #expect(first.typeURL == ResourceType.cluster.rawValue)
+                #expect(first.resources.map { Array($0.value) } == [Array("a=1".utf8)])
+                #expect(first.controlPlane.identifier == "weir")
+                send.yield(request(.cluster, nonce: first.nonce, version: first.versionInfo))
+                #expect(await until(5) { server.service.status.first?.types["CDS"]?.lastAckedVersion == first.versionInfo },
+                        "\(server.service.status)")
+                #expect(server.service.status.first?.peer == "unix:", "a Unix socket client has no address")
+                try cache.set("n1", snap([.cluster: ["a": "1", "b": "2"]]), checked: true)
+                let second = try #require(try await messages.next())
+                #expect(second.resources.count == 2, "the change is the next message: the ACK got no response of its own")
+                #expect(second.versionInfo != first.versionInfo)
+                send.finish()
+                #expect(try await messages.next() == nil, "the call ends, with OK (an error status would throw)")
+            })
+            #expect(await until(5) { server.service.status.isEmpty }, "the ended stream is gone from the status")
+        }
+    }
+
+    @Test("a delta stream gets the config and the names that do not exist in removed_resources")
+    func deltaOverTheWire() async throws {
+        try await withServedADS { cache, server, ads, _ in
+            try cache.set("n1", snap([.cluster: ["a": "1"]]), checked: true)
+            let (requests, send) = AsyncStream<DeltaRequest>.makeStream()
+            send.yield(delta(.cluster, subscribe: ["a", "ghost"]))
+            try await ads.deltaAggregatedResources(requestProducer: { w in
+                for await r in requests { try await w.write(r) }
+            }, onResponse: { response in
+                var messages = response.messages.makeAsyncIterator()
+                let first = try #require(try await messages.next())
+                #expect(first.resources.map(\.name) == ["a"])
+                #expect(first.removedResources == ["ghost"])
+                send.finish()
+                #expect(try await messages.next() == nil)
+            })
+        }
+    }
+
+    @Test("a first request without node.id ends the call with INVALID_ARGUMENT, saying why")
+    func missingNode() async throws {
+        try await withServedADS { _, _, ads, _ in
+            var noNode = request(.cluster)
+            noNode.clearNode()
+            let r = noNode
+            let error = await #expect(throws: RPCError.self) {
+                try await ads.streamAggregatedResources(requestProducer: { w in
+                    try await w.write(r)
+                    try await Task.sleep(for: .seconds(5)) // the server ends the call; it does not wait for this
+                }, onResponse: { response in
+                    for try await _ in response.messages {}
+                })
+            }
+            #expect(error?.code == .invalidArgument)
+            #expect(error?.message.contains("node.id") == true, "\(String(describing: error))")
+        }
+    }
+
+    @Test("a method weir does not serve is UNIMPLEMENTED; bytes that are not a request are INTERNAL")
+    func badCalls() async throws {
+        try await withServedADS { cache, _, _, client in
+            try cache.set("n1", snap([.cluster: ["a": "1"]]), checked: true)
+            let unknown = await #expect(throws: RPCError.self) {
+                try await client.unary(
+                    request: ClientRequest(message: Request()),
+                    descriptor: MethodDescriptor(fullyQualifiedService: "envoy.service.discovery.v3.AggregatedDiscoveryService", method: "FetchEverything"),
+                    serializer: ProtobufSerializer<Request>(), deserializer: ProtobufDeserializer<Response>(), options: .defaults
+                ) { try $0.message }
+            }
+            #expect(unknown?.code == .unimplemented)
+            #expect(unknown?.message.contains("FetchEverything") == true)
+
+            let garbage = await #expect(throws: RPCError.self) {
+                try await client.bidirectionalStreaming(
+                    request: StreamingClientRequest(of: [UInt8].self) { w in
+                        try await w.write([0x0A, 0xFF, 0xFF, 0xFF]) // field 1, a length that runs past the end
+                        try await Task.sleep(for: .seconds(5))
+                    },
+                    descriptor: Envoy_Service_Discovery_V3_AggregatedDiscoveryService.Method.StreamAggregatedResources.descriptor,
+                    serializer: RawBytesSerializer(), deserializer: ProtobufDeserializer<Response>(), options: .defaults
+                ) { response in
+                    for try await _ in response.messages {}
+                }
+            }
+            #expect(garbage?.code == .internalError)
+            #expect(garbage?.message.contains("DiscoveryRequest") == true, "\(String(describing: garbage))")
+        }
+    }
+
+    @Test("300 streams cancelled at once on one grpcio connection do not cost the connection: its other stream still gets pushes")
+    func cancellationStorm() async throws {
+        try await withServedADS { cache, server, _, _ in
+            try cache.set("n1", snap([.cluster: ["a": "1"]]), checked: true)
+            guard case .unix(let socket) = server.listen else { Issue.record("not on a Unix socket"); return }
+            // grpcio (C core, as in proxyless clients): grpc-swift's own client ends a connection that receives frames
+            // for more than 32 streams it reset, so it cannot be the peer here.
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: venvPython)
+            p.arguments = [helperScript("ads_storm.py"), socket, "300"]
+            let out = Pipe(), go = Pipe()
+            p.standardOutput = out
+            p.standardError = out
+            p.standardInput = go
+            try p.run()
+            defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) }; p.waitUntilExit() }
+            let output = { String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self) }
+            guard await until(30, { server.service.status.count == 301 }) else {
+                if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+                Issue.record("\(server.service.status.count) streams open: \(output())")
+                return
+            }
+            go.fileHandleForWriting.write(Data("cancel\n".utf8))
+            // 300 RST_STREAMs, more than NIOHTTP2's default limit of 200 per 30 s (and its 200 stream errors a life).
+            let settled = await until(15) { server.service.status.count <= 1 }
+            #expect(settled, "\(server.service.status.count) streams left")
+            #expect(server.service.status.count == 1, "the first stream outlived the storm")
+            try cache.set("n1", snap([.cluster: ["a": "2"]]), checked: true)
+            #expect(await until(20) { !p.isRunning })
+            if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+            let text = output()
+            #expect(text.contains("PUSHED"), "\(text)")
+        }
+    }
+}
