@@ -63,17 +63,18 @@ final class ADSTransport: Sendable {
             HTTP2Setting(parameter: .maxConcurrentStreams, value: 16384),
             HTTP2Setting(parameter: .maxHeaderListSize, value: HPACKDecoder.defaultMaxHeaderListSize),
         ]
-        // Requests are small (ACKs, subscriptions); a 1 MiB connection window lets many streams' requests in
-        // without waiting for WINDOW_UPDATEs.
+        // Requests are small (ACKs, subscriptions). Streams start at HTTP/2's 64 KiB window; once a client sends,
+        // NIOHTTP2's WINDOW_UPDATEs take the connection and its streams to 1 MiB, so a burst of many streams'
+        // requests does not wait for window.
         connection.targetWindowSize = 1 << 20
         // NIOHTTP2's abuse limits (200 of each per 30 s) are for servers on the open internet. Here they cut
         // legitimate clients off with GOAWAY ENHANCE_YOUR_CALM: a grpcio process that exits resets all its streams at
         // once, and grpc clients send a BDP PING with each burst of data. weir listens on a Unix socket or loopback,
-        // for the node's own sidecars; the limits stay, sized for that.
+        // for the node's own sidecars: the rate limits stay, sized for that.
         connection.controlFrameRateLimit.maximumCount = 20_000
         // Frames for a stream the client has just reset (our trailers crossing its RST_STREAM) are stream errors, and
         // NIOHTTP2 counts them for the connection's whole life: the default of 200 ends a sidecar's long-lived
-        // connection after 200 such races.
+        // connection after 200 such races. This count is switched off (the per-30 s stream error limit below stays).
         connection.maximumConnectionGlitches = 1 << 30
         var stream = NIOHTTP2Handler.StreamConfiguration()
         stream.targetWindowSize = 1 << 20
@@ -93,13 +94,15 @@ final class ADSTransport: Sendable {
         channel.closeFuture.whenComplete { [self] _ in self.connections.withLock { _ = $0.removeValue(forKey: id) } }
     }
 
-    /// Stops listening, tells every connection GOAWAY, and closes them once the frames are out.
+    /// Stops listening, tells every connection GOAWAY, and closes them once the frames are out, or after 2 s for a
+    /// client that does not read.
     func stop(listener: any Channel) async {
         try? await listener.close()
         let open = connections.withLock { Array($0.values) }
         for c in open {
             let goAway = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: .maxID, errorCode: .noError, opaqueData: nil))
             c.writeAndFlush(goAway).whenComplete { _ in c.close(promise: nil) }
+            c.eventLoop.scheduleTask(in: .seconds(2)) { c.close(promise: nil) }
         }
         for c in open { try? await c.closeFuture.get() }
     }
@@ -144,6 +147,15 @@ final class ADSStreamHandler: ChannelInboundHandler {
     var partial: ByteBuffer?
     var sentHeaders = false
     var finished = false
+    /// The client ended its side (END_STREAM): the call ends with OK once what is queued is written.
+    var halfClosed = false
+    /// END_STREAM has arrived, even if the messages of its frame are still being read: no RST_STREAM is needed to end
+    /// the stream.
+    var clientEnded = false
+    /// `drain` is running: a flush that makes the stream writable again re-enters it, and that call only asks for
+    /// another pass.
+    var draining = false
+    var drainAgain = false
 
     init(service: ADSService, peer: String) { self.service = service; self.peer = peer }
 
@@ -151,33 +163,60 @@ final class ADSStreamHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !finished else { return }
-        switch unwrapInboundIn(data) {
+        let payload = unwrapInboundIn(data)
+        switch payload {
+        case .headers(let h) where h.endStream: clientEnded = true
+        case .data(let d) where d.endStream: clientEnded = true
+        default: break
+        }
+        switch payload {
         case .headers(let h):
             if call == nil {
                 start(context, h.headers)
             }
-            if h.endStream, !finished { finish(context, status: 0, message: nil) }
+            if h.endStream { clientFinished(context) }
         case .data(let d):
             guard call != nil else { return }
-            if case .byteBuffer(let bytes) = d.data {
+            if case .byteBuffer(let bytes) = d.data, bytes.readableBytes > 0 { // END_STREAM often comes on an empty frame
                 if partial == nil { partial = bytes } else { partial!.writeImmutableBuffer(bytes) }
                 readMessages(context)
             }
-            if d.endStream, !finished { finish(context, status: 0, message: nil) }
+            if d.endStream { clientFinished(context) }
         default:
             break
         }
     }
 
+    /// The client's END_STREAM: the call ends once the responses already queued are out (or at once, with INTERNAL,
+    /// when it ended in the middle of a message).
+    func clientFinished(_ context: ChannelHandlerContext) {
+        guard !finished else { return }
+        halfClosed = true
+        if (partial?.readableBytes ?? 0) > 0 {
+            finish(context, status: ADSCallFailure.Status.internal.rawValue, message: "the request stream ended inside a message")
+            return
+        }
+        drain()
+    }
+
+    /// `application/grpc`, alone or followed by `+codec` or `;parameters` (not `application/grpc-web`).
+    static func isGRPC(contentType: String) -> Bool {
+        guard contentType.hasPrefix("application/grpc") else { return false }
+        let rest = contentType.dropFirst("application/grpc".count)
+        return rest.isEmpty || rest.hasPrefix("+") || rest.hasPrefix(";")
+    }
+
     /// The request's headers: which method, and whether we can serve it.
     func start(_ context: ChannelHandlerContext, _ headers: HPACKHeaders) {
-        let contentType = headers.first(name: "content-type") ?? ""
-        guard headers.first(name: ":method") == "POST", contentType.hasPrefix("application/grpc") else {
-            // Not gRPC at all: plain HTTP says so.
+        let post = headers.first(name: ":method") == "POST"
+        guard post, Self.isGRPC(contentType: headers.first(name: "content-type") ?? "") else {
+            // Not gRPC at all: plain HTTP says so (405 for the method, 415 for the content type), and the stream ends.
             sentHeaders = true
             finished = true
-            let h: HPACKHeaders = [":status": "415", "content-type": "text/plain"]
-            context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: h, endStream: true))), promise: nil)
+            let h: HPACKHeaders = [":status": post ? "415" : "405", "content-type": "text/plain"]
+            context.write(wrapOutboundOut(.headers(.init(headers: h, endStream: true))), promise: nil)
+            if !clientEnded { context.write(wrapOutboundOut(.rstStream(.noError)), promise: nil) }
+            context.flush()
             return
         }
         if let encoding = headers.first(name: "grpc-encoding"), encoding != "identity" {
@@ -225,7 +264,13 @@ final class ADSStreamHandler: ChannelInboundHandler {
             guard buffer.readableBytes >= 5 + Int(length) else { return }
             buffer.moveReaderIndex(forwardBy: 5)
             let message = buffer.readSlice(length: Int(length))!
-            partial = buffer.readableBytes == 0 ? nil : buffer
+            if buffer.readableBytes == 0 {
+                partial = nil
+            } else {
+                // Keep only what is left: a buffer whose read bytes stay would grow with every message.
+                buffer.discardReadBytes()
+                partial = buffer
+            }
             do {
                 if try call.receive(message, in: service) { drain() }
             } catch {
@@ -235,16 +280,26 @@ final class ADSStreamHandler: ChannelInboundHandler {
         }
     }
 
-    /// Writes what the session has queued while the stream can take it; the rest waits for writability.
+    /// Writes what the session has queued while the stream can take it; the rest waits for writability. After the
+    /// client's half-close, an empty queue ends the call with OK.
     func drain() {
-        guard let context, let call, !finished else { return }
-        var wrote = false
-        while context.channel.isWritable, let response = call.next() {
-            let framed = ResponseEncoder.shared.framed(response)
-            context.write(wrapOutboundOut(.data(.init(data: .byteBuffer(framed)))), promise: nil)
-            wrote = true
-        }
-        if wrote { context.flush() }
+        if draining { drainAgain = true; return }
+        draining = true
+        defer { draining = false }
+        repeat {
+            drainAgain = false
+            guard let context, let call, !finished else { return }
+            var wrote = false
+            var empty = false
+            while context.channel.isWritable {
+                guard let response = call.next() else { empty = true; break }
+                let framed = ResponseEncoder.shared.framed(response)
+                context.write(wrapOutboundOut(.data(.init(data: .byteBuffer(framed)))), promise: nil)
+                wrote = true
+            }
+            if wrote { context.flush() }
+            if empty, halfClosed { finish(context, status: 0, message: nil); return }
+        } while drainAgain
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
@@ -264,7 +319,13 @@ final class ADSStreamHandler: ChannelInboundHandler {
             h.add(name: "grpc-accept-encoding", value: "identity")
         }
         sentHeaders = true
-        context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: h, endStream: true))), promise: nil)
+        if clientEnded {
+            context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: h, endStream: true))), promise: nil)
+        } else {
+            // The client may still be sending: RST_STREAM(NO_ERROR) after the trailers frees the stream now.
+            context.write(wrapOutboundOut(.headers(.init(headers: h, endStream: true))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.rstStream(.noError)), promise: nil)
+        }
         call?.closed(in: service)
         call = nil
     }

@@ -31,10 +31,8 @@ public final class XDSServer: Sendable {
         }
         logger.info("xDS server listening", metadata: ["address": "\(bound)"])
         ready?(bound)
-        await withTaskCancellationHandler {
-            // Cancellation is the way to stop: it ends this sleep.
-            try? await Task.sleep(for: .seconds(1 << 40))
-        } onCancel: {}
+        // Cancellation is the way to stop: it ends this sleep.
+        try? await Task.sleep(for: .seconds(1 << 40))
         // A sidecar never ends its ADS stream: GOAWAY tells it to reconnect (to the next weir), then the connections
         // close.
         await transport.stop(listener: listener)

@@ -20,14 +20,40 @@ func withServedADS<T: Sendable>(_ body: @Sendable (SnapshotCache, XDSServer, ADS
     defer { unlink(path) }
     let server = XDSServer(listen: .unix(path: path), cache: cache)
     let (bound, announce) = AsyncStream<String>.makeStream()
-    let serving = Task { try await server.serve { announce.yield($0) } }
-    defer { serving.cancel() }
-    var addresses = bound.makeAsyncIterator()
-    #expect(await addresses.next() == "unix:\(path)")
-    let transport = try HTTP2ClientTransport.Posix(target: .unixDomainSocket(path: path), transportSecurity: .plaintext)
-    return try await withGRPCClient(transport: transport) { client in
-        try await body(cache, server, ADSClient(wrapping: client), client)
+    let serving = Task {
+        defer { announce.finish() } // a server that fails to bind ends the wait below
+        try await server.serve { announce.yield($0) }
     }
+    var addresses = bound.makeAsyncIterator()
+    guard let address = await addresses.next() else {
+        try await serving.value
+        throw CancellationError()
+    }
+    #expect(address == "unix:\(path)")
+    let result: Result<T, any Error>
+    do {
+        let transport = try HTTP2ClientTransport.Posix(target: .unixDomainSocket(path: path), transportSecurity: .plaintext)
+        result = .success(try await withGRPCClient(transport: transport) { client in
+            try await body(cache, server, ADSClient(wrapping: client), client)
+        })
+    } catch {
+        result = .failure(error)
+    }
+    serving.cancel()
+    try await serving.value
+    return try result.get()
+}
+
+/// Whether every stream the server opened is gone again, with its cache watch.
+func noStreamsLeft(_ server: XDSServer, _ cache: SnapshotCache) async -> Bool {
+    await until(5) { server.service.streams.withLock { $0.isEmpty } && cache.state.withLock { $0.watchers.isEmpty } }
+}
+
+/// Set once, read later: whether something happened inside a concurrently running closure.
+final class Flag: Sendable {
+    let value = Mutex(false)
+    func set() { value.withLock { $0 = true } }
+    var isSet: Bool { value.withLock { $0 } }
 }
 
 /// Polls `condition` every 20 ms for at most `seconds`, without blocking a thread of the concurrency pool.
@@ -71,7 +97,7 @@ struct ADSTransportTests {
                 send.finish()
                 #expect(try await messages.next() == nil, "the call ends, with OK (an error status would throw)")
             })
-            #expect(await until(5) { server.service.status.isEmpty }, "the ended stream is gone from the status")
+            #expect(await noStreamsLeft(server, cache), "the ended stream is gone, and its watch")
         }
     }
 
@@ -96,26 +122,30 @@ struct ADSTransportTests {
 
     @Test("a first request without node.id ends the call with INVALID_ARGUMENT, saying why")
     func missingNode() async throws {
-        try await withServedADS { _, _, ads, _ in
+        try await withServedADS { cache, server, ads, _ in
             var noNode = request(.cluster)
             noNode.clearNode()
             let r = noNode
+            let stillSending = Flag()
             let error = await #expect(throws: RPCError.self) {
                 try await ads.streamAggregatedResources(requestProducer: { w in
                     try await w.write(r)
-                    try await Task.sleep(for: .seconds(5)) // the server ends the call; it does not wait for this
+                    // The server ends the call without waiting for the client's half-close, which cancels this.
+                    do { try await Task.sleep(for: .seconds(30)) } catch { stillSending.set() }
                 }, onResponse: { response in
                     for try await _ in response.messages {}
                 })
             }
             #expect(error?.code == .invalidArgument)
             #expect(error?.message.contains("node.id") == true, "\(String(describing: error))")
+            #expect(stillSending.isSet, "the call ended while the client was still sending")
+            #expect(await noStreamsLeft(server, cache))
         }
     }
 
     @Test("a method weir does not serve is UNIMPLEMENTED; bytes that are not a request are INTERNAL")
     func badCalls() async throws {
-        try await withServedADS { cache, _, _, client in
+        try await withServedADS { cache, server, _, client in
             try cache.set("n1", snap([.cluster: ["a": "1"]]), checked: true)
             let unknown = await #expect(throws: RPCError.self) {
                 try await client.unary(
@@ -127,11 +157,12 @@ struct ADSTransportTests {
             #expect(unknown?.code == .unimplemented)
             #expect(unknown?.message.contains("FetchEverything") == true)
 
+            let stillSending = Flag()
             let garbage = await #expect(throws: RPCError.self) {
                 try await client.bidirectionalStreaming(
                     request: StreamingClientRequest(of: [UInt8].self) { w in
                         try await w.write([0x0A, 0xFF, 0xFF, 0xFF]) // field 1, a length that runs past the end
-                        try await Task.sleep(for: .seconds(5))
+                        do { try await Task.sleep(for: .seconds(30)) } catch { stillSending.set() }
                     },
                     descriptor: Envoy_Service_Discovery_V3_AggregatedDiscoveryService.Method.StreamAggregatedResources.descriptor,
                     serializer: RawBytesSerializer(), deserializer: ProtobufDeserializer<Response>(), options: .defaults
@@ -141,6 +172,8 @@ struct ADSTransportTests {
             }
             #expect(garbage?.code == .internalError)
             #expect(garbage?.message.contains("DiscoveryRequest") == true, "\(String(describing: garbage))")
+            #expect(stillSending.isSet, "the call ended while the client was still sending")
+            #expect(await noStreamsLeft(server, cache))
         }
     }
 
