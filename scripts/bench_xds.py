@@ -9,7 +9,7 @@ LDS and their RDS; the same kind of change; time from the rename of the manifest
 ACKing) its new RDS: p50 and p99. weir's RSS as each client process connects gives memory per idle stream (the slope);
 its CPU time during a push, per stream pushed to, gives CPU per push.
 Goals (issue 4): p99 <= 100 ms to 1000 streams, <= 20 KiB per idle stream, 10 Envoys converged in <= 200 ms.
-Env: XDS_STREAMS (1000), XDS_NODES (100), XDS_ENVOYS (10), XDS_CLIENT_PROCS (4 grpcio processes: three RSS points after the first for the slope), XDS_BINARY (weir binary).
+Env: XDS_STREAMS (1000), XDS_NODES (100), XDS_ENVOYS (10), XDS_CLIENT_PROCS (4 grpcio processes: three RSS points after the first for the slope), XDS_PER_CHANNEL (10 streams per HTTP/2 connection; 1 is the shape of Envoy sidecars, one connection each), XDS_BINARY (weir binary).
 """
 import asyncio, glob, json, os, shutil, signal, statistics, subprocess, sys, tempfile, time, urllib.request
 
@@ -141,7 +141,10 @@ class Stream:
 def client_worker(conn, sock, first, count):
     """One client process: `count` ADS streams (nodes by stream index), timestamps of each stream's first new RDS."""
     async def run():
-        channels = [grpc.aio.insecure_channel(f"unix://{sock}") for _ in range(max(1, count // PER_CHANNEL))]
+        # A local subchannel pool per channel: each channel is its own connection (grpcio shares one connection
+        # between channels of the same target otherwise), so XDS_PER_CHANNEL is streams per connection.
+        channels = [grpc.aio.insecure_channel(f"unix://{sock}", options=[("grpc.use_local_subchannel_pool", 1)])
+                    for _ in range(max(1, count // PER_CHANNEL))]
         streams = [Stream(ads_pb2_grpc.AggregatedDiscoveryServiceStub(channels[k % len(channels)]), node_id((first + k) % NODES))
                    for k in range(count)]
         tasks = [asyncio.create_task(s.run()) for s in streams]
