@@ -21,10 +21,12 @@ public final class AdminEndpoint: Sendable {
     public enum Failure: Error, CustomStringConvertible {
         case address(String)
         case bind(String, Int32)
+        case path(String, UnixSocketPath.Failure)
         public var description: String {
             switch self {
             case .address(let a): return "admin address '\(a)' is not unix:/path or HOST:PORT"
             case .bind(let a, let e): return "cannot listen on \(a): \(String(cString: strerror(e)))"
+            case .path(let a, let f): return "cannot listen on \(a): \(f)"
             }
         }
     }
@@ -39,7 +41,7 @@ public final class AdminEndpoint: Sendable {
             if address.hasPrefix("unix:") {
                 let path = String(address.dropFirst(5))
                 guard path.hasPrefix("/"), path.utf8.count < 108 else { throw Failure.address(address) }
-                unlink(path)
+                do throws(UnixSocketPath.Failure) { try UnixSocketPath.claim(path) } catch { throw Failure.path(address, error) }
                 let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
                 var sun = sockaddr_un()
                 sun.sun_family = sa_family_t(AF_UNIX)

@@ -5,6 +5,7 @@ import NIOHPACK
 import NIOHTTP2
 import NIOPosix
 import Synchronization
+import WeirNetns
 
 /// gRPC over HTTP/2, server side, for exactly the two ADS methods: on NIO's event loops, one stream handler per
 /// HTTP/2 stream and no task per stream.
@@ -48,7 +49,7 @@ final class ADSTransport: Sendable {
             }
         switch address {
         case .unix(let path):
-            unlink(path)
+            try UnixSocketPath.claim(path)
             return try await bootstrap.bind(unixDomainSocketPath: path).get()
         case .tcp(let e):
             return try await bootstrap.bind(host: e.host, port: Int(e.port)).get()
@@ -108,12 +109,21 @@ final class ADSTransport: Sendable {
     }
 
     /// The peer as grpc names it: `ipv4:ADDRESS:PORT`, `ipv6:[ADDRESS]:PORT`, `unix:PATH`.
-    static func peerName(_ address: SocketAddress?) -> String {
-        switch address {
-        case .v4?: return "ipv4:\(address?.ipAddress ?? ""):\(address?.port ?? 0)"
-        case .v6?: return "ipv6:[\(address?.ipAddress ?? "")]:\(address?.port ?? 0)"
-        case .unixDomainSocket?: return "unix:\(address?.pathname ?? "")"
-        case nil: return "unknown"
+    static func peerName(_ address: NIOCore.SocketAddress?) -> String {
+        guard let address else { return "unknown" }
+        switch address.protocol {
+        case .inet: return "ipv4:" + hostPort(address)
+        case .inet6: return "ipv6:" + hostPort(address)
+        default: return hostPort(address)
+        }
+    }
+
+    /// `ADDRESS:PORT`, `[ADDRESS]:PORT`, or `unix:PATH`: how weir writes addresses (`--listen`, logs).
+    static func hostPort(_ address: NIOCore.SocketAddress) -> String {
+        switch address.protocol {
+        case .inet: return "\(address.ipAddress ?? ""):\(address.port ?? 0)"
+        case .inet6: return "[\(address.ipAddress ?? "")]:\(address.port ?? 0)"
+        default: return "unix:\(address.pathname ?? "")"
         }
     }
 }

@@ -22,13 +22,7 @@ public final class XDSServer: Sendable {
     public func serve(ready: (@Sendable (String) -> Void)? = nil) async throws {
         let transport = ADSTransport(service: service)
         let listener = try await transport.bind(listen)
-        let bound: String
-        switch listener.localAddress {
-        case let a? where a.protocol == .inet: bound = "\(a.ipAddress ?? ""):\(a.port ?? 0)"
-        case let a? where a.protocol == .inet6: bound = "[\(a.ipAddress ?? "")]:\(a.port ?? 0)"
-        case let a?: bound = "unix:\(a.pathname ?? "")"
-        case nil: bound = "\(listen)"
-        }
+        let bound = listener.localAddress.map(ADSTransport.hostPort) ?? "\(listen)"
         logger.info("xDS server listening", metadata: ["address": "\(bound)"])
         ready?(bound)
         // Cancellation is the way to stop: it ends this sleep.

@@ -42,6 +42,11 @@ struct XDSCommand: ParsableCommand {
     func run() throws {
         // SIGTERM and SIGINT are taken by sigwait below (blocked first, so every thread inherits the mask).
         var signals = blockTerminationSignals()
+        // Validate before anything is loaded or written: a path that is a file, or a socket another server answers on,
+        // is bad input and stays as it is.
+        if case .unix(let path)? = XDSAddress.parse(listen) {
+            do { try UnixSocketPath.check(path) } catch { throw CommandFailure(status: .badInput, message: "--listen: \(error)") }
+        }
         let logger = Logger(label: "weir.xds")
         let cache = SnapshotCache(stateDirectory: state.map { URL(fileURLWithPath: $0) }, logger: logger)
         var relay: UpstreamRelay?

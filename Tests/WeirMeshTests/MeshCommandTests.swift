@@ -57,4 +57,17 @@ struct MeshRenderCommandTests {
         let out = try sh([weirBinary, "xds"] + args, allowFailure: true)
         #expect(out.status == 2, "\(out.output)")
     }
+
+    @Test("weir xds refuses a --listen path that is a file with exit 2, and leaves the file as it is")
+    func xdsListenOnAFile() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("weir-listen-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let file = dir.appendingPathComponent("not-a-socket").path
+        try "keep me\n".write(toFile: file, atomically: false, encoding: .utf8)
+        let out = try sh([weirBinary, "xds", "--listen", "unix:\(file)", "--state", dir.path], allowFailure: true)
+        #expect(out.status == 2 && out.output.contains("is not a socket"), "\(out.output)")
+        #expect(try String(contentsOfFile: file, encoding: .utf8) == "keep me\n")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path) == ["not-a-socket"], "nothing written to --state")
+    }
 }

@@ -5,6 +5,7 @@ import GRPCNIOTransportHTTP2
 import GRPCProtobuf
 import Synchronization
 import Testing
+import WeirNetns
 import WeirMesh
 import WeirTestSupport
 @testable import WeirXDS
@@ -210,5 +211,42 @@ struct ADSTransportTests {
             let text = output()
             #expect(text.contains("PUSHED"), "\(text)")
         }
+    }
+
+    @Test("the listen path: a file is refused and left as it is, a served socket is refused, a stale socket is replaced")
+    func listenPath() async throws {
+        let path = "/tmp/weir-ads-path-\(UUID().uuidString.prefix(8))"
+        defer { unlink(path) }
+        let cache = SnapshotCache(stateDirectory: nil)
+
+        try "keep me\n".write(toFile: path, atomically: false, encoding: .utf8)
+        await #expect(throws: UnixSocketPath.Failure.notASocket(path)) {
+            try await XDSServer(listen: .unix(path: path), cache: cache).serve()
+        }
+        #expect(try String(contentsOfFile: path, encoding: .utf8) == "keep me\n")
+        unlink(path)
+
+        // A stale socket: bound, then its process gone (here: the descriptor closed), the file left behind.
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var sun = sockaddr_un()
+        sun.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &sun.sun_path) { $0.copyBytes(from: Array(path.utf8) + [0]) }
+        let rc = withUnsafePointer(to: &sun) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        #expect(rc == 0)
+        close(fd)
+
+        let first = XDSServer(listen: .unix(path: path), cache: cache)
+        let (bound, announce) = AsyncStream<String>.makeStream()
+        let serving = Task {
+            defer { announce.finish() }
+            try await first.serve { announce.yield($0) }
+        }
+        var addresses = bound.makeAsyncIterator()
+        #expect(await addresses.next() == "unix:\(path)", "the stale socket was replaced")
+        await #expect(throws: UnixSocketPath.Failure.inUse(path)) {
+            try await XDSServer(listen: .unix(path: path), cache: cache).serve()
+        }
+        serving.cancel()
+        try await serving.value
     }
 }
