@@ -39,6 +39,7 @@ public enum ManifestReader {
             reader.namespacesTwice(one.out); reader.out.append(one.out); reader.problems += one.problems
         }
         cache?.keep(Set(files.map(\.path)))
+        reader.checkDuplicates()
         reader.checkReferences()
         if !reader.problems.isEmpty { throw MeshError(problems: reader.problems) }
         return reader.out
@@ -208,6 +209,8 @@ public enum ManifestReader {
                 if Self.isNull(node) { return nil }
                 problem(file, node, field, "expected a label selector (matchLabels, matchExpressions)"); return nil
             }
+            // A misspelt key (`matchlabels`) ignored would leave an empty selector, which takes everything.
+            guard unknownKeys(file, node, field, allowed: ["matchLabels", "matchExpressions"]) else { return nil }
             var s = LabelSelector(matchLabels: labels(file, node["matchLabels"], field + ".matchLabels"))
             let expressions = node["matchExpressions"]
             if let expressions, !Self.isNull(expressions), expressions.sequence == nil {
@@ -216,6 +219,8 @@ public enum ManifestReader {
             }
             for (i, e) in (expressions?.sequence ?? []).enumerated() {
                 let f = "\(field).matchExpressions[\(i)]"
+                guard e.mapping != nil else { problem(file, e, f, "expected {key, operator, values}"); continue }
+                guard unknownKeys(file, e, f, allowed: ["key", "operator", "values"]) else { continue }
                 guard let key = e["key"]?.string, !key.isEmpty else { problem(file, e, f + ".key", "a match expression needs a key"); continue }
                 guard let op = LabelSelector.Operator(rawValue: e["operator"]?.string ?? "") else {
                     problem(file, e["operator"] ?? e, f + ".operator", "must be In, NotIn, Exists or DoesNotExist, found '\(e["operator"]?.string ?? "")'"); continue
@@ -230,6 +235,15 @@ public enum ManifestReader {
                 s.matchExpressions.append(LabelSelector.Requirement(key: key, op: op, values: values))
             }
             return s
+        }
+
+        /// Reports each key of `node` outside `allowed`; returns whether there was none.
+        mutating func unknownKeys(_ file: String, _ node: Node, _ field: String, allowed: Set<String>) -> Bool {
+            let unknown = (node.mapping ?? [:]).compactMap { k, _ in k.string.flatMap { allowed.contains($0) ? nil : $0 } ?? nil }
+            for k in unknown {
+                problem(file, node[k] ?? node, "\(field).\(k)", "unknown field '\(k)'; a label selector has \(allowed.sorted().joined(separator: ", "))")
+            }
+            return unknown.isEmpty
         }
 
         mutating func portMapping(_ file: String, _ node: Node?, _ field: String) -> PortMapping? {
@@ -517,11 +531,23 @@ public enum ManifestReader {
                 default: break
                 }
             }
-            var seen = Set<String>()
-            for (kind, refs) in [("VirtualNode", out.virtualNodes.map { ($0.ref, $0.location) }), ("VirtualRouter", out.virtualRouters.map { ($0.ref, $0.location) }),
-                                 ("VirtualService", out.virtualServices.map { ($0.ref, $0.location) })] {
-                for (ref, loc) in refs where !seen.insert("\(kind) \(ref)").inserted {
-                    problems.append(MeshProblem(location: loc, message: "\(kind) \(ref) is defined twice"))
+        }
+
+        /// Every object defined twice, with where it was first. Runs before the other checks: a second Mesh also
+        /// makes "several meshes", and the duplicate is the cause to name.
+        mutating func checkDuplicates() {
+            var first: [String: SourceLocation] = [:]
+            let objects: [(String, String, SourceLocation)] = out.meshes.map { ("Mesh", $0.name, $0.location) }
+                + out.virtualNodes.map { ("VirtualNode", "\($0.ref)", $0.location) }
+                + out.virtualRouters.map { ("VirtualRouter", "\($0.ref)", $0.location) }
+                + out.virtualServices.map { ("VirtualService", "\($0.ref)", $0.location) }
+                + out.virtualGateways.map { ("VirtualGateway", "\($0.ref)", $0.location) }
+                + out.gatewayRoutes.map { ("GatewayRoute", "\($0.ref)", $0.location) }
+            for (kind, name, loc) in objects {
+                if let f = first["\(kind) \(name)"] {
+                    problems.append(MeshProblem(location: loc, message: "\(kind) \(name) is defined twice (first at \(f.file):\(f.line))"))
+                } else {
+                    first["\(kind) \(name)"] = loc
                 }
             }
         }

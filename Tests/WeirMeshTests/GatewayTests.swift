@@ -67,6 +67,11 @@ struct GatewayTests {
          "spec.namespaceSelector.matchExpressions[0].values", "expected a list of strings"),
         ("metadata: {name: shop, labels: {gateway: ingress}}", "metadata: {name: shop, labels: {gateway: ingress}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: shop}",
          "Namespace shop", "defined twice"),
+        // A misspelt key would leave an empty selector, which takes every namespace.
+        ("namespaceSelector: {matchLabels: {gateway: ingress}}", "namespaceSelector: {matchlabels: {gateway: ingress}}",
+         "spec.namespaceSelector.matchlabels", "unknown field 'matchlabels'"),
+        ("namespaceSelector: {matchLabels: {gateway: ingress}}", "namespaceSelector: {matchExpressions: [{key: gateway, operator: In, value: [ingress]}]}",
+         "spec.namespaceSelector.matchExpressions[0].value", "unknown field 'value'"),
     ])
     func badValues(_ from: String, _ to: String, _ field: String, _ mentions: String) {
         #expect(gateway.contains(from))
@@ -180,7 +185,13 @@ struct GatewaySelectionTests {
         #expect(try MeshCompiler(m).compile(nodeID: "shop/ingress").routes.first { $0.name == "gateway_8088" }?.virtualHosts.first?.routes.count == 1)
         // A null gatewayRouteSelector selects every route, a null namespaceSelector none.
         let noRoutes = gateway.replacingOccurrences(of: "namespaceSelector: {matchLabels: {gateway: ingress}}", with: "namespaceSelector:\n  gatewayRouteSelector:")
-        #expect(throws: MeshError.self) { try ManifestReader.read([("mesh.yaml", noRoutes)]) }
+        let refused = #expect(throws: MeshError.self) { try ManifestReader.read([("mesh.yaml", noRoutes)]) }
+        #expect(refused?.problems.map(\.message) == [refused?.problems.first { $0.message.contains("no virtual gateway selects") }?.message].compactMap { $0 },
+                "refused for the null namespaceSelector alone, not as a malformed selector: \(String(describing: refused?.problems))")
+        let everyRoute = gateway.replacingOccurrences(of: "namespaceSelector: {matchLabels: {gateway: ingress}}",
+                                                      with: "namespaceSelector: {matchLabels: {gateway: ingress}}\n  gatewayRouteSelector:")
+        #expect(everyRoute.contains("gatewayRouteSelector:\n"))
+        #expect(try ManifestReader.read([("mesh.yaml", everyRoute)]).gatewayRoutes.count == 1, "a null gatewayRouteSelector takes the route")
     }
 
     func prefixes(_ m: MeshManifests, _ node: String, _ port: Int) throws -> [String] {

@@ -129,11 +129,14 @@ struct ManifestReaderTests {
         }
     }
 
-    @Test("a definition given twice is refused")
+    @Test("a definition given twice is refused, naming where it was first; the Mesh too")
     func duplicate() {
-        #expect(throws: MeshError.self) {
+        let error = #expect(throws: MeshError.self) {
             try ManifestReader.read([("a.yaml", canary), ("b.yaml", canary)])
         }
+        let twice = error?.problems.filter { $0.message.contains("is defined twice (first at a.yaml:") && $0.location.file == "b.yaml" } ?? []
+        #expect(twice.contains { $0.message.hasPrefix("Mesh shop ") }, "\(String(describing: error?.problems))")
+        #expect(twice.contains { $0.message.hasPrefix("VirtualNode ") })
     }
 }
 
