@@ -108,10 +108,8 @@ public enum SocketAddress {
         let fd = socket(e.family == .ipv4 ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return true }
         defer { close(fd) }
-        // IP_BIND_ADDRESS_NO_PORT (24, linux/in.h; also for IPv6 sockets): the bind checks the address without
-        // taking a port, so exhausted ephemeral ports cannot make a local address look foreign.
-        var one: Int32 = 1
-        _ = setsockopt(fd, Int32(IPPROTO_IP), 24, &one, 4)
+        // Only EADDRNOTAVAIL says "not an address of this namespace": any other failure (EADDRINUSE when the
+        // ephemeral ports are exhausted, say) leaves the address counted as local, the safe side for a loop guard.
         var (addr, len) = make(Endpoint(family: e.family, address: e.address, port: 0))
         if withUnsafePointer(to: &addr, { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }) == 0 { return true }
         return weir_errno() != EADDRNOTAVAIL

@@ -78,22 +78,23 @@ public final class SnapshotCache: Sendable {
 
     /// Work the watchers hand back while a batch is being published (nil: no batch).
     let batch = Mutex<[@Sendable () -> Void]?>(nil)
-    let publishing = NSLock()
+    let publishing = Mutex(())
 
     /// Sets many nodes' snapshots (already checked), then runs what the watchers deferred with `afterPublish`: every
     /// stream's protocol state is brought up to date before any of them starts writing, so the writes do not slow
     /// down the publishing of the nodes after them.
     public func publish(_ snapshots: [String: Snapshot]) {
-        // One batch at a time: a second publish resetting the batch would drop the first one's deferred drains, and a
-        // stream whose drain never runs writes nothing again. (Reloads come from one thread today; this keeps it so.)
-        publishing.lock(); defer { publishing.unlock() }
-        batch.withLock { $0 = [] }
-        for (node, s) in snapshots { _ = try? set(node, s, checked: true) }
-        let work = batch.withLock { b in
-            defer { b = nil }
-            return b ?? []
+        // One batch at a time: a second publish resetting the batch would drop the first one's deferred wakes, and a
+        // stream never woken writes nothing again. (Reloads come from one thread today; this keeps it so.)
+        publishing.withLock { _ in
+            batch.withLock { $0 = [] }
+            for (node, s) in snapshots { _ = try? set(node, s, checked: true) }
+            let work = batch.withLock { b in
+                defer { b = nil }
+                return b ?? []
+            }
+            for w in work { w() }
         }
-        for w in work { w() }
     }
 
     /// Runs `work` when the batch being published is complete, or now when none is.

@@ -170,6 +170,23 @@ let server6 = Endpoint(family: .ipv6, address: TestNetwork.serverV6, port: 9000)
 struct ForwarderTests {
     static let megabytes = 100
 
+    @Test("every listener the forwarder opens has TCP_NODELAY, which its accepted connections inherit")
+    func listenersNoDelay() throws {
+        try TestNetwork.with { net in
+            let values: [Int32] = try net.podNamespace.run {
+                let listeners = try Forwarder.openListeners(ForwarderConfig())
+                defer { listeners.forEach { close($0.fd) } }
+                return listeners.map { l in
+                    var value: Int32 = 0
+                    var size = socklen_t(4)
+                    return getsockopt(l.fd, Int32(IPPROTO_TCP), TCP_NODELAY, &value, &size) == 0 ? value : -1
+                }
+            }
+            #expect(values.count == 4, "outbound and inbound, IPv4 and IPv6")
+            #expect(values.allSatisfy { $0 > 0 }, "\(values)")
+        }
+    }
+
     @Test("100 MB each way arrive byte-exact through the forwarder (outbound, redirect)", arguments: IPFamily.allCases)
     func bulkOutbound(_ family: IPFamily) throws {
         try withForwarder { net, _ in
