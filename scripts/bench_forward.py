@@ -19,7 +19,7 @@ REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
 def median_of(fn):
     vals = [fn() for _ in range(REPEAT)]
     if isinstance(vals[0], tuple):
-        return tuple(sorted(v[i] for v in vals)[len(vals) // 2] for i in range(len(vals[0])))
+        return tuple(None if vals[0][i] is None else sorted(v[i] for v in vals)[len(vals) // 2] for i in range(len(vals[0])))
     return sorted(vals)[len(vals) // 2]
 started = []  # (Popen) we own
 tmp = tempfile.mkdtemp(prefix="weir-bench-")
@@ -110,13 +110,50 @@ while True:
 """
 
 
+def cpu_seconds():
+    """(user + system, user) CPU seconds the measured proxy has used so far: all its threads, and its reaped
+    children (socat forks one per connection)."""
+    p = METERED[0]
+    if p is None:
+        return None
+    with open(f"/proc/{p.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # After the command name, state is field 3, so utime, stime, cutime, cstime (fields 14-17) are [11:15].
+    ticks = [int(x) for x in fields[11:15]]
+    hz = os.sysconf("SC_CLK_TCK")
+    return sum(ticks) / hz, (ticks[0] + ticks[2]) / hz
+
+
+def machine_ticks():
+    """(busy, all) CPU ticks of the whole machine so far, from /proc/stat."""
+    with open("/proc/stat") as f:
+        t = [int(x) for x in f.readline().split()[1:]]
+    idle = t[3] + t[4]  # idle, iowait
+    return sum(t) - idle, sum(t)
+
+
+def cpu_per(fn, scale):
+    """Runs fn, which returns (figure, units of work). Gives (figure, proxy CPU microseconds per `scale` units,
+    the part of it spent in user space, the share of the machine's CPUs busy meanwhile in %)."""
+    before, m0 = cpu_seconds(), machine_ticks()
+    figure, work = fn()
+    m1 = machine_ticks()
+    # socat's children are counted once reaped: give them time to see the client's close.
+    time.sleep(0.3)
+    after = cpu_seconds()
+    busy = 100 * (m1[0] - m0[0]) / max(1, m1[1] - m0[1])
+    if before is None or not work:
+        return figure, None, None, busy
+    return figure, (after[0] - before[0]) * 1e6 * scale / work, (after[1] - before[1]) * 1e6 * scale / work, busy
+
+
 def iperf(streams):
     out = inns(POD, "iperf3", "-c", SERVER, "-p", "5201", "-t", str(SECONDS), "-P", str(streams), "-J", capture=True, check=False)
     data = json.loads(out)
     if "error" in data:
         raise SystemExit(f"iperf3 ({CURRENT[0]}): {data['error']}")
-    end = data["end"]
-    return (end.get("sum_received") or end["sum"])["bits_per_second"] / 1e9
+    total = data["end"].get("sum_received") or data["end"]["sum"]
+    return total["bits_per_second"] / 1e9, total["bytes"]
 
 
 def sockperf():
@@ -132,7 +169,8 @@ def wrk(close):
     args = ["wrk", "-t1", "-c32", f"-d{SECONDS}s"] + (["-H", "Connection: close"] if close else []) + [f"http://{SERVER}/"]
     out = inns(POD, *args, capture=True)
     m = re.search(r"Requests/sec:\s+([0-9.]+)", out)
-    return float(m.group(1)) if m else float("nan")
+    n = re.search(r"([0-9]+) requests in", out)
+    return (float(m.group(1)) if m else float("nan")), (int(n.group(1)) if n else 0)
 
 
 def rss_kib(pids):
@@ -187,6 +225,7 @@ def clean_rules():
 
 
 CURRENT = [""]
+METERED = [None]  # the proxy process whose CPU time is measured now
 
 
 def run_variant(name):
@@ -213,12 +252,14 @@ def run_variant(name):
         sh(WEIR, "init", "--quiet", "--netns", f"/run/netns/{POD}", "--ipv6", "false", "--proxy-uid", "1337")
         socat_target = True
     results = {}
+    METERED[0] = proxy
 
     def with_socat(port, fn):
         nonlocal proxy
         if not socat_target:
             return fn()
         p = spawn(POD, "socat", "TCP4-LISTEN:15001,fork,reuseaddr,backlog=4096", f"TCP4:{SERVER}:{port}", uid=1337)
+        METERED[0] = p
         wait_port(POD, "127.0.0.1", 15001)
         try:
             return fn()
@@ -229,11 +270,12 @@ def run_variant(name):
                 stop(p)
                 time.sleep(0.2)
 
-    results["iperf1"] = with_socat(5201, lambda: median_of(lambda: iperf(1)))
-    results["iperf8"] = with_socat(5201, lambda: median_of(lambda: iperf(8)))
+    # Proxy CPU per unit of work: microseconds per GB moved, per request, per connection.
+    results["iperf1"], results["cpu_gb"], results["user_gb"], results["busy_gb"] = with_socat(5201, lambda: median_of(lambda: cpu_per(lambda: iperf(1), 1e9)))
+    results["iperf8"] = with_socat(5201, lambda: median_of(lambda: iperf(8)[0]))
     results["p50"], results["p99"] = with_socat(11111, lambda: median_of(sockperf))
-    results["rps"] = with_socat(80, lambda: median_of(lambda: wrk(False)))
-    results["cps"] = with_socat(80, lambda: median_of(lambda: wrk(True)))
+    results["rps"], results["cpu_req"], results["user_req"], results["busy_req"] = with_socat(80, lambda: median_of(lambda: cpu_per(lambda: wrk(False), 1)))
+    results["cps"], results["cpu_conn"], results["user_conn"], results["busy_conn"] = with_socat(80, lambda: median_of(lambda: cpu_per(lambda: wrk(True), 1)))
     if name == "direct":
         results["rss"], results["perconn"] = None, None
     else:
@@ -288,7 +330,15 @@ def main():
     rows = [("iperf3 1 stream (Gbit/s)", "iperf1", True), ("iperf3 8 streams (Gbit/s)", "iperf8", True),
             ("sockperf ping-pong p50 (usec)", "p50", False), ("sockperf ping-pong p99 (usec)", "p99", False),
             ("wrk keep-alive (req/s)", "rps", True), ("wrk Connection: close (conn/s)", "cps", True),
-            ("RSS with 1000 idle conns (KiB)", "rss", False), ("added RSS per idle conn (bytes)", "perconn", False)]
+            ("RSS with 1000 idle conns (KiB)", "rss", False), ("added RSS per idle conn (bytes)", "perconn", False),
+            ("proxy CPU per GB, 1 stream (ms)", "cpu_gb_ms", False), ("  of which user space (ms)", "user_gb_ms", False),
+            ("proxy CPU per request (usec)", "cpu_req", False), ("  of which user space (usec)", "user_req", False),
+            ("proxy CPU per connection (usec)", "cpu_conn", False), ("  of which user space (usec)", "user_conn", False),
+            ("machine CPU busy, iperf3 1 (%)", "busy_gb", False), ("machine CPU busy, keep-alive (%)", "busy_req", False),
+            ("machine CPU busy, close (%)", "busy_conn", False)]
+    for r in res.values():
+        for k in ("cpu_gb", "user_gb"):
+            r[k + "_ms"] = r[k] / 1000 if r.get(k) is not None else None
     print(f"weir bench forward: median of {REPEAT} runs of {SECONDS}s per measurement, one worker each (weir --workers 1, Envoy --concurrency 1)")
     print(f"{'':34}" + "".join(f"{v:>12}" for v in variants) + f"{'weir/direct':>13}{'weir/envoy':>12}")
     for label, key, _ in rows:
@@ -305,6 +355,13 @@ def main():
     print(f"  added p50 latency <= 1/3 of Envoy's: weir +{added_w:.2f} us, Envoy +{added_e:.2f} us ({added_w / added_e if added_e else float('nan'):.2f})")
     print(f"  req/s >= 1.5x Envoy: {res['weir']['rps'] / e['rps']:.2f}x;  conn/s >= 1.5x Envoy: {res['weir']['cps'] / e['cps']:.2f}x")
     print(f"  memory at 1000 idle <= 1/3 Envoy: {res['weir']['rss'] / e['rss']:.2f};  per idle conn <= 4096 bytes: {res['weir']['perconn']:.0f}")
+    # Client, proxy and server share this machine's CPUs, so the rates above also measure the client's and the
+    # server's cost. The proxy's own CPU per unit of work is what bounds its rate once it has a CPU to itself.
+    w = res["weir"]
+    print("the proxy's own CPU (Envoy's CPU per unit / weir's; the work weir does per CPU-second, relative to Envoy):")
+    print(f"  per GB {e['cpu_gb'] / w['cpu_gb']:.2f}x;  per request {e['cpu_req'] / w['cpu_req']:.2f}x;  per connection {e['cpu_conn'] / w['cpu_conn']:.2f}x")
+    print("  (CPU time is counted in 1/%d s ticks; the rest of each figure is the kernel's TCP work, which the proxy's" % os.sysconf("SC_CLK_TCK"))
+    print("   sends and connects pay for both ends of the connection they feed.)")
 
 
 if __name__ == "__main__":
