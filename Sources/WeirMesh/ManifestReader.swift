@@ -80,7 +80,11 @@ public enum ManifestReader {
         mutating func readDocument(_ file: String, _ doc: Node) {
             guard doc.mapping != nil else { problem(file, doc, "(document)", "expected a Kubernetes object (a mapping)"); return }
             let kind = doc["kind"]?.string
-            if kind == "Namespace", doc["apiVersion"]?.string == "v1", let name = doc["metadata"]?["name"]?.string {
+            if kind == "Namespace", doc["apiVersion"]?.string == "v1" {
+                guard let name = doc["metadata"]?["name"]?.string, !name.isEmpty else {
+                    // Its labels would belong to no namespace: say so rather than drop them.
+                    problem(file, doc["metadata"] ?? doc, "metadata.name", "a Namespace needs a name"); return
+                }
                 // Read for the labels a virtual gateway's namespaceSelector matches.
                 let l = labels(file, doc["metadata"]?["labels"], "metadata.labels")
                 let here = SourceLocation(file: file, line: doc.mark?.line ?? 0, field: "Namespace \(name)")
@@ -194,12 +198,25 @@ public enum ManifestReader {
             guard let mapping = node.mapping else { problem(file, node, field, "expected a map of label names to values"); return [:] }
             var out: [String: String] = [:]
             for (k, v) in mapping {
-                guard let key = k.string, let value = v.string, v.scalar != nil else {
+                guard let key = k.string, let scalar = v.scalar else {
                     problem(file, v, "\(field).\(k.string ?? "?")", "a label value is a string"); continue
                 }
-                out[key] = value
+                // Kubernetes decodes `version: 1` or `canary: true` as a number or a boolean, and refuses it
+                // for a label; taking it as the string "1" would accept what the cluster never would.
+                if scalar.style == .plain, [Tag.Name.int, .float, .bool].contains(Resolver.default.resolveTag(of: Node(scalar.string))) {
+                    problem(file, v, "\(field).\(key)", "a label value is a string; YAML reads '\(scalar.string)' as a \(Self.yamlType(scalar.string)), so quote it"); continue
+                }
+                out[key] = scalar.string
             }
             return out
+        }
+
+        /// What YAML makes of a plain scalar that reads as a number or a boolean, for messages.
+        static func yamlType(_ text: String) -> String {
+            switch Resolver.default.resolveTag(of: Node(text)) {
+            case .bool: return "boolean"
+            default: return "number"
+            }
         }
 
         /// A Kubernetes label selector: `matchLabels` and `matchExpressions` (In, NotIn, Exists, DoesNotExist).
