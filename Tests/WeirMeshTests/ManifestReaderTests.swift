@@ -69,6 +69,20 @@ kind: Deployment
 metadata: {name: not-app-mesh}
 """
 
+/// Changes `from` to `to` in `fixture`, expects the read to be refused, and expects a problem on a field ending
+/// in `field` whose message mentions `mentions`, on a real line.
+func expectRefused(_ fixture: String, _ from: String, _ to: String, field: String, mentions: String,
+                   at here: Testing.SourceLocation = #_sourceLocation) {
+    #expect(fixture.contains(from), "fixture text not found", sourceLocation: here)
+    let error = #expect(throws: MeshError.self, "accepted \(to)", sourceLocation: here) {
+        try ManifestReader.read([("mesh.yaml", fixture.replacingOccurrences(of: from, with: to))])
+    }
+    guard let error else { return }
+    let p = error.problems.first { $0.location.field.hasSuffix(field) }
+    #expect(p?.message.contains(mentions) == true, "\(error.problems)", sourceLocation: here)
+    #expect((p?.location.line ?? 0) > 0, sourceLocation: here)
+}
+
 @Suite("App Mesh manifests")
 struct ManifestReaderTests {
     @Test("a canary mesh reads into the model, with App Mesh's defaults")

@@ -84,6 +84,37 @@ struct MeshMembershipTests {
         #expect(try !compiler.compile(nodeID: "bank/teller").clusters.contains { $0.name == "passthrough" })
     }
 
+    static func gatewayIn(_ namespace: String) -> String { """
+
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: VirtualGateway
+    metadata: {name: door, namespace: \(namespace)}
+    spec:
+      namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: \(namespace)}}
+      listeners: [{portMapping: {port: 8088, protocol: http}}]
+    """ }
+
+    @Test("with several meshes, a virtual gateway joins its namespace's mesh, and one in no mesh's namespace is an error")
+    func gateways() throws {
+        let m = try ManifestReader.read([("mesh.yaml", Self.twoMeshes + Self.gatewayIn("bank"))])
+        let compiler = MeshCompiler(m)
+        #expect(compiler.nodeIDs.contains("mesh/ledger/virtualGateway/door_bank"), "\(compiler.nodeIDs)")
+        #expect(!compiler.nodeIDs.contains("mesh/retail/virtualGateway/door_bank"))
+        #expect(m.virtualGateway(for: try NodeIdentity.parse("mesh/ledger/virtualGateway/door_bank"))?.ref.description == "bank/door")
+        #expect(m.virtualGateway(for: try NodeIdentity.parse("mesh/retail/virtualGateway/door_bank")) == nil)
+        #expect(try compiler.compile(nodeID: "mesh/ledger/virtualGateway/door_bank").listeners.map(\.name) == ["gateway_8088"])
+
+        let text = Self.twoMeshes + Self.gatewayIn("lab")
+        let error = #expect(throws: MeshError.self) { try ManifestReader.read([("mesh.yaml", text)]) }
+        let p = error?.problems.first { $0.location.field == "VirtualGateway lab/door" }
+        #expect(p?.message.contains("no mesh takes namespace 'lab'") == true, "\(String(describing: error?.problems))")
+        let named = text.replacingOccurrences(of: "spec:\n  namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: lab}}",
+                                              with: "spec:\n  meshRef: {name: retail}\n  namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: lab}}")
+        #expect(named != text)
+        #expect(try MeshCompiler(ManifestReader.read([("mesh.yaml", named)])).nodeIDs.contains("mesh/retail/virtualGateway/door_lab"))
+    }
+
     @Test("with several meshes, a node that no mesh or two meshes take is an error naming its namespace; meshRef settles it",
           arguments: [("", "no mesh takes namespace 'lab'"),
                       ("\n  namespaceSelector: {}", "several meshes take namespace 'lab' (ledger, retail)")])
