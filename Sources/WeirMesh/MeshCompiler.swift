@@ -17,13 +17,27 @@ public struct MeshCompiler: Sendable {
         public init() {}
     }
 
-    public var manifests: MeshManifests
+    public var manifests: MeshManifests { didSet { routesByGateway = Self.routesByGateway(manifests) } }
     public var options: Options
     /// Shares what does not depend on the node being compiled across nodes and reloads (nil: build everything).
     public var memo: CompileMemo?
+    /// Each virtual gateway's routes, found once rather than by every gateway's compile.
+    private(set) var routesByGateway: [ResourceRef: [GatewayRoute]]
 
     public init(_ manifests: MeshManifests, options: Options = Options()) {
         self.manifests = manifests; self.options = options
+        routesByGateway = Self.routesByGateway(manifests)
+    }
+
+    /// The routes of each gateway, in manifest order. A route that `MeshManifests.gateways(of:)` gives no gateway
+    /// or several belongs to none (the reader refuses such manifests).
+    static func routesByGateway(_ m: MeshManifests) -> [ResourceRef: [GatewayRoute]] {
+        var out: [ResourceRef: [GatewayRoute]] = [:]
+        for route in m.gatewayRoutes {
+            let gateways = m.gateways(of: route)
+            if gateways.count == 1 { out[gateways[0].ref, default: []].append(route) }
+        }
+        return out
     }
 
     static let ingressListener = "ingress", egressListener = "egress", passthroughCluster = "passthrough"
@@ -423,7 +437,7 @@ public struct MeshCompiler: Sendable {
         // MARK: gateway
 
         mutating func buildGateway(_ gw: VirtualGateway) {
-            let routes = m.gatewayRoutes.filter { m.gateways(of: $0).map(\.ref) == [gw.ref] }
+            let routes = (compiler.routesByGateway[gw.ref] ?? [])
                 .enumerated().sorted { ($0.element.priority ?? 1001, $0.offset) < ($1.element.priority ?? 1001, $1.offset) }.map(\.element)
             for l in gw.listeners {
                 let port = l.portMapping.port
