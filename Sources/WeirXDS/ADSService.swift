@@ -82,7 +82,7 @@ public final class ADSService: Sendable {
 
 /// Why a stream ends with a gRPC status other than OK.
 struct ADSCallFailure: Error {
-    enum Status: Int { case invalidArgument = 3, resourceExhausted = 8, unimplemented = 12, `internal` = 13 }
+    enum Status: Int { case invalidArgument = 3, deadlineExceeded = 4, resourceExhausted = 8, unimplemented = 12, `internal` = 13 }
     var status: Status
     var message: String
 }

@@ -14,7 +14,8 @@ import WeirNetns
 /// application/grpc[+proto|;…]` (anything else: HTTP 415); the path names the method (anything else: trailers-only
 /// response with `UNIMPLEMENTED`); length-prefixed messages, uncompressed (a compressed one, or a `grpc-encoding`
 /// other than `identity`, ends the call with `UNIMPLEMENTED`/`INTERNAL` and `grpc-accept-encoding: identity`); a
-/// request larger than 16 MiB ends it with `RESOURCE_EXHAUSTED`; the client's half-close ends it with `OK`; an error
+/// request larger than 16 MiB ends it with `RESOURCE_EXHAUSTED`; a `grpc-timeout` that expires ends it with
+/// `DEADLINE_EXCEEDED` (a malformed one at once, with `INTERNAL`); the client's half-close ends it with `OK`; an error
 /// ends it with `grpc-status` and a percent-encoded `grpc-message`. HTTP/2 itself (flow control, PING, SETTINGS,
 /// RST_STREAM, GOAWAY) is NIOHTTP2's.
 final class ADSTransport: Sendable {
@@ -166,6 +167,8 @@ final class ADSStreamHandler: ChannelInboundHandler {
     /// another pass.
     var draining = false
     var drainAgain = false
+    /// The end the client's `grpc-timeout` set, when it sent one.
+    var deadline: Scheduled<Void>?
 
     init(service: ADSService, peer: String) { self.service = service; self.peer = peer }
 
@@ -243,11 +246,46 @@ final class ADSStreamHandler: ChannelInboundHandler {
             finish(context, status: ADSCallFailure.Status.unimplemented.rawValue, message: "unknown method \(path ?? "(none)")")
             return
         }
+        if let timeout = headers.first(name: "grpc-timeout") {
+            guard let nanoseconds = Self.timeoutNanoseconds(timeout) else {
+                finish(context, status: ADSCallFailure.Status.internal.rawValue, message: "malformed grpc-timeout '\(timeout)'")
+                return
+            }
+            let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+            // A deadline years away is as good as none, and would overflow the loop's clock.
+            if nanoseconds < Self.longestDeadline { deadline = context.eventLoop.scheduleTask(in: .nanoseconds(nanoseconds)) {
+                let handler = bound.value
+                guard let context = handler.context else { return }
+                handler.finish(context, status: ADSCallFailure.Status.deadlineExceeded.rawValue, message: "deadline exceeded (grpc-timeout \(timeout))")
+            } }
+        }
         call?.opened(in: service)
         // Response headers now: grpc clients (Envoy's among them) consider the call established once they arrive.
         sentHeaders = true
         let h: HPACKHeaders = [":status": "200", "content-type": "application/grpc"]
         context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: h))), promise: nil)
+    }
+
+    static let longestDeadline: Int64 = 365 * 24 * 3_600_000_000_000
+
+    /// `grpc-timeout`: at most 8 digits and a unit (H, M, S, m, u, n), in nanoseconds; nil when malformed.
+    static func timeoutNanoseconds(_ value: String) -> Int64? {
+        let digits = value.utf8.dropLast()
+        guard let unit = value.utf8.last, (1...8).contains(digits.count), digits.allSatisfy({ (48...57).contains($0) }),
+              let amount = Int64(String(decoding: digits, as: UTF8.self)) else { return nil }
+        let scale: Int64
+        switch unit {
+        case UInt8(ascii: "H"): scale = 3_600_000_000_000
+        case UInt8(ascii: "M"): scale = 60_000_000_000
+        case UInt8(ascii: "S"): scale = 1_000_000_000
+        case UInt8(ascii: "m"): scale = 1_000_000
+        case UInt8(ascii: "u"): scale = 1_000
+        case UInt8(ascii: "n"): scale = 1
+        default: return nil
+        }
+        // 99999999 hours does not fit in 64 bits of nanoseconds: such a deadline is as good as none.
+        let (product, overflow) = amount.multipliedReportingOverflow(by: scale)
+        return overflow ? Int64.max : product
     }
 
     static func waker(_ handler: ADSStreamHandler, _ context: ChannelHandlerContext) -> @Sendable () -> Void {
@@ -336,6 +374,8 @@ final class ADSStreamHandler: ChannelInboundHandler {
             context.write(wrapOutboundOut(.headers(.init(headers: h, endStream: true))), promise: nil)
             context.writeAndFlush(wrapOutboundOut(.rstStream(.noError)), promise: nil)
         }
+        deadline?.cancel()
+        deadline = nil
         call?.closed(in: service)
         call = nil
     }
@@ -344,6 +384,8 @@ final class ADSStreamHandler: ChannelInboundHandler {
         // The stream is gone: reset by the client, or its connection closed.
         finished = true
         partial = nil
+        deadline?.cancel()
+        deadline = nil
         call?.closed(in: service)
         call = nil
         self.context = nil

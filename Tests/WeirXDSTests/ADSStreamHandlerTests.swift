@@ -185,6 +185,51 @@ struct ADSStreamHandlerTests {
         #expect(noNode.service.streams.withLock { $0.isEmpty })
     }
 
+    @Test("grpc-timeout ends the call with DEADLINE_EXCEEDED when it expires and not before; a malformed one is INTERNAL")
+    func deadline() throws {
+        let rig = try HandlerRig()
+        defer { rig.finish() }
+        try rig.open(HandlerRig.headers(extra: [("grpc-timeout", "250m")]))
+        try rig.send(try grpcFramed(request(.cluster)))
+        #expect(describe(try rig.written()) == ["headers 200", "CDS"])
+        rig.channel.embeddedEventLoop.advanceTime(by: .milliseconds(249))
+        #expect(try rig.written().isEmpty)
+        #expect(rig.service.streams.withLock { $0.count } == 1)
+        rig.channel.embeddedEventLoop.advanceTime(by: .milliseconds(1))
+        let frames = try rig.written()
+        #expect(describe(frames) == ["trailers 4", "rst noError"])
+        #expect(trailerMessage(frames) == "deadline exceeded (grpc-timeout 250m)")
+        #expect(rig.service.streams.withLock { $0.isEmpty })
+        #expect(rig.cache.state.withLock { $0.watchers.isEmpty })
+
+        // A call that ends first leaves nothing for its deadline to do.
+        let early = try HandlerRig()
+        defer { early.finish() }
+        try early.open(HandlerRig.headers(extra: [("grpc-timeout", "1S")]))
+        try early.send(try grpcFramed(request(.cluster)), endStream: true)
+        #expect(describe(try early.written()) == ["headers 200", "CDS", "trailers 0"])
+        early.channel.embeddedEventLoop.advanceTime(by: .seconds(2))
+        #expect(try early.written().isEmpty)
+
+        for bad in ["", "5", "123456789S", "10x", "-1S", "1.5S", "S"] {
+            let malformed = try HandlerRig()
+            defer { malformed.finish() }
+            try malformed.open(HandlerRig.headers(extra: [("grpc-timeout", bad)]))
+            let f = try malformed.written()
+            #expect(describe(f) == ["trailers 13", "rst noError"], "grpc-timeout '\(bad)'")
+            #expect(trailerMessage(f) == "malformed grpc-timeout '\(bad)'")
+            #expect(malformed.service.streams.withLock { $0.isEmpty })
+        }
+    }
+
+    @Test("grpc-timeout units, and a timeout too long for 64 bits of nanoseconds", arguments: [
+        ("2H", Int64(7_200_000_000_000)), ("3M", 180_000_000_000), ("12345678S", 12_345_678_000_000_000), ("7m", 7_000_000),
+        ("7u", 7_000), ("99999999n", 99_999_999), ("0n", 0), ("99999999H", Int64.max),
+    ])
+    func timeoutUnits(_ text: String, _ nanoseconds: Int64) {
+        #expect(ADSStreamHandler.timeoutNanoseconds(text) == nanoseconds)
+    }
+
     @Test("grpc-message is percent-encoded: non-ASCII bytes and % become %XX")
     func percentEncoding() {
         #expect(ADSStreamHandler.percentEncoded("regex 'a[' missing ]") == "regex 'a[' missing ]")
