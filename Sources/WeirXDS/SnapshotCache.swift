@@ -154,7 +154,36 @@ public final class SnapshotCache: Sendable {
         return "\(safe)-\(ContentHash.hex(Array(nodeID.utf8)).prefix(12)).snapshot.json"
     }
 
+    /// Snapshots handed to persistence and not yet taken by the writer, by node. A node changed twice before its
+    /// write is written once, as it is last.
+    let unwritten = Mutex<[String: Snapshot]>([:])
+    /// Writes the snapshot files, so neither a publish (each node's push would wait for its own write and those of
+    /// the nodes before it) nor an event loop (a NACK, a new node's first stream) waits for the disk.
+    let writer = DispatchQueue(label: "weir.xds.persist")
+
+    /// Keeps `snapshot` as the node's file, soon: the writer thread writes it.
     func persist(_ nodeID: String, _ snapshot: Snapshot) {
+        guard directory != nil else { return }
+        let schedule = unwritten.withLock { u in
+            defer { u[nodeID] = snapshot }
+            return u.isEmpty
+        }
+        // A pass already scheduled takes this one too; once a pass has taken the map, the next persist schedules another.
+        if schedule { writer.async { self.writeUnwritten() } }
+    }
+
+    func writeUnwritten() {
+        let batch = unwritten.withLock { u in
+            defer { u = [:] }
+            return u
+        }
+        for (node, snapshot) in batch.sorted(by: { $0.key < $1.key }) { write(node, snapshot) }
+    }
+
+    /// Returns once every snapshot handed to persistence so far is on disk.
+    public func flush() { writer.sync { writeUnwritten() } }
+
+    func write(_ nodeID: String, _ snapshot: Snapshot) {
         guard let directory else { return }
         let p = Persisted(node: nodeID, resources: snapshot.resources.reduce(into: [:]) { out, e in
             out[e.key.rawValue] = e.value.mapValues { PersistedResource(bytes: Data($0.bytes), namedOnly: $0.namedOnly) }

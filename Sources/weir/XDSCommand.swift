@@ -87,9 +87,10 @@ struct XDSCommand: ParsableCommand {
         var received: Int32 = 0
         sigwait(&signals, &received)
         // Graceful shutdown waits for streams to end, and a sidecar never ends its ADS stream: give the streams a
-        // moment to see the GOAWAY, then leave (snapshots are already on disk).
+        // moment to see the GOAWAY, then leave once the snapshots are on disk.
         task.cancel()
         _ = finished.wait(timeout: .now() + .seconds(2))
+        cache.flush()
         Foundation.exit(0)
     }
 }

@@ -293,9 +293,36 @@ struct SnapshotTests {
         defer { try? FileManager.default.removeItem(at: dir) }
         let manifests = try ManifestReader.read([("m.yaml", meshFixture)])
         let s = try Snapshot(try MeshCompiler(manifests).compile(nodeID: "mesh/colors/virtualNode/front_apps"))
-        try SnapshotCache(stateDirectory: dir).set("mesh/colors/virtualNode/front_apps", s)
+        let cache = SnapshotCache(stateDirectory: dir)
+        try cache.set("mesh/colors/virtualNode/front_apps", s)
+        cache.flush()
         let restarted = SnapshotCache(stateDirectory: dir)
         #expect(restarted.snapshot(for: "mesh/colors/virtualNode/front_apps") == s)
+    }
+
+    @Test("a rejected snapshot goes back to the previous one on disk; changes in a row are written as the last one")
+    func persistenceAfterNack() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("weir-cache-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let cache = SnapshotCache(stateDirectory: dir)
+        let versions = try (1...5).map { i in
+            var r = EnvoyResources()
+            var c = Envoy_Config_Cluster_V3_Cluster()
+            c.name = "a"
+            c.connectTimeout = .init(seconds: Int64(i))
+            r.clusters = [c]
+            return try Snapshot(r)
+        }
+        for v in versions { try cache.set("n1", v) }
+        cache.flush()
+        #expect(SnapshotCache(stateDirectory: dir).snapshot(for: "n1") == versions[4])
+        #expect(cache.snapshot(for: "n1") == versions[4])
+        cache.rejected("n1")
+        cache.flush()
+        #expect(SnapshotCache(stateDirectory: dir).snapshot(for: "n1") == versions[3], "the one before the rejected one")
+        #expect(cache.snapshot(for: "n1") == versions[4], "still served: Envoy keeps its last good config anyway")
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir.path)
+        #expect(files.count == 1 && files[0].hasSuffix(".snapshot.json"), "no temporary file left: \(files)")
     }
 }
 
