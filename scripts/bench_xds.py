@@ -9,7 +9,7 @@ LDS and their RDS; the same kind of change; time from the rename of the manifest
 ACKing) its new RDS: p50 and p99. weir's RSS as each client process connects gives memory per idle stream (the slope);
 its CPU time during a push, per stream pushed to, gives CPU per push.
 Goals (issue 4): p99 <= 100 ms to 1000 streams, <= 20 KiB per idle stream, 10 Envoys converged in <= 200 ms.
-Env: XDS_STREAMS (1000), XDS_NODES (100), XDS_ENVOYS (10), XDS_CLIENT_PROCS (4 grpcio processes: three RSS points after the first for the slope), XDS_PER_CHANNEL (10 streams per HTTP/2 connection; 1 is the shape of Envoy sidecars, one connection each), XDS_BINARY (weir binary).
+Env: XDS_STREAMS (1000), XDS_NODES (100), XDS_ENVOYS (10), XDS_CLIENT_PROCS (4 grpcio processes: three RSS points after the first for the slope), XDS_PER_CHANNEL (10 streams per HTTP/2 connection; 1 is the shape of Envoy sidecars, one connection each), XDS_BINARY (weir binary), XDS_STATE (1: weir keeps its snapshots with --state, as a node would run it; 0: not).
 """
 import asyncio, glob, json, os, shutil, signal, statistics, subprocess, sys, tempfile, time, urllib.request
 
@@ -23,6 +23,7 @@ NODES = int(os.environ.get("XDS_NODES", "100"))
 ENVOYS = int(os.environ.get("XDS_ENVOYS", "10"))
 CLIENT_PROCS = int(os.environ.get("XDS_CLIENT_PROCS", "4"))
 PER_CHANNEL = int(os.environ.get("XDS_PER_CHANNEL", "10"))
+STATE = os.environ.get("XDS_STATE", "1") != "0"
 WEIR = os.environ.get("XDS_BINARY", os.path.join(ROOT, ".build-static/release/weir"))
 ENVOY = glob.glob(os.path.join(ROOT, ".venv/lib/python3*/site-packages/envoy/_bin/envoy"))[0]
 NS = f"weirb-xds-{os.getpid()}"
@@ -224,7 +225,7 @@ def main():
     try:
         subprocess.run(["ip", "-n", NS, "link", "set", "lo", "up"], check=True)
         weir = subprocess.Popen(["ip", "netns", "exec", NS, "env", "WEIR_LOG_LEVEL=" + os.environ.get("XDS_LOG_LEVEL", "notice"), WEIR, "xds", "--listen", f"unix:{sock}", "--mesh", os.path.join(d, "mesh"),
-                                 "--admin", f"unix:{ADMIN}"], stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "weir.log"), "w"))
+                                 "--admin", f"unix:{ADMIN}"] + (["--state", os.path.join(d, "state")] if STATE else []), stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "weir.log"), "w"))
         procs.append(weir)
         for _ in range(200):
             if os.path.exists(sock):
@@ -282,7 +283,8 @@ def main():
         per_stream = 1024 * sum((n - mean_n) * (r - mean_r) for n, r in later) / sum((n - mean_n) ** 2 for n, _ in later)
         per_stream_all = (idle_rss - rss_before) * 1024 / STREAMS
 
-        print(f"weir xds bench: {NODES} nodes, a {NODES + 1}-service mesh, {STREAMS} grpcio ADS streams, {ENVOYS} Envoy 1.40 sidecars")
+        print(f"weir xds bench: {NODES} nodes, a {NODES + 1}-service mesh, {STREAMS} grpcio ADS streams, {ENVOYS} Envoy 1.40 sidecars, "
+              + ("snapshots kept with --state" if STATE else "no --state"))
         print(f"  RSS: {base_rss} KiB with snapshots loaded, {rss_before} KiB before the streams, {idle_rss} KiB with {STREAMS} idle streams")
         print("  RSS as the client processes connected: " + ", ".join(f"{n} streams {r} KiB" for n, r in points))
         print(f"  memory per idle stream: {per_stream / 1024:.1f} KiB (least-squares slope from {n1} to {n2} streams)"
