@@ -41,6 +41,9 @@ public final class SnapshotCache: Sendable {
     public init(stateDirectory: URL?, logger: Logger = Logger(label: "weir.xds.cache")) {
         self.directory = stateDirectory
         self.logger = logger
+        writer = SnapshotWriter { node, snapshot in
+            if let stateDirectory { SnapshotCache.write(node, snapshot, directory: stateDirectory, logger: logger) }
+        }
         if let stateDirectory { loadPersisted(stateDirectory) }
     }
 
@@ -154,37 +157,23 @@ public final class SnapshotCache: Sendable {
         return "\(safe)-\(ContentHash.hex(Array(nodeID.utf8)).prefix(12)).snapshot.json"
     }
 
-    /// Snapshots handed to persistence and not yet taken by the writer, by node. A node changed twice before its
-    /// write is written once, as it is last.
-    let unwritten = Mutex<[String: Snapshot]>([:])
-    /// Writes the snapshot files, so neither a publish (each node's push would wait for its own write and those of
-    /// the nodes before it) nor an event loop (a NACK, a new node's first stream) waits for the disk.
-    let writer = DispatchQueue(label: "weir.xds.persist")
+    /// Writes the snapshot files on its own thread, so neither a publish (each node's push would wait for its own
+    /// write and those of the nodes before it) nor an event loop (a NACK, a new node's first stream) waits for the disk.
+    let writer: SnapshotWriter
 
-    /// Keeps `snapshot` as the node's file, soon: the writer thread writes it.
+    /// Keeps `snapshot` as the node's file, soon.
     func persist(_ nodeID: String, _ snapshot: Snapshot) {
         guard directory != nil else { return }
-        let schedule = unwritten.withLock { u in
-            defer { u[nodeID] = snapshot }
-            return u.isEmpty
-        }
-        // A pass already scheduled takes this one too; once a pass has taken the map, the next persist schedules another.
-        if schedule { writer.async { self.writeUnwritten() } }
-    }
-
-    func writeUnwritten() {
-        let batch = unwritten.withLock { u in
-            defer { u = [:] }
-            return u
-        }
-        for (node, snapshot) in batch.sorted(by: { $0.key < $1.key }) { write(node, snapshot) }
+        writer.submit(nodeID, snapshot)
     }
 
     /// Returns once every snapshot handed to persistence so far is on disk.
-    public func flush() { writer.sync { writeUnwritten() } }
+    public func flush() {
+        guard directory != nil else { return }
+        writer.flush()
+    }
 
-    func write(_ nodeID: String, _ snapshot: Snapshot) {
-        guard let directory else { return }
+    static func write(_ nodeID: String, _ snapshot: Snapshot, directory: URL, logger: Logger) {
         let p = Persisted(node: nodeID, resources: snapshot.resources.reduce(into: [:]) { out, e in
             out[e.key.rawValue] = e.value.mapValues { PersistedResource(bytes: Data($0.bytes), namedOnly: $0.namedOnly) }
         })
@@ -219,5 +208,59 @@ public final class SnapshotCache: Sendable {
             if s.consistencyProblems().isEmpty { state.withLock { $0.snapshots[p.node] = s } }
         }
         if !files.isEmpty { logger.info("loaded persisted snapshots", metadata: ["nodes": "\(nodeIDs.count)"]) }
+    }
+}
+
+/// The thread that writes snapshot files. A node changed twice before its write is written once, as it is last. The
+/// thread runs at the lowest CPU priority: on a busy node the pushes go first and the files follow. It starts with the
+/// first write and ends after a few idle seconds.
+final class SnapshotWriter: @unchecked Sendable {
+    // Everything below is guarded by `condition`.
+    let condition = NSCondition()
+    var unwritten: [String: Snapshot] = [:]
+    var writing = false
+    var running = false
+    let write: @Sendable (String, Snapshot) -> Void
+    static let idleSeconds = 5.0
+
+    init(write: @escaping @Sendable (String, Snapshot) -> Void) { self.write = write }
+
+    func submit(_ nodeID: String, _ snapshot: Snapshot) {
+        condition.lock()
+        defer { condition.unlock() }
+        unwritten[nodeID] = snapshot
+        if !running {
+            running = true
+            let t = Thread { [self] in run() }
+            t.name = "weir-persist"
+            t.start()
+        }
+        condition.broadcast()
+    }
+
+    func flush() {
+        condition.lock()
+        defer { condition.unlock() }
+        while !unwritten.isEmpty || writing { condition.wait() }
+    }
+
+    func run() {
+        // Per thread on Linux: only this thread's nice value changes.
+        _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, 19)
+        condition.lock()
+        while true {
+            if unwritten.isEmpty {
+                _ = condition.wait(until: Date(timeIntervalSinceNow: Self.idleSeconds))
+                if unwritten.isEmpty { running = false; condition.unlock(); return }
+            }
+            let batch = unwritten
+            unwritten = [:]
+            writing = true
+            condition.unlock()
+            for (node, snapshot) in batch.sorted(by: { $0.key < $1.key }) { write(node, snapshot) }
+            condition.lock()
+            writing = false
+            condition.broadcast()
+        }
     }
 }
