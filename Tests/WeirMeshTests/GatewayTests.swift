@@ -178,7 +178,7 @@ struct GatewaySelectionTests {
         }
     }
 
-    @Test("a v1 Namespace without a name is refused, not skipped with its labels")
+    @Test("a v1 Namespace without a name is refused, not dropped with its labels")
     func namespaceWithoutName() {
         let text = gateway.replacingOccurrences(of: "metadata: {name: shop, labels: {gateway: ingress}}", with: "metadata: {labels: {gateway: ingress}}")
         #expect(text != gateway)

@@ -3,6 +3,10 @@ import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import GRPCProtobuf
+import NIOCore
+import NIOHPACK
+import NIOHTTP2
+import NIOPosix
 import Synchronization
 import Testing
 import WeirNetns
@@ -71,6 +75,53 @@ struct RawBytesSerializer: MessageSerializer {
     func serialize<Bytes: GRPCContiguousBytes>(_ message: [UInt8]) throws -> Bytes { Bytes(message) }
 }
 
+/// Collects one HTTP/2 stream's response header blocks.
+final class ResponseCollector: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = HTTP2Frame.FramePayload
+    let done: EventLoopPromise<[HPACKHeaders]>
+    var blocks: [HPACKHeaders] = []
+    init(done: EventLoopPromise<[HPACKHeaders]>) { self.done = done }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .headers(let h) = unwrapInboundIn(data) {
+            blocks.append(h.headers)
+            if h.endStream { done.succeed(blocks) }
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) { done.succeed(blocks) }  // a no-op once succeeded
+    func errorCaught(context: ChannelHandlerContext, error: any Error) { done.fail(error) }
+}
+
+/// One request on a new HTTP/2 connection to a Unix socket, made with NIOHTTP2 itself: a gRPC client cannot send a
+/// GET or a wrong content type. Returns the response's header blocks.
+func plainHTTP2Request(unixPath: String, _ request: HPACKHeaders) async throws -> [HPACKHeaders] {
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    do {
+        // The HTTP/2 handler goes in before the connection is active, so it sends the client preface at once.
+        let channel = try await ClientBootstrap(group: group)
+            .channelInitializer { $0.configureHTTP2Pipeline(mode: .client, inboundStreamInitializer: nil).map { _ in } }
+            .connect(unixDomainSocketPath: unixPath).get()
+        let done = channel.eventLoop.makePromise(of: [HPACKHeaders].self)
+        let loop = channel.eventLoop
+        let stream = try await channel.pipeline.handler(type: HTTP2StreamMultiplexer.self).flatMap { multiplexer in
+            let stream = loop.makePromise(of: Channel.self)
+            multiplexer.createStreamChannel(promise: stream) { $0.pipeline.addHandler(ResponseCollector(done: done)) }
+            return stream.futureResult
+        }.get()
+        try await stream.writeAndFlush(HTTP2Frame.FramePayload.headers(.init(headers: request, endStream: true)))
+        // Bounded: a server that never answers fails the test instead of hanging it (a fulfilled promise ignores this).
+        loop.scheduleTask(in: .seconds(10)) { done.fail(ChannelError.ioOnClosedChannel) }
+        let blocks = try await done.futureResult.get()
+        try? await channel.close()
+        try await group.shutdownGracefully()
+        return blocks
+    } catch {
+        try? await group.shutdownGracefully()
+        throw error
+    }
+}
+
 @Suite("ADS over gRPC: weir's HTTP/2 transport with a real gRPC client")
 struct ADSTransportTests {
     @Test("a SotW stream gets the config, its ACK gets no answer, a change is pushed, and the client's half-close ends the call with OK")
@@ -118,6 +169,23 @@ struct ADSTransportTests {
                 send.finish()
                 #expect(try await messages.next() == nil)
             })
+        }
+    }
+
+    @Test("over a real connection, a GET is HTTP 405 and a JSON request 415; the connection's ADS calls go on")
+    func notGRPCOverTheWire() async throws {
+        try await withServedADS { cache, server, ads, _ in
+            guard case .unix(let path) = server.listen else { Issue.record("not a unix socket"); return }
+            func request(_ method: String, _ contentType: String) -> HPACKHeaders {
+                [":method": method, ":scheme": "http", ":path": ADSTransport.sotwPath, ":authority": "weir", "content-type": contentType]
+            }
+            let get = try await plainHTTP2Request(unixPath: path, request("GET", "application/grpc"))
+            #expect(get.map { $0.first(name: ":status") } == ["405"], "\(get)")
+            let json = try await plainHTTP2Request(unixPath: path, request("POST", "application/json"))
+            #expect(json.map { $0.first(name: ":status") } == ["415"], "\(json)")
+            let grpc = try await plainHTTP2Request(unixPath: path, request("POST", "application/grpc"))
+            #expect(grpc.first?.first(name: ":status") == "200", "a gRPC request on the same path is served: \(grpc)")
+            #expect(await noStreamsLeft(server, cache))
         }
     }
 
