@@ -81,7 +81,7 @@ public enum ManifestReader {
             guard doc.mapping != nil else { problem(file, doc, "(document)", "expected a Kubernetes object (a mapping)"); return }
             let kind = doc["kind"]?.string
             if kind == "Namespace", doc["apiVersion"]?.string == "v1" {
-                guard let name = doc["metadata"]?["name"]?.string, !name.isEmpty else {
+                guard let n = doc["metadata"]?["name"], !Self.isNull(n), let name = n.string, !name.isEmpty else {
                     // Its labels would belong to no namespace: say so rather than drop them.
                     problem(file, doc["metadata"] ?? doc, "metadata.name", "a Namespace needs a name"); return
                 }
@@ -99,7 +99,7 @@ public enum ManifestReader {
                 }
                 return
             }
-            guard let name = doc["metadata"]?["name"]?.string, !name.isEmpty else {
+            guard let n = doc["metadata"]?["name"], !Self.isNull(n), let name = n.string, !name.isEmpty else {
                 problem(file, doc["metadata"] ?? doc, "metadata.name", "every App Mesh object needs a name"); return
             }
             let namespace = doc["metadata"]?["namespace"]?.string ?? "default"
@@ -198,25 +198,26 @@ public enum ManifestReader {
             guard let mapping = node.mapping else { problem(file, node, field, "expected a map of label names to values"); return [:] }
             var out: [String: String] = [:]
             for (k, v) in mapping {
-                guard let key = k.string, let scalar = v.scalar else {
-                    problem(file, v, "\(field).\(k.string ?? "?")", "a label value is a string"); continue
-                }
-                // Kubernetes decodes `version: 1` or `canary: true` as a number or a boolean, and refuses it
-                // for a label; taking it as the string "1" would accept what the cluster never would.
-                if scalar.style == .plain, [Tag.Name.int, .float, .bool].contains(Resolver.default.resolveTag(of: Node(scalar.string))) {
-                    problem(file, v, "\(field).\(key)", "a label value is a string; YAML reads '\(scalar.string)' as a \(Self.yamlType(scalar.string)), so quote it"); continue
-                }
-                out[key] = scalar.string
+                guard let key = k.string, let value = labelString(file, v, "\(field).\(k.string ?? "?")") else { continue }
+                out[key] = value
             }
             return out
         }
 
-        /// What YAML makes of a plain scalar that reads as a number or a boolean, for messages.
-        static func yamlType(_ text: String) -> String {
-            switch Resolver.default.resolveTag(of: Node(text)) {
-            case .bool: return "boolean"
-            default: return "number"
+        /// A label value (or a selector's value) as Kubernetes reads it: a string; null is the empty string. Kubernetes
+        /// decodes `version: 1` or `canary: yes` as a number or a boolean and refuses it, so weir does too, rather than
+        /// take "1" and accept what the cluster never would. Quoting (or `!!str`) makes it a string.
+        mutating func labelString(_ file: String, _ v: Node, _ field: String) -> String? {
+            guard let scalar = v.scalar else { problem(file, v, field, "a label value is a string"); return nil }
+            if Self.isNull(v) { return "" }
+            let tag = Tag.Name(rawValue: v.tag.description)  // the explicit tag, else what the text resolves to
+            // Kubernetes' YAML reader (YAML 1.1) also takes y, Y, n and N for booleans.
+            let shortBool = tag == .str && scalar.style == .plain && ["y", "Y", "n", "N"].contains(scalar.string)
+            if [Tag.Name.int, .float, .bool].contains(tag) || shortBool {
+                problem(file, v, field, "a label value is a string; YAML reads '\(scalar.string)' as a \(tag == .int || tag == .float ? "number" : "boolean"), so quote it")
+                return nil
             }
+            return scalar.string
         }
 
         /// A Kubernetes label selector: `matchLabels` and `matchExpressions` (In, NotIn, Exists, DoesNotExist).
@@ -246,7 +247,8 @@ public enum ManifestReader {
                 if let v = e["values"], !Self.isNull(v), v.sequence == nil || items.contains(where: { $0.scalar == nil }) {
                     problem(file, v, f + ".values", "expected a list of strings"); continue
                 }
-                let values = items.compactMap(\.string)
+                let values = items.enumerated().compactMap { j, item in labelString(file, item, f + ".values[\(j)]") }
+                guard values.count == items.count else { continue }
                 if (op == .in || op == .notIn) && values.isEmpty { problem(file, e, f + ".values", "\(op.rawValue) needs at least one value"); continue }
                 if (op == .exists || op == .doesNotExist) && !values.isEmpty { problem(file, e["values"], f + ".values", "\(op.rawValue) takes no values"); continue }
                 s.matchExpressions.append(LabelSelector.Requirement(key: key, op: op, values: values))

@@ -166,7 +166,7 @@ struct GatewaySelectionTests {
 
     @Test("a label value YAML reads as a number or a boolean is refused, as Kubernetes refuses it; quoted, it is taken")
     func labelValueTypes() throws {
-        for (value, type) in [("1", "number"), ("1.5", "number"), ("true", "boolean"), ("off", "boolean")] {
+        for (value, type) in [("1", "number"), ("1.5", "number"), ("true", "boolean"), ("off", "boolean"), ("y", "boolean"), ("N", "boolean")] {
             let text = gateway.replacingOccurrences(of: "labels: {gateway: ingress}}", with: "labels: {gateway: ingress, version: \(value)}}")
             #expect(text != gateway)
             let error = #expect(throws: MeshError.self) { try ManifestReader.read([("mesh.yaml", text)]) }
@@ -176,12 +176,23 @@ struct GatewaySelectionTests {
             let quoted = gateway.replacingOccurrences(of: "labels: {gateway: ingress}}", with: "labels: {gateway: ingress, version: '\(value)'}}")
             #expect(try ManifestReader.read([("mesh.yaml", quoted)]).labels(ofNamespace: "shop")["version"] == value)
         }
+        // Strings as Kubernetes reads them: an explicit !!str, a date (kept as text), and null as the empty string.
+        for (written, read) in [("!!str 1", "1"), ("2024-01-01", "2024-01-01"), ("v1.2", "v1.2"), ("~", ""), ("null", "")] {
+            let text = gateway.replacingOccurrences(of: "labels: {gateway: ingress}}", with: "labels: {gateway: ingress, version: \(written)}}")
+            #expect(try ManifestReader.read([("mesh.yaml", text)]).labels(ofNamespace: "shop")["version"] == read, "version: \(written)")
+        }
+        // A selector's values follow the same rule.
+        expectRefused(gateway, "namespaceSelector: {matchLabels: {gateway: ingress}}",
+                      "namespaceSelector: {matchExpressions: [{key: gateway, operator: In, values: [ingress, 2]}]}",
+                      field: "matchExpressions[0].values[1]", mentions: "YAML reads '2' as a number")
     }
 
     @Test("a v1 Namespace without a name is refused, not dropped with its labels")
     func namespaceWithoutName() {
         let text = gateway.replacingOccurrences(of: "metadata: {name: shop, labels: {gateway: ingress}}", with: "metadata: {labels: {gateway: ingress}}")
         #expect(text != gateway)
+        let nullName = gateway.replacingOccurrences(of: "metadata: {name: shop, labels: {gateway: ingress}}", with: "metadata: {name: ~, labels: {gateway: ingress}}")
+        #expect((#expect(throws: MeshError.self) { try ManifestReader.read([("mesh.yaml", nullName)]) })?.problems.contains { $0.message == "a Namespace needs a name" } == true)
         let error = #expect(throws: MeshError.self) { try ManifestReader.read([("mesh.yaml", text)]) }
         let p = error?.problems.first { $0.location.field == "metadata.name" }
         #expect(p?.message == "a Namespace needs a name" && p?.location.line == Self.line(of: "metadata: {labels:", in: text), "\(String(describing: error?.problems))")
