@@ -167,10 +167,12 @@ public final class SnapshotCache: Sendable {
         writer.submit(nodeID, snapshot)
     }
 
-    /// Returns once every snapshot handed to persistence so far is on disk.
-    public func flush() {
-        guard directory != nil else { return }
-        writer.flush()
+    /// Returns once every snapshot handed to persistence so far is on disk, or after `seconds` (a hung disk must not
+    /// hold up a shutdown); whether they all were.
+    @discardableResult
+    public func flush(within seconds: Double = 60) -> Bool {
+        guard directory != nil else { return true }
+        return writer.flush(until: Date(timeIntervalSinceNow: seconds))
     }
 
     static func write(_ nodeID: String, _ snapshot: Snapshot, directory: URL, logger: Logger) {
@@ -215,13 +217,13 @@ public final class SnapshotCache: Sendable {
 /// thread runs at the lowest CPU priority: on a busy node the pushes go first and the files follow. It starts with the
 /// first write and ends after a few idle seconds.
 final class SnapshotWriter: @unchecked Sendable {
-    // Everything below is guarded by `condition`.
+    let write: @Sendable (String, Snapshot) -> Void
+    static let idleSeconds = 5.0
+    // The rest is guarded by `condition`.
     let condition = NSCondition()
     var unwritten: [String: Snapshot] = [:]
     var writing = false
     var running = false
-    let write: @Sendable (String, Snapshot) -> Void
-    static let idleSeconds = 5.0
 
     init(write: @escaping @Sendable (String, Snapshot) -> Void) { self.write = write }
 
@@ -238,10 +240,15 @@ final class SnapshotWriter: @unchecked Sendable {
         condition.broadcast()
     }
 
-    func flush() {
+    /// Waits until nothing is left to write, or until `deadline`; whether nothing is.
+    func flush(until deadline: Date) -> Bool {
         condition.lock()
         defer { condition.unlock() }
-        while !unwritten.isEmpty || writing { condition.wait() }
+        // Bounded by the deadline: each wait returns by then at the latest.
+        while !unwritten.isEmpty || writing {
+            if !condition.wait(until: deadline) { return unwritten.isEmpty && !writing }
+        }
+        return true
     }
 
     func run() {

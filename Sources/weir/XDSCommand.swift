@@ -90,7 +90,9 @@ struct XDSCommand: ParsableCommand {
         // moment to see the GOAWAY, then leave once the snapshots are on disk.
         task.cancel()
         _ = finished.wait(timeout: .now() + .seconds(2))
-        cache.flush()
+        if !cache.flush(within: 3) {
+            FileHandle.standardError.write(Data("weir xds: snapshots not all written to --state within 3 s; exiting anyway\n".utf8))
+        }
         Foundation.exit(0)
     }
 }

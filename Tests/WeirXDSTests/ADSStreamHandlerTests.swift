@@ -208,8 +208,18 @@ struct ADSStreamHandlerTests {
         try early.open(HandlerRig.headers(extra: [("grpc-timeout", "1S")]))
         try early.send(try grpcFramed(request(.cluster)), endStream: true)
         #expect(describe(try early.written()) == ["headers 200", "CDS", "trailers 0"])
+        #expect(early.handler.deadline == nil, "the deadline is cancelled when the call ends")
         early.channel.embeddedEventLoop.advanceTime(by: .seconds(2))
         #expect(try early.written().isEmpty)
+
+        // So does a stream the client resets (or whose connection goes) before the deadline.
+        let reset = try HandlerRig()
+        try reset.open(HandlerRig.headers(extra: [("grpc-timeout", "1S")]))
+        #expect(reset.handler.deadline != nil)
+        try reset.channel.close().wait()
+        #expect(reset.handler.deadline == nil)
+        #expect(reset.service.streams.withLock { $0.isEmpty })
+        reset.finish()
 
         for bad in ["", "5", "123456789S", "10x", "-1S", "1.5S", "S"] {
             let malformed = try HandlerRig()

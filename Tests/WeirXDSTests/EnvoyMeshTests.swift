@@ -260,8 +260,15 @@ struct EnvoyMeshTests {
         #expect(try lab.requests(20, headers: ["x-canary:yes"]) == ["green": 20], "the old header route should still work")
         try lab.replaceMesh(colorMesh(blue: 10, green: 90))
 
-        // weir killed, its sources gone: a newly started Envoy still gets the last good config from disk.
-        for p in lab.processes where p.process.arguments?.contains("xds") == true || p.process.arguments?.contains("--disable-hot-restart") == true { p.stop() }
+        // weir stopped, its sources gone: a newly started Envoy still gets the last good config from disk. SIGTERM, as
+        // systemd stops it: weir writes the files its writer thread has not yet written (a SIGKILL may leave the last
+        // change unwritten; README says so).
+        for p in lab.processes where p.process.arguments?.contains("xds") == true {
+            kill(p.process.processIdentifier, SIGTERM)
+            #expect(eventually(10) { !p.process.isRunning }, "weir xds did not exit on SIGTERM")
+            p.stop()
+        }
+        for p in lab.processes where p.process.arguments?.contains("--disable-hot-restart") == true { p.stop() }
         try FileManager.default.removeItem(at: lab.meshDir)
         _ = try lab.startWeir(["--mesh", lab.meshDir.path, "--state", lab.stateDir.path], name: "weir-restarted")
         _ = try lab.startEnvoy(delta: delta, name: "envoy-restarted")

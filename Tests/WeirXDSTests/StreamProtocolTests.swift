@@ -300,7 +300,31 @@ struct SnapshotTests {
         #expect(restarted.snapshot(for: "mesh/colors/virtualNode/front_apps") == s)
     }
 
-    @Test("a rejected snapshot goes back to the previous one on disk; changes in a row are written as the last one")
+    /// What a test writer was asked to write, in order.
+    final class WriteLog: Sendable {
+        let lines = Mutex<[String]>([])
+    }
+
+    @Test("changes made while a write is under way are written once, as the last one; flush waits for them, or gives up at its deadline")
+    func writerCoalesces() {
+        let gate = DispatchSemaphore(value: 0), started = DispatchSemaphore(value: 0)
+        let log = WriteLog()
+        let writer = SnapshotWriter { node, snapshot in
+            if log.lines.withLock({ $0.isEmpty }) { started.signal(); gate.wait() }  // the first write hangs until let go
+            log.lines.withLock { $0.append("\(node) \(snapshot.version)") }
+        }
+        let v = (1...4).map { snap([.cluster: ["a": "\($0)"]]) }
+        writer.submit("n1", v[0])
+        #expect(started.wait(timeout: .now() + 5) == .success)
+        for s in v.dropFirst() { writer.submit("n1", s) }
+        writer.submit("n2", v[0])
+        #expect(!writer.flush(until: Date(timeIntervalSinceNow: 0.1)), "the first write still hangs")
+        gate.signal()
+        #expect(writer.flush(until: Date(timeIntervalSinceNow: 5)))
+        #expect(log.lines.withLock { $0 } == ["n1 \(v[0].version)", "n1 \(v[3].version)", "n2 \(v[0].version)"])
+    }
+
+    @Test("a rejected snapshot goes back to the previous one on disk; after changes in a row the last one is there")
     func persistenceAfterNack() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("weir-cache-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: dir) }
