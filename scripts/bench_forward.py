@@ -127,7 +127,8 @@ def cpu_seconds():
 def machine_ticks():
     """(busy, all) CPU ticks of the whole machine so far, from /proc/stat."""
     with open("/proc/stat") as f:
-        t = [int(x) for x in f.readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal; guest time is already counted in user and nice.
+        t = [int(x) for x in f.readline().split()[1:9]]
     idle = t[3] + t[4]  # idle, iowait
     return sum(t) - idle, sum(t)
 
