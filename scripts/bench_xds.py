@@ -214,6 +214,8 @@ def phase_streams(d, pid, sock):
 def main():
     if os.geteuid() != 0:
         sys.exit("scripts/bench xds needs root (it creates a network namespace)")
+    if CLIENT_PROCS < 2 or STREAMS < CLIENT_PROCS:
+        sys.exit("XDS_CLIENT_PROCS must be at least 2 (the memory slope needs two points after the first process) and at most XDS_STREAMS")
     d = tempfile.mkdtemp(prefix="weir-bench-xds-")
     os.makedirs(os.path.join(d, "mesh"))
     write_mesh(d, 90, everything=True)
