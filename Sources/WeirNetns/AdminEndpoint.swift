@@ -43,10 +43,7 @@ public final class AdminEndpoint: Sendable {
                 guard path.hasPrefix("/"), path.utf8.count < 108 else { throw Failure.address(address) }
                 do throws(UnixSocketPath.Failure) { try UnixSocketPath.claim(path) } catch { throw Failure.path(address, error) }
                 let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-                var sun = sockaddr_un()
-                sun.sun_family = sa_family_t(AF_UNIX)
-                let bytes = Array(path.utf8) + [0]
-                withUnsafeMutableBytes(of: &sun.sun_path) { $0.copyBytes(from: bytes) }
+                var sun = UnixSocketPath.address(path)
                 let rc = withUnsafePointer(to: &sun) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
                 guard rc == 0, listen(fd, 64) == 0 else { let e = weir_errno(); Glibc.close(fd); throw Failure.bind(address, e) }
                 return fd

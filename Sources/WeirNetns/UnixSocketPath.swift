@@ -35,11 +35,17 @@ public enum UnixSocketPath {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         guard fd >= 0 else { return false }
         defer { close(fd) }
+        var sun = address(path)
+        let rc = withUnsafePointer(to: &sun) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        return rc == 0 || weir_errno() == EAGAIN || weir_errno() == EINPROGRESS
+    }
+
+    /// The socket address of `path` (cut at 107 bytes: callers check the length they accept).
+    public static func address(_ path: String) -> sockaddr_un {
         var sun = sockaddr_un()
         sun.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(path.utf8.prefix(107)) + [0]
         withUnsafeMutableBytes(of: &sun.sun_path) { $0.copyBytes(from: bytes) }
-        let rc = withUnsafePointer(to: &sun) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-        return rc == 0 || weir_errno() == EAGAIN || weir_errno() == EINPROGRESS
+        return sun
     }
 }
