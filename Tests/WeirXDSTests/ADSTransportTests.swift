@@ -70,6 +70,27 @@ func until(_ seconds: Double, _ condition: () -> Bool) async -> Bool {
     return condition()
 }
 
+/// A StreamAggregatedResources call that sends `first` and keeps its request stream open. Returns the error the server
+/// ended it with, and whether it ended while the client was still sending (the server did not wait for a half-close).
+func sendAndHold<Message: Sendable, S: MessageSerializer>(_ client: GRPCClient<HTTP2ClientTransport.Posix>, _ first: Message, _ serializer: S,
+                                                         at here: Testing.SourceLocation = #_sourceLocation) async -> (RPCError?, Bool) where S.Message == Message {
+    let stillSending = Flag()
+    let error = await #expect(throws: RPCError.self, sourceLocation: here) {
+        try await client.bidirectionalStreaming(
+            request: StreamingClientRequest(of: Message.self) { w in
+                try await w.write(first)
+                // The server ends the call without waiting for the client's half-close, which cancels this.
+                do { try await Task.sleep(for: .seconds(30)) } catch { stillSending.set() }
+            },
+            descriptor: Envoy_Service_Discovery_V3_AggregatedDiscoveryService.Method.StreamAggregatedResources.descriptor,
+            serializer: serializer, deserializer: ProtobufDeserializer<Response>(), options: .defaults
+        ) { response in
+            for try await _ in response.messages {}
+        }
+    }
+    return (error, stillSending.isSet)
+}
+
 /// Bytes sent as they are: a request that is not a valid message.
 struct RawBytesSerializer: MessageSerializer {
     func serialize<Bytes: GRPCContiguousBytes>(_ message: [UInt8]) throws -> Bytes { Bytes(message) }
@@ -195,23 +216,13 @@ struct ADSTransportTests {
 
     @Test("a first request without node.id ends the call with INVALID_ARGUMENT, saying why")
     func missingNode() async throws {
-        try await withServedADS { cache, server, ads, _ in
+        try await withServedADS { cache, server, _, client in
             var noNode = request(.cluster)
             noNode.clearNode()
-            let r = noNode
-            let stillSending = Flag()
-            let error = await #expect(throws: RPCError.self) {
-                try await ads.streamAggregatedResources(requestProducer: { w in
-                    try await w.write(r)
-                    // The server ends the call without waiting for the client's half-close, which cancels this.
-                    do { try await Task.sleep(for: .seconds(30)) } catch { stillSending.set() }
-                }, onResponse: { response in
-                    for try await _ in response.messages {}
-                })
-            }
+            let (error, stillSending) = await sendAndHold(client, noNode, ProtobufSerializer<Request>())
             #expect(error?.code == .invalidArgument)
             #expect(error?.message.contains("node.id") == true, "\(String(describing: error))")
-            #expect(stillSending.isSet, "the call ended while the client was still sending")
+            #expect(stillSending, "the call ended while the client was still sending")
             #expect(await noStreamsLeft(server, cache))
         }
     }
@@ -230,22 +241,11 @@ struct ADSTransportTests {
             #expect(unknown?.code == .unimplemented)
             #expect(unknown?.message.contains("FetchEverything") == true)
 
-            let stillSending = Flag()
-            let garbage = await #expect(throws: RPCError.self) {
-                try await client.bidirectionalStreaming(
-                    request: StreamingClientRequest(of: [UInt8].self) { w in
-                        try await w.write([0x0A, 0xFF, 0xFF, 0xFF]) // field 1, a length that runs past the end
-                        do { try await Task.sleep(for: .seconds(30)) } catch { stillSending.set() }
-                    },
-                    descriptor: Envoy_Service_Discovery_V3_AggregatedDiscoveryService.Method.StreamAggregatedResources.descriptor,
-                    serializer: RawBytesSerializer(), deserializer: ProtobufDeserializer<Response>(), options: .defaults
-                ) { response in
-                    for try await _ in response.messages {}
-                }
-            }
+            // Field 1, with a length that runs past the end.
+            let (garbage, stillSending) = await sendAndHold(client, [0x0A, 0xFF, 0xFF, 0xFF], RawBytesSerializer())
             #expect(garbage?.code == .internalError)
             #expect(garbage?.message.contains("DiscoveryRequest") == true, "\(String(describing: garbage))")
-            #expect(stillSending.isSet, "the call ended while the client was still sending")
+            #expect(stillSending, "the call ended while the client was still sending")
             #expect(await noStreamsLeft(server, cache))
         }
     }
