@@ -13,7 +13,7 @@ import envoy  # xds-protos
 def load_public():
     # Import every generated module of the xds-protos packages we mirror, so the default pool knows them.
     for pkg in ("envoy.config", "envoy.service.discovery", "envoy.extensions.filters", "envoy.extensions.access_loggers",
-                "envoy.extensions.upstreams.http", "envoy.type", "google.rpc"):
+                "envoy.extensions.upstreams.http", "envoy.extensions.transport_sockets.tls", "envoy.type", "google.rpc"):
         mod = importlib.import_module(pkg)
         for info in pkgutil.walk_packages(mod.__path__, pkg + "."):
             if info.name.endswith("_pb2"):

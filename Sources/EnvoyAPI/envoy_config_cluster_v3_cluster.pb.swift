@@ -261,6 +261,15 @@ public nonisolated struct Envoy_Config_Cluster_V3_Cluster: @unchecked Sendable {
   /// Clears the value of `outlierDetection`. Subsequent reads from it will return its default value.
   public mutating func clearOutlierDetection() {_uniqueStorage()._outlierDetection = nil}
 
+  public var transportSocket: Envoy_Config_Core_V3_TransportSocket {
+    get {_storage._transportSocket ?? Envoy_Config_Core_V3_TransportSocket()}
+    set {_uniqueStorage()._transportSocket = newValue}
+  }
+  /// Returns true if `transportSocket` has been explicitly set.
+  public var hasTransportSocket: Bool {_storage._transportSocket != nil}
+  /// Clears the value of `transportSocket`. Subsequent reads from it will return its default value.
+  public mutating func clearTransportSocket() {_uniqueStorage()._transportSocket = nil}
+
   public var altStatName: String {
     get {_storage._altStatName}
     set {_uniqueStorage()._altStatName = newValue}
@@ -616,7 +625,7 @@ nonisolated extension Envoy_Config_Cluster_V3_CircuitBreakers.Thresholds: SwiftP
 
 nonisolated extension Envoy_Config_Cluster_V3_Cluster: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Cluster"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}type\0\u{3}eds_cluster_config\0\u{3}connect_timeout\0\u{3}per_connection_buffer_limit_bytes\0\u{3}lb_policy\0\u{4}\u{2}health_checks\0\u{4}\u{2}circuit_breakers\0\u{4}\u{7}dns_lookup_family\0\u{4}\u{2}outlier_detection\0\u{4}\u{9}alt_stat_name\0\u{4}\u{5}load_assignment\0\u{4}\u{3}typed_extension_protocol_options\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}type\0\u{3}eds_cluster_config\0\u{3}connect_timeout\0\u{3}per_connection_buffer_limit_bytes\0\u{3}lb_policy\0\u{4}\u{2}health_checks\0\u{4}\u{2}circuit_breakers\0\u{4}\u{7}dns_lookup_family\0\u{4}\u{2}outlier_detection\0\u{4}\u{5}transport_socket\0\u{4}\u{4}alt_stat_name\0\u{4}\u{5}load_assignment\0\u{4}\u{3}typed_extension_protocol_options\0")
 
   fileprivate class _StorageClass {
     var _name: String = String()
@@ -629,6 +638,7 @@ nonisolated extension Envoy_Config_Cluster_V3_Cluster: SwiftProtobuf.Message, Sw
     var _circuitBreakers: Envoy_Config_Cluster_V3_CircuitBreakers? = nil
     var _dnsLookupFamily: Envoy_Config_Cluster_V3_Cluster.DnsLookupFamily = .auto
     var _outlierDetection: Envoy_Config_Cluster_V3_OutlierDetection? = nil
+    var _transportSocket: Envoy_Config_Core_V3_TransportSocket? = nil
     var _altStatName: String = String()
     var _loadAssignment: Envoy_Config_Endpoint_V3_ClusterLoadAssignment? = nil
     var _typedExtensionProtocolOptions: Dictionary<String,SwiftProtobuf.Google_Protobuf_Any> = [:]
@@ -652,6 +662,7 @@ nonisolated extension Envoy_Config_Cluster_V3_Cluster: SwiftProtobuf.Message, Sw
       _circuitBreakers = source._circuitBreakers
       _dnsLookupFamily = source._dnsLookupFamily
       _outlierDetection = source._outlierDetection
+      _transportSocket = source._transportSocket
       _altStatName = source._altStatName
       _loadAssignment = source._loadAssignment
       _typedExtensionProtocolOptions = source._typedExtensionProtocolOptions
@@ -690,6 +701,7 @@ nonisolated extension Envoy_Config_Cluster_V3_Cluster: SwiftProtobuf.Message, Sw
         case 10: try { try decoder.decodeSingularMessageField(value: &_storage._circuitBreakers) }()
         case 17: try { try decoder.decodeSingularEnumField(value: &_storage._dnsLookupFamily) }()
         case 19: try { try decoder.decodeSingularMessageField(value: &_storage._outlierDetection) }()
+        case 24: try { try decoder.decodeSingularMessageField(value: &_storage._transportSocket) }()
         case 28: try { try decoder.decodeSingularStringField(value: &_storage._altStatName) }()
         case 33: try { try decoder.decodeSingularMessageField(value: &_storage._loadAssignment) }()
         case 36: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMessageMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.Google_Protobuf_Any>.self, value: &_storage._typedExtensionProtocolOptions) }()
@@ -735,6 +747,9 @@ nonisolated extension Envoy_Config_Cluster_V3_Cluster: SwiftProtobuf.Message, Sw
       try { if let v = _storage._outlierDetection {
         try visitor.visitSingularMessageField(value: v, fieldNumber: 19)
       } }()
+      try { if let v = _storage._transportSocket {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 24)
+      } }()
       if !_storage._altStatName.isEmpty {
         try visitor.visitSingularStringField(value: _storage._altStatName, fieldNumber: 28)
       }
@@ -763,6 +778,7 @@ nonisolated extension Envoy_Config_Cluster_V3_Cluster: SwiftProtobuf.Message, Sw
         if _storage._circuitBreakers != rhs_storage._circuitBreakers {return false}
         if _storage._dnsLookupFamily != rhs_storage._dnsLookupFamily {return false}
         if _storage._outlierDetection != rhs_storage._outlierDetection {return false}
+        if _storage._transportSocket != rhs_storage._transportSocket {return false}
         if _storage._altStatName != rhs_storage._altStatName {return false}
         if _storage._loadAssignment != rhs_storage._loadAssignment {return false}
         if _storage._typedExtensionProtocolOptions != rhs_storage._typedExtensionProtocolOptions {return false}

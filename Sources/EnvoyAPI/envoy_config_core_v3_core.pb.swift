@@ -376,12 +376,138 @@ public nonisolated struct Envoy_Config_Core_V3_AggregatedConfigSource: Sendable 
   public init() {}
 }
 
+/// grpc_service.proto
+public nonisolated struct Envoy_Config_Core_V3_GrpcService: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var targetSpecifier: Envoy_Config_Core_V3_GrpcService.OneOf_TargetSpecifier? = nil
+
+  public var envoyGrpc: Envoy_Config_Core_V3_GrpcService.EnvoyGrpc {
+    get {
+      if case .envoyGrpc(let v)? = targetSpecifier {return v}
+      return Envoy_Config_Core_V3_GrpcService.EnvoyGrpc()
+    }
+    set {targetSpecifier = .envoyGrpc(newValue)}
+  }
+
+  public var timeout: SwiftProtobuf.Google_Protobuf_Duration {
+    get {_timeout ?? SwiftProtobuf.Google_Protobuf_Duration()}
+    set {_timeout = newValue}
+  }
+  /// Returns true if `timeout` has been explicitly set.
+  public var hasTimeout: Bool {self._timeout != nil}
+  /// Clears the value of `timeout`. Subsequent reads from it will return its default value.
+  public mutating func clearTimeout() {self._timeout = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum OneOf_TargetSpecifier: Equatable, Sendable {
+    case envoyGrpc(Envoy_Config_Core_V3_GrpcService.EnvoyGrpc)
+
+  }
+
+  public nonisolated struct EnvoyGrpc: Sendable {
+    // SwiftProtobuf.Message conformance is added in an extension below. See the
+    // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+    // methods supported on all messages.
+
+    public var clusterName: String = String()
+
+    public var authority: String = String()
+
+    public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+    public init() {}
+  }
+
+  public init() {}
+
+  fileprivate var _timeout: SwiftProtobuf.Google_Protobuf_Duration? = nil
+}
+
+/// config_source.proto
+public nonisolated struct Envoy_Config_Core_V3_ApiConfigSource: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var apiType: Envoy_Config_Core_V3_ApiConfigSource.ApiType = .deprecatedAndUnavailableDoNotUse
+
+  public var grpcServices: [Envoy_Config_Core_V3_GrpcService] = []
+
+  public var transportApiVersion: Envoy_Config_Core_V3_ApiVersion = .auto
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum ApiType: SwiftProtobuf.Enum, Swift.CaseIterable {
+    public typealias RawValue = Int
+    case deprecatedAndUnavailableDoNotUse // = 0
+    case rest // = 1
+    case grpc // = 2
+    case deltaGrpc // = 3
+    case aggregatedGrpc // = 5
+    case aggregatedDeltaGrpc // = 6
+    case UNRECOGNIZED(Int)
+
+    public init() {
+      self = .deprecatedAndUnavailableDoNotUse
+    }
+
+    public init?(rawValue: Int) {
+      switch rawValue {
+      case 0: self = .deprecatedAndUnavailableDoNotUse
+      case 1: self = .rest
+      case 2: self = .grpc
+      case 3: self = .deltaGrpc
+      case 5: self = .aggregatedGrpc
+      case 6: self = .aggregatedDeltaGrpc
+      default: self = .UNRECOGNIZED(rawValue)
+      }
+    }
+
+    public var rawValue: Int {
+      switch self {
+      case .deprecatedAndUnavailableDoNotUse: return 0
+      case .rest: return 1
+      case .grpc: return 2
+      case .deltaGrpc: return 3
+      case .aggregatedGrpc: return 5
+      case .aggregatedDeltaGrpc: return 6
+      case .UNRECOGNIZED(let i): return i
+      }
+    }
+
+    // The compiler won't synthesize support with the UNRECOGNIZED case.
+    public static let allCases: [Envoy_Config_Core_V3_ApiConfigSource.ApiType] = [
+      .deprecatedAndUnavailableDoNotUse,
+      .rest,
+      .grpc,
+      .deltaGrpc,
+      .aggregatedGrpc,
+      .aggregatedDeltaGrpc,
+    ]
+
+  }
+
+  public init() {}
+}
+
 public nonisolated struct Envoy_Config_Core_V3_ConfigSource: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   public var configSourceSpecifier: Envoy_Config_Core_V3_ConfigSource.OneOf_ConfigSourceSpecifier? = nil
+
+  public var apiConfigSource: Envoy_Config_Core_V3_ApiConfigSource {
+    get {
+      if case .apiConfigSource(let v)? = configSourceSpecifier {return v}
+      return Envoy_Config_Core_V3_ApiConfigSource()
+    }
+    set {configSourceSpecifier = .apiConfigSource(newValue)}
+  }
 
   public var ads: Envoy_Config_Core_V3_AggregatedConfigSource {
     get {
@@ -405,6 +531,7 @@ public nonisolated struct Envoy_Config_Core_V3_ConfigSource: Sendable {
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_ConfigSourceSpecifier: Equatable, Sendable {
+    case apiConfigSource(Envoy_Config_Core_V3_ApiConfigSource)
     case ads(Envoy_Config_Core_V3_AggregatedConfigSource)
 
   }
@@ -474,6 +601,71 @@ public nonisolated struct Envoy_Config_Core_V3_DataSource: Sendable {
     case filename(String)
     case inlineBytes(Data)
     case inlineString(String)
+
+  }
+
+  public init() {}
+}
+
+/// base.proto
+public nonisolated struct Envoy_Config_Core_V3_TransportSocket: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  public var configType: Envoy_Config_Core_V3_TransportSocket.OneOf_ConfigType? = nil
+
+  public var typedConfig: SwiftProtobuf.Google_Protobuf_Any {
+    get {
+      if case .typedConfig(let v)? = configType {return v}
+      return SwiftProtobuf.Google_Protobuf_Any()
+    }
+    set {configType = .typedConfig(newValue)}
+  }
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum OneOf_ConfigType: Equatable, Sendable {
+    case typedConfig(SwiftProtobuf.Google_Protobuf_Any)
+
+  }
+
+  public init() {}
+}
+
+/// substitution_format_string.proto
+public nonisolated struct Envoy_Config_Core_V3_SubstitutionFormatString: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var format: Envoy_Config_Core_V3_SubstitutionFormatString.OneOf_Format? = nil
+
+  public var jsonFormat: SwiftProtobuf.Google_Protobuf_Struct {
+    get {
+      if case .jsonFormat(let v)? = format {return v}
+      return SwiftProtobuf.Google_Protobuf_Struct()
+    }
+    set {format = .jsonFormat(newValue)}
+  }
+
+  public var textFormatSource: Envoy_Config_Core_V3_DataSource {
+    get {
+      if case .textFormatSource(let v)? = format {return v}
+      return Envoy_Config_Core_V3_DataSource()
+    }
+    set {format = .textFormatSource(newValue)}
+  }
+
+  public var omitEmptyValues: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum OneOf_Format: Equatable, Sendable {
+    case jsonFormat(SwiftProtobuf.Google_Protobuf_Struct)
+    case textFormatSource(Envoy_Config_Core_V3_DataSource)
 
   }
 
@@ -1129,9 +1321,9 @@ nonisolated extension Envoy_Config_Core_V3_AggregatedConfigSource: SwiftProtobuf
   }
 }
 
-nonisolated extension Envoy_Config_Core_V3_ConfigSource: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
-  public static let protoMessageName: String = _protobuf_package + ".ConfigSource"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\u{3}ads\0\u{3}initial_fetch_timeout\0\u{4}\u{2}resource_api_version\0")
+nonisolated extension Envoy_Config_Core_V3_GrpcService: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".GrpcService"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}envoy_grpc\0\u{2}\u{2}timeout\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1139,6 +1331,149 @@ nonisolated extension Envoy_Config_Core_V3_ConfigSource: SwiftProtobuf.Message, 
       // allocates stack space for every case branch when no optimizations are
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
+      case 1: try {
+        var v: Envoy_Config_Core_V3_GrpcService.EnvoyGrpc?
+        var hadOneofValue = false
+        if let current = self.targetSpecifier {
+          hadOneofValue = true
+          if case .envoyGrpc(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.targetSpecifier = .envoyGrpc(v)
+        }
+      }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._timeout) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if case .envoyGrpc(let v)? = self.targetSpecifier {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    try { if let v = self._timeout {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Envoy_Config_Core_V3_GrpcService, rhs: Envoy_Config_Core_V3_GrpcService) -> Bool {
+    if lhs.targetSpecifier != rhs.targetSpecifier {return false}
+    if lhs._timeout != rhs._timeout {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Envoy_Config_Core_V3_GrpcService.EnvoyGrpc: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = Envoy_Config_Core_V3_GrpcService.protoMessageName + ".EnvoyGrpc"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}cluster_name\0\u{1}authority\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.clusterName) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.authority) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.clusterName.isEmpty {
+      try visitor.visitSingularStringField(value: self.clusterName, fieldNumber: 1)
+    }
+    if !self.authority.isEmpty {
+      try visitor.visitSingularStringField(value: self.authority, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Envoy_Config_Core_V3_GrpcService.EnvoyGrpc, rhs: Envoy_Config_Core_V3_GrpcService.EnvoyGrpc) -> Bool {
+    if lhs.clusterName != rhs.clusterName {return false}
+    if lhs.authority != rhs.authority {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Envoy_Config_Core_V3_ApiConfigSource: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ApiConfigSource"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}api_type\0\u{4}\u{3}grpc_services\0\u{4}\u{4}transport_api_version\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularEnumField(value: &self.apiType) }()
+      case 4: try { try decoder.decodeRepeatedMessageField(value: &self.grpcServices) }()
+      case 8: try { try decoder.decodeSingularEnumField(value: &self.transportApiVersion) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.apiType != .deprecatedAndUnavailableDoNotUse {
+      try visitor.visitSingularEnumField(value: self.apiType, fieldNumber: 1)
+    }
+    if !self.grpcServices.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.grpcServices, fieldNumber: 4)
+    }
+    if self.transportApiVersion != .auto {
+      try visitor.visitSingularEnumField(value: self.transportApiVersion, fieldNumber: 8)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Envoy_Config_Core_V3_ApiConfigSource, rhs: Envoy_Config_Core_V3_ApiConfigSource) -> Bool {
+    if lhs.apiType != rhs.apiType {return false}
+    if lhs.grpcServices != rhs.grpcServices {return false}
+    if lhs.transportApiVersion != rhs.transportApiVersion {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Envoy_Config_Core_V3_ApiConfigSource.ApiType: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0DEPRECATED_AND_UNAVAILABLE_DO_NOT_USE\0\u{1}REST\0\u{1}GRPC\0\u{1}DELTA_GRPC\0\u{2}\u{2}AGGREGATED_GRPC\0\u{1}AGGREGATED_DELTA_GRPC\0")
+}
+
+nonisolated extension Envoy_Config_Core_V3_ConfigSource: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ConfigSource"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{4}\u{2}api_config_source\0\u{1}ads\0\u{3}initial_fetch_timeout\0\u{4}\u{2}resource_api_version\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 2: try {
+        var v: Envoy_Config_Core_V3_ApiConfigSource?
+        var hadOneofValue = false
+        if let current = self.configSourceSpecifier {
+          hadOneofValue = true
+          if case .apiConfigSource(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.configSourceSpecifier = .apiConfigSource(v)
+        }
+      }()
       case 3: try {
         var v: Envoy_Config_Core_V3_AggregatedConfigSource?
         var hadOneofValue = false
@@ -1164,9 +1499,17 @@ nonisolated extension Envoy_Config_Core_V3_ConfigSource: SwiftProtobuf.Message, 
     // allocates stack space for every if/case branch local when no optimizations
     // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
     // https://github.com/apple/swift-protobuf/issues/1182
-    try { if case .ads(let v)? = self.configSourceSpecifier {
+    switch self.configSourceSpecifier {
+    case .apiConfigSource?: try {
+      guard case .apiConfigSource(let v)? = self.configSourceSpecifier else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    }()
+    case .ads?: try {
+      guard case .ads(let v)? = self.configSourceSpecifier else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
-    } }()
+    }()
+    case nil: break
+    }
     try { if let v = self._initialFetchTimeout {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
     } }()
@@ -1288,6 +1631,124 @@ nonisolated extension Envoy_Config_Core_V3_DataSource: SwiftProtobuf.Message, Sw
 
   public static func ==(lhs: Envoy_Config_Core_V3_DataSource, rhs: Envoy_Config_Core_V3_DataSource) -> Bool {
     if lhs.specifier != rhs.specifier {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Envoy_Config_Core_V3_TransportSocket: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".TransportSocket"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{4}\u{2}typed_config\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 3: try {
+        var v: SwiftProtobuf.Google_Protobuf_Any?
+        var hadOneofValue = false
+        if let current = self.configType {
+          hadOneofValue = true
+          if case .typedConfig(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.configType = .typedConfig(v)
+        }
+      }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    try { if case .typedConfig(let v)? = self.configType {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Envoy_Config_Core_V3_TransportSocket, rhs: Envoy_Config_Core_V3_TransportSocket) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.configType != rhs.configType {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Envoy_Config_Core_V3_SubstitutionFormatString: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SubstitutionFormatString"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{4}\u{2}json_format\0\u{3}omit_empty_values\0\u{4}\u{2}text_format_source\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 2: try {
+        var v: SwiftProtobuf.Google_Protobuf_Struct?
+        var hadOneofValue = false
+        if let current = self.format {
+          hadOneofValue = true
+          if case .jsonFormat(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.format = .jsonFormat(v)
+        }
+      }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.omitEmptyValues) }()
+      case 5: try {
+        var v: Envoy_Config_Core_V3_DataSource?
+        var hadOneofValue = false
+        if let current = self.format {
+          hadOneofValue = true
+          if case .textFormatSource(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.format = .textFormatSource(v)
+        }
+      }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if case .jsonFormat(let v)? = self.format {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    if self.omitEmptyValues != false {
+      try visitor.visitSingularBoolField(value: self.omitEmptyValues, fieldNumber: 3)
+    }
+    try { if case .textFormatSource(let v)? = self.format {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Envoy_Config_Core_V3_SubstitutionFormatString, rhs: Envoy_Config_Core_V3_SubstitutionFormatString) -> Bool {
+    if lhs.format != rhs.format {return false}
+    if lhs.omitEmptyValues != rhs.omitEmptyValues {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

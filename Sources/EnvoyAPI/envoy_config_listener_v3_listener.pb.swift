@@ -94,6 +94,15 @@ public nonisolated struct Envoy_Config_Listener_V3_FilterChain: Sendable {
 
   public var filters: [Envoy_Config_Listener_V3_Filter] = []
 
+  public var transportSocket: Envoy_Config_Core_V3_TransportSocket {
+    get {_transportSocket ?? Envoy_Config_Core_V3_TransportSocket()}
+    set {_transportSocket = newValue}
+  }
+  /// Returns true if `transportSocket` has been explicitly set.
+  public var hasTransportSocket: Bool {self._transportSocket != nil}
+  /// Clears the value of `transportSocket`. Subsequent reads from it will return its default value.
+  public mutating func clearTransportSocket() {self._transportSocket = nil}
+
   public var name: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -101,6 +110,7 @@ public nonisolated struct Envoy_Config_Listener_V3_FilterChain: Sendable {
   public init() {}
 
   fileprivate var _filterChainMatch: Envoy_Config_Listener_V3_FilterChainMatch? = nil
+  fileprivate var _transportSocket: Envoy_Config_Core_V3_TransportSocket? = nil
 }
 
 public nonisolated struct Envoy_Config_Listener_V3_ListenerFilter: Sendable {
@@ -381,7 +391,7 @@ nonisolated extension Envoy_Config_Listener_V3_FilterChainMatch: SwiftProtobuf.M
 
 nonisolated extension Envoy_Config_Listener_V3_FilterChain: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".FilterChain"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}filter_chain_match\0\u{2}\u{2}filters\0\u{2}\u{4}name\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}filter_chain_match\0\u{2}\u{2}filters\0\u{4}\u{3}transport_socket\0\u{1}name\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -391,6 +401,7 @@ nonisolated extension Envoy_Config_Listener_V3_FilterChain: SwiftProtobuf.Messag
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularMessageField(value: &self._filterChainMatch) }()
       case 3: try { try decoder.decodeRepeatedMessageField(value: &self.filters) }()
+      case 6: try { try decoder.decodeSingularMessageField(value: &self._transportSocket) }()
       case 7: try { try decoder.decodeSingularStringField(value: &self.name) }()
       default: break
       }
@@ -408,6 +419,9 @@ nonisolated extension Envoy_Config_Listener_V3_FilterChain: SwiftProtobuf.Messag
     if !self.filters.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.filters, fieldNumber: 3)
     }
+    try { if let v = self._transportSocket {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
+    } }()
     if !self.name.isEmpty {
       try visitor.visitSingularStringField(value: self.name, fieldNumber: 7)
     }
@@ -417,6 +431,7 @@ nonisolated extension Envoy_Config_Listener_V3_FilterChain: SwiftProtobuf.Messag
   public static func ==(lhs: Envoy_Config_Listener_V3_FilterChain, rhs: Envoy_Config_Listener_V3_FilterChain) -> Bool {
     if lhs._filterChainMatch != rhs._filterChainMatch {return false}
     if lhs.filters != rhs.filters {return false}
+    if lhs._transportSocket != rhs._transportSocket {return false}
     if lhs.name != rhs.name {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true

@@ -315,6 +315,15 @@ public nonisolated struct Envoy_Config_Route_V3_RouteAction: Sendable {
   /// Clears the value of `idleTimeout`. Subsequent reads from it will return its default value.
   public mutating func clearIdleTimeout() {self._idleTimeout = nil}
 
+  public var regexRewrite: Envoy_Type_Matcher_V3_RegexMatchAndSubstitute {
+    get {_regexRewrite ?? Envoy_Type_Matcher_V3_RegexMatchAndSubstitute()}
+    set {_regexRewrite = newValue}
+  }
+  /// Returns true if `regexRewrite` has been explicitly set.
+  public var hasRegexRewrite: Bool {self._regexRewrite != nil}
+  /// Clears the value of `regexRewrite`. Subsequent reads from it will return its default value.
+  public mutating func clearRegexRewrite() {self._regexRewrite = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_ClusterSpecifier: Equatable, Sendable {
@@ -333,6 +342,7 @@ public nonisolated struct Envoy_Config_Route_V3_RouteAction: Sendable {
   fileprivate var _timeout: SwiftProtobuf.Google_Protobuf_Duration? = nil
   fileprivate var _retryPolicy: Envoy_Config_Route_V3_RetryPolicy? = nil
   fileprivate var _idleTimeout: SwiftProtobuf.Google_Protobuf_Duration? = nil
+  fileprivate var _regexRewrite: Envoy_Type_Matcher_V3_RegexMatchAndSubstitute? = nil
 }
 
 public nonisolated struct Envoy_Config_Route_V3_DirectResponseAction: Sendable {
@@ -849,7 +859,7 @@ nonisolated extension Envoy_Config_Route_V3_RetryPolicy: SwiftProtobuf.Message, 
 
 nonisolated extension Envoy_Config_Route_V3_RouteAction: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RouteAction"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}cluster\0\u{4}\u{2}weighted_clusters\0\u{4}\u{2}prefix_rewrite\0\u{3}host_rewrite_literal\0\u{2}\u{2}timeout\0\u{3}retry_policy\0\u{2}\u{2}priority\0\u{4}\u{d}idle_timeout\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}cluster\0\u{4}\u{2}weighted_clusters\0\u{4}\u{2}prefix_rewrite\0\u{3}host_rewrite_literal\0\u{2}\u{2}timeout\0\u{3}retry_policy\0\u{2}\u{2}priority\0\u{4}\u{d}idle_timeout\0\u{4}\u{8}regex_rewrite\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -891,6 +901,7 @@ nonisolated extension Envoy_Config_Route_V3_RouteAction: SwiftProtobuf.Message, 
       case 9: try { try decoder.decodeSingularMessageField(value: &self._retryPolicy) }()
       case 11: try { try decoder.decodeSingularEnumField(value: &self.priority) }()
       case 24: try { try decoder.decodeSingularMessageField(value: &self._idleTimeout) }()
+      case 32: try { try decoder.decodeSingularMessageField(value: &self._regexRewrite) }()
       default: break
       }
     }
@@ -930,6 +941,9 @@ nonisolated extension Envoy_Config_Route_V3_RouteAction: SwiftProtobuf.Message, 
     try { if let v = self._idleTimeout {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 24)
     } }()
+    try { if let v = self._regexRewrite {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 32)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -941,6 +955,7 @@ nonisolated extension Envoy_Config_Route_V3_RouteAction: SwiftProtobuf.Message, 
     if lhs._retryPolicy != rhs._retryPolicy {return false}
     if lhs.priority != rhs.priority {return false}
     if lhs._idleTimeout != rhs._idleTimeout {return false}
+    if lhs._regexRewrite != rhs._regexRewrite {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

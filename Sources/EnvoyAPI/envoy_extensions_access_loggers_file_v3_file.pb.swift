@@ -29,7 +29,22 @@ public nonisolated struct Envoy_Extensions_AccessLoggers_File_V3_FileAccessLog: 
 
   public var path: String = String()
 
+  public var accessLogFormat: Envoy_Extensions_AccessLoggers_File_V3_FileAccessLog.OneOf_AccessLogFormat? = nil
+
+  public var logFormat: Envoy_Config_Core_V3_SubstitutionFormatString {
+    get {
+      if case .logFormat(let v)? = accessLogFormat {return v}
+      return Envoy_Config_Core_V3_SubstitutionFormatString()
+    }
+    set {accessLogFormat = .logFormat(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum OneOf_AccessLogFormat: Equatable, Sendable {
+    case logFormat(Envoy_Config_Core_V3_SubstitutionFormatString)
+
+  }
 
   public init() {}
 }
@@ -40,7 +55,7 @@ fileprivate nonisolated let _protobuf_package = "envoy.extensions.access_loggers
 
 nonisolated extension Envoy_Extensions_AccessLoggers_File_V3_FileAccessLog: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".FileAccessLog"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}path\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}path\0\u{4}\u{4}log_format\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -49,20 +64,41 @@ nonisolated extension Envoy_Extensions_AccessLoggers_File_V3_FileAccessLog: Swif
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.path) }()
+      case 5: try {
+        var v: Envoy_Config_Core_V3_SubstitutionFormatString?
+        var hadOneofValue = false
+        if let current = self.accessLogFormat {
+          hadOneofValue = true
+          if case .logFormat(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.accessLogFormat = .logFormat(v)
+        }
+      }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if !self.path.isEmpty {
       try visitor.visitSingularStringField(value: self.path, fieldNumber: 1)
     }
+    try { if case .logFormat(let v)? = self.accessLogFormat {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Envoy_Extensions_AccessLoggers_File_V3_FileAccessLog, rhs: Envoy_Extensions_AccessLoggers_File_V3_FileAccessLog) -> Bool {
     if lhs.path != rhs.path {return false}
+    if lhs.accessLogFormat != rhs.accessLogFormat {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
