@@ -1,46 +1,52 @@
-import Foundation
-import Yams
+import Synchronization
 
 /// Reads App Mesh manifests (multi-document YAML) into the model, with every problem located to file, line and field.
+///
+/// Each object is first checked against its kind's v1beta2 schema (`AppMeshSchema`), as Kubernetes' API server with
+/// strict field validation would: an unknown field, a wrong type, a value outside its enum or range, or a missing
+/// required field is an error, and so is a field weir cannot honour, by name. Then App Mesh's own rules (its
+/// controller's webhooks) and weir's are checked on the values, and references across objects last.
 public enum ManifestReader {
     static let apiVersion = "appmesh.k8s.aws/v1beta2"
+    static let appMeshKinds: Set<String> = ["Mesh", "VirtualNode", "VirtualRouter", "VirtualService", "VirtualGateway", "GatewayRoute"]
 
     /// Per-file parse results by path and text, so re-reading a directory where one file changed parses one file.
-    public final class FileCache: @unchecked Sendable {
-        var entries: [String: (text: String, out: MeshManifests, problems: [MeshProblem])] = [:]
-        let lock = NSLock()
+    public final class FileCache: Sendable {
+        struct Entry { var text: String; var out: MeshManifests; var problems: [MeshProblem] }
+        let entries = Mutex<[String: Entry]>([:])
         public init() {}
         func get(_ path: String, _ text: String) -> (MeshManifests, [MeshProblem])? {
-            lock.lock(); defer { lock.unlock() }
-            guard let e = entries[path], e.text == text else { return nil }
-            return (e.out, e.problems)
+            entries.withLock { e in e[path].flatMap { $0.text == text ? ($0.out, $0.problems) : nil } }
         }
         func set(_ path: String, _ text: String, _ out: MeshManifests, _ problems: [MeshProblem]) {
-            lock.lock(); defer { lock.unlock() }
-            entries[path] = (text, out, problems)
+            entries.withLock { $0[path] = Entry(text: text, out: out, problems: problems) }
         }
         /// Forgets files that are gone.
-        func keep(_ paths: Set<String>) {
-            lock.lock(); defer { lock.unlock() }
-            entries = entries.filter { paths.contains($0.key) }
-        }
+        func keep(_ paths: Set<String>) { entries.withLock { $0 = $0.filter { paths.contains($0.key) } } }
     }
 
     /// Reads `files` (path and text, in the order given) and checks cross-references. Throws every problem at once.
-    public static func read(_ files: [(path: String, text: String)], cache: FileCache? = nil) throws(MeshError) -> MeshManifests {
+    public static func read(_ files: [(path: String, text: String)], cache: FileCache? = nil,
+                            limits: YAMLLimits = .default) throws(MeshError) -> MeshManifests {
         var reader = Reader()
         for (path, text) in files {
             if let cache, let (out, problems) = cache.get(path, text) {
-                reader.namespacesTwice(out); reader.out.append(out); reader.problems += problems; continue
+                reader.merge(out, problems)
+                continue
             }
             var one = Reader()
-            one.readFile(path: path, text: text)
+            one.readFile(path: path, text: text, limits: limits)
             cache?.set(path, text, one.out, one.problems)
-            reader.namespacesTwice(one.out); reader.out.append(one.out); reader.problems += one.problems
+            reader.merge(one.out, one.problems)
         }
         cache?.keep(Set(files.map(\.path)))
-        reader.checkDuplicates()
-        reader.checkReferences()
+        // Objects with problems of their own were left out: references to them would only add noise.
+        if reader.problems.isEmpty {
+            reader.checkDuplicates()
+            reader.checkMembership()
+            reader.resolveARNs()
+            reader.checkReferences()
+        }
         if !reader.problems.isEmpty { throw MeshError(problems: reader.problems) }
         return reader.out
     }
@@ -48,440 +54,625 @@ public enum ManifestReader {
     struct Reader {
         var out = MeshManifests()
         var problems: [MeshProblem] = []
+        /// The file being read.
+        var file = ""
 
-        mutating func problem(_ file: String, _ node: Node?, _ field: String, _ message: String) {
-            problems.append(MeshProblem(location: SourceLocation(file: file, line: (node?.mark?.line ?? 0), field: field), message: message))
+        mutating func problem(_ node: YAMLNode?, _ field: String, _ message: String) {
+            problems.append(MeshProblem(location: SourceLocation(file: file, line: node?.line ?? 0, field: field), message: message))
         }
 
-        mutating func readFile(path: String, text: String) {
-            var documents: [Node] = []
-            do {
-                // The sequence stops at a parse error and keeps it; surface it rather than read half a file.
-                var sequence = try Yams.compose_all(yaml: text)
-                while let doc = sequence.next() { documents.append(doc) }
-                if let error = sequence.error { throw error }
-            } catch let e as YamlError {
-                problems.append(MeshProblem(location: SourceLocation(file: path, line: Self.line(of: e), field: "(yaml)"), message: "not valid YAML: \(e)"))
-                return
-            } catch {
-                problems.append(MeshProblem(location: SourceLocation(file: path, line: 0, field: "(yaml)"), message: "not valid YAML: \(error)"))
-                return
-            }
-            for doc in documents { readDocument(path, doc) }
+        mutating func problem(_ location: SourceLocation, _ message: String) {
+            problems.append(MeshProblem(location: location, message: message))
         }
 
-        static func line(of e: YamlError) -> Int {
-            switch e {
-            case .scanner(_, _, let mark, _), .parser(_, _, let mark, _): return mark.line
-            default: return 0
-            }
+        mutating func merge(_ next: MeshManifests, _ nextProblems: [MeshProblem]) {
+            namespacesTwice(next)
+            out.append(next)
+            problems += nextProblems
         }
 
-        mutating func readDocument(_ file: String, _ doc: Node) {
-            guard doc.mapping != nil else { problem(file, doc, "(document)", "expected a Kubernetes object (a mapping)"); return }
-            let kind = doc["kind"]?.string
-            if kind == "Namespace", doc["apiVersion"]?.string == "v1" {
-                guard let n = doc["metadata"]?["name"], !Self.isNull(n), let name = n.string, !name.isEmpty else {
-                    // Its labels would belong to no namespace: say so rather than drop them.
-                    problem(file, doc["metadata"] ?? doc, "metadata.name", "a Namespace needs a name"); return
-                }
-                // Read for the labels a virtual gateway's namespaceSelector matches.
-                let l = labels(file, doc["metadata"]?["labels"], "metadata.labels")
-                let here = SourceLocation(file: file, line: doc.mark?.line ?? 0, field: "Namespace \(name)")
-                if !namespaceTwice(name, at: here) { out.namespaces[name] = MeshManifests.Namespace(labels: l, location: here) }
+        mutating func readFile(path: String, text: String, limits: YAMLLimits) {
+            file = path
+            let documents: [YAMLNode]
+            do { documents = try YAMLNode.documents(text, limits: limits) } catch {
+                problem(SourceLocation(file: path, line: error.line, field: "(yaml)"), error.message)
                 return
             }
-            guard let api = doc["apiVersion"]?.string, api == ManifestReader.apiVersion else {
+            for doc in documents where !doc.isNull { readDocument(doc) }
+        }
+
+        mutating func readDocument(_ doc: YAMLNode) {
+            guard doc.mapping != nil else { problem(doc, "(document)", "expected a Kubernetes object (a mapping)"); return }
+            let kind = doc["kind"]?.text
+            if kind == "Namespace", doc["apiVersion"]?.text == "v1" { readNamespace(doc); return }
+            guard let api = doc["apiVersion"]?.text, api == ManifestReader.apiVersion else {
                 // Other Kubernetes objects (Deployments, Services) may share the files: skip them quietly,
                 // but an App Mesh kind with the wrong version is a mistake.
-                if let kind, ["Mesh", "VirtualNode", "VirtualRouter", "VirtualService", "VirtualGateway", "GatewayRoute"].contains(kind) {
-                    problem(file, doc["apiVersion"] ?? doc, "apiVersion", "App Mesh \(kind) must be \(ManifestReader.apiVersion), found '\(doc["apiVersion"]?.string ?? "")'")
+                if let kind, ManifestReader.appMeshKinds.contains(kind) {
+                    problem(doc["apiVersion"] ?? doc, "apiVersion", "App Mesh \(kind) must be \(ManifestReader.apiVersion), found '\(doc["apiVersion"]?.text ?? "")'")
                 }
                 return
             }
-            guard let n = doc["metadata"]?["name"], !Self.isNull(n), let name = n.string, !name.isEmpty else {
-                problem(file, doc["metadata"] ?? doc, "metadata.name", "every App Mesh object needs a name"); return
+            guard let kind, let schema = AppMeshSchema.object(kind) else {
+                problem(doc["kind"] ?? doc, "kind", "unknown App Mesh kind '\(kind ?? "")'; expected Mesh, VirtualNode, VirtualRouter, VirtualService, VirtualGateway or GatewayRoute")
+                return
             }
-            let namespace = doc["metadata"]?["namespace"]?.string ?? "default"
-            let ref = ResourceRef(name: name, namespace: namespace)
-            let spec = doc["spec"]
-            let loc = SourceLocation(file: file, line: doc.mark?.line ?? 0, field: "\(kind ?? "?") \(ref)")
+            var checker = SchemaChecker(file: file)
+            checker.check(doc, schema, path: "", use: nil)
+            guard let name = doc["metadata"]?["name"]?.text, !name.isEmpty else {
+                problems += checker.problems
+                problem(doc["metadata"] ?? doc, "metadata.name", "every App Mesh object needs a name")
+                return
+            }
+            guard checker.problems.isEmpty else { problems += checker.problems; return }
+            let namespace = doc["metadata"]?["namespace"]?.text ?? "default"
+            var object = Object(ref: ResourceRef(name: name, namespace: namespace), spec: doc["spec"], metadata: doc["metadata"],
+                                location: SourceLocation(file: file, line: doc.line, field: "\(kind) \(namespace)/\(name)"))
+            if kind == "Mesh" {
+                // Meshes are cluster-scoped: a namespace means nothing for them.
+                object.location.field = "Mesh \(name)"
+            }
             switch kind {
-            case "Mesh":
-                let egress = spec?["egressFilter"]?["type"]?.string ?? "DROP_ALL"
-                if !["ALLOW_ALL", "DROP_ALL"].contains(egress) {
-                    problem(file, spec?["egressFilter"]?["type"], "spec.egressFilter.type", "must be ALLOW_ALL or DROP_ALL, found '\(egress)'")
-                }
-                var mesh = Mesh(name: name, egressDropAll: egress != "ALLOW_ALL", location: loc)
-                if let s = spec?["namespaceSelector"] { mesh.namespaceSelector = labelSelector(file, s, "spec.namespaceSelector") }
-                out.meshes.append(mesh)
-            case "VirtualNode":
-                var node = VirtualNode(ref: ref, awsName: spec?["awsName"]?.string ?? "\(name)_\(namespace)", meshName: spec?["meshRef"]?["name"]?.string, listeners: [], hostname: nil, backends: [], accessLogPath: nil, location: loc)
-                for (i, l) in (spec?["listeners"]?.sequence ?? []).enumerated() {
-                    if let listener = nodeListener(file, l, "spec.listeners[\(i)]") { node.listeners.append(listener) }
-                }
-                if node.listeners.count > 1 {
-                    problem(file, spec?["listeners"], "spec.listeners", "App Mesh virtual nodes have at most one listener")
-                }
-                if let dns = spec?["serviceDiscovery"]?["dns"] {
-                    guard let h = dns["hostname"]?.string, !h.isEmpty else {
-                        problem(file, dns, "spec.serviceDiscovery.dns.hostname", "a DNS service discovery needs a hostname"); break
-                    }
-                    node.hostname = h
-                }
-                for (i, b) in (spec?["backends"]?.sequence ?? []).enumerated() {
-                    let field = "spec.backends[\(i)].virtualService.virtualServiceRef"
-                    guard let r = b["virtualService"]?["virtualServiceRef"], let n = r["name"]?.string else {
-                        problem(file, b, field, "a backend names a virtual service with virtualServiceRef.name"); continue
-                    }
-                    node.backends.append(ResourceRef(name: n, namespace: r["namespace"]?.string ?? namespace))
-                }
-                node.accessLogPath = spec?["logging"]?["accessLog"]?["file"]?["path"]?.string
-                out.virtualNodes.append(node)
-            case "VirtualRouter":
-                var router = VirtualRouter(ref: ref, listeners: [], routes: [], location: loc)
-                for (i, l) in (spec?["listeners"]?.sequence ?? []).enumerated() {
-                    if let pm = portMapping(file, l["portMapping"], "spec.listeners[\(i)].portMapping") { router.listeners.append(pm) }
-                }
-                if router.listeners.isEmpty { problem(file, spec ?? doc, "spec.listeners", "a virtual router needs one listener") }
-                for (i, r) in (spec?["routes"]?.sequence ?? []).enumerated() {
-                    if let route = route(file, r, "spec.routes[\(i)]", namespace: namespace) { router.routes.append(route) }
-                }
-                out.virtualRouters.append(router)
-            case "VirtualService":
-                var service = VirtualService(ref: ref, awsName: spec?["awsName"]?.string ?? "\(name).\(namespace)", provider: nil, location: loc)
-                if let vn = spec?["provider"]?["virtualNode"]?["virtualNodeRef"], let n = vn["name"]?.string {
-                    service.provider = .virtualNode(ResourceRef(name: n, namespace: vn["namespace"]?.string ?? namespace))
-                } else if let vr = spec?["provider"]?["virtualRouter"]?["virtualRouterRef"], let n = vr["name"]?.string {
-                    service.provider = .virtualRouter(ResourceRef(name: n, namespace: vr["namespace"]?.string ?? namespace))
-                } else if spec?["provider"] != nil {
-                    problem(file, spec?["provider"], "spec.provider", "name a virtualNode.virtualNodeRef or a virtualRouter.virtualRouterRef")
-                }
-                out.virtualServices.append(service)
-            case "VirtualGateway":
-                var gw = VirtualGateway(ref: ref, awsName: spec?["awsName"]?.string ?? "\(name)_\(namespace)", meshName: spec?["meshRef"]?["name"]?.string, listeners: [], accessLogPath: spec?["logging"]?["accessLog"]?["file"]?["path"]?.string, location: loc)
-                if let s = spec?["namespaceSelector"] { gw.namespaceSelector = labelSelector(file, s, "spec.namespaceSelector") }
-                if let s = spec?["gatewayRouteSelector"] { gw.gatewayRouteSelector = labelSelector(file, s, "spec.gatewayRouteSelector") }
-                for (i, l) in (spec?["listeners"]?.sequence ?? []).enumerated() {
-                    if let listener = nodeListener(file, l, "spec.listeners[\(i)]") {
-                        if listener.portMapping.protocol == .tcp {
-                            problem(file, l["portMapping"]?["protocol"], "spec.listeners[\(i)].portMapping.protocol", "a virtual gateway listens for http, http2 or grpc, not tcp")
-                        }
-                        gw.listeners.append(listener)
-                    }
-                }
-                if gw.listeners.isEmpty { problem(file, spec ?? doc, "spec.listeners", "a virtual gateway needs a listener") }
-                out.virtualGateways.append(gw)
-            case "GatewayRoute":
-                if var route = gatewayRoute(file, spec, ref: ref, loc: loc) {
-                    route.labels = labels(file, doc["metadata"]?["labels"], "metadata.labels")
-                    if let g = spec?["virtualGatewayRef"], !Self.isNull(g) {
-                        if let n = g["name"]?.string, !n.isEmpty { route.virtualGatewayRef = ResourceRef(name: n, namespace: g["namespace"]?.string ?? namespace) }
-                        else { problem(file, g, "spec.virtualGatewayRef.name", "a virtualGatewayRef names a virtual gateway") }
-                    }
-                    out.gatewayRoutes.append(route)
-                }
-            default:
-                problem(file, doc["kind"] ?? doc, "kind", "unknown App Mesh kind '\(kind ?? "")'; expected Mesh, VirtualNode, VirtualRouter, VirtualService, VirtualGateway or GatewayRoute")
+            case "Mesh": readMesh(object)
+            case "VirtualNode": readVirtualNode(object)
+            case "VirtualRouter": readVirtualRouter(object)
+            case "VirtualService": readVirtualService(object)
+            case "VirtualGateway": readVirtualGateway(object)
+            default: readGatewayRoute(object)
             }
         }
 
-        /// YAML null (`field:` with no value, `~`, `null`): Kubernetes reads it as the field left out.
-        static func isNull(_ node: Node?) -> Bool {
-            guard let s = node?.scalar else { return false }
-            return s.style == .plain && ["", "~", "null", "Null", "NULL"].contains(s.string)
+        /// An object that passed its schema: its identity, spec and where it is.
+        struct Object {
+            var ref: ResourceRef
+            var spec: YAMLNode?
+            var metadata: YAMLNode?
+            var location: SourceLocation
+            var name: String { ref.name }
+            var namespace: String { ref.namespace }
         }
 
-        /// A string-to-string map such as `metadata.labels`.
-        mutating func labels(_ file: String, _ node: Node?, _ field: String) -> [String: String] {
-            guard let node, !Self.isNull(node) else { return [:] }
-            guard let mapping = node.mapping else { problem(file, node, field, "expected a map of label names to values"); return [:] }
+        // MARK: Namespace
+
+        /// A `v1` Namespace, read for the labels a namespace selector matches.
+        mutating func readNamespace(_ doc: YAMLNode) {
+            guard let n = doc["metadata"]?["name"], let name = n.string, !name.isEmpty, !n.isNull else {
+                // Its labels would belong to no namespace: say so rather than drop them.
+                problem(doc["metadata"] ?? doc, "metadata.name", "a Namespace needs a name"); return
+            }
+            var checker = SchemaChecker(file: file)
+            if let labels = doc["metadata"]?["labels"] { checker.check(labels, .stringMap, path: "metadata.labels", use: nil) }
+            guard checker.problems.isEmpty else { problems += checker.problems; return }
+            let here = SourceLocation(file: file, line: doc.line, field: "Namespace \(name)")
+            if !namespaceTwice(name, at: here) {
+                out.namespaces[name] = MeshManifests.Namespace(labels: Self.labels(doc["metadata"]?["labels"]), location: here)
+            }
+        }
+
+        /// A string map that passed the schema; null values are the empty string, as Kubernetes reads them.
+        static func labels(_ node: YAMLNode?) -> [String: String] {
             var out: [String: String] = [:]
-            for (k, v) in mapping {
-                guard let key = k.string, let value = labelString(file, v, "\(field).\(k.string ?? "?")") else { continue }
-                out[key] = value
+            for p in node?.mapping ?? [] {
+                if let k = p.key.text { out[k] = p.value.isNull ? "" : p.value.text ?? "" }
             }
             return out
         }
 
-        /// A label value (or a selector's value) as Kubernetes reads it: a string; null is the empty string. Kubernetes
-        /// decodes `version: 1` or `canary: yes` as a number or a boolean and refuses it, so weir does too, rather than
-        /// take "1" and accept what the cluster never would. Quoting (or `!!str`) makes it a string.
-        mutating func labelString(_ file: String, _ v: Node, _ field: String) -> String? {
-            guard let scalar = v.scalar else { problem(file, v, field, "a label value is a string"); return nil }
-            if Self.isNull(v) { return "" }
-            let tag = Tag.Name(rawValue: v.tag.description)  // the explicit tag, else what the text resolves to
-            // Kubernetes' YAML reader (YAML 1.1) also takes y, Y, n and N for booleans.
-            let shortBool = tag == .str && scalar.style == .plain && ["y", "Y", "n", "N"].contains(scalar.string)
-            if [Tag.Name.int, .float, .bool].contains(tag) || shortBool {
-                problem(file, v, field, "a label value is a string; YAML reads '\(scalar.string)' as a \(tag == .int || tag == .float ? "number" : "boolean"), so quote it")
-                return nil
-            }
-            return scalar.string
+        // MARK: Mesh
+
+        mutating func readMesh(_ o: Object) {
+            let spec = o.spec
+            let egress = spec?["egressFilter"]?["type"]?.text ?? "DROP_ALL"
+            var mesh = Mesh(name: o.name, awsName: spec?["awsName"]?.text ?? o.name, uid: o.metadata?["uid"]?.text,
+                            meshOwner: spec?["meshOwner"]?.text,
+                            ipPreference: spec?["meshServiceDiscovery"]?["ipPreference"]?.text.flatMap(IPPreference.init(rawValue:)),
+                            egressDropAll: egress != "ALLOW_ALL", location: o.location)
+            if let s = spec?["namespaceSelector"] { mesh.namespaceSelector = labelSelector(s, "spec.namespaceSelector") }
+            out.meshes.append(mesh)
         }
 
+        // MARK: VirtualNode
+
+        mutating func readVirtualNode(_ o: Object) {
+            let spec = o.spec
+            var node = VirtualNode(ref: o.ref, awsName: spec?["awsName"]?.text ?? "\(o.name)_\(o.namespace)",
+                                   meshName: spec?["meshRef"]?["name"]?.text, meshUID: spec?["meshRef"]?["uid"]?.text,
+                                   listeners: [], hostname: nil, backends: [], location: o.location)
+            for (i, l) in (spec?["listeners"]?.sequence ?? []).enumerated() {
+                if let listener = listener(l, "spec.listeners[\(i)]", gateway: false) { node.listeners.append(listener) }
+            }
+            if node.listeners.count > 1 {
+                problem(spec?["listeners"], "spec.listeners", "App Mesh virtual nodes have at most one listener")
+            }
+            if let dns = spec?["serviceDiscovery"]?["dns"], let h = dns["hostname"]?.text {
+                if h.isEmpty { problem(dns["hostname"], "spec.serviceDiscovery.dns.hostname", "must not be empty") }
+                node.hostname = h
+                node.responseType = dns["responseType"]?.text.flatMap(DNSResponseType.init(rawValue:))
+            }
+            var seen = Set<ResourceRef>(), seenARNs = Set<String>()
+            for (i, b) in (spec?["backends"]?.sequence ?? []).enumerated() {
+                let field = "spec.backends[\(i)].virtualService"
+                guard let vs = b["virtualService"] else { continue }
+                guard let (ref, arn) = reference(vs, field, refKey: "virtualServiceRef", arnKey: "virtualServiceARN", namespace: o.namespace) else { continue }
+                if let arn, !seenARNs.insert(arn).inserted {
+                    problem(vs, field + ".virtualServiceARN", "VirtualNode-\(o.name) has duplicate VirtualServiceReferenceARNs \(arn)")
+                } else if arn == nil, !seen.insert(ref).inserted {
+                    problem(vs, field + ".virtualServiceRef", "VirtualNode-\(o.name) has duplicate VirtualServiceReferences \(ref.name)")
+                }
+                let tls = vs["clientPolicy"]?["tls"].flatMap { clientTLS($0, field + ".clientPolicy.tls") }
+                node.backends.append(Backend(service: ref, arn: arn, tls: tls))
+            }
+            node.backendDefaults = spec?["backendDefaults"]?["clientPolicy"]?["tls"].flatMap { clientTLS($0, "spec.backendDefaults.clientPolicy.tls") }
+            node.accessLog = accessLog(spec?["logging"]?["accessLog"]?["file"], "spec.logging.accessLog.file")
+            if let s = spec?["podSelector"] { node.podSelector = labelSelector(s, "spec.podSelector") }
+            out.virtualNodes.append(node)
+        }
+
+        /// A `…Ref` or a `…ARN`, exactly one. An ARN comes back with a placeholder reference, resolved once every file
+        /// is read.
+        mutating func reference(_ node: YAMLNode, _ field: String, refKey: String, arnKey: String, namespace: String) -> (ResourceRef, String?)? {
+            switch (node[refKey], node[arnKey]?.text) {
+            case (let r?, nil):
+                return (ResourceRef(name: r["name"]?.text ?? "", namespace: r["namespace"]?.text ?? namespace), nil)
+            case (nil, let arn?):
+                return (ResourceRef(name: "", namespace: ""), arn)
+            case (nil, nil):
+                problem(node, field, "give \(refKey) or \(arnKey)")
+            default:
+                problem(node, "\(field).\(arnKey)", "give \(refKey) or \(arnKey), not both")
+            }
+            return nil
+        }
+
+        mutating func listener(_ l: YAMLNode, _ field: String, gateway: Bool) -> NodeListener? {
+            guard let pm = portMapping(l["portMapping"]) else { return nil }
+            var listener = NodeListener(portMapping: pm)
+            let proto = pm.protocol.rawValue
+            if let h = l["healthCheck"] {
+                let hf = field + ".healthCheck"
+                let hp = PortProtocol(rawValue: h["protocol"]?.text ?? "") ?? .http
+                if (hp == .http || hp == .http2) && h["path"] == nil {
+                    problem(h, hf + ".path", "an HTTP health check needs a path")
+                } else if hp == .tcp || hp == .grpc, let p = h["path"] {
+                    problem(p, hf + ".path", "a \(hp.rawValue) health check has no path; the path is for http and http2 health checks")
+                }
+                listener.healthCheck = HealthCheck(protocol: hp, path: h["path"]?.text, port: h["port"]?.int.map { UInt16($0) },
+                                                   healthyThreshold: h["healthyThreshold"]?.int ?? 2, unhealthyThreshold: h["unhealthyThreshold"]?.int ?? 2,
+                                                   intervalMilliseconds: h["intervalMillis"]?.int ?? 5000, timeoutMilliseconds: h["timeoutMillis"]?.int ?? 2000)
+            }
+            if let t = l["timeout"] {
+                for p in t.mapping ?? [] where !p.value.isNull {
+                    guard let key = p.key.text, key != proto else { continue }
+                    problem(p.key, "\(field).timeout.\(key)", "applies to a \(key) listener; this listener's protocol is \(proto): give timeout.\(proto)")
+                }
+                if let own = t[proto] {
+                    listener.perRequestTimeoutMilliseconds = duration(own["perRequest"])
+                    listener.idleTimeoutMilliseconds = duration(own["idle"])
+                }
+            }
+            if let o = l["outlierDetection"] {
+                listener.outlierDetection = OutlierDetection(maxServerErrors: o["maxServerErrors"]?.int ?? 1, intervalMilliseconds: duration(o["interval"]) ?? 0,
+                                                             baseEjectionMilliseconds: duration(o["baseEjectionDuration"]) ?? 0,
+                                                             maxEjectionPercent: o["maxEjectionPercent"]?.int ?? 0)
+            }
+            if let c = l["connectionPool"] {
+                let given = (c.mapping ?? []).filter { !$0.value.isNull }.compactMap { $0.key.text }
+                if given.count > 1 {
+                    problem(c, field + ".connectionPool", "Only one type of Virtual \(gateway ? "Gateway" : "Node") Connection Pool is allowed")
+                } else if let key = given.first, key != proto {
+                    problem(c[key], "\(field).connectionPool.\(key)", "applies to a \(key) listener; this listener's protocol is \(proto): give connectionPool.\(proto)")
+                } else if let p = c[proto] {
+                    listener.connectionPool = ConnectionPool(maxConnections: p["maxConnections"]?.int, maxPendingRequests: p["maxPendingRequests"]?.int,
+                                                             maxRequests: p["maxRequests"]?.int)
+                }
+            }
+            if let t = l["tls"] { listener.tls = listenerTLS(t, field + ".tls") }
+            return listener
+        }
+
+        mutating func portMapping(_ node: YAMLNode?) -> PortMapping? {
+            guard let node, let port = node["port"]?.int, let proto = PortProtocol(rawValue: node["protocol"]?.text ?? "") else { return nil }
+            return PortMapping(port: UInt16(port), protocol: proto)
+        }
+
+        /// `{unit: ms|s, value: N}` in milliseconds (the schema has checked both).
+        func duration(_ d: YAMLNode?) -> Int? {
+            guard let d, let value = d["value"]?.int else { return nil }
+            return d["unit"]?.text == "s" ? value * 1000 : value
+        }
+
+        // MARK: TLS
+
+        mutating func certificate(_ c: YAMLNode, _ field: String) -> CertificateSource? {
+            switch (c["file"], c["sds"]) {
+            case (let f?, nil):
+                return .file(chain: f["certificateChain"]?.text ?? "", privateKey: f["privateKey"]?.text ?? "")
+            case (nil, let s?):
+                return .sds(secretName: s["secretName"]?.text ?? "")
+            case (nil, nil):
+                problem(c, field, "give certificate.file or certificate.sds")
+            default:
+                problem(c, field, "give certificate.file or certificate.sds, not both")
+            }
+            return nil
+        }
+
+        mutating func validation(_ v: YAMLNode, _ field: String) -> TLSValidation? {
+            guard let t = v["trust"] else { return nil }
+            let trust: TrustSource
+            switch (t["file"], t["sds"]) {
+            case (let f?, nil): trust = .file(chain: f["certificateChain"]?.text ?? "")
+            case (nil, let s?): trust = .sds(secretName: s["secretName"]?.text ?? "")
+            case (nil, nil): problem(t, field + ".trust", "give trust.file or trust.sds"); return nil
+            default: problem(t, field + ".trust", "give trust.file or trust.sds, not both"); return nil
+            }
+            let sans = (v["subjectAlternativeNames"]?["match"]?["exact"]?.sequence ?? []).compactMap(\.text)
+            if v["subjectAlternativeNames"] != nil && sans.isEmpty {
+                problem(v["subjectAlternativeNames"], field + ".subjectAlternativeNames.match.exact", "name at least one subject alternative name")
+            }
+            return TLSValidation(trust: trust, subjectAlternativeNames: sans)
+        }
+
+        mutating func listenerTLS(_ t: YAMLNode, _ field: String) -> ListenerTLS? {
+            guard let mode = ListenerTLS.Mode(rawValue: t["mode"]?.text ?? ""), let c = t["certificate"],
+                  let cert = certificate(c, field + ".certificate") else { return nil }
+            var tls = ListenerTLS(mode: mode, certificate: cert)
+            if let v = t["validation"] {
+                guard let validation = validation(v, field + ".validation") else { return nil }
+                tls.validation = validation
+            }
+            return tls
+        }
+
+        mutating func clientTLS(_ t: YAMLNode, _ field: String) -> ClientTLS? {
+            guard let v = t["validation"], let validation = validation(v, field + ".validation") else { return nil }
+            var tls = ClientTLS(enforce: t["enforce"]?.bool ?? true, ports: (t["ports"]?.sequence ?? []).compactMap { $0.int.map { UInt16($0) } },
+                                validation: validation)
+            if let c = t["certificate"] {
+                guard let cert = certificate(c, field + ".certificate") else { return nil }
+                tls.certificate = cert
+            }
+            return tls
+        }
+
+        // MARK: logging
+
+        mutating func accessLog(_ f: YAMLNode?, _ field: String) -> AccessLog? {
+            guard let f, let path = f["path"]?.text else { return nil }
+            var log = AccessLog(path: path)
+            if let format = f["format"] {
+                switch (format["text"]?.text, format["json"]?.sequence) {
+                case (let text?, nil):
+                    log.format = .text(text)
+                case (nil, let pairs?):
+                    if pairs.isEmpty { problem(format["json"], field + ".format.json", "give at least one key and value"); return nil }
+                    var keys = Set<String>()
+                    var kv: [AccessLog.KeyValue] = []
+                    for (i, p) in pairs.enumerated() {
+                        let key = p["key"]?.text ?? ""
+                        if !keys.insert(key).inserted { problem(p, "\(field).format.json[\(i)].key", "'\(key)' is given twice") }
+                        kv.append(AccessLog.KeyValue(key: key, value: p["value"]?.text ?? ""))
+                    }
+                    log.format = .json(kv)
+                case (nil, nil):
+                    problem(format, field + ".format", "give format.text or format.json")
+                default:
+                    problem(format, field + ".format", "give format.text or format.json, not both")
+                }
+            }
+            return log
+        }
+
+        // MARK: VirtualRouter
+
+        mutating func readVirtualRouter(_ o: Object) {
+            let spec = o.spec
+            var router = VirtualRouter(ref: o.ref, awsName: spec?["awsName"]?.text ?? "\(o.name)_\(o.namespace)",
+                                       meshName: spec?["meshRef"]?["name"]?.text, meshUID: spec?["meshRef"]?["uid"]?.text,
+                                       listeners: [], routes: [], location: o.location)
+            for l in spec?["listeners"]?.sequence ?? [] {
+                if let pm = portMapping(l["portMapping"]) { router.listeners.append(pm) }
+            }
+            if router.listeners.isEmpty { problem(spec ?? o.metadata, "spec.listeners", "a virtual router needs one listener") }
+            var names = Set<String>()
+            for (i, r) in (spec?["routes"]?.sequence ?? []).enumerated() {
+                let field = "spec.routes[\(i)]"
+                if let n = r["name"]?.text, !names.insert(n).inserted {
+                    problem(r["name"], field + ".name", "VirtualRouter-\(o.name) has duplicate route entries for \(n)")
+                }
+                guard let route = route(r, field, namespace: o.namespace) else { continue }
+                let fits = router.listeners.filter { ($0.protocol == .tcp) == (route.kind == .tcp) }
+                if let port = route.port {
+                    if !fits.contains(where: { $0.port == port }) {
+                        problem(route.location, "match.port \(port) is not a \(route.kind == .tcp ? "tcp" : "http, http2 or grpc") listener of virtual router \(o.ref) (its listeners: \(router.listeners.map { "\($0.port)/\($0.protocol.rawValue)" }.joined(separator: ", ")))")
+                    }
+                } else if fits.isEmpty && !router.listeners.isEmpty {
+                    problem(route.location, "a \(route.kind.rawValue) route needs a \(route.kind == .tcp ? "tcp" : "http, http2 or grpc") listener on its router, and virtual router \(o.ref) has none")
+                }
+                router.routes.append(route)
+            }
+            out.virtualRouters.append(router)
+        }
+
+        mutating func route(_ r: YAMLNode, _ field: String, namespace: String) -> RouteSpec? {
+            let kinds: [(String, PortProtocol)] = [("httpRoute", .http), ("http2Route", .http2), ("grpcRoute", .grpc), ("tcpRoute", .tcp)]
+            let present = kinds.filter { r[$0.0] != nil }
+            guard present.count == 1, let (key, kind) = present.first, let body = r[key] else {
+                problem(r, field, "a route has exactly one of httpRoute, http2Route, grpcRoute, tcpRoute"); return nil
+            }
+            let f = "\(field).\(key)"
+            var route = RouteSpec(name: r["name"]?.text ?? "", kind: kind, priority: r["priority"]?.int, prefix: nil, targets: [],
+                                  location: SourceLocation(file: file, line: r.line, field: field))
+            let match = body["match"]
+            switch kind {
+            case .http, .http2:
+                if let m = match {
+                    route.prefix = m["prefix"]?.text
+                    route.path = pathMatch(m, f + ".match", prefix: route.prefix, gateway: false)
+                    if route.prefix == nil && m["path"] == nil { problem(m, f + ".match", "Either Prefix or Path must be specified") }
+                    route.method = m["method"]?.text
+                    route.scheme = m["scheme"]?.text
+                    route.headers = headerMatches(m["headers"], f + ".match.headers", what: "header")
+                    route.query = queryMatches(m["queryParameters"], f + ".match.queryParameters")
+                }
+            case .grpc:
+                route.grpcService = match?["serviceName"]?.text
+                route.grpcMethod = match?["methodName"]?.text
+                if route.grpcMethod != nil && route.grpcService == nil {
+                    problem(match?["methodName"], f + ".match.methodName", "a gRPC method match needs serviceName too")
+                }
+                route.headers = headerMatches(match?["metadata"], f + ".match.metadata", what: "metadata")
+            case .tcp:
+                break
+            }
+            route.port = match?["port"]?.int.map { UInt16(clamping: $0) }
+            if let retry = body["retryPolicy"] { route.retry = retryPolicy(retry, f + ".retryPolicy", kind: kind) }
+            if let t = body["timeout"] {
+                route.perRequestTimeoutMilliseconds = duration(t["perRequest"])
+                route.idleTimeoutMilliseconds = duration(t["idle"])
+            }
+            let targets = body["action"]?["weightedTargets"]?.sequence ?? []
+            for (i, t) in targets.enumerated() {
+                let tf = "\(f).action.weightedTargets[\(i)]"
+                guard let (ref, arn) = reference(t, tf, refKey: "virtualNodeRef", arnKey: "virtualNodeARN", namespace: namespace) else { continue }
+                route.targets.append(WeightedTarget(node: ref, arn: arn, weight: t["weight"]?.int ?? 0, port: t["port"]?.int.map { UInt16(clamping: $0) },
+                                                    location: SourceLocation(file: file, line: t.line, field: tf)))
+            }
+            if !route.targets.isEmpty && route.targets.allSatisfy({ $0.weight == 0 }) {
+                problem(body["action"], "\(f).action.weightedTargets", "the weights add up to 0, so no request could be routed")
+            }
+            return route
+        }
+
+        /// `match.path`: exact or regex, and never beside a prefix.
+        mutating func pathMatch(_ m: YAMLNode, _ field: String, prefix: String?, gateway: Bool) -> StringMatch? {
+            guard let p = m["path"] else { return nil }
+            if prefix != nil {
+                problem(p, field + ".path", gateway ? "Both prefix and path cannot be specified. Only 1 allowed" : "Both Prefix and Path cannot be specified, only 1 allowed")
+                return nil
+            }
+            switch (p["exact"]?.text, p["regex"]?.text) {
+            case (let e?, nil): return .exact(e)
+            case (nil, let r?): return .regex(r)
+            case (nil, nil): problem(p, field + ".path", "Either exact or regex for path must be specified")
+            default: problem(p, field + ".path", "Both exact and regex for path are not allowed. Only one must be specified")
+            }
+            return nil
+        }
+
+        /// Header (or gRPC metadata) matches: at most one way to match each; none means the header must be present.
+        mutating func headerMatches(_ list: YAMLNode?, _ field: String, what: String) -> [HeaderMatch] {
+            var out: [HeaderMatch] = []
+            for (i, h) in (list?.sequence ?? []).enumerated() {
+                let hf = "\(field)[\(i)]"
+                var match: StringMatch?
+                if let m = h["match"] {
+                    let given = (m.mapping ?? []).filter { !$0.value.isNull }.compactMap { $0.key.text }
+                    if given.count > 1 { problem(m, hf + ".match", "Too many Match Filters specified, only 1 allowed per \(what)"); continue }
+                    if given.isEmpty {
+                        problem(m, hf + ".match", "Missing Match criteria for one or more \(what) match block, don't specify match block if you dont need it"); continue
+                    }
+                    match = stringMatch(m, hf + ".match")
+                    if match == nil { continue }
+                }
+                out.append(HeaderMatch(name: h["name"]?.text ?? "", match: match, invert: h["invert"]?.bool ?? false))
+            }
+            return out
+        }
+
+        mutating func stringMatch(_ m: YAMLNode, _ field: String) -> StringMatch? {
+            if let v = m["exact"]?.text { return .exact(v) }
+            if let v = m["prefix"]?.text { return .prefix(v) }
+            if let v = m["suffix"]?.text { return .suffix(v) }
+            if let v = m["regex"]?.text { return .regex(v) }
+            if let r = m["range"], let a = r["start"]?.int, let b = r["end"]?.int {
+                guard a < b else { problem(r, field + ".range", "Invalid Match Range specified, end has to be greater than start"); return nil }
+                return .range(start: a, end: b)
+            }
+            return nil
+        }
+
+        mutating func queryMatches(_ list: YAMLNode?, _ field: String) -> [QueryMatch] {
+            var out: [QueryMatch] = []
+            for (i, q) in (list?.sequence ?? []).enumerated() {
+                if let m = q["match"], m["exact"] == nil {
+                    problem(m, "\(field)[\(i)].match", "Missing Match criteria for one or more exact query match block, don't specify match block if you dont need it")
+                    continue
+                }
+                out.append(QueryMatch(name: q["name"]?.text ?? "", exact: q["match"]?["exact"]?.text))
+            }
+            return out
+        }
+
+        static let httpRetryEvents: Set<String> = ["server-error", "gateway-error", "client-error", "stream-error"]
+
+        mutating func retryPolicy(_ r: YAMLNode, _ field: String, kind: PortProtocol) -> RetryPolicy? {
+            guard let max = r["maxRetries"]?.int, let per = duration(r["perRetryTimeout"]) else { return nil }
+            let events = { (key: String) in (r[key]?.sequence ?? []).compactMap(\.text) }
+            let policy = RetryPolicy(maxRetries: max, perRetryTimeoutMilliseconds: per, httpRetryEvents: events("httpRetryEvents"),
+                                     tcpRetryEvents: events("tcpRetryEvents"), grpcRetryEvents: kind == .grpc ? events("grpcRetryEvents") : [])
+            if policy.httpRetryEvents.isEmpty && policy.tcpRetryEvents.isEmpty && policy.grpcRetryEvents.isEmpty {
+                problem(r, field, "name at least one retry event (httpRetryEvents, tcpRetryEvents\(kind == .grpc ? ", grpcRetryEvents" : ""))")
+            }
+            return policy
+        }
+
+        // MARK: VirtualService
+
+        mutating func readVirtualService(_ o: Object) {
+            let spec = o.spec
+            var service = VirtualService(ref: o.ref, awsName: spec?["awsName"]?.text ?? "\(o.name).\(o.namespace)",
+                                         meshName: spec?["meshRef"]?["name"]?.text, meshUID: spec?["meshRef"]?["uid"]?.text,
+                                         provider: nil, location: o.location)
+            if let p = spec?["provider"] {
+                switch (p["virtualNode"], p["virtualRouter"]) {
+                case (let vn?, nil):
+                    if let (ref, arn) = reference(vn, "spec.provider.virtualNode", refKey: "virtualNodeRef", arnKey: "virtualNodeARN", namespace: o.namespace) {
+                        service.provider = .virtualNode(ref); service.providerARN = arn
+                    }
+                case (nil, let vr?):
+                    if let (ref, arn) = reference(vr, "spec.provider.virtualRouter", refKey: "virtualRouterRef", arnKey: "virtualRouterARN", namespace: o.namespace) {
+                        service.provider = .virtualRouter(ref); service.providerARN = arn
+                    }
+                case (nil, nil):
+                    problem(p, "spec.provider", "name a virtualNode.virtualNodeRef or a virtualRouter.virtualRouterRef")
+                default:
+                    problem(p, "spec.provider", "give provider.virtualNode or provider.virtualRouter, not both")
+                }
+            }
+            out.virtualServices.append(service)
+        }
+
+        // MARK: VirtualGateway
+
+        mutating func readVirtualGateway(_ o: Object) {
+            let spec = o.spec
+            var gw = VirtualGateway(ref: o.ref, awsName: spec?["awsName"]?.text ?? "\(o.name)_\(o.namespace)", uid: o.metadata?["uid"]?.text,
+                                    meshName: spec?["meshRef"]?["name"]?.text, meshUID: spec?["meshRef"]?["uid"]?.text, listeners: [],
+                                    accessLog: accessLog(spec?["logging"]?["accessLog"]?["file"], "spec.logging.accessLog.file"), location: o.location)
+            if let s = spec?["namespaceSelector"] { gw.namespaceSelector = labelSelector(s, "spec.namespaceSelector") }
+            if let s = spec?["gatewayRouteSelector"] { gw.gatewayRouteSelector = labelSelector(s, "spec.gatewayRouteSelector") }
+            if let s = spec?["podSelector"] { gw.podSelector = labelSelector(s, "spec.podSelector") }
+            gw.backendDefaults = spec?["backendDefaults"]?["clientPolicy"]?["tls"].flatMap { clientTLS($0, "spec.backendDefaults.clientPolicy.tls") }
+            var ports = Set<UInt16>()
+            for (i, l) in (spec?["listeners"]?.sequence ?? []).enumerated() {
+                guard let listener = listener(l, "spec.listeners[\(i)]", gateway: true) else { continue }
+                if !ports.insert(listener.portMapping.port).inserted {
+                    problem(l, "spec.listeners[\(i)].portMapping.port", "port \(listener.portMapping.port) is the port of an earlier listener")
+                }
+                gw.listeners.append(listener)
+            }
+            if gw.listeners.isEmpty { problem(spec ?? o.metadata, "spec.listeners", "a virtual gateway needs a listener") }
+            out.virtualGateways.append(gw)
+        }
+
+        // MARK: GatewayRoute
+
+        mutating func readGatewayRoute(_ o: Object) {
+            guard let spec = o.spec else { problem(o.location, "Missing GatewayRoute Type in GatewayRoute Spec"); return }
+            let kinds: [(String, PortProtocol)] = [("httpRoute", .http), ("http2Route", .http2), ("grpcRoute", .grpc)]
+            let present = kinds.filter { spec[$0.0] != nil }
+            guard present.count == 1, let (key, kind) = present.first, let body = spec[key] else {
+                problem(spec, "spec", present.isEmpty ? "Missing GatewayRoute Type in GatewayRoute Spec"
+                        : "Found multiple types in GatewayRoute Spec. Only 1 (GRPC/HTTP/HTTP2) allowed")
+                return
+            }
+            let f = "spec.\(key)"
+            guard let target = body["action"]?["target"], let vs = target["virtualService"],
+                  let (ref, arn) = reference(vs, f + ".action.target.virtualService", refKey: "virtualServiceRef", arnKey: "virtualServiceARN", namespace: o.namespace)
+            else { return }
+            var route = GatewayRoute(ref: o.ref, awsName: spec["awsName"]?.text ?? "\(o.name)_\(o.namespace)",
+                                     meshName: spec["meshRef"]?["name"]?.text, meshUID: spec["meshRef"]?["uid"]?.text,
+                                     kind: kind, priority: spec["priority"]?.int, prefix: nil, target: ref, targetARN: arn,
+                                     targetPort: target["port"]?.int.map { UInt16(clamping: $0) }, location: o.location)
+            route.labels = Self.labels(o.metadata?["labels"])
+            if let g = spec["virtualGatewayRef"] {
+                route.virtualGatewayRef = ResourceRef(name: g["name"]?.text ?? "", namespace: g["namespace"]?.text ?? o.namespace)
+                route.virtualGatewayUID = g["uid"]?.text
+            }
+            let m = body["match"]
+            if let h = m?["hostname"] {
+                switch (h["exact"]?.text, h["suffix"]?.text) {
+                case (let e?, nil): route.hostname = .exact(e)
+                case (nil, let s?): route.hostname = .suffix(s)
+                case (nil, nil): problem(h, f + ".match.hostname", "Either exact or suffix match for hostname must be specified")
+                default: problem(h, f + ".match.hostname", "Both exact and suffix match for hostname are not allowed. Only one must be specified")
+                }
+            }
+            route.port = m?["port"]?.int.map { UInt16(clamping: $0) }
+            if kind == .grpc {
+                route.grpcService = m?["serviceName"]?.text
+                if route.grpcService == nil && m?["hostname"] == nil { problem(m, f + ".match", "Either servicename or hostname must be specified") }
+                route.headers = headerMatches(m?["metadata"], f + ".match.metadata", what: "metadata")
+                if let h = body["action"]?["rewrite"]?["hostname"]?["defaultTargetHostname"]?.text { route.rewriteHostname = h == "ENABLED" }
+            } else if let m {
+                route.prefix = m["prefix"]?.text
+                route.path = pathMatch(m, f + ".match", prefix: route.prefix, gateway: true)
+                if route.prefix == nil && m["path"] == nil && m["hostname"] == nil {
+                    problem(m, f + ".match", "Either prefix or path or hostname must be specified")
+                }
+                route.method = m["method"]?.text
+                route.headers = headerMatches(m["headers"], f + ".match.headers", what: "header")
+                route.query = queryMatches(m["queryParameters"], f + ".match.queryParameters")
+                if let rw = body["action"]?["rewrite"] { readRewrite(rw, f + ".action.rewrite", into: &route) }
+            }
+            out.gatewayRoutes.append(route)
+        }
+
+        mutating func readRewrite(_ rw: YAMLNode, _ field: String, into route: inout GatewayRoute) {
+            let prefix = rw["prefix"], path = rw["path"], host = rw["hostname"]
+            if prefix == nil && path == nil && host == nil { problem(rw, field, "Either prefix, path or hostname for rewrite must be specified"); return }
+            if prefix != nil && path != nil { problem(rw, field, "Both prefix and path for rewrites cannot be specified. Only 1 allowed"); return }
+            if let h = host?["defaultTargetHostname"]?.text { route.rewriteHostname = h == "ENABLED" }
+            if let e = path?["exact"]?.text {
+                if !e.hasPrefix("/") { problem(path?["exact"], field + ".path.exact", "the new path must start with '/'") }
+                route.rewritePath = e
+            }
+            if let p = prefix {
+                if let mp = route.prefix, !mp.hasPrefix("/") {
+                    problem(p, field + ".prefix", "Prefix to be matched on must start with '/'")
+                }
+                if route.prefix == nil && (p["value"] != nil || p["defaultPrefix"] != nil) {
+                    problem(p, field + ".prefix", "a prefix rewrite needs match.prefix: the matched prefix is what it rewrites")
+                }
+                switch (p["defaultPrefix"]?.text, p["value"]?.text) {
+                case (let d?, nil): route.rewritePrefix = d == "ENABLED" ? .root : .none
+                case (nil, let v?):
+                    if !(v.hasPrefix("/") && v.hasSuffix("/")) { problem(p["value"], field + ".prefix.value", "New Rewrite Prefix must start and end with '/'") }
+                    route.rewritePrefix = .value(v)
+                case (nil, nil): break
+                default: problem(p, field + ".prefix", "Cannot specify both defaultPrefix and prefix for rewrite, only 1 allowed")
+                }
+            }
+        }
+
+        // MARK: label selectors
+
         /// A Kubernetes label selector: `matchLabels` and `matchExpressions` (In, NotIn, Exists, DoesNotExist).
-        mutating func labelSelector(_ file: String, _ node: Node, _ field: String) -> LabelSelector? {
-            guard node.mapping != nil else {
-                // `field:` with no value is null: the same as leaving the selector out.
-                if Self.isNull(node) { return nil }
-                problem(file, node, field, "expected a label selector (matchLabels, matchExpressions)"); return nil
-            }
-            // A misspelt key (`matchlabels`) ignored would leave an empty selector, which takes everything.
-            guard unknownKeys(file, node, field, allowed: ["matchLabels", "matchExpressions"]) else { return nil }
-            var s = LabelSelector(matchLabels: labels(file, node["matchLabels"], field + ".matchLabels"))
-            let expressions = node["matchExpressions"]
-            if let expressions, !Self.isNull(expressions), expressions.sequence == nil {
-                // Ignoring it would widen the selector.
-                problem(file, expressions, field + ".matchExpressions", "expected a list of {key, operator, values}"); return nil
-            }
-            for (i, e) in (expressions?.sequence ?? []).enumerated() {
+        mutating func labelSelector(_ node: YAMLNode, _ field: String) -> LabelSelector? {
+            var s = LabelSelector(matchLabels: Self.labels(node["matchLabels"]))
+            for (i, e) in (node["matchExpressions"]?.sequence ?? []).enumerated() {
                 let f = "\(field).matchExpressions[\(i)]"
-                guard e.mapping != nil else { problem(file, e, f, "expected {key, operator, values}"); continue }
-                guard unknownKeys(file, e, f, allowed: ["key", "operator", "values"]) else { continue }
-                guard let key = e["key"]?.string, !key.isEmpty else { problem(file, e, f + ".key", "a match expression needs a key"); continue }
-                guard let op = LabelSelector.Operator(rawValue: e["operator"]?.string ?? "") else {
-                    problem(file, e["operator"] ?? e, f + ".operator", "must be In, NotIn, Exists or DoesNotExist, found '\(e["operator"]?.string ?? "")'"); continue
+                guard let key = e["key"]?.text, !key.isEmpty else { problem(e, f + ".key", "a match expression needs a key"); continue }
+                guard let op = LabelSelector.Operator(rawValue: e["operator"]?.text ?? "") else {
+                    problem(e["operator"] ?? e, f + ".operator", "must be In, NotIn, Exists or DoesNotExist, found '\(e["operator"]?.text ?? "")'"); continue
                 }
-                let items = e["values"].flatMap { Self.isNull($0) ? [] : $0.sequence.map(Array.init) } ?? []
-                if let v = e["values"], !Self.isNull(v), v.sequence == nil || items.contains(where: { $0.scalar == nil }) {
-                    problem(file, v, f + ".values", "expected a list of strings"); continue
+                let items = e["values"]?.sequence ?? []
+                let values = items.compactMap(\.string)
+                guard values.count == items.count else {
+                    for (j, item) in items.enumerated() where item.string == nil {
+                        problem(item, "\(f).values[\(j)]", "a label value is a string; YAML reads '\(item.text ?? "")' as \(SchemaChecker.shape(item)), so quote it")
+                    }
+                    continue
                 }
-                let values = items.enumerated().compactMap { j, item in labelString(file, item, f + ".values[\(j)]") }
-                guard values.count == items.count else { continue }
-                if (op == .in || op == .notIn) && values.isEmpty { problem(file, e, f + ".values", "\(op.rawValue) needs at least one value"); continue }
-                if (op == .exists || op == .doesNotExist) && !values.isEmpty { problem(file, e["values"], f + ".values", "\(op.rawValue) takes no values"); continue }
+                if (op == .in || op == .notIn) && values.isEmpty { problem(e, f + ".values", "\(op.rawValue) needs at least one value"); continue }
+                if (op == .exists || op == .doesNotExist) && !values.isEmpty { problem(e["values"], f + ".values", "\(op.rawValue) takes no values"); continue }
                 s.matchExpressions.append(LabelSelector.Requirement(key: key, op: op, values: values))
             }
             return s
         }
 
-        /// Reports each key of `node` outside `allowed`; returns whether there was none.
-        mutating func unknownKeys(_ file: String, _ node: Node, _ field: String, allowed: Set<String>) -> Bool {
-            let unknown = (node.mapping ?? [:]).compactMap { k, _ in k.string.flatMap { allowed.contains($0) ? nil : $0 } ?? nil }
-            for k in unknown {
-                problem(file, node[k] ?? node, "\(field).\(k)", "unknown field '\(k)'; a label selector has \(allowed.sorted().joined(separator: ", "))")
-            }
-            return unknown.isEmpty
-        }
-
-        mutating func portMapping(_ file: String, _ node: Node?, _ field: String) -> PortMapping? {
-            guard let node else { problem(file, nil, field, "a listener needs a portMapping"); return nil }
-            guard let port = node["port"]?.int, port >= 1, port <= 65535 else {
-                problem(file, node["port"] ?? node, field + ".port", "must be a port from 1 to 65535, found '\(node["port"]?.string ?? "")'"); return nil
-            }
-            let p = node["protocol"]?.string ?? ""
-            guard let proto = PortProtocol(rawValue: p) else {
-                problem(file, node["protocol"] ?? node, field + ".protocol", "must be one of http, http2, grpc, tcp; found '\(p)'"); return nil
-            }
-            return PortMapping(port: UInt16(port), protocol: proto)
-        }
-
-        mutating func gatewayRoute(_ file: String, _ spec: Node?, ref: ResourceRef, loc: SourceLocation) -> GatewayRoute? {
-            let kinds: [(String, PortProtocol)] = [("httpRoute", .http), ("http2Route", .http2), ("grpcRoute", .grpc)]
-            let present = kinds.filter { spec?[$0.0] != nil }
-            guard present.count == 1, let (key, kind) = present.first, let body = spec?[key] else {
-                problem(file, spec, "spec", "a gateway route has exactly one of httpRoute, http2Route, grpcRoute"); return nil
-            }
-            let f = "spec.\(key)"
-            guard let t = body["action"]?["target"]?["virtualService"]?["virtualServiceRef"], let name = t["name"]?.string else {
-                problem(file, body["action"] ?? body, f + ".action.target.virtualService.virtualServiceRef.name", "a gateway route targets a virtual service"); return nil
-            }
-            var route = GatewayRoute(ref: ref, kind: kind, priority: spec?["priority"]?.int, prefix: body["match"]?["prefix"]?.string,
-                                     hostname: nil, method: body["match"]?["method"]?.string,
-                                     target: ResourceRef(name: name, namespace: t["namespace"]?.string ?? ref.namespace),
-                                     targetPort: body["action"]?["target"]?["port"]?.int.map { UInt16(clamping: $0) },
-                                     rewritePrefix: body["action"]?["rewrite"]?["prefix"]?["value"]?.string, location: loc)
-            if let h = body["match"]?["hostname"] {
-                if let e = h["exact"]?.string { route.hostname = .exact(e) }
-                else if let s = h["suffix"]?.string { route.hostname = .suffix(s) }
-                else { problem(file, h, f + ".match.hostname", "give exact or suffix") }
-            }
-            if let m = route.method, !Self.methods.contains(m) {
-                problem(file, body["match"]?["method"], f + ".match.method", "must be one of \(Self.methods.sorted().joined(separator: ", ")), found '\(m)'")
-            }
-            for (i, h) in (body["match"]?["headers"]?.sequence ?? []).enumerated() {
-                guard let n = h["name"]?.string else { problem(file, h, "\(f).match.headers[\(i)].name", "a header match names the header"); continue }
-                route.headers.append(HeaderMatch(name: n, match: stringMatch(file, h["match"], "\(f).match.headers[\(i)].match"), invert: h["invert"]?.bool ?? false))
-            }
-            if kind != .grpc && route.prefix == nil && route.hostname == nil && body["match"]?["path"] == nil {
-                problem(file, body["match"] ?? body, f + ".match", "match a prefix, a path or a hostname")
-            }
-            return route
-        }
-
-        mutating func nodeListener(_ file: String, _ l: Node, _ field: String) -> NodeListener? {
-            guard let pm = portMapping(file, l["portMapping"], field + ".portMapping") else { return nil }
-            var listener = NodeListener(portMapping: pm)
-            if let h = l["healthCheck"] {
-                let hf = field + ".healthCheck"
-                let proto = h["protocol"]?.string.flatMap(PortProtocol.init(rawValue:))
-                if proto == nil { problem(file, h["protocol"] ?? h, hf + ".protocol", "must be one of http, http2, grpc, tcp") }
-                func int(_ key: String, _ range: ClosedRange<Int>) -> Int? {
-                    guard let v = h[key]?.int, range.contains(v) else {
-                        problem(file, h[key] ?? h, "\(hf).\(key)", "must be a whole number from \(range.lowerBound) to \(range.upperBound)"); return nil
-                    }
-                    return v
-                }
-                let healthy = int("healthyThreshold", 2...10), unhealthy = int("unhealthyThreshold", 2...10)
-                let interval = int("intervalMillis", 5000...300_000), timeout = int("timeoutMillis", 2000...60_000)
-                if (proto == .http || proto == .http2) && h["path"]?.string == nil {
-                    problem(file, h, hf + ".path", "an HTTP health check needs a path")
-                }
-                if let proto, let healthy, let unhealthy, let interval, let timeout {
-                    listener.healthCheck = HealthCheck(protocol: proto, path: h["path"]?.string, port: h["port"]?.int.map { UInt16(clamping: $0) },
-                                                       healthyThreshold: healthy, unhealthyThreshold: unhealthy,
-                                                       intervalMilliseconds: interval, timeoutMilliseconds: timeout)
-                }
-            }
-            if let t = l["timeout"]?[pm.protocol.rawValue] {
-                listener.perRequestTimeoutMilliseconds = duration(file, t["perRequest"], "\(field).timeout.\(pm.protocol.rawValue).perRequest")
-                listener.idleTimeoutMilliseconds = duration(file, t["idle"], "\(field).timeout.\(pm.protocol.rawValue).idle")
-            }
-            if let o = l["outlierDetection"] {
-                let of = field + ".outlierDetection"
-                let errors = o["maxServerErrors"]?.int, percent = o["maxEjectionPercent"]?.int
-                let interval = duration(file, o["interval"], of + ".interval"), base = duration(file, o["baseEjectionDuration"], of + ".baseEjectionDuration")
-                if errors == nil || errors! < 1 { problem(file, o["maxServerErrors"] ?? o, of + ".maxServerErrors", "must be a whole number ≥ 1") }
-                if percent == nil || !(0...100).contains(percent!) { problem(file, o["maxEjectionPercent"] ?? o, of + ".maxEjectionPercent", "must be from 0 to 100") }
-                if let errors, errors >= 1, let percent, (0...100).contains(percent), let interval, let base {
-                    listener.outlierDetection = OutlierDetection(maxServerErrors: errors, intervalMilliseconds: interval,
-                                                                 baseEjectionMilliseconds: base, maxEjectionPercent: percent)
-                }
-            }
-            if let p = l["connectionPool"]?[pm.protocol.rawValue] {
-                listener.connectionPool = ConnectionPool(maxConnections: p["maxConnections"]?.int, maxPendingRequests: p["maxPendingRequests"]?.int,
-                                                         maxRequests: p["maxRequests"]?.int)
-            }
-            return listener
-        }
-
-        mutating func route(_ file: String, _ r: Node, _ field: String, namespace: String) -> RouteSpec? {
-            guard let name = r["name"]?.string else { problem(file, r, field + ".name", "every route needs a name"); return nil }
-            let kinds: [(String, PortProtocol)] = [("httpRoute", .http), ("http2Route", .http2), ("grpcRoute", .grpc), ("tcpRoute", .tcp)]
-            let present = kinds.filter { r[$0.0] != nil }
-            guard present.count == 1, let (key, kind) = present.first, let body = r[key] else {
-                problem(file, r, field, "a route has exactly one of httpRoute, http2Route, grpcRoute, tcpRoute"); return nil
-            }
-            var route = RouteSpec(name: name, kind: kind, priority: r["priority"]?.int, prefix: body["match"]?["prefix"]?.string, targets: [],
-                                  location: SourceLocation(file: file, line: r.mark?.line ?? 0, field: field))
-            let f = "\(field).\(key)"
-            readMatch(file, body["match"], f + ".match", into: &route)
-            if let retry = body["retryPolicy"] { route.retry = retryPolicy(file, retry, f + ".retryPolicy", kind: kind) }
-            if let t = body["timeout"] {
-                route.perRequestTimeoutMilliseconds = duration(file, t["perRequest"], f + ".timeout.perRequest")
-                route.idleTimeoutMilliseconds = duration(file, t["idle"], f + ".timeout.idle")
-            }
-            if let p = route.priority, p < 0 || p > 1000 {
-                problem(file, r["priority"], field + ".priority", "must be from 0 to 1000, found \(p)")
-            }
-            let targets = body["action"]?["weightedTargets"]?.sequence ?? []
-            if targets.isEmpty { problem(file, body["action"] ?? body, "\(field).\(key).action.weightedTargets", "a route needs at least one weighted target") }
-            for (i, t) in targets.enumerated() {
-                let tf = "\(field).\(key).action.weightedTargets[\(i)]"
-                guard let n = t["virtualNodeRef"]?["name"]?.string else { problem(file, t, tf + ".virtualNodeRef.name", "a target names a virtual node"); continue }
-                guard let w = t["weight"]?.int, w >= 0, w <= 100 else {
-                    problem(file, t["weight"] ?? t, tf + ".weight", "must be a weight from 0 to 100, found '\(t["weight"]?.string ?? "")'"); continue
-                }
-                route.targets.append(WeightedTarget(node: ResourceRef(name: n, namespace: t["virtualNodeRef"]?["namespace"]?.string ?? namespace),
-                                                    weight: w, port: t["port"]?.int.map { UInt16(clamping: $0) },
-                                                    location: SourceLocation(file: file, line: t.mark?.line ?? 0, field: tf)))
-            }
-            if !route.targets.isEmpty && route.targets.allSatisfy({ $0.weight == 0 }) {
-                problem(file, body["action"], "\(field).\(key).action.weightedTargets", "the weights add up to 0, so no request could be routed")
-            }
-            return route
-        }
-
-        static let methods: Set<String> = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"]
-        static let httpRetryEvents: Set<String> = ["server-error", "gateway-error", "client-error", "stream-error"]
-        static let tcpRetryEvents: Set<String> = ["connection-error"]
-        static let grpcRetryEvents: Set<String> = ["cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable"]
-
-        mutating func readMatch(_ file: String, _ m: Node?, _ field: String, into route: inout RouteSpec) {
-            guard let m else { return }
-            if let p = m["path"] {
-                if let e = p["exact"]?.string { route.path = .exact(e) }
-                else if let r = p["regex"]?.string { route.path = .regex(r) }
-                else { problem(file, p, field + ".path", "give exact or regex") }
-            }
-            if let method = m["method"]?.string {
-                if Self.methods.contains(method) { route.method = method }
-                else { problem(file, m["method"], field + ".method", "must be one of \(Self.methods.sorted().joined(separator: ", ")), found '\(method)'") }
-            }
-            for (i, h) in (m["headers"]?.sequence ?? []).enumerated() {
-                let hf = "\(field).headers[\(i)]"
-                guard let name = h["name"]?.string, !name.isEmpty else { problem(file, h, hf + ".name", "a header match names the header"); continue }
-                route.headers.append(HeaderMatch(name: name, match: stringMatch(file, h["match"], hf + ".match"), invert: h["invert"]?.bool ?? false))
-            }
-            for (i, q) in (m["queryParameters"]?.sequence ?? []).enumerated() {
-                guard let name = q["name"]?.string, !name.isEmpty else { problem(file, q, "\(field).queryParameters[\(i)].name", "a query match names the parameter"); continue }
-                route.query.append(QueryMatch(name: name, exact: q["match"]?["exact"]?.string))
-            }
-            route.grpcService = m["serviceName"]?.string
-            route.grpcMethod = m["methodName"]?.string
-            if route.grpcMethod != nil && route.grpcService == nil {
-                problem(file, m["methodName"], field + ".methodName", "a gRPC method match needs serviceName too")
-            }
-        }
-
-        mutating func stringMatch(_ file: String, _ m: Node?, _ field: String) -> StringMatch? {
-            guard let m else { return nil }
-            if let v = m["exact"]?.string { return .exact(v) }
-            if let v = m["prefix"]?.string { return .prefix(v) }
-            if let v = m["suffix"]?.string { return .suffix(v) }
-            if let v = m["regex"]?.string { return .regex(v) }
-            if let r = m["range"] {
-                guard let a = r["start"]?.int, let b = r["end"]?.int, a < b else {
-                    problem(file, r, field + ".range", "needs integer start < end"); return nil
-                }
-                return .range(start: a, end: b)
-            }
-            problem(file, m, field, "give one of exact, prefix, suffix, regex, range")
-            return nil
-        }
-
-        /// `{unit: ms|s, value: N}` in milliseconds.
-        mutating func duration(_ file: String, _ d: Node?, _ field: String) -> Int? {
-            guard let d else { return nil }
-            guard let value = d["value"]?.int, value >= 0 else {
-                problem(file, d["value"] ?? d, field + ".value", "must be a whole number ≥ 0"); return nil
-            }
-            switch d["unit"]?.string {
-            case "ms": return value
-            case "s": return value * 1000
-            default:
-                problem(file, d["unit"] ?? d, field + ".unit", "must be ms or s, found '\(d["unit"]?.string ?? "")'"); return nil
-            }
-        }
-
-        mutating func retryPolicy(_ file: String, _ r: Node, _ field: String, kind: PortProtocol) -> RetryPolicy? {
-            guard let max = r["maxRetries"]?.int, max >= 0 else {
-                problem(file, r["maxRetries"] ?? r, field + ".maxRetries", "must be a whole number ≥ 0"); return nil
-            }
-            guard let per = duration(file, r["perRetryTimeout"], field + ".perRetryTimeout") else {
-                if r["perRetryTimeout"] == nil { problem(file, r, field + ".perRetryTimeout", "a retry policy needs perRetryTimeout") }
-                return nil
-            }
-            func events(_ key: String, _ allowed: Set<String>) -> [String] {
-                var out: [String] = []
-                for (i, e) in (r[key]?.sequence ?? []).enumerated() {
-                    guard let v = e.string, allowed.contains(v) else {
-                        problem(file, e, "\(field).\(key)[\(i)]", "must be one of \(allowed.sorted().joined(separator: ", ")), found '\(e.string ?? "")'"); continue
-                    }
-                    out.append(v)
-                }
-                return out
-            }
-            let policy = RetryPolicy(maxRetries: max, perRetryTimeoutMilliseconds: per,
-                                     httpRetryEvents: events("httpRetryEvents", Self.httpRetryEvents),
-                                     tcpRetryEvents: events("tcpRetryEvents", Self.tcpRetryEvents),
-                                     grpcRetryEvents: kind == .grpc ? events("grpcRetryEvents", Self.grpcRetryEvents) : [])
-            if policy.httpRetryEvents.isEmpty && policy.tcpRetryEvents.isEmpty && policy.grpcRetryEvents.isEmpty {
-                problem(file, r, field, "name at least one retry event (httpRetryEvents, tcpRetryEvents\(kind == .grpc ? ", grpcRetryEvents" : ""))")
-            }
-            return policy
-        }
+        // MARK: across objects
 
         /// The Namespace objects in `next` (one file's) that an earlier file already defined.
         mutating func namespacesTwice(_ next: MeshManifests) {
@@ -499,59 +690,6 @@ public enum ManifestReader {
             "{" + labels.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: ", ") + "}"
         }
 
-        /// Every name a resource refers to must exist.
-        mutating func checkReferences() {
-            let nodes = Set(out.virtualNodes.map(\.ref)), routers = Set(out.virtualRouters.map(\.ref)), services = Set(out.virtualServices.map(\.ref))
-            for n in out.virtualNodes {
-                for b in n.backends where !services.contains(b) {
-                    problems.append(MeshProblem(location: n.location, message: "backend virtual service \(b) does not exist"))
-                }
-            }
-            for r in out.virtualRouters {
-                for route in r.routes {
-                    for t in route.targets where !nodes.contains(t.node) {
-                        problems.append(MeshProblem(location: t.location, message: "target virtual node \(t.node) does not exist"))
-                    }
-                }
-            }
-            for g in out.gatewayRoutes where !services.contains(g.target) {
-                problems.append(MeshProblem(location: g.location, message: "target virtual service \(g.target) does not exist"))
-            }
-            for g in out.gatewayRoutes {
-                let gateways = out.gateways(of: g)
-                if let ref = g.virtualGatewayRef, gateways.isEmpty {
-                    problems.append(MeshProblem(location: g.location, message: "virtual gateway \(ref) named by spec.virtualGatewayRef does not exist"))
-                } else if gateways.isEmpty {
-                    problems.append(MeshProblem(location: g.location, message: "no virtual gateway selects this gateway route: a VirtualGateway's spec.namespaceSelector must match namespace '\(g.ref.namespace)' (labels \(Self.show(out.labels(ofNamespace: g.ref.namespace)))) and its spec.gatewayRouteSelector, if any, the route's labels \(Self.show(g.labels)); or name one in spec.virtualGatewayRef"))
-                } else if gateways.count > 1 {
-                    problems.append(MeshProblem(location: g.location, message: "several virtual gateways select this gateway route (\(gateways.map(\.ref.description).sorted().joined(separator: ", "))); App Mesh takes one: narrow their selectors or name one in spec.virtualGatewayRef"))
-                }
-            }
-            // With several meshes, an object that names none joins the one mesh whose namespaceSelector takes
-            // its namespace; App Mesh's webhook refused an object that no mesh or several meshes took.
-            if out.meshes.count > 1 {
-                let members = out.virtualNodes.filter { $0.meshName == nil }.map { ($0.ref, $0.location) }
-                    + out.virtualGateways.filter { $0.meshName == nil }.map { ($0.ref, $0.location) }
-                for (ref, loc) in members {
-                    let meshes = out.meshes(selecting: ref.namespace).map(\.name)
-                    if meshes.count != 1 {
-                        problems.append(MeshProblem(location: loc, message: meshes.isEmpty
-                            ? "no mesh takes namespace '\(ref.namespace)' (labels \(Self.show(out.labels(ofNamespace: ref.namespace)))): with several meshes, give spec.meshRef or a Mesh spec.namespaceSelector that matches"
-                            : "several meshes take namespace '\(ref.namespace)' (\(meshes.sorted().joined(separator: ", "))): give spec.meshRef or narrow their namespaceSelectors"))
-                    }
-                }
-            }
-            for s in out.virtualServices {
-                switch s.provider {
-                case .virtualNode(let n) where !nodes.contains(n):
-                    problems.append(MeshProblem(location: s.location, message: "provider virtual node \(n) does not exist"))
-                case .virtualRouter(let r) where !routers.contains(r):
-                    problems.append(MeshProblem(location: s.location, message: "provider virtual router \(r) does not exist"))
-                default: break
-                }
-            }
-        }
-
         /// Every object defined twice, with where it was first. Runs before the other checks: a second Mesh also
         /// makes "several meshes", and the duplicate is the cause to name.
         mutating func checkDuplicates() {
@@ -567,6 +705,205 @@ public enum ManifestReader {
                     problems.append(MeshProblem(location: loc, message: "\(kind) \(name) is defined twice (first at \(f.file):\(f.line))"))
                 } else {
                     first["\(kind) \(name)"] = loc
+                }
+            }
+            var awsNames: [String: SourceLocation] = [:]
+            for m in out.meshes {
+                if let f = awsNames[m.awsName] {
+                    problems.append(MeshProblem(location: m.location, message: "mesh awsName '\(m.awsName)' is also the awsName of the mesh at \(f.file):\(f.line)"))
+                }
+                awsNames[m.awsName] = m.location
+            }
+        }
+
+        /// Every object's mesh: its meshRef (which must name a Mesh, with that Mesh's uid when both are given), or
+        /// with several meshes the one whose namespaceSelector takes its namespace. App Mesh's webhook refused an
+        /// object that no mesh or several meshes took.
+        mutating func checkMembership() {
+            let members: [(ref: ResourceRef, meshRef: String?, uid: String?, location: SourceLocation)] =
+                out.virtualNodes.map { ($0.ref, $0.meshName, $0.meshUID, $0.location) }
+                + out.virtualGateways.map { ($0.ref, $0.meshName, $0.meshUID, $0.location) }
+                + out.virtualServices.map { ($0.ref, $0.meshName, $0.meshUID, $0.location) }
+                + out.virtualRouters.map { ($0.ref, $0.meshName, $0.meshUID, $0.location) }
+                + out.gatewayRoutes.map { ($0.ref, $0.meshName, $0.meshUID, $0.location) }
+            for m in members {
+                if let name = m.meshRef {
+                    guard let mesh = out.meshes.first(where: { $0.name == name }) else {
+                        problem(m.location, "spec.meshRef.name names mesh '\(name)', which the manifests do not define"); continue
+                    }
+                    if let uid = m.uid, let want = mesh.uid, uid != want {
+                        problem(m.location, "spec.meshRef.uid '\(uid)' is not the uid of mesh \(name) ('\(want)')")
+                    }
+                } else if out.meshes.count > 1 {
+                    let meshes = out.meshes(selecting: m.ref.namespace).map(\.name)
+                    if meshes.count != 1 {
+                        problem(m.location, meshes.isEmpty
+                            ? "no mesh takes namespace '\(m.ref.namespace)' (labels \(Self.show(out.labels(ofNamespace: m.ref.namespace)))): with several meshes, give spec.meshRef or a Mesh spec.namespaceSelector that matches"
+                            : "several meshes take namespace '\(m.ref.namespace)' (\(meshes.sorted().joined(separator: ", "))): give spec.meshRef or narrow their namespaceSelectors")
+                    }
+                }
+            }
+        }
+
+        /// An App Mesh ARN (`arn:<partition>:appmesh:<region>:<account>:mesh/<mesh>/<kind>/<awsName>`) resolved in
+        /// the referrer's mesh; nil after reporting why it names nothing here.
+        mutating func resolve(_ arn: String, kind: String, in meshName: String?, at location: SourceLocation, field: String,
+                              candidates: [(ref: ResourceRef, awsName: String, mesh: String?)]) -> ResourceRef? {
+            let parts = arn.split(separator: ":", maxSplits: 5, omittingEmptySubsequences: false)
+            let path = parts.count == 6 ? parts[5].split(separator: "/", omittingEmptySubsequences: false) : []
+            guard parts.count == 6, parts[0] == "arn", parts[2] == "appmesh", path.count == 4, path[0] == "mesh", !path[3].isEmpty else {
+                problem(location, "\(field) '\(arn)' is not an App Mesh ARN (arn:aws:appmesh:<region>:<account>:mesh/<mesh>/\(kind)/<name>)")
+                return nil
+            }
+            guard path[2] == kind else {
+                problem(location, "\(field) '\(arn)' names a \(path[2]), not a \(kind)"); return nil
+            }
+            let mesh = out.meshes.first { $0.name == meshName }
+            if let mesh, path[1] != mesh.awsName {
+                problem(location, "\(field) '\(arn)' is in mesh '\(path[1])'; this object is in mesh '\(mesh.awsName)', and App Mesh does not reach across meshes")
+                return nil
+            }
+            if let owner = mesh?.meshOwner, !parts[4].isEmpty, parts[4] != owner {
+                problem(location, "\(field) '\(arn)' carries account \(parts[4]); mesh \(mesh!.name)'s meshOwner is \(owner)")
+                return nil
+            }
+            guard let found = candidates.first(where: { $0.awsName == path[3] && $0.mesh == meshName }) else {
+                problem(location, "\(field) '\(arn)': no \(kind) with awsName '\(path[3])' in mesh '\(path[1])'")
+                return nil
+            }
+            return found.ref
+        }
+
+        /// Replaces each reference given by ARN with the object it names.
+        mutating func resolveARNs() {
+            let m = out
+            let nodes = m.virtualNodes.map { ($0.ref, $0.awsName, m.meshName(of: $0)) }
+            let services = m.virtualServices.map { ($0.ref, $0.awsName, m.meshName(meshRef: $0.meshName, namespace: $0.ref.namespace)) }
+            let routers = m.virtualRouters.map { ($0.ref, $0.awsName, m.meshName(meshRef: $0.meshName, namespace: $0.ref.namespace)) }
+            for i in out.virtualNodes.indices {
+                let node = out.virtualNodes[i]
+                for j in node.backends.indices {
+                    guard let arn = node.backends[j].arn else { continue }
+                    if let r = resolve(arn, kind: "virtualService", in: m.meshName(of: node), at: node.location,
+                                       field: "spec.backends[\(j)].virtualService.virtualServiceARN", candidates: services) {
+                        out.virtualNodes[i].backends[j].service = r
+                    }
+                }
+            }
+            for i in out.virtualRouters.indices {
+                let router = out.virtualRouters[i]
+                let mesh = m.meshName(meshRef: router.meshName, namespace: router.ref.namespace)
+                for j in router.routes.indices {
+                    for k in router.routes[j].targets.indices {
+                        let t = router.routes[j].targets[k]
+                        guard let arn = t.arn else { continue }
+                        if let r = resolve(arn, kind: "virtualNode", in: mesh, at: t.location, field: "virtualNodeARN", candidates: nodes) {
+                            out.virtualRouters[i].routes[j].targets[k].node = r
+                        }
+                    }
+                }
+            }
+            for i in out.virtualServices.indices {
+                let s = out.virtualServices[i]
+                guard let arn = s.providerARN else { continue }
+                let mesh = m.meshName(meshRef: s.meshName, namespace: s.ref.namespace)
+                switch s.provider {
+                case .virtualNode?:
+                    if let r = resolve(arn, kind: "virtualNode", in: mesh, at: s.location, field: "spec.provider.virtualNode.virtualNodeARN", candidates: nodes) {
+                        out.virtualServices[i].provider = .virtualNode(r)
+                    }
+                case .virtualRouter?:
+                    if let r = resolve(arn, kind: "virtualRouter", in: mesh, at: s.location, field: "spec.provider.virtualRouter.virtualRouterARN", candidates: routers) {
+                        out.virtualServices[i].provider = .virtualRouter(r)
+                    }
+                case nil: break
+                }
+            }
+            for i in out.gatewayRoutes.indices {
+                let g = out.gatewayRoutes[i]
+                guard let arn = g.targetARN else { continue }
+                let mesh = m.meshName(meshRef: g.meshName, namespace: g.ref.namespace)
+                if let r = resolve(arn, kind: "virtualService", in: mesh, at: g.location, field: "action.target.virtualService.virtualServiceARN", candidates: services) {
+                    out.gatewayRoutes[i].target = r
+                }
+            }
+        }
+
+        /// Every name a resource refers to must exist, in the referrer's mesh.
+        mutating func checkReferences() {
+            let m = out
+            let nodes = Dictionary(m.virtualNodes.map { ($0.ref, $0) }, uniquingKeysWith: { a, _ in a })
+            let routers = Dictionary(m.virtualRouters.map { ($0.ref, $0) }, uniquingKeysWith: { a, _ in a })
+            let services = Dictionary(m.virtualServices.map { ($0.ref, $0) }, uniquingKeysWith: { a, _ in a })
+            func meshOf(_ s: VirtualService) -> String? { m.meshName(meshRef: s.meshName, namespace: s.ref.namespace) }
+            func meshOf(_ r: VirtualRouter) -> String? { m.meshName(meshRef: r.meshName, namespace: r.ref.namespace) }
+            /// Reports an object of another mesh (App Mesh's controller: "didn't belong to mesh").
+            func crossMesh(_ what: String, _ ref: ResourceRef, _ theirs: String?, _ ours: String?, at loc: SourceLocation) {
+                if let theirs, let ours, theirs != ours {
+                    problem(loc, "\(what) \(ref) is in mesh \(theirs), not \(ours): App Mesh does not reach across meshes")
+                }
+            }
+            for n in m.virtualNodes {
+                for b in n.backends where !(b.arn != nil && b.service.name.isEmpty) {
+                    guard let s = services[b.service] else {
+                        problem(n.location, "backend virtual service \(b.service) does not exist"); continue
+                    }
+                    crossMesh("backend virtual service", b.service, meshOf(s), m.meshName(of: n), at: n.location)
+                }
+            }
+            for r in m.virtualRouters {
+                for route in r.routes {
+                    for t in route.targets where !(t.arn != nil && t.node.name.isEmpty) {
+                        guard let node = nodes[t.node] else {
+                            problem(t.location, "target virtual node \(t.node) does not exist"); continue
+                        }
+                        crossMesh("target virtual node", t.node, m.meshName(of: node), meshOf(r), at: t.location)
+                        if let port = t.port, !node.listeners.contains(where: { $0.portMapping.port == port }) {
+                            problem(t.location, "port \(port) is not a listener port of virtual node \(t.node) (its listeners: \(node.listeners.map { String($0.portMapping.port) }.joined(separator: ", ")))")
+                        }
+                    }
+                }
+            }
+            for s in m.virtualServices {
+                switch s.provider {
+                case .virtualNode(let n) where !(s.providerARN != nil && n.name.isEmpty):
+                    if let node = nodes[n] { crossMesh("provider virtual node", n, m.meshName(of: node), meshOf(s), at: s.location) }
+                    else { problem(s.location, "provider virtual node \(n) does not exist") }
+                case .virtualRouter(let r) where !(s.providerARN != nil && r.name.isEmpty):
+                    if let router = routers[r] { crossMesh("provider virtual router", r, meshOf(router), meshOf(s), at: s.location) }
+                    else { problem(s.location, "provider virtual router \(r) does not exist") }
+                default: break
+                }
+            }
+            for g in m.gatewayRoutes {
+                let targetKnown = services[g.target] != nil
+                if !targetKnown && !(g.targetARN != nil && g.target.name.isEmpty) {
+                    problems.append(MeshProblem(location: g.location, message: "target virtual service \(g.target) does not exist"))
+                }
+                let gateways = m.gateways(of: g)
+                if let ref = g.virtualGatewayRef, gateways.isEmpty {
+                    problem(g.location, "virtual gateway \(ref) named by spec.virtualGatewayRef does not exist")
+                } else if gateways.isEmpty {
+                    problem(g.location, "no virtual gateway selects this gateway route: a VirtualGateway's spec.namespaceSelector must match namespace '\(g.ref.namespace)' (labels \(Self.show(m.labels(ofNamespace: g.ref.namespace)))) and its spec.gatewayRouteSelector, if any, the route's labels \(Self.show(g.labels)); or name one in spec.virtualGatewayRef")
+                } else if gateways.count > 1 {
+                    problem(g.location, "several virtual gateways select this gateway route (\(gateways.map(\.ref.description).sorted().joined(separator: ", "))); App Mesh takes one: narrow their selectors or name one in spec.virtualGatewayRef")
+                } else {
+                    let gw = gateways[0]
+                    if let uid = g.virtualGatewayUID, let want = gw.uid, uid != want {
+                        problem(g.location, "spec.virtualGatewayRef.uid '\(uid)' is not the uid of virtual gateway \(gw.ref) ('\(want)')")
+                    }
+                    let gwMesh = m.meshName(of: gw), routeMesh = m.meshName(meshRef: g.meshName, namespace: g.ref.namespace)
+                    if let a = gwMesh, let b = routeMesh, a != b {
+                        problem(g.location, "virtualGateway referenced does not belong to the mesh referenced in GatewayRoute (gateway \(gw.ref) is in mesh \(a), the route in mesh \(b))")
+                    }
+                    if let port = g.port, !gw.listeners.contains(where: { $0.portMapping.port == port && $0.portMapping.protocol == g.kind }) {
+                        problem(g.location, "match.port \(port) is not a \(g.kind.rawValue) listener of virtual gateway \(gw.ref) (its listeners: \(gw.listeners.map { "\($0.portMapping.port)/\($0.portMapping.protocol.rawValue)" }.joined(separator: ", ")))")
+                    } else if g.port == nil && !gw.listeners.contains(where: { $0.portMapping.protocol == g.kind }) {
+                        problem(g.location, "virtual gateway \(gw.ref) has no \(g.kind.rawValue) listener for this \(g.kind.rawValue) gateway route")
+                    }
+                }
+                if let s = services[g.target], let routeMesh = m.meshName(meshRef: g.meshName, namespace: g.ref.namespace) {
+                    crossMesh("target virtual service", g.target, meshOf(s), routeMesh, at: g.location)
                 }
             }
         }

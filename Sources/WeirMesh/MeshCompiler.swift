@@ -12,8 +12,11 @@ public struct MeshCompiler: Sendable {
         public var ingressPort: UInt16 = 15000
         /// Where redirected outbound traffic arrives (App Mesh's `APPMESH_ENVOY_EGRESS_PORT`).
         public var egressPort: UInt16 = 15001
-        /// Where the local application listens (its listener ports), seen from Envoy.
+        /// Where the local application listens (its listener ports), seen from Envoy (`::1` in an IPv6_ONLY mesh).
         public var localAppAddress = "127.0.0.1"
+        /// The SDS server's Unix socket, for certificates and trust given as `sds` (App Mesh's `APPMESH_SDS_SOCKET_PATH`,
+        /// where the SPIRE agent listens).
+        public var sdsSocketPath = "/run/spire/sockets/agent.sock"
         public init() {}
     }
 
@@ -40,7 +43,7 @@ public struct MeshCompiler: Sendable {
         return out
     }
 
-    static let ingressListener = "ingress", egressListener = "egress", passthroughCluster = "passthrough"
+    static let ingressListener = "ingress", egressListener = "egress", passthroughCluster = "passthrough", sdsCluster = "weir_sds"
     static let adsSource: Envoy_Config_Core_V3_ConfigSource = {
         var s = Envoy_Config_Core_V3_ConfigSource()
         s.ads = Envoy_Config_Core_V3_AggregatedConfigSource()
@@ -63,16 +66,16 @@ public struct MeshCompiler: Sendable {
     /// Every node id the manifests define, in App Mesh's form where the node's mesh is known.
     public var nodeIDs: [String] {
         manifests.virtualNodes.map { n in
-            if let mesh = manifests.meshName(of: n) { return "mesh/\(mesh)/virtualNode/\(n.awsName)" }
+            if let mesh = manifests.meshAWSName(of: n) { return "mesh/\(mesh)/virtualNode/\(n.awsName)" }
             return "\(n.ref.namespace)/\(n.ref.name)"
         } + manifests.virtualGateways.map { g in
-            if let mesh = manifests.meshName(of: g) { return "mesh/\(mesh)/virtualGateway/\(g.awsName)" }
+            if let mesh = manifests.meshAWSName(of: g) { return "mesh/\(mesh)/virtualGateway/\(g.awsName)" }
             return "\(g.ref.namespace)/\(g.ref.name)"
         }
     }
 
     public func compile(_ node: VirtualNode) throws(MeshError) -> EnvoyResources {
-        var b = Builder(compiler: self, node: node, meshName: manifests.meshName(of: node), accessLogPath: node.accessLogPath)
+        var b = Builder(compiler: self, node: node, meshName: manifests.meshName(of: node), accessLog: node.accessLog)
         b.build()
         if !b.problems.isEmpty { throw MeshError(problems: b.problems) }
         return b.out
@@ -82,11 +85,9 @@ public struct MeshCompiler: Sendable {
     /// `MeshManifests.gateways(of:)`) as routes to the target virtual services, through their routers' routes.
     public func compile(_ gateway: VirtualGateway) throws(MeshError) -> EnvoyResources {
         let mesh = manifests.meshName(of: gateway)
-        var b = Builder(compiler: self, node: nil, meshName: mesh, accessLogPath: gateway.accessLogPath)
+        var b = Builder(compiler: self, node: nil, meshName: mesh, accessLog: gateway.accessLog)
         b.buildGateway(gateway)
-        b.out.clusters.sort { $0.name < $1.name }
-        b.out.endpoints.sort { $0.clusterName < $1.clusterName }
-        b.out.routes.sort { $0.name < $1.name }
+        b.finish()
         if !b.problems.isEmpty { throw MeshError(problems: b.problems) }
         return b.out
     }
@@ -97,25 +98,37 @@ public struct MeshCompiler: Sendable {
         /// The virtual node being compiled (nil for a virtual gateway).
         let node: VirtualNode!
         let meshName: String?
-        let accessLogPath: String?
+        let accessLog: AccessLog?
         var out = EnvoyResources()
         var problems: [MeshProblem] = []
         var clusterNames = Set<String>()
         /// Target clusters resolved by DNS (STRICT_DNS), by name: proxyless routes use a LOGICAL_DNS twin of each.
         var dnsClusters: [String: Envoy_Config_Cluster_V3_Cluster] = [:]
+        /// Whether a TLS context takes a certificate or trust from SDS (then the SDS server's cluster is added).
+        var usesSDS = false
 
-        init(compiler: MeshCompiler, node: VirtualNode?, meshName: String?, accessLogPath: String?) {
-            self.compiler = compiler; self.node = node; self.meshName = meshName; self.accessLogPath = accessLogPath
+        init(compiler: MeshCompiler, node: VirtualNode?, meshName: String?, accessLog: AccessLog?) {
+            self.compiler = compiler; self.node = node; self.meshName = meshName; self.accessLog = accessLog
         }
 
         var m: MeshManifests { compiler.manifests }
-        var dropAll: Bool { m.meshes.first { $0.name == meshName }?.egressDropAll ?? true }
+        var mesh: Mesh? { m.meshes.first { $0.name == meshName } }
+        var dropAll: Bool { mesh?.egressDropAll ?? true }
+        /// Listeners bind every address of the mesh's family: `::` (with IPv4 mapped) once the mesh states a preference.
+        var anyAddress: String { mesh?.ipPreference == nil ? "0.0.0.0" : "::" }
+        var localAppAddress: String { mesh?.ipPreference == .ipv6Only ? "::1" : compiler.options.localAppAddress }
 
         mutating func problem(_ loc: SourceLocation, _ message: String) { problems.append(MeshProblem(location: loc, message: message)) }
 
         mutating func build() {
             buildIngress()
             buildEgress()
+            finish()
+        }
+
+        /// What every node's resources end with: the SDS cluster if a TLS context uses it, and a stable order.
+        mutating func finish() {
+            if usesSDS { addSDSCluster() }
             out.clusters.sort { $0.name < $1.name }
             out.endpoints.sort { $0.clusterName < $1.clusterName }
             out.routes.sort { $0.name < $1.name }
@@ -126,7 +139,7 @@ public struct MeshCompiler: Sendable {
         mutating func buildIngress() {
             var listener = Envoy_Config_Listener_V3_Listener()
             listener.name = MeshCompiler.ingressListener
-            listener.address = socketAddress("0.0.0.0", compiler.options.ingressPort)
+            listener.address = listenAddress(compiler.options.ingressPort)
             listener.trafficDirection = .inbound
             listener.listenerFilters = [originalDst()]
             for l in node.listeners {
@@ -162,7 +175,7 @@ public struct MeshCompiler: Sendable {
                     chain.filters = [filter("envoy.filters.network.http_connection_manager",
                                             httpConnectionManager(statPrefix: "ingress_\(port)", routeConfig: routeName, idleMilliseconds: l.idleTimeoutMilliseconds))]
                 }
-                listener.filterChains.append(chain)
+                addChains(chain, tls: l.tls, protocol: l.portMapping.protocol, to: &listener)
             }
             out.listeners.append(listener)
         }
@@ -172,17 +185,20 @@ public struct MeshCompiler: Sendable {
             c.name = name
             c.type = .static
             c.connectTimeout = duration(milliseconds: 1000)
-            c.loadAssignment = loadAssignment(name, [(compiler.options.localAppAddress, l.portMapping.port)])
+            c.loadAssignment = loadAssignment(name, [(localAppAddress, l.portMapping.port)])
             if l.portMapping.protocol != .tcp && l.portMapping.protocol != .http { c.typedExtensionProtocolOptions = http2Options() }
-            if let pool = l.connectionPool {
-                var t = Envoy_Config_Cluster_V3_CircuitBreakers.Thresholds()
-                if let v = pool.maxConnections { t.maxConnections = Google_Protobuf_UInt32Value(UInt32(clamping: v)) }
-                if let v = pool.maxPendingRequests { t.maxPendingRequests = Google_Protobuf_UInt32Value(UInt32(clamping: v)) }
-                if let v = pool.maxRequests { t.maxRequests = Google_Protobuf_UInt32Value(UInt32(clamping: v)) }
-                c.circuitBreakers.thresholds = [t]
-            }
+            if let pool = l.connectionPool { c.circuitBreakers.thresholds = [circuitBreaker(pool)] }
             out.clusters.append(c)
             clusterNames.insert(name)
+        }
+
+        /// A connection pool's limits as circuit-breaker thresholds.
+        func circuitBreaker(_ pool: ConnectionPool) -> Envoy_Config_Cluster_V3_CircuitBreakers.Thresholds {
+            var t = Envoy_Config_Cluster_V3_CircuitBreakers.Thresholds()
+            if let v = pool.maxConnections { t.maxConnections = Google_Protobuf_UInt32Value(UInt32(clamping: v)) }
+            if let v = pool.maxPendingRequests { t.maxPendingRequests = Google_Protobuf_UInt32Value(UInt32(clamping: v)) }
+            if let v = pool.maxRequests { t.maxRequests = Google_Protobuf_UInt32Value(UInt32(clamping: v)) }
+            return t
         }
 
         // MARK: egress
@@ -199,7 +215,8 @@ public struct MeshCompiler: Sendable {
         mutating func buildEgress() {
             var ports: [UInt16: PortPlan] = [:]
             for backend in node.backends {
-                guard let service = m.virtualServices.first(where: { $0.ref == backend }) else { continue }
+                guard let service = m.virtualServices.first(where: { $0.ref == backend.service }) else { continue }
+                let policy = node.clientTLS(for: backend)
                 switch service.provider {
                 case nil:
                     problem(service.location, "virtual service \(service.ref) has no provider, so backend \(node.ref) cannot reach it")
@@ -210,7 +227,7 @@ public struct MeshCompiler: Sendable {
                     }
                     for l in target.listeners {
                         let port = l.portMapping.port, proto = l.portMapping.protocol
-                        let cluster = addTargetCluster(target, port: port)
+                        let cluster = addTargetCluster(target, port: port, tls: policy?.applies(to: port) == true ? policy : nil)
                         if proto == .tcp {
                             addTCP(&ports, port: port, service: service, targets: [(cluster, 1)], idle: nil)
                         } else {
@@ -224,19 +241,17 @@ public struct MeshCompiler: Sendable {
                 case .virtualRouter(let ref):
                     guard let router = m.virtualRouters.first(where: { $0.ref == ref }) else { continue }
                     for pm in router.listeners {
-                        let routes = router.routes.enumerated()
-                            .filter { ($0.element.kind == .tcp) == (pm.protocol == .tcp) }
-                            .sorted { ($0.element.priority ?? 1001, $0.offset) < ($1.element.priority ?? 1001, $1.offset) }
-                            .map(\.element)
+                        let routes = router.routes(for: pm)
+                        let tls = policy?.applies(to: pm.port) == true ? policy : nil
                         if pm.protocol == .tcp {
                             guard let r = routes.first else {
                                 problem(router.location, "tcp listener \(pm.port) of virtual router \(router.ref) has no tcpRoute"); continue
                             }
-                            let targets = r.targets.filter { $0.weight > 0 }.map { t in (addTargetCluster(t, port: pm.port), t.weight) }
+                            let targets = r.targets.filter { $0.weight > 0 }.map { t in (addTargetCluster(t, port: pm.port, tls: tls), t.weight) }
                             addTCP(&ports, port: pm.port, service: service, targets: targets, idle: r.idleTimeoutMilliseconds)
                         } else {
                             var envoyRoutes: [Envoy_Config_Route_V3_Route] = []
-                            for r in routes { envoyRoutes.append(httpRoute(r, router: router, port: pm.port)) }
+                            for r in routes { envoyRoutes.append(httpRoute(r, router: router, port: pm.port, tls: tls)) }
                             addHost(&ports, port: pm.port, proto: pm.protocol, service: service, routes: envoyRoutes)
                         }
                     }
@@ -245,7 +260,7 @@ public struct MeshCompiler: Sendable {
 
             var listener = Envoy_Config_Listener_V3_Listener()
             listener.name = MeshCompiler.egressListener
-            listener.address = socketAddress("0.0.0.0", compiler.options.egressPort)
+            listener.address = listenAddress(compiler.options.egressPort)
             listener.trafficDirection = .outbound
             listener.listenerFilters = [originalDst()]
             if !dropAll { addPassthroughCluster() }
@@ -371,38 +386,53 @@ public struct MeshCompiler: Sendable {
             ports[port] = plan
         }
 
-        mutating func addTargetCluster(_ t: WeightedTarget, port: UInt16) -> String {
+        mutating func addTargetCluster(_ t: WeightedTarget, port: UInt16, tls: ClientTLS?) -> String {
             guard let target = m.virtualNodes.first(where: { $0.ref == t.node }) else { return "" }
-            return addTargetCluster(target, port: t.port ?? target.listeners.first?.portMapping.port ?? port)
+            return addTargetCluster(target, port: t.port ?? target.listeners.first?.portMapping.port ?? port, tls: tls)
         }
 
         /// The cluster of a virtual node as a route target: its listener's health check and outlier detection,
-        /// endpoints from its DNS service discovery (an IP literal gives EDS endpoints, a hostname a DNS cluster).
-        mutating func addTargetCluster(_ target: VirtualNode, port: UInt16) -> String {
-            let name = "vn_\(target.awsName)_\(port)"
+        /// endpoints from its DNS service discovery (an IP literal gives EDS endpoints, a hostname a DNS cluster), and
+        /// the caller's client TLS policy (a cluster of its own per policy).
+        mutating func addTargetCluster(_ target: VirtualNode, port: UInt16, tls: ClientTLS?) -> String {
+            let name = "vn_\(target.awsName)_\(port)" + (tls.map { "_tls_" + $0.fingerprint } ?? "")
+            if tls != nil { usesSDS = usesSDS || tls!.usesSDS }
             guard clusterNames.insert(name).inserted else { return name }
-            let built = compiler.memo?.targetCluster(target, port: port) { targetCluster(target, port: port, name: name) }
-                ?? targetCluster(target, port: port, name: name)
+            let family = dnsLookupFamily
+            let built = compiler.memo?.targetCluster(target, port: port, tls: tls, family: family, name: name) {
+                targetCluster(target, port: port, name: name, tls: tls)
+            } ?? targetCluster(target, port: port, name: name, tls: tls)
             out.clusters.append(built.cluster)
             if built.cluster.type == .strictDns { dnsClusters[name] = built.cluster }
             if let e = built.endpoints { out.endpoints.append(e) }
             return name
         }
 
-        func targetCluster(_ target: VirtualNode, port: UInt16, name: String) -> CompileMemo.TargetCluster {
+        /// The DNS lookup family of the mesh's DNS clusters.
+        var dnsLookupFamily: Envoy_Config_Cluster_V3_Cluster.DnsLookupFamily {
+            switch mesh?.ipPreference {
+            case .ipv4Only?: .v4Only
+            case .ipv6Only?: .v6Only
+            case nil: .v4Preferred
+            }
+        }
+
+        func targetCluster(_ target: VirtualNode, port: UInt16, name: String, tls: ClientTLS?) -> CompileMemo.TargetCluster {
             var endpoints: Envoy_Config_Endpoint_V3_ClusterLoadAssignment?
             let listener = target.listeners.first { $0.portMapping.port == port } ?? target.listeners.first
             var c = Envoy_Config_Cluster_V3_Cluster()
             c.name = name
             c.connectTimeout = duration(milliseconds: 1000)
             let host = target.hostname
-            if let host, IPAddressLiteral.isLiteral(host) {
+            switch (host, target.responseType) {
+            case (let host?, nil) where IPAddressLiteral.isLiteral(host):
                 c.type = .eds
-            } else if let host {
-                c.type = .strictDns
-                c.dnsLookupFamily = .v4Preferred
+            case (let host?, let response):
+                // App Mesh's default is LOADBALANCER: one address at a time, as behind a load balancer.
+                c.type = response == .endpoints ? .strictDns : .logicalDns
+                c.dnsLookupFamily = dnsLookupFamily
                 c.loadAssignment = loadAssignment(name, [(host, port)])
-            } else {
+            case (nil, _):
                 c.type = .eds
             }
             if c.type == .eds {
@@ -421,7 +451,8 @@ public struct MeshCompiler: Sendable {
                 od.enforcingSuccessRate = Google_Protobuf_UInt32Value(0)
                 c.outlierDetection = od
             }
-            return CompileMemo.TargetCluster(target: target, cluster: c, endpoints: endpoints)
+            if let tls { c.transportSocket = upstreamTLS(tls, target: target, protocol: listener?.portMapping.protocol ?? .http) }
+            return CompileMemo.TargetCluster(target: target, tls: tls, family: dnsLookupFamily, cluster: c, endpoints: endpoints)
         }
 
         mutating func addPassthroughCluster() {
@@ -434,108 +465,11 @@ public struct MeshCompiler: Sendable {
             clusterNames.insert(c.name)
         }
 
-        // MARK: gateway
-
-        mutating func buildGateway(_ gw: VirtualGateway) {
-            let routes = (compiler.routesByGateway[gw.ref] ?? [])
-                .enumerated().sorted { ($0.element.priority ?? 1001, $0.offset) < ($1.element.priority ?? 1001, $1.offset) }.map(\.element)
-            for l in gw.listeners {
-                let port = l.portMapping.port
-                var hosts: [String: Envoy_Config_Route_V3_VirtualHost] = [:]
-                var order: [String] = []
-                for gr in routes where gr.kind == l.portMapping.protocol {
-                    let domains: [String]
-                    switch gr.hostname {
-                    case .exact(let h)?: domains = [h, "\(h):\(port)"]
-                    case .suffix(let s)?: domains = ["*\(s)", "*\(s):\(port)"]
-                    default: domains = ["*"]
-                    }
-                    let key = domains.joined(separator: ",")
-                    if hosts[key] == nil {
-                        var v = Envoy_Config_Route_V3_VirtualHost()
-                        v.name = "gateway_\(port)_\(domains[0])"
-                        v.domains = domains
-                        hosts[key] = v
-                        order.append(key)
-                    }
-                    hosts[key]!.routes += gatewayRoutes(gr)
-                }
-                // Specific hostnames first; Envoy picks the most specific domain anyway, the order keeps output stable.
-                let name = "gateway_\(port)"
-                var rc = Envoy_Config_Route_V3_RouteConfiguration()
-                rc.name = name
-                rc.virtualHosts = order.sorted { ($0 == "*" ? 1 : 0, $0) < ($1 == "*" ? 1 : 0, $1) }.map { hosts[$0]! }
-                out.routes.append(rc)
-                var listener = Envoy_Config_Listener_V3_Listener()
-                listener.name = name
-                listener.address = socketAddress("0.0.0.0", port)
-                listener.trafficDirection = .inbound
-                var chain = Envoy_Config_Listener_V3_FilterChain()
-                chain.name = name
-                chain.filters = [filter("envoy.filters.network.http_connection_manager",
-                                        httpConnectionManager(statPrefix: name, routeConfig: name, idleMilliseconds: l.idleTimeoutMilliseconds))]
-                listener.filterChains = [chain]
-                out.listeners.append(listener)
-            }
-        }
-
-        /// A gateway route to a virtual service: through its router's routes (each combined with the gateway
-        /// route's match), or straight to the virtual node that provides it. App Mesh rewrites the matched prefix
-        /// to `/` unless the route says otherwise.
-        mutating func gatewayRoutes(_ gr: GatewayRoute) -> [Envoy_Config_Route_V3_Route] {
-            guard let service = m.virtualServices.first(where: { $0.ref == gr.target }) else { return [] }
-            var specs: [(RouteSpec, VirtualRouter?)] = []
-            func base(_ name: String, _ kind: PortProtocol) -> RouteSpec {
-                var s = RouteSpec(name: name, kind: kind, priority: nil, prefix: gr.prefix, targets: [], location: gr.location)
-                s.headers = gr.headers
-                s.method = gr.method
-                return s
-            }
-            switch service.provider {
-            case .virtualNode(let ref)?:
-                var s = base(gr.ref.name, gr.kind)
-                s.targets = [WeightedTarget(node: ref, weight: 1, port: gr.targetPort, location: gr.location)]
-                specs.append((s, nil))
-            case .virtualRouter(let ref)?:
-                guard let router = m.virtualRouters.first(where: { $0.ref == ref }) else { return [] }
-                let kinds: Set<PortProtocol> = [.http, .http2, .grpc]
-                for r in router.routes.enumerated().sorted(by: { ($0.element.priority ?? 1001, $0.offset) < ($1.element.priority ?? 1001, $1.offset) }).map(\.element)
-                    where kinds.contains(r.kind) {
-                    var s = base("\(gr.ref.name)/\(r.name)", r.kind)
-                    if gr.prefix == nil || gr.prefix == "/" { s.prefix = r.prefix; s.path = r.path }
-                    s.headers += r.headers
-                    s.method = gr.method ?? r.method
-                    s.query = r.query
-                    s.grpcService = r.grpcService; s.grpcMethod = r.grpcMethod
-                    s.retry = r.retry
-                    s.perRequestTimeoutMilliseconds = r.perRequestTimeoutMilliseconds
-                    s.idleTimeoutMilliseconds = r.idleTimeoutMilliseconds
-                    s.targets = r.targets
-                    specs.append((s, router))
-                }
-            case nil:
-                problem(gr.location, "target virtual service \(service.ref) has no provider")
-                return []
-            }
-            return specs.map { spec, router in
-                let port = gr.targetPort ?? router?.listeners.first?.port
-                    ?? spec.targets.first.flatMap { t in m.virtualNodes.first { $0.ref == t.node }?.listeners.first?.portMapping.port } ?? 80
-                var route = httpRoute(spec, router: router ?? VirtualRouter(ref: gr.ref, listeners: [], routes: [], location: gr.location), port: port)
-                route.name = "\(gr.ref.namespace)/\(spec.name)"
-                if let p = gr.prefix, p != "/", route.match.prefix == p {
-                    route.route.prefixRewrite = gr.rewritePrefix ?? "/"
-                } else if let r = gr.rewritePrefix, route.match.prefix.isEmpty == false {
-                    route.route.prefixRewrite = r
-                }
-                return route
-            }
-        }
-
         // MARK: routes
 
-        mutating func httpRoute(_ r: RouteSpec, router: VirtualRouter, port: UInt16) -> Envoy_Config_Route_V3_Route {
+        mutating func httpRoute(_ r: RouteSpec, router: VirtualRouter, port: UInt16, tls: ClientTLS?) -> Envoy_Config_Route_V3_Route {
             var route = Envoy_Config_Route_V3_Route()
-            route.name = "\(router.ref.name)/\(r.name)"
+            route.name = "\(router.awsName)/\(r.name)"
             var match = Envoy_Config_Route_V3_RouteMatch()
             if r.kind == .grpc {
                 if let s = r.grpcService {
@@ -551,10 +485,11 @@ public struct MeshCompiler: Sendable {
             } else {
                 match.prefix = r.prefix ?? "/"
             }
-            if let method = r.method {
+            for (name, value) in [(":method", r.method), (":scheme", r.scheme)] {
+                guard let value else { continue }
                 var h = Envoy_Config_Route_V3_HeaderMatcher()
-                h.name = ":method"
-                h.stringMatch.exact = method
+                h.name = name
+                h.stringMatch.exact = value
                 match.headers.append(h)
             }
             for h in r.headers { match.headers.append(headerMatcher(h)) }
@@ -567,7 +502,7 @@ public struct MeshCompiler: Sendable {
             route.match = match
             var action = Envoy_Config_Route_V3_RouteAction()
             let targets = r.targets.filter { $0.weight > 0 }
-            let clusters = targets.map { addTargetCluster($0, port: port) }
+            let clusters = targets.map { addTargetCluster($0, port: port, tls: tls) }
             if clusters.count == 1 { action.cluster = clusters[0] } else {
                 action.weightedClusters.clusters = zip(targets, clusters).map { t, c in
                     var w = Envoy_Config_Route_V3_WeightedCluster.ClusterWeight()
@@ -623,9 +558,19 @@ public struct MeshCompiler: Sendable {
         // MARK: pieces
 
         var accessLogs: [Envoy_Config_Accesslog_V3_AccessLog] {
-            guard let path = accessLogPath else { return [] }
+            guard let accessLog else { return [] }
             var file = Envoy_Extensions_AccessLoggers_File_V3_FileAccessLog()
-            file.path = path
+            file.path = accessLog.path
+            switch accessLog.format {
+            case .text(let text)?:
+                file.logFormat.textFormatSource.inlineString = text
+            case .json(let pairs)?:
+                var s = Google_Protobuf_Struct()
+                for p in pairs { s.fields[p.key] = Google_Protobuf_Value(stringValue: p.value) }
+                file.logFormat.jsonFormat = s
+            case nil:
+                break
+            }
             var log = Envoy_Config_Accesslog_V3_AccessLog()
             log.name = "envoy.access_loggers.file"
             log.typedConfig = anyOf(file)
@@ -660,6 +605,13 @@ public struct MeshCompiler: Sendable {
             f.name = "envoy.filters.listener.original_dst"
             f.typedConfig = anyOf(Envoy_Extensions_Filters_Listener_OriginalDst_V3_OriginalDst())
             return f
+        }
+
+        /// A listener's address: every address of the mesh's family, on `port`.
+        func listenAddress(_ port: UInt16) -> Envoy_Config_Core_V3_Address {
+            var a = socketAddress(anyAddress, port)
+            if anyAddress == "::" { a.socketAddress.ipv4Compat = true }
+            return a
         }
 
         func socketAddress(_ host: String, _ port: UInt16) -> Envoy_Config_Core_V3_Address {
@@ -725,6 +677,8 @@ enum IPAddressLiteral {
 public final class CompileMemo: Sendable {
     public struct TargetCluster: Sendable {
         let target: VirtualNode
+        let tls: ClientTLS?
+        let family: Envoy_Config_Cluster_V3_Cluster.DnsLookupFamily
         let cluster: Envoy_Config_Cluster_V3_Cluster
         let endpoints: Envoy_Config_Endpoint_V3_ClusterLoadAssignment?
     }
@@ -740,11 +694,13 @@ public final class CompileMemo: Sendable {
     /// Starts a reload: what the previous one did not use is forgotten.
     public func beginGeneration() { state.withLock { $0.previous = $0.current; $0.current = [:] } }
 
-    func targetCluster(_ target: VirtualNode, port: UInt16, build: () -> TargetCluster) -> TargetCluster {
-        let key = Key(name: target.awsName, port: port)
+    func targetCluster(_ target: VirtualNode, port: UInt16, tls: ClientTLS?, family: Envoy_Config_Cluster_V3_Cluster.DnsLookupFamily,
+                       name: String, build: () -> TargetCluster) -> TargetCluster {
+        let key = Key(name: name, port: port)
+        func same(_ v: TargetCluster) -> Bool { v.target == target && v.tls == tls && v.family == family }
         let known = state.withLock { s -> TargetCluster? in
-            if let v = s.current[key], v.target == target { return v }
-            if let v = s.previous[key], v.target == target { s.current[key] = v; return v }
+            if let v = s.current[key], same(v) { return v }
+            if let v = s.previous[key], same(v) { s.current[key] = v; return v }
             return nil
         }
         if let known { return known }

@@ -50,7 +50,7 @@ extension MeshManifests {
         case .kubernetes(let ref):
             return virtualNodes.first { $0.ref == ref }
         case .appMesh(let mesh, let awsName):
-            return virtualNodes.first { n in meshName(of: n) == mesh && n.awsName == awsName }
+            return virtualNodes.first { n in meshAWSName(of: n) == mesh && n.awsName == awsName }
         case .appMeshGateway:
             return nil
         }
@@ -63,7 +63,7 @@ extension MeshManifests {
         case .kubernetes(let ref):
             return virtualNodes.contains { $0.ref == ref } ? nil : virtualGateways.first { $0.ref == ref }
         case .appMeshGateway(let mesh, let awsName):
-            return virtualGateways.first { g in meshName(of: g) == mesh && g.awsName == awsName }
+            return virtualGateways.first { g in meshAWSName(of: g) == mesh && g.awsName == awsName }
         case .appMesh:
             return nil
         }
@@ -74,6 +74,14 @@ extension MeshManifests {
 
     /// The mesh a virtual gateway belongs to.
     public func meshName(of gateway: VirtualGateway) -> String? { meshName(meshRef: gateway.meshName, namespace: gateway.ref.namespace) }
+
+    /// The App Mesh name (`spec.awsName`) of a virtual node's mesh, as node ids and ARNs give it.
+    public func meshAWSName(of node: VirtualNode) -> String? { meshName(of: node).map(awsName(ofMesh:)) }
+
+    /// The App Mesh name of a virtual gateway's mesh.
+    public func meshAWSName(of gateway: VirtualGateway) -> String? { meshName(of: gateway).map(awsName(ofMesh:)) }
+
+    func awsName(ofMesh name: String) -> String { meshes.first { $0.name == name }?.awsName ?? name }
 
     /// Its `meshRef`; else the only mesh; else, as App Mesh's controller chose, the one mesh whose
     /// `namespaceSelector` takes the object's namespace (nil when none or several do).

@@ -5,40 +5,120 @@ import Logging
 import SwiftProtobuf
 import Synchronization
 import WeirMesh
-import Yams
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// The files of a config directory: `.yaml`, `.yml` (and `.json` when asked), read recursively, sorted.
+/// The files of a config directory: `.yaml`, `.yml` (and `.json` when asked), read recursively, sorted. Hidden
+/// entries (a Kubernetes ConfigMap's `..data`) are skipped; symbolic links are followed. Everything that cannot be read
+/// is an error that names it: a directory or file without permission, a file past the size limit, a path that is not
+/// a directory or a regular file. Nothing is skipped silently, so no object vanishes from the mesh unnoticed.
 public enum ConfigDirectory {
-    public struct Failure: Error, CustomStringConvertible {
-        public var description: String
+    public static func files(_ directory: String, extensions: [String] = [".yaml", ".yml"],
+                             limits: YAMLLimits = .default) throws(MeshError) -> [(path: String, text: String)] {
+        var walk = Walk(extensions: extensions, limits: limits)
+        var st = stat()
+        guard stat(directory, &st) == 0 else {
+            throw MeshError(problems: [Walk.problem(directory, "cannot be read: \(String(cString: strerror(errno)))")])
+        }
+        guard (st.st_mode & S_IFMT) == S_IFDIR else { throw MeshError(problems: [Walk.problem(directory, "not a directory")]) }
+        walk.directory(directory, depth: 0, visited: [])
+        if !walk.problems.isEmpty { throw MeshError(problems: walk.problems) }
+        return walk.files.sorted { $0.path < $1.path }
     }
 
-    public static func files(_ directory: String, extensions: [String] = [".yaml", ".yml"]) throws(Failure) -> [(path: String, text: String)] {
-        var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
-            throw Failure(description: "\(directory): not a directory")
+    struct Walk {
+        let extensions: [String]
+        let limits: YAMLLimits
+        var files: [(path: String, text: String)] = []
+        var problems: [MeshProblem] = []
+        /// Directories nested deeper than this (through links, say) are refused rather than followed.
+        static let maxDepth = 32
+
+        static func problem(_ path: String, _ message: String) -> MeshProblem {
+            MeshProblem(location: SourceLocation(file: path, line: 0, field: "(file)"), message: message)
         }
-        let base = URL(fileURLWithPath: directory)
-        let paths = (FileManager.default.enumerator(atPath: directory)?.compactMap { $0 as? String } ?? [])
-            .filter { p in extensions.contains { p.hasSuffix($0) } && !p.split(separator: "/").contains { $0.hasPrefix(".") } }
-            .sorted()
-        var out: [(String, String)] = []
-        for rel in paths {
-            let url = base.appendingPathComponent(rel)
-            guard let data = FileManager.default.contents(atPath: url.path) else { throw Failure(description: "\(url.path): cannot be read") }
-            out.append((url.path, String(decoding: data, as: UTF8.self)))
+
+        struct Identity: Hashable { var device: UInt64; var inode: UInt64 }
+
+        mutating func directory(_ path: String, depth: Int, visited: Set<Identity>) {
+            guard depth <= Self.maxDepth else { problems.append(Self.problem(path, "directories nest more than \(Self.maxDepth) deep")); return }
+            var st = stat()
+            guard stat(path, &st) == 0 else { problems.append(Self.problem(path, "cannot be read: \(String(cString: strerror(errno)))")); return }
+            let id = Identity(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
+            guard !visited.contains(id) else { problems.append(Self.problem(path, "a symbolic link loops back to a directory above it")); return }
+            guard let dir = opendir(path) else {
+                problems.append(Self.problem(path, "directory cannot be read: \(String(cString: strerror(errno)))")); return
+            }
+            var names: [String] = []
+            while true {
+                errno = 0
+                guard let entry = readdir(dir) else {
+                    if errno != 0 { problems.append(Self.problem(path, "directory cannot be listed: \(String(cString: strerror(errno)))")) }
+                    break
+                }
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                    String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+                }
+                if !name.hasPrefix(".") { names.append(name) }
+            }
+            closedir(dir)
+            for name in names.sorted() {
+                let child = path.hasSuffix("/") ? path + name : path + "/" + name
+                var cst = stat()
+                guard stat(child, &cst) == 0 else {
+                    // A dangling link that looks like a manifest is a mistake; anything else is not ours.
+                    if extensions.contains(where: { name.hasSuffix($0) }) {
+                        problems.append(Self.problem(child, "cannot be read: \(String(cString: strerror(errno)))"))
+                    }
+                    continue
+                }
+                switch cst.st_mode & S_IFMT {
+                case S_IFDIR:
+                    directory(child, depth: depth + 1, visited: visited.union([id]))
+                case S_IFREG where extensions.contains(where: { name.hasSuffix($0) }):
+                    file(child, size: Int(cst.st_size))
+                default:
+                    if extensions.contains(where: { name.hasSuffix($0) }) {
+                        problems.append(Self.problem(child, "not a regular file"))
+                    }
+                }
+            }
         }
-        return out
+
+        mutating func file(_ path: String, size: Int) {
+            guard size <= limits.maxBytes else {
+                problems.append(Self.problem(path, "the file is \(size) bytes; weir reads files of at most \(limits.maxBytes) bytes"))
+                return
+            }
+            let fd = open(path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { problems.append(Self.problem(path, "cannot be read: \(String(cString: strerror(errno)))")); return }
+            defer { close(fd) }
+            // Read at most one byte past the limit: a file that grew since stat is refused, not read whole.
+            var bytes = [UInt8](repeating: 0, count: min(size, limits.maxBytes) + 1)
+            var filled = 0
+            while filled < bytes.count {
+                let n = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress! + filled, $0.count - filled) }
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    problems.append(Self.problem(path, "cannot be read: \(String(cString: strerror(errno)))")); return
+                }
+                if n == 0 { break }
+                filled += n
+            }
+            guard filled <= limits.maxBytes else {
+                problems.append(Self.problem(path, "the file is over \(limits.maxBytes) bytes; weir reads files of at most \(limits.maxBytes) bytes"))
+                return
+            }
+            files.append((path, String(decoding: bytes[..<filled], as: UTF8.self)))
+        }
     }
 }
 
 /// Envoy resources written by hand, in Envoy's own YAML/JSON shape: files with a `resources:` list whose entries
 /// carry `@type` (as Envoy's filesystem subscriptions read them), for the subset of the API weir knows.
 public enum EnvoyResourceFiles {
-    public static func read(_ files: [(path: String, text: String)]) throws(MeshError) -> EnvoyResources {
+    public static func read(_ files: [(path: String, text: String)], limits: YAMLLimits = .default) throws(MeshError) -> EnvoyResources {
         EnvoyTypes.register()
         var out = EnvoyResources()
         var problems: [MeshProblem] = []
@@ -48,21 +128,21 @@ public enum EnvoyResourceFiles {
             func problem(_ line: Int, _ field: String, _ message: String) {
                 problems.append(MeshProblem(location: SourceLocation(file: path, line: line, field: field), message: message))
             }
-            let root: Node?
-            do { root = try Yams.compose(yaml: text) } catch {
-                problem(0, "(yaml)", "not valid YAML: \(error)"); continue
+            let documents: [YAMLNode]
+            do { documents = try YAMLNode.documents(text, limits: limits) } catch {
+                problem(error.line, "(yaml)", error.message); continue
             }
-            guard let list = root?["resources"]?.sequence else { problem(root?.mark?.line ?? 0, "resources", "expected a `resources:` list"); continue }
+            guard documents.count == 1, let root = documents.first else {
+                problem(documents.dropFirst().first?.line ?? 1, "(yaml)", "expected one document with a `resources:` list, found \(documents.count)"); continue
+            }
+            guard let list = root["resources"]?.sequence else { problem(root.line, "resources", "expected a `resources:` list"); continue }
             for (i, node) in list.enumerated() {
                 let field = "resources[\(i)]"
-                let line = node.mark?.line ?? 0
-                guard let object = try? Yams.load(yaml: Yams.serialize(node: node)) as? [String: Any], let type = object["@type"] as? String else {
-                    problem(line, field + ".@type", "each resource is a mapping with an @type"); continue
+                guard node.mapping != nil, let type = node["@type"]?.string else {
+                    problem(node.line, field + ".@type", "each resource is a mapping with an @type"); continue
                 }
-                var body = object
-                body.removeValue(forKey: "@type")
-                guard let json = try? JSONSerialization.data(withJSONObject: body) else { problem(line, field, "cannot be turned into JSON"); continue }
-                let text = String(decoding: json, as: UTF8.self)
+                let text: String
+                do { text = try node.json(omitting: ["@type"]) } catch { problem(error.line, field, error.message); continue }
                 do {
                     switch type.split(separator: "/").last.map(String.init) {
                     case Envoy_Config_Listener_V3_Listener.protoMessageName:
@@ -74,10 +154,10 @@ public enum EnvoyResourceFiles {
                     case Envoy_Config_Endpoint_V3_ClusterLoadAssignment.protoMessageName:
                         out.endpoints.append(try Envoy_Config_Endpoint_V3_ClusterLoadAssignment(jsonString: text, options: options))
                     default:
-                        problem(line, field + ".@type", "'\(type)' is not a Listener, Cluster, RouteConfiguration or ClusterLoadAssignment (v3)")
+                        problem(node.line, field + ".@type", "'\(type)' is not a Listener, Cluster, RouteConfiguration or ClusterLoadAssignment (v3)")
                     }
                 } catch {
-                    problem(line, field, "not a valid \(type.split(separator: ".").last ?? "") for weir's subset of the Envoy API: \(error)")
+                    problem(node.line, field, "not a valid \(type.split(separator: ".").last ?? "") for weir's subset of the Envoy API: \(error)")
                 }
             }
         }
@@ -125,13 +205,11 @@ public final class ConfigSources: SnapshotSource {
         let started = clock.now
         do {
             if let meshDirectory {
-                let files: [(path: String, text: String)]
-                do { files = try ConfigDirectory.files(meshDirectory) } catch { throw MeshError(problems: [MeshProblem(location: SourceLocation(file: meshDirectory, line: 0, field: "(directory)"), message: error.description)]) }
+                let files = try ConfigDirectory.files(meshDirectory)
                 manifests = try ManifestReader.read(files, cache: fileCache)
             }
             if let envoyDirectory {
-                let files: [(path: String, text: String)]
-                do { files = try ConfigDirectory.files(envoyDirectory, extensions: [".yaml", ".yml", ".json"]) } catch { throw MeshError(problems: [MeshProblem(location: SourceLocation(file: envoyDirectory, line: 0, field: "(directory)"), message: error.description)]) }
+                let files = try ConfigDirectory.files(envoyDirectory, extensions: [".yaml", ".yml", ".json"])
                 envoy = try EnvoyResourceFiles.read(files)
             }
         } catch {
@@ -212,7 +290,7 @@ public final class ConfigSources: SnapshotSource {
     /// Watches both directories with inotify and reloads on change (debounced by 10 ms); runs until the process ends.
     public func watch() throws {
         let fd = inotify_init1(Int32(IN_CLOEXEC))
-        guard fd >= 0 else { throw ConfigDirectory.Failure(description: "inotify_init1: \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw WatchFailure(description: "inotify_init1: \(String(cString: strerror(errno)))") }
         let mask = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_CREATE | IN_ATTRIB)
         @Sendable func addTree(_ root: String) {
             _ = inotify_add_watch(fd, root, mask)
@@ -240,6 +318,11 @@ public final class ConfigSources: SnapshotSource {
         thread.name = "weir-xds-watch"
         thread.start()
     }
+}
+
+/// The directories cannot be watched.
+public struct WatchFailure: Error, CustomStringConvertible {
+    public var description: String
 }
 
 extension Duration {

@@ -33,7 +33,7 @@ struct MeshValidateCommand: ParsableCommand {
     /// The manifest files under `directory`, sorted, with their text.
     static func manifestFiles(_ directory: String) throws -> [(path: String, text: String)] {
         do { return try ConfigDirectory.files(directory) } catch {
-            throw CommandFailure(status: .badInput, message: "\(error.description): give a directory of App Mesh manifests")
+            throw CommandFailure(status: .badInput, message: "invalid App Mesh manifests:\n" + error.description)
         }
     }
 }
@@ -49,13 +49,20 @@ struct MeshRenderCommand: ParsableCommand {
     @Option(help: "Envoy node id.") var node: String
     @Option(help: "Envoy's inbound (ingress) listener port.") var ingressPort: UInt16 = 15000
     @Option(help: "Envoy's outbound (egress) listener port.") var egressPort: UInt16 = 15001
+    @Option(name: .customLong("sds-socket"), help: "The SDS server's Unix socket, for `sds` certificates and trust.")
+    var sdsSocket = "/run/spire/sockets/agent.sock"
+
+    func validate() throws {
+        if ingressPort == 0 || egressPort == 0 || ingressPort == egressPort { throw ValidationError("--ingress-port and --egress-port must be two different ports") }
+        if !sdsSocket.hasPrefix("/") { throw ValidationError("--sds-socket '\(sdsSocket)': give an absolute path") }
+    }
 
     func run() throws {
         let files = try MeshValidateCommand.manifestFiles(directory)
         do {
             let m = try ManifestReader.read(files)
             var options = MeshCompiler.Options()
-            options.ingressPort = ingressPort; options.egressPort = egressPort
+            options.ingressPort = ingressPort; options.egressPort = egressPort; options.sdsSocketPath = sdsSocket
             print(try MeshCompiler(m, options: options).compile(nodeID: node).json(), terminator: "")
         } catch {
             throw CommandFailure(status: .badInput, message: "cannot render node \(node):\n" + error.description)

@@ -26,6 +26,8 @@ struct XDSCommand: ParsableCommand {
     @Option(help: "Admin endpoint (/streams, /snapshots, /ready): unix:/path or 127.0.0.1:PORT.") var admin: String?
     @Option(help: "Envoy's inbound (ingress) listener port in compiled manifests.") var ingressPort: UInt16 = 15000
     @Option(help: "Envoy's outbound (egress) listener port in compiled manifests.") var egressPort: UInt16 = 15001
+    @Option(name: .customLong("sds-socket"), help: "The SDS server's Unix socket (the SPIRE agent's, App Mesh's APPMESH_SDS_SOCKET_PATH) for `sds` certificates and trust.")
+    var sdsSocket = "/run/spire/sockets/agent.sock"
 
     func validate() throws {
         guard XDSAddress.parse(listen) != nil else { throw ValidationError("--listen '\(listen)': use unix:/absolute/path or HOST:PORT") }
@@ -37,6 +39,7 @@ struct XDSCommand: ParsableCommand {
             throw ValidationError("--upstream relays another control plane; it does not combine with --mesh or --envoy-resources")
         }
         if ingressPort == 0 || egressPort == 0 || ingressPort == egressPort { throw ValidationError("--ingress-port and --egress-port must be two different ports") }
+        if !sdsSocket.hasPrefix("/") { throw ValidationError("--sds-socket '\(sdsSocket)': give an absolute path") }
     }
 
     func run() throws {
@@ -56,7 +59,7 @@ struct XDSCommand: ParsableCommand {
             cache.setSource(relay)
         } else if mesh != nil || envoyResources != nil {
             var options = MeshCompiler.Options()
-            options.ingressPort = ingressPort; options.egressPort = egressPort
+            options.ingressPort = ingressPort; options.egressPort = egressPort; options.sdsSocketPath = sdsSocket
             let s = ConfigSources(mesh: mesh, envoy: envoyResources, options: options, cache: cache, logger: logger)
             if let problems = s.reload() {
                 FileHandle.standardError.write(Data("weir xds: sources refused, serving the last good snapshots (\(cache.nodeIDs.count) node(s)):\n\(problems)\n".utf8))

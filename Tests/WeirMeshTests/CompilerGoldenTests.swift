@@ -33,7 +33,7 @@ struct CompilerGoldenTests {
         let egress = try #require(r.routes.first { $0.name == "egress_9080" })
         let host = try #require(egress.virtualHosts.first)
         #expect(host.domains == ["catalog.shop", "catalog.shop:9080"])
-        #expect(host.routes.map(\.name) == ["catalog/beta-testers", "catalog/items-by-id", "catalog/canary"], "ordered by priority")
+        #expect(host.routes.map(\.name) == ["catalog_shop/beta-testers", "catalog_shop/items-by-id", "catalog_shop/canary"], "ordered by priority")
         let beta = host.routes[0]
         #expect(beta.match.prefix == "/api")
         #expect(beta.match.headers.map(\.name) == [":method", "x-beta", "x-debug"])
@@ -63,7 +63,7 @@ struct CompilerGoldenTests {
         #expect(allow.routes.first { $0.name == "egress_9080" }?.virtualHosts.last?.domains == ["*"])
     }
 
-    @Test("the TCP route is a tcp_proxy on its port; a DNS hostname is a STRICT_DNS cluster, an IP literal an EDS one")
+    @Test("the TCP route is a tcp_proxy on its port; a DNS hostname with ENDPOINTS is a STRICT_DNS cluster, an IP literal an EDS one")
     func tcpAndDiscovery() throws {
         let r = try MeshCompiler(Self.manifests("mesh-drop")).compile(nodeID: "shop/web")
         let egress = try #require(r.listeners.first { $0.name == "egress" })
@@ -84,10 +84,10 @@ struct CompilerGoldenTests {
     @Test("proxyless routes send a DNS-hostname target to a LOGICAL_DNS twin (gRPC takes no STRICT_DNS); Envoy's routes keep STRICT_DNS")
     func proxylessDNSTargets() throws {
         let r = try MeshCompiler(Self.manifests("mesh-drop")).compile(nodeID: "shop/web")
-        let envoyCanary = try #require(r.routes.first { $0.name == "egress_9080" }?.virtualHosts.first?.routes.first { $0.name == "catalog/canary" })
+        let envoyCanary = try #require(r.routes.first { $0.name == "egress_9080" }?.virtualHosts.first?.routes.first { $0.name == "catalog_shop/canary" })
         #expect(envoyCanary.route.weightedClusters.clusters.map(\.name) == ["vn_catalog-v1_shop_9080", "vn_catalog-v2_shop_9080"])
         let proxyless = try #require(r.routes.first { $0.name == "catalog.shop:9080" }?.virtualHosts.first)
-        #expect(proxyless.routes.map(\.name) == ["catalog/beta-testers", "catalog/items-by-id", "catalog/canary"])
+        #expect(proxyless.routes.map(\.name) == ["catalog_shop/beta-testers", "catalog_shop/items-by-id", "catalog_shop/canary"])
         let canary = try #require(proxyless.routes.last)
         #expect(canary.route.weightedClusters.clusters.map { "\($0.name)=\($0.weight.value)" }
                 == ["vn_catalog-v1_shop_9080=90", "vn_catalog-v2_shop_9080_logical_dns=10"], "the EDS target stays, the DNS one is the twin")

@@ -46,13 +46,13 @@ struct GatewayTests {
         #expect(r.kind == .http && r.priority == 10 && r.prefix == "/cart")
         #expect(r.hostname == .suffix(".example.com"))
         #expect(r.headers == [HeaderMatch(name: "x-tenant", match: .prefix("acme"), invert: false)])
-        #expect(r.target == ResourceRef(name: "cart", namespace: "shop") && r.rewritePrefix == "/")
+        #expect(r.target == ResourceRef(name: "cart", namespace: "shop") && r.rewritePrefix == .value("/"))
     }
 
     @Test("bad gateway values are located and explained", arguments: [
         ("virtualServiceRef: {name: cart}\n      rewrite", "virtualServiceRef: {name: checkout}\n      rewrite", "GatewayRoute shop/cart-route", "shop/checkout does not exist"),
-        ("{port: 8088, protocol: http}", "{port: 8088, protocol: tcp}", "spec.listeners[0].portMapping.protocol", "not tcp"),
-        ("hostname: {suffix: .example.com}", "hostname: {regex: .*}", "spec.httpRoute.match.hostname", "exact or suffix"),
+        ("{port: 8088, protocol: http}", "{port: 8088, protocol: tcp}", "spec.listeners[0].portMapping.protocol", "must be one of grpc, http, http2; found 'tcp'"),
+        ("hostname: {suffix: .example.com}", "hostname: {regex: .*}", "spec.httpRoute.match.hostname.regex", "unknown field 'regex'; the fields here are exact, suffix"),
         ("namespaceSelector: {matchLabels: {gateway: ingress}}", "namespaceSelector: {matchExpressions: [{key: gateway, operator: Like, values: [x]}]}",
          "spec.namespaceSelector.matchExpressions[0].operator", "In, NotIn, Exists or DoesNotExist"),
         ("namespaceSelector: {matchLabels: {gateway: ingress}}", "namespaceSelector: {matchExpressions: [{key: gateway, operator: In}]}",
@@ -62,14 +62,14 @@ struct GatewayTests {
         ("  namespaceSelector: {matchLabels: {gateway: ingress}}\n", "",
          "GatewayRoute shop/cart-route", "no virtual gateway selects this gateway route"),
         ("namespaceSelector: {matchLabels: {gateway: ingress}}", "namespaceSelector: {matchExpressions: {key: gateway, operator: Exists}}",
-         "spec.namespaceSelector.matchExpressions", "expected a list"),
+         "spec.namespaceSelector.matchExpressions", "must be a list"),
         ("namespaceSelector: {matchLabels: {gateway: ingress}}", "namespaceSelector: {matchExpressions: [{key: gateway, operator: In, values: [{a: b}]}]}",
-         "spec.namespaceSelector.matchExpressions[0].values", "expected a list of strings"),
+         "spec.namespaceSelector.matchExpressions[0].values[0]", "must be a string, found a mapping"),
         ("metadata: {name: shop, labels: {gateway: ingress}}", "metadata: {name: shop, labels: {gateway: ingress}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: shop}",
          "Namespace shop", "defined twice"),
         // A misspelt key would leave an empty selector, which takes every namespace.
         ("namespaceSelector: {matchLabels: {gateway: ingress}}", "namespaceSelector: {matchlabels: {gateway: ingress}}",
-         "spec.namespaceSelector.matchlabels", "unknown field 'matchlabels'"),
+         "spec.namespaceSelector.matchlabels", "unknown field 'matchlabels'; did you mean 'matchLabels'?"),
         ("namespaceSelector: {matchLabels: {gateway: ingress}}", "namespaceSelector: {matchExpressions: [{key: gateway, operator: In, value: [ingress]}]}",
          "spec.namespaceSelector.matchExpressions[0].value", "unknown field 'value'"),
     ])
@@ -92,8 +92,11 @@ struct GatewayCompileTests {
             let rc = try #require(r.routes.first { $0.name == "gateway_8088" })
             let host = try #require(rc.virtualHosts.first)
             #expect(host.domains == ["*.example.com", "*.example.com:8088"])
+            // `/cart/` first, so that `/cart/x` becomes `/x` and not `//x`; then `/cart` itself.
+            #expect(host.routes.map(\.match.prefix) == ["/cart/", "/cart"])
             let route = try #require(host.routes.first)
-            #expect(route.match.prefix == "/cart" && route.route.prefixRewrite == "/")
+            #expect(route.route.prefixRewrite == "/" && host.routes[1].route.prefixRewrite == "/")
+            #expect(route.route.hostRewriteLiteral == "cart.shop", "the Host becomes the target service's name")
             #expect(route.match.headers.map(\.name) == ["x-tenant"])
             #expect(route.route.weightedClusters.clusters.map(\.name) == ["vn_cart-v1_shop_9080", "vn_cart-v2_shop_9080"])
             #expect(Set(r.clusters.map(\.name)) == ["vn_cart-v1_shop_9080", "vn_cart-v2_shop_9080"])
@@ -213,7 +216,7 @@ struct GatewaySelectionTests {
         let m = try ManifestReader.read([("mesh.yaml", text)])
         #expect(m.gatewayRoutes.first?.labels == [:] && m.gatewayRoutes.first?.virtualGatewayRef == nil)
         #expect(m.labels(ofNamespace: "billing") == ["kubernetes.io/metadata.name": "billing"])
-        #expect(try MeshCompiler(m).compile(nodeID: "shop/ingress").routes.first { $0.name == "gateway_8088" }?.virtualHosts.first?.routes.count == 1)
+        #expect(try MeshCompiler(m).compile(nodeID: "shop/ingress").routes.first { $0.name == "gateway_8088" }?.virtualHosts.first?.routes.count == 2)
         // A null gatewayRouteSelector selects every route, a null namespaceSelector none.
         let noRoutes = gateway.replacingOccurrences(of: "namespaceSelector: {matchLabels: {gateway: ingress}}", with: "namespaceSelector:\n  gatewayRouteSelector:")
         let refused = #expect(throws: MeshError.self) { try ManifestReader.read([("mesh.yaml", noRoutes)]) }
@@ -235,8 +238,8 @@ struct GatewaySelectionTests {
         let m = try ManifestReader.read([("mesh.yaml", selectorMesh(
             edge: "  namespaceSelector: {matchLabels: {exposure: public}}\n  gatewayRouteSelector: {matchLabels: {audience: public}}",
             internalGW: "  namespaceSelector: {matchExpressions: [{key: kubernetes.io/metadata.name, operator: In, values: [shop, billing]}]}\n  gatewayRouteSelector: {matchExpressions: [{key: audience, operator: NotIn, values: [public]}]}"))])
-        #expect(try prefixes(m, "ingress/edge", 8088) == ["/public"])
-        #expect(try prefixes(m, "ingress/internal", 9099) == ["/staff"], "selected by the namespace's name label, which every namespace has")
+        #expect(try prefixes(m, "ingress/edge", 8088) == ["/public/", "/public"])
+        #expect(try prefixes(m, "ingress/internal", 9099) == ["/staff/", "/staff"], "selected by the namespace's name label, which every namespace has")
     }
 
     @Test("a route two gateways select is an error naming both; virtualGatewayRef settles it")
@@ -253,8 +256,8 @@ struct GatewaySelectionTests {
         let named = selectorMesh(edge: "  namespaceSelector: {}", internalGW: "  namespaceSelector: {matchLabels: {exposure: none}}",
                                  routeExtra: "  virtualGatewayRef: {name: internal, namespace: ingress}")
         let m = try ManifestReader.read([("mesh.yaml", named)])
-        #expect(try prefixes(m, "ingress/edge", 8088) == ["/public"])
-        #expect(try prefixes(m, "ingress/internal", 9099) == ["/staff"])
+        #expect(try prefixes(m, "ingress/edge", 8088) == ["/public/", "/public"])
+        #expect(try prefixes(m, "ingress/internal", 9099) == ["/staff/", "/staff"])
         let missing = named.replacingOccurrences(of: "{name: internal, namespace: ingress}", with: "{name: gone}")
         #expect(throws: MeshError.self) { try ManifestReader.read([("mesh.yaml", missing)]) }
         do { _ = try ManifestReader.read([("mesh.yaml", missing)]) } catch {

@@ -41,7 +41,7 @@ struct ListenerTests {
         ("intervalMillis: 5000", "intervalMillis: 10", "healthCheck.intervalMillis", "5000 to 300000"),
         ("path: /healthz, ", "", "healthCheck.path", "needs a path"),
         ("maxEjectionPercent: 50", "maxEjectionPercent: 150", "outlierDetection.maxEjectionPercent", "0 to 100"),
-        ("idle: {unit: ms, value: 60000}", "idle: {unit: h, value: 1}", "timeout.http.idle.unit", "ms or s"),
+        ("idle: {unit: ms, value: 60000}", "idle: {unit: h, value: 1}", "timeout.http.idle.unit", "must be one of s, ms"),
     ])
     func badValues(_ from: String, _ to: String, _ field: String, _ mentions: String) {
         expectRefused(richListener, from, to, field: field, mentions: mentions)

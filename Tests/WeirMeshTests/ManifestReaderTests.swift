@@ -90,8 +90,8 @@ struct ManifestReaderTests {
         let m = try ManifestReader.read([("mesh.yaml", canary)])
         #expect(m.meshes.map(\.name) == ["shop"] && m.meshes[0].egressDropAll)
         #expect(m.virtualNodes.map(\.ref.description) == ["shop/front", "shop/cart-v1", "shop/cart-v2"])
-        #expect(m.virtualNodes[0].backends == [ResourceRef(name: "cart", namespace: "shop")])
-        #expect(m.virtualNodes[0].accessLogPath == "/dev/stdout")
+        #expect(m.virtualNodes[0].backends.map(\.service) == [ResourceRef(name: "cart", namespace: "shop")])
+        #expect(m.virtualNodes[0].accessLog == AccessLog(path: "/dev/stdout"))
         #expect(m.virtualNodes[0].listeners.map(\.portMapping) == [PortMapping(port: 8080, protocol: .http)])
         let route = try #require(m.virtualRouters.first?.routes.first)
         #expect(route.kind == .http && route.prefix == "/")
@@ -114,12 +114,12 @@ struct ManifestReaderTests {
         .init(name: "port out of range", from: "port: 9080, protocol: http}}]\n  serviceDiscovery: {dns: {hostname: cart-v1", to: "port: 99999, protocol: http}}]\n  serviceDiscovery: {dns: {hostname: cart-v1",
               line: 30, field: "spec.listeners[0].portMapping.port", mentions: "1 to 65535"),
         .init(name: "unknown protocol", from: "{port: 8080, protocol: http}", to: "{port: 8080, protocol: https}",
-              line: 16, field: "spec.listeners[0].portMapping.protocol", mentions: "http, http2, grpc, tcp"),
+              line: 16, field: "spec.listeners[0].portMapping.protocol", mentions: "must be one of grpc, http, http2, tcp"),
         .init(name: "weight above 100", from: "weight: 90", to: "weight: 190", line: 51, field: "spec.routes[0].httpRoute.action.weightedTargets[0].weight", mentions: "0 to 100"),
         .init(name: "missing target node", from: "{name: cart-v2}, weight: 10", to: "{name: cart-v3}, weight: 10", line: 52, field: "weightedTargets[1]", mentions: "shop/cart-v3 does not exist"),
         .init(name: "missing backend service", from: "virtualServiceRef: {name: cart}", to: "virtualServiceRef: {name: basket}", line: 9, field: "VirtualNode shop/front", mentions: "shop/basket does not exist"),
         .init(name: "missing router", from: "virtualRouterRef: {name: cart-router}", to: "virtualRouterRef: {name: router}", line: 54, field: "VirtualService shop/cart", mentions: "shop/router does not exist"),
-        .init(name: "bad egress filter", from: "type: DROP_ALL", to: "type: DENY", line: 7, field: "spec.egressFilter.type", mentions: "ALLOW_ALL or DROP_ALL"),
+        .init(name: "bad egress filter", from: "type: DROP_ALL", to: "type: DENY", line: 7, field: "spec.egressFilter.type", mentions: "must be one of ALLOW_ALL, DROP_ALL"),
         .init(name: "two route kinds", from: "      httpRoute:\n", to: "      tcpRoute: {action: {weightedTargets: [{virtualNodeRef: {name: cart-v1}, weight: 1}]}}\n      httpRoute:\n",
               line: 46, field: "spec.routes[0]", mentions: "exactly one of"),
         .init(name: "wrong apiVersion on an App Mesh kind", from: "apiVersion: appmesh.k8s.aws/v1beta2\nkind: Mesh", to: "apiVersion: appmesh.k8s.aws/v1beta1\nkind: Mesh",

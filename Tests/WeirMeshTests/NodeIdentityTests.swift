@@ -116,11 +116,14 @@ struct MeshMembershipTests {
     }
 
     @Test("with several meshes, a node that no mesh or two meshes take is an error naming its namespace; meshRef settles it",
-          arguments: [("", "no mesh takes namespace 'lab'"),
-                      ("\n  namespaceSelector: {}", "several meshes take namespace 'lab' (ledger, retail)")])
-    func unplaced(_ widen: String, _ message: String) throws {
-        let text = (Self.twoMeshes + Self.stray).replacingOccurrences(of: "  egressFilter: {type: ALLOW_ALL}", with: "  egressFilter: {type: ALLOW_ALL}" + widen)
-            .replacingOccurrences(of: "values: [bank]}]}", with: "values: [bank]}]}" + widen)
+          arguments: [(false, "no mesh takes namespace 'lab'"), (true, "several meshes take namespace 'lab' (ledger, retail)")])
+    func unplaced(_ widen: Bool, _ message: String) throws {
+        var text = Self.twoMeshes + Self.stray
+        if widen {
+            // Both meshes take every namespace.
+            text = text.replacingOccurrences(of: "namespaceSelector: {matchLabels: {mesh: retail}}", with: "namespaceSelector: {}")
+                .replacingOccurrences(of: "namespaceSelector: {matchExpressions: [{key: kubernetes.io/metadata.name, operator: In, values: [bank]}]}", with: "namespaceSelector: {}")
+        }
         do {
             _ = try ManifestReader.read([("mesh.yaml", text)])
             Issue.record("accepted a node with no single mesh")
@@ -129,7 +132,7 @@ struct MeshMembershipTests {
             #expect(p?.message.contains(message) == true, "\(error.problems)")
             #expect((p?.location.line ?? 0) > 0)
         }
-        guard widen.isEmpty else { return }  // with both meshes taking everything, the other nodes are unplaced too
+        guard !widen else { return }  // with both meshes taking everything, the other nodes are unplaced too
         let named = text.replacingOccurrences(of: "metadata: {name: stray, namespace: lab}\nspec: {", with: "metadata: {name: stray, namespace: lab}\nspec: {meshRef: {name: ledger}, ")
         #expect(named != text)
         #expect(try MeshCompiler(ManifestReader.read([("mesh.yaml", named)])).nodeIDs.contains("mesh/ledger/virtualNode/stray_lab"))

@@ -12,7 +12,6 @@ let richRoutes = canary.replacingOccurrences(of: """
       priority: 1
       httpRoute:
         match:
-          prefix: /
           method: GET
           path: {regex: "^/cart/[0-9]+$"}
           headers:
@@ -55,10 +54,11 @@ struct RouteTests {
 
     @Test("bad route values are located and explained", arguments: [
         ("method: GET", "method: FETCH", "match.method", "must be one of"),
-        ("{unit: ms, value: 250}", "{unit: minutes, value: 250}", "retryPolicy.perRetryTimeout.unit", "ms or s"),
+        ("{unit: ms, value: 250}", "{unit: minutes, value: 250}", "retryPolicy.perRetryTimeout.unit", "must be one of s, ms"),
         ("[server-error, gateway-error]", "[server-error, teapot]", "retryPolicy.httpRetryEvents[1]", "must be one of"),
-        ("{start: 2, end: 5}", "{start: 5, end: 2}", "headers[2].match.range", "start < end"),
-        ("maxRetries: 3", "maxRetries: -1", "retryPolicy.maxRetries", "≥ 0"),
+        ("{start: 2, end: 5}", "{start: 5, end: 2}", "headers[2].match.range", "end has to be greater than start"),
+        ("maxRetries: 3", "maxRetries: -1", "retryPolicy.maxRetries", "must be at least 0"),
+        ("method: GET", "method: GET\n          prefix: /", "match.path", "Both Prefix and Path cannot be specified"),
         ("priority: 1", "priority: 1001", "spec.routes[0].priority", "0 to 1000"),
     ])
     func badValues(_ from: String, _ to: String, _ field: String, _ mentions: String) {
