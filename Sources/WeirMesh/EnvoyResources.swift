@@ -60,8 +60,12 @@ public struct EnvoyResources: Sendable, Equatable {
         o.preserveProtoFieldNames = true
         func arr<M: SwiftProtobuf.Message>(_ ms: [M]) -> [Any] {
             ms.map { m in
-                let text = (try? m.jsonString(options: o)) ?? "{}"
-                return (try? JSONSerialization.jsonObject(with: Data(text.utf8))) ?? [:]
+                // Every type weir emits is registered; a message that cannot print says why rather than print as {}.
+                do {
+                    return try JSONSerialization.jsonObject(with: Data(try m.jsonString(options: o).utf8))
+                } catch {
+                    return ["weir_cannot_print": "\(error)"]
+                }
             }
         }
         let object: [String: Any] = ["listeners": arr(listeners), "routes": arr(routes), "clusters": arr(clusters), "endpoints": arr(endpoints)]
@@ -90,6 +94,10 @@ public enum EnvoyTypes {
         Envoy_Extensions_Filters_Listener_OriginalDst_V3_OriginalDst.self,
         Envoy_Extensions_AccessLoggers_File_V3_FileAccessLog.self,
         Envoy_Extensions_Upstreams_Http_V3_HttpProtocolOptions.self,
+        Envoy_Extensions_TransportSockets_Tls_V3_DownstreamTlsContext.self,
+        Envoy_Extensions_TransportSockets_Tls_V3_UpstreamTlsContext.self,
+        Envoy_Extensions_TransportSockets_Tls_V3_Secret.self,
+        Envoy_Extensions_Filters_Listener_TlsInspector_V3_TlsInspector.self,
     ]
     public static func register() {
         lock.lock(); defer { lock.unlock() }
