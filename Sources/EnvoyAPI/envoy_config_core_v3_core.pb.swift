@@ -775,6 +775,8 @@ public nonisolated struct Envoy_Config_Core_V3_HealthCheck: Sendable {
 
     public var path: String = String()
 
+    public var codecClientType: Envoy_Type_V3_CodecClientType = .http1
+
     public var unknownFields = SwiftProtobuf.UnknownStorage()
 
     public init() {}
@@ -1870,7 +1872,7 @@ nonisolated extension Envoy_Config_Core_V3_HealthCheck: SwiftProtobuf.Message, S
 
 nonisolated extension Envoy_Config_Core_V3_HealthCheck.HttpHealthCheck: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = Envoy_Config_Core_V3_HealthCheck.protoMessageName + ".HttpHealthCheck"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}host\0\u{1}path\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}host\0\u{1}path\0\u{4}\u{8}codec_client_type\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1880,6 +1882,7 @@ nonisolated extension Envoy_Config_Core_V3_HealthCheck.HttpHealthCheck: SwiftPro
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.host) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.path) }()
+      case 10: try { try decoder.decodeSingularEnumField(value: &self.codecClientType) }()
       default: break
       }
     }
@@ -1892,12 +1895,16 @@ nonisolated extension Envoy_Config_Core_V3_HealthCheck.HttpHealthCheck: SwiftPro
     if !self.path.isEmpty {
       try visitor.visitSingularStringField(value: self.path, fieldNumber: 2)
     }
+    if self.codecClientType != .http1 {
+      try visitor.visitSingularEnumField(value: self.codecClientType, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Envoy_Config_Core_V3_HealthCheck.HttpHealthCheck, rhs: Envoy_Config_Core_V3_HealthCheck.HttpHealthCheck) -> Bool {
     if lhs.host != rhs.host {return false}
     if lhs.path != rhs.path {return false}
+    if lhs.codecClientType != rhs.codecClientType {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

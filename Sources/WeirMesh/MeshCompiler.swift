@@ -654,7 +654,10 @@ public struct MeshCompiler: Sendable {
             hc.unhealthyThreshold = Google_Protobuf_UInt32Value(UInt32(h.unhealthyThreshold))
             if let p = h.port { hc.altPort = Google_Protobuf_UInt32Value(UInt32(p)) }
             switch h.protocol {
-            case .http, .http2: hc.httpHealthCheck.path = h.path ?? "/"
+            case .http: hc.httpHealthCheck.path = h.path ?? "/"
+            case .http2:
+                hc.httpHealthCheck.path = h.path ?? "/"
+                hc.httpHealthCheck.codecClientType = .http2
             case .grpc: hc.grpcHealthCheck = Envoy_Config_Core_V3_HealthCheck.GrpcHealthCheck()
             case .tcp: hc.tcpHealthCheck = Envoy_Config_Core_V3_HealthCheck.TcpHealthCheck()
             }
