@@ -168,7 +168,7 @@ public enum AppMeshSchema {
                         ]), .honoured("log_format.json_format: one JSON object per line, these keys and command operators")),
                         .string("text", .honoured("log_format.text_format_source, verbatim (end it with \\n, as App Mesh's examples do)")),
                     ]),
-                    .string("path", required: true, minLength: 1, maxLength: 255, .honoured("a file access log on \(what)'s HTTP connection managers and TCP proxies")),
+                    .string("path", required: true, minLength: 1, maxLength: 255, .honoured("a file access log on the HTTP connection managers and TCP proxies of \(what)")),
                 ]),
             ]),
         ])
@@ -246,7 +246,7 @@ public enum AppMeshSchema {
             .string("ipPreference", oneOf: ["IPv6_ONLY", "IPv4_ONLY"], .honoured(
                 "dns_lookup_family of the mesh's DNS clusters (V6_ONLY, V4_ONLY; default V4_PREFERRED); listeners bind `::`, and IPv6_ONLY reaches the local app at ::1")),
         ]),
-        labelSelector("namespaceSelector", .honoured("which namespaces' objects join this mesh when they name none (with several meshes)")),
+        labelSelector("namespaceSelector", .meta("which namespaces' objects join this mesh when they name no meshRef (with several meshes): their node ids and egress filter follow")),
     ]
 
     // MARK: VirtualNode
@@ -376,7 +376,7 @@ public enum AppMeshSchema {
         .string("awsName", .honoured("the router's name in its routes' names `<awsName>/<route>` (default `<name>_<namespace>`)")),
         .array("listeners", of: .object([
             portMapping(["grpc", "http", "http2", "tcp"]).with(.honoured("the service ports callers reach: an egress filter chain per port")),
-        ])),
+        ]), minItems: 1),
         meshRef("the router"),
         .array("routes", of: .object([
             .object("grpcRoute", [
@@ -407,7 +407,7 @@ public enum AppMeshSchema {
     static let virtualGatewaySpec: [SchemaField] = [
         .string("awsName", .honoured("the gateway's name in its node id `mesh/<mesh>/virtualGateway/<awsName>` (default `<name>_<namespace>`)")),
         .object("backendDefaults", [clientPolicy]),
-        labelSelector("gatewayRouteSelector", .honoured("which gateway routes (by their labels) this gateway takes")),
+        labelSelector("gatewayRouteSelector", .meta("which gateway routes (by their labels) this gateway takes: their routes are the gateway's")),
         .array("listeners", of: .object([
             connectionPool(tcp: false, "the clusters this listener's routes reach"),
             healthCheck(protocols: ["grpc", "http", "http2"], healthyRequired: false,
@@ -417,7 +417,7 @@ public enum AppMeshSchema {
         ]), minItems: 0),
         accessLog("the gateway's listeners"),
         meshRef("the gateway"),
-        labelSelector("namespaceSelector", .honoured("which namespaces' gateway routes this gateway takes (absent: none)")),
+        labelSelector("namespaceSelector", .meta("which namespaces' gateway routes this gateway takes (absent: none): their routes are the gateway's")),
         podSelector,
     ]
 
@@ -489,4 +489,101 @@ public enum AppMeshSchema {
             .string("uid", .meta("checked against the VirtualGateway's metadata.uid when both are given")),
         ]),
     ]
+}
+
+// MARK: the field table
+
+extension AppMeshSchema {
+    /// One row of the field table: a field with its own use, and the leaves under it that share it.
+    public struct Row: Sendable, Hashable {
+        public var kind: String
+        public var path: String
+        public var use: FieldUse
+        /// The leaves under an object row that take its use (empty for a leaf).
+        public var fields: [String]
+    }
+
+    /// The table's rows: every kind's spec, then `metadata` and `status` once for all kinds.
+    public static func rows() -> [Row] {
+        var out: [Row] = []
+        func walk(_ fields: [SchemaField], _ path: String, kind: String) {
+            for f in fields {
+                let p = path.isEmpty ? f.name : "\(path).\(f.name)"
+                var inner = f.type
+                var suffix = ""
+                while case .array(let items, _, _) = inner { inner = items; suffix += "[]" }
+                if let use = f.use {
+                    // An array of scalars is one field, not a list of `[]`.
+                    let own = inheritingLeaves(f.type).filter { !$0.allSatisfy { $0 == "[" || $0 == "]" } }
+                    out.append(Row(kind: kind, path: p, use: use, fields: own))
+                }
+                if case .object(let children) = inner { walk(children, p + suffix, kind: kind) }
+            }
+        }
+        for kind in kinds {
+            guard case .object(let fields)? = spec(kind) else { continue }
+            walk(fields, "spec", kind: kind)
+        }
+        walk(metadata, "metadata", kind: "all kinds")
+        out.append(Row(kind: "all kinds", path: "status", use: statusUse, fields: []))
+        return out
+    }
+
+    /// The leaves under a type that have no use of their own (they take the nearest one above), relative paths.
+    static func inheritingLeaves(_ type: SchemaType, path: String = "") -> [String] {
+        switch type {
+        case .object(let fields):
+            return fields.flatMap { f -> [String] in
+                guard f.use == nil else { return [] }
+                return inheritingLeaves(f.type, path: path.isEmpty ? f.name : "\(path).\(f.name)")
+            }
+        case .array(let items, _, _):
+            return inheritingLeaves(items, path: path + "[]")
+        default:
+            return path.isEmpty ? [] : [path]
+        }
+    }
+
+    /// Every leaf of every kind's spec with its use (what the schema walk test goes through).
+    public static func specLeaves(_ kind: String) -> [SchemaLeaf] {
+        spec(kind)?.leaves(path: "spec", use: .refused("no use declared")) ?? []
+    }
+
+    /// How many spec leaves (over all kinds) weir honours, refuses, and takes as meta.
+    public static func counts() -> (honoured: Int, refused: Int, meta: Int) {
+        var c = (honoured: 0, refused: 0, meta: 0)
+        for kind in kinds {
+            for leaf in specLeaves(kind) {
+                switch leaf.use {
+                case .honoured: c.honoured += 1
+                case .refused: c.refused += 1
+                case .meta: c.meta += 1
+                }
+            }
+        }
+        return c
+    }
+
+    /// The field table in Markdown, as README.md carries it.
+    public static func markdownTable() -> String {
+        let c = counts()
+        var lines = [
+            "Of the \(c.honoured + c.refused + c.meta) fields in the six kinds' `spec`s, weir honours \(c.honoured), refuses \(c.refused) by name, and takes \(c.meta) as meta (they mean something outside Envoy's config).",
+            "",
+            "| kind | field | weir | what it becomes |",
+            "|---|---|---|---|",
+        ]
+        for r in rows() {
+            let use: String
+            switch r.use {
+            case .honoured: use = "honoured"
+            case .refused: use = "**refused**"
+            case .meta: use = "meta"
+            }
+            var field = "`\(r.path)`"
+            if !r.fields.isEmpty { field += " (" + r.fields.map { "`\($0)`" }.joined(separator: ", ") + ")" }
+            lines.append("| \(r.kind) | \(field) | \(use) | \(r.use.note.replacingOccurrences(of: "|", with: "\\|")) |")
+        }
+        return lines.joined(separator: "\n") + "\n"
+    }
 }

@@ -176,7 +176,7 @@ public enum ManifestReader {
         mutating func readVirtualNode(_ o: Object) {
             let spec = o.spec
             var node = VirtualNode(ref: o.ref, awsName: spec?["awsName"]?.text ?? "\(o.name)_\(o.namespace)",
-                                   meshName: spec?["meshRef"]?["name"]?.text, meshUID: spec?["meshRef"]?["uid"]?.text,
+                                   meshName: spec?["meshRef"]?["name"]?.text, meshUID: spec?["meshRef"]?["uid"]?.text, meshRefAt: meshRefAt(spec),
                                    listeners: [], hostname: nil, backends: [], location: o.location)
             for (i, l) in (spec?["listeners"]?.sequence ?? []).enumerated() {
                 if let listener = listener(l, "spec.listeners[\(i)]", gateway: false) { node.listeners.append(listener) }
@@ -200,12 +200,22 @@ public enum ManifestReader {
                     problem(vs, field + ".virtualServiceRef", "VirtualNode-\(o.name) has duplicate VirtualServiceReferences \(ref.name)")
                 }
                 let tls = vs["clientPolicy"]?["tls"].flatMap { clientTLS($0, field + ".clientPolicy.tls") }
-                node.backends.append(Backend(service: ref, arn: arn, tls: tls))
+                let refField = field + (arn == nil ? ".virtualServiceRef" : ".virtualServiceARN")
+                node.backends.append(Backend(service: ref, arn: arn, tls: tls, location: at(vs[arn == nil ? "virtualServiceRef" : "virtualServiceARN"], refField)))
             }
             node.backendDefaults = spec?["backendDefaults"]?["clientPolicy"]?["tls"].flatMap { clientTLS($0, "spec.backendDefaults.clientPolicy.tls") }
             node.accessLog = accessLog(spec?["logging"]?["accessLog"]?["file"], "spec.logging.accessLog.file")
             if let s = spec?["podSelector"] { node.podSelector = labelSelector(s, "spec.podSelector") }
             out.virtualNodes.append(node)
+        }
+
+        func at(_ node: YAMLNode?, _ field: String) -> SourceLocation? {
+            node.map { SourceLocation(file: file, line: $0.line, field: field) }
+        }
+
+        /// Where `spec.meshRef.name` is, if given.
+        func meshRefAt(_ spec: YAMLNode?) -> SourceLocation? {
+            spec?["meshRef"]?["name"].map { SourceLocation(file: file, line: $0.line, field: "spec.meshRef.name") }
         }
 
         /// A `…Ref` or a `…ARN`, exactly one. An ARN comes back with a placeholder reference, resolved once every file
@@ -368,7 +378,7 @@ public enum ManifestReader {
         mutating func readVirtualRouter(_ o: Object) {
             let spec = o.spec
             var router = VirtualRouter(ref: o.ref, awsName: spec?["awsName"]?.text ?? "\(o.name)_\(o.namespace)",
-                                       meshName: spec?["meshRef"]?["name"]?.text, meshUID: spec?["meshRef"]?["uid"]?.text,
+                                       meshName: spec?["meshRef"]?["name"]?.text, meshUID: spec?["meshRef"]?["uid"]?.text, meshRefAt: meshRefAt(spec),
                                        listeners: [], routes: [], location: o.location)
             for l in spec?["listeners"]?.sequence ?? [] {
                 if let pm = portMapping(l["portMapping"]) { router.listeners.append(pm) }
@@ -381,13 +391,16 @@ public enum ManifestReader {
                     problem(r["name"], field + ".name", "VirtualRouter-\(o.name) has duplicate route entries for \(n)")
                 }
                 guard let route = route(r, field, namespace: o.namespace) else { continue }
-                let fits = router.listeners.filter { ($0.protocol == .tcp) == (route.kind == .tcp) }
+                // App Mesh takes a route on listeners of its own protocol: httpRoute on http, grpcRoute on grpc.
+                let fits = router.listeners.filter { $0.protocol == route.kind }
+                let family = route.kind.rawValue
                 if let port = route.port {
                     if !fits.contains(where: { $0.port == port }) {
-                        problem(route.location, "match.port \(port) is not a \(route.kind == .tcp ? "tcp" : "http, http2 or grpc") listener of virtual router \(o.ref) (its listeners: \(router.listeners.map { "\($0.port)/\($0.protocol.rawValue)" }.joined(separator: ", ")))")
+                        problem(route.portAt ?? route.location, "\(port) is not a \(family) listener port of virtual router \(o.ref) (its listeners: \(router.listeners.map { "\($0.port)/\($0.protocol.rawValue)" }.joined(separator: ", ")))")
                     }
-                } else if fits.isEmpty && !router.listeners.isEmpty {
-                    problem(route.location, "a \(route.kind.rawValue) route needs a \(route.kind == .tcp ? "tcp" : "http, http2 or grpc") listener on its router, and virtual router \(o.ref) has none")
+                } else if fits.isEmpty, let first = spec?["listeners"]?.sequence?.first {
+                    problem(first["portMapping"]?["protocol"], "spec.listeners[0].portMapping.protocol",
+                            "route '\(route.name)' is a \(route.kind.rawValue) route, and no listener of this router is \(family)")
                 }
                 router.routes.append(route)
             }
@@ -426,6 +439,7 @@ public enum ManifestReader {
                 break
             }
             route.port = match?["port"]?.int.map { UInt16(clamping: $0) }
+            route.portAt = at(match?["port"], f + ".match.port")
             if let retry = body["retryPolicy"] { route.retry = retryPolicy(retry, f + ".retryPolicy", kind: kind) }
             if let t = body["timeout"] {
                 route.perRequestTimeoutMilliseconds = duration(t["perRequest"])
@@ -522,17 +536,19 @@ public enum ManifestReader {
         mutating func readVirtualService(_ o: Object) {
             let spec = o.spec
             var service = VirtualService(ref: o.ref, awsName: spec?["awsName"]?.text ?? "\(o.name).\(o.namespace)",
-                                         meshName: spec?["meshRef"]?["name"]?.text, meshUID: spec?["meshRef"]?["uid"]?.text,
+                                         meshName: spec?["meshRef"]?["name"]?.text, meshUID: spec?["meshRef"]?["uid"]?.text, meshRefAt: meshRefAt(spec),
                                          provider: nil, location: o.location)
             if let p = spec?["provider"] {
                 switch (p["virtualNode"], p["virtualRouter"]) {
                 case (let vn?, nil):
                     if let (ref, arn) = reference(vn, "spec.provider.virtualNode", refKey: "virtualNodeRef", arnKey: "virtualNodeARN", namespace: o.namespace) {
                         service.provider = .virtualNode(ref); service.providerARN = arn
+                        service.providerAt = arn == nil ? at(vn["virtualNodeRef"], "spec.provider.virtualNode.virtualNodeRef") : at(vn["virtualNodeARN"], "spec.provider.virtualNode.virtualNodeARN")
                     }
                 case (nil, let vr?):
                     if let (ref, arn) = reference(vr, "spec.provider.virtualRouter", refKey: "virtualRouterRef", arnKey: "virtualRouterARN", namespace: o.namespace) {
                         service.provider = .virtualRouter(ref); service.providerARN = arn
+                        service.providerAt = arn == nil ? at(vr["virtualRouterRef"], "spec.provider.virtualRouter.virtualRouterRef") : at(vr["virtualRouterARN"], "spec.provider.virtualRouter.virtualRouterARN")
                     }
                 case (nil, nil):
                     problem(p, "spec.provider", "name a virtualNode.virtualNodeRef or a virtualRouter.virtualRouterRef")
@@ -548,7 +564,7 @@ public enum ManifestReader {
         mutating func readVirtualGateway(_ o: Object) {
             let spec = o.spec
             var gw = VirtualGateway(ref: o.ref, awsName: spec?["awsName"]?.text ?? "\(o.name)_\(o.namespace)", uid: o.metadata?["uid"]?.text,
-                                    meshName: spec?["meshRef"]?["name"]?.text, meshUID: spec?["meshRef"]?["uid"]?.text, listeners: [],
+                                    meshName: spec?["meshRef"]?["name"]?.text, meshUID: spec?["meshRef"]?["uid"]?.text, meshRefAt: meshRefAt(spec), listeners: [],
                                     accessLog: accessLog(spec?["logging"]?["accessLog"]?["file"], "spec.logging.accessLog.file"), location: o.location)
             if let s = spec?["namespaceSelector"] { gw.namespaceSelector = labelSelector(s, "spec.namespaceSelector") }
             if let s = spec?["gatewayRouteSelector"] { gw.gatewayRouteSelector = labelSelector(s, "spec.gatewayRouteSelector") }
@@ -582,10 +598,14 @@ public enum ManifestReader {
                   let (ref, arn) = reference(vs, f + ".action.target.virtualService", refKey: "virtualServiceRef", arnKey: "virtualServiceARN", namespace: o.namespace)
             else { return }
             var route = GatewayRoute(ref: o.ref, awsName: spec["awsName"]?.text ?? "\(o.name)_\(o.namespace)",
-                                     meshName: spec["meshRef"]?["name"]?.text, meshUID: spec["meshRef"]?["uid"]?.text,
+                                     meshName: spec["meshRef"]?["name"]?.text, meshUID: spec["meshRef"]?["uid"]?.text, meshRefAt: meshRefAt(spec),
                                      kind: kind, priority: spec["priority"]?.int, prefix: nil, target: ref, targetARN: arn,
                                      targetPort: target["port"]?.int.map { UInt16(clamping: $0) }, location: o.location)
             route.labels = Self.labels(o.metadata?["labels"])
+            let targetField = f + ".action.target.virtualService." + (arn == nil ? "virtualServiceRef" : "virtualServiceARN")
+            route.targetAt = at(vs[arn == nil ? "virtualServiceRef" : "virtualServiceARN"], targetField)
+            route.targetPortAt = at(target["port"], f + ".action.target.port")
+            route.virtualGatewayRefAt = at(spec["virtualGatewayRef"], "spec.virtualGatewayRef")
             if let g = spec["virtualGatewayRef"] {
                 route.virtualGatewayRef = ResourceRef(name: g["name"]?.text ?? "", namespace: g["namespace"]?.text ?? o.namespace)
                 route.virtualGatewayUID = g["uid"]?.text
@@ -600,6 +620,7 @@ public enum ManifestReader {
                 }
             }
             route.port = m?["port"]?.int.map { UInt16(clamping: $0) }
+            route.portAt = at(m?["port"], f + ".match.port")
             if kind == .grpc {
                 route.grpcService = m?["serviceName"]?.text
                 if route.grpcService == nil && m?["hostname"] == nil { problem(m, f + ".match", "Either servicename or hostname must be specified") }
@@ -720,19 +741,21 @@ public enum ManifestReader {
         /// with several meshes the one whose namespaceSelector takes its namespace. App Mesh's webhook refused an
         /// object that no mesh or several meshes took.
         mutating func checkMembership() {
-            let members: [(ref: ResourceRef, meshRef: String?, uid: String?, location: SourceLocation)] =
-                out.virtualNodes.map { ($0.ref, $0.meshName, $0.meshUID, $0.location) }
-                + out.virtualGateways.map { ($0.ref, $0.meshName, $0.meshUID, $0.location) }
-                + out.virtualServices.map { ($0.ref, $0.meshName, $0.meshUID, $0.location) }
-                + out.virtualRouters.map { ($0.ref, $0.meshName, $0.meshUID, $0.location) }
-                + out.gatewayRoutes.map { ($0.ref, $0.meshName, $0.meshUID, $0.location) }
+            let members: [(ref: ResourceRef, meshRef: String?, uid: String?, at: SourceLocation?, location: SourceLocation)] =
+                out.virtualNodes.map { ($0.ref, $0.meshName, $0.meshUID, $0.meshRefAt, $0.location) }
+                + out.virtualGateways.map { ($0.ref, $0.meshName, $0.meshUID, $0.meshRefAt, $0.location) }
+                + out.virtualServices.map { ($0.ref, $0.meshName, $0.meshUID, $0.meshRefAt, $0.location) }
+                + out.virtualRouters.map { ($0.ref, $0.meshName, $0.meshUID, $0.meshRefAt, $0.location) }
+                + out.gatewayRoutes.map { ($0.ref, $0.meshName, $0.meshUID, $0.meshRefAt, $0.location) }
             for m in members {
                 if let name = m.meshRef {
                     guard let mesh = out.meshes.first(where: { $0.name == name }) else {
-                        problem(m.location, "spec.meshRef.name names mesh '\(name)', which the manifests do not define"); continue
+                        problem(m.at ?? m.location, "names mesh '\(name)', which the manifests do not define"); continue
                     }
                     if let uid = m.uid, let want = mesh.uid, uid != want {
-                        problem(m.location, "spec.meshRef.uid '\(uid)' is not the uid of mesh \(name) ('\(want)')")
+                        var at = m.at ?? m.location
+                        at.field = "spec.meshRef.uid"
+                        problem(at, "'\(uid)' is not the uid of mesh \(name) ('\(want)')")
                     }
                 } else if out.meshes.count > 1 {
                     let meshes = out.meshes(selecting: m.ref.namespace).map(\.name)
@@ -837,18 +860,20 @@ public enum ManifestReader {
             let services = Dictionary(m.virtualServices.map { ($0.ref, $0) }, uniquingKeysWith: { a, _ in a })
             func meshOf(_ s: VirtualService) -> String? { m.meshName(meshRef: s.meshName, namespace: s.ref.namespace) }
             func meshOf(_ r: VirtualRouter) -> String? { m.meshName(meshRef: r.meshName, namespace: r.ref.namespace) }
-            /// Reports an object of another mesh (App Mesh's controller: "didn't belong to mesh").
-            func crossMesh(_ what: String, _ ref: ResourceRef, _ theirs: String?, _ ours: String?, at loc: SourceLocation) {
-                if let theirs, let ours, theirs != ours {
-                    problem(loc, "\(what) \(ref) is in mesh \(theirs), not \(ours): App Mesh does not reach across meshes")
-                }
+            /// Reports a reference to an object of another mesh (App Mesh's controller: "didn't belong to mesh"), at the
+            /// meshRef that says so when one does: the target's, else the referrer's.
+            func crossMesh(_ what: String, _ ref: ResourceRef, theirs: String?, theirAt: SourceLocation?, ours: String?, ourAt: SourceLocation?,
+                           at loc: SourceLocation) {
+                guard let theirs, let ours, theirs != ours else { return }
+                let blame = theirAt ?? ourAt ?? loc
+                problem(blame, "\(what) \(ref) is in mesh \(theirs) and its user \(loc.field) in mesh \(ours): App Mesh does not reach across meshes")
             }
             for n in m.virtualNodes {
                 for b in n.backends where !(b.arn != nil && b.service.name.isEmpty) {
                     guard let s = services[b.service] else {
-                        problem(n.location, "backend virtual service \(b.service) does not exist"); continue
+                        problem(b.location ?? n.location, "backend virtual service \(b.service) does not exist"); continue
                     }
-                    crossMesh("backend virtual service", b.service, meshOf(s), m.meshName(of: n), at: n.location)
+                    crossMesh("virtual service", b.service, theirs: meshOf(s), theirAt: s.meshRefAt, ours: m.meshName(of: n), ourAt: n.meshRefAt, at: n.location)
                 }
             }
             for r in m.virtualRouters {
@@ -857,7 +882,7 @@ public enum ManifestReader {
                         guard let node = nodes[t.node] else {
                             problem(t.location, "target virtual node \(t.node) does not exist"); continue
                         }
-                        crossMesh("target virtual node", t.node, m.meshName(of: node), meshOf(r), at: t.location)
+                        crossMesh("virtual node", t.node, theirs: m.meshName(of: node), theirAt: node.meshRefAt, ours: meshOf(r), ourAt: r.meshRefAt, at: r.location)
                         if let port = t.port, !node.listeners.contains(where: { $0.portMapping.port == port }) {
                             problem(t.location, "port \(port) is not a listener port of virtual node \(t.node) (its listeners: \(node.listeners.map { String($0.portMapping.port) }.joined(separator: ", ")))")
                         }
@@ -867,22 +892,22 @@ public enum ManifestReader {
             for s in m.virtualServices {
                 switch s.provider {
                 case .virtualNode(let n) where !(s.providerARN != nil && n.name.isEmpty):
-                    if let node = nodes[n] { crossMesh("provider virtual node", n, m.meshName(of: node), meshOf(s), at: s.location) }
-                    else { problem(s.location, "provider virtual node \(n) does not exist") }
+                    if let node = nodes[n] { crossMesh("virtual node", n, theirs: m.meshName(of: node), theirAt: node.meshRefAt, ours: meshOf(s), ourAt: s.meshRefAt, at: s.location) }
+                    else { problem(s.providerAt ?? s.location, "provider virtual node \(n) does not exist") }
                 case .virtualRouter(let r) where !(s.providerARN != nil && r.name.isEmpty):
-                    if let router = routers[r] { crossMesh("provider virtual router", r, meshOf(router), meshOf(s), at: s.location) }
-                    else { problem(s.location, "provider virtual router \(r) does not exist") }
+                    if let router = routers[r] { crossMesh("virtual router", r, theirs: meshOf(router), theirAt: router.meshRefAt, ours: meshOf(s), ourAt: s.meshRefAt, at: s.location) }
+                    else { problem(s.providerAt ?? s.location, "provider virtual router \(r) does not exist") }
                 default: break
                 }
             }
             for g in m.gatewayRoutes {
                 let targetKnown = services[g.target] != nil
                 if !targetKnown && !(g.targetARN != nil && g.target.name.isEmpty) {
-                    problems.append(MeshProblem(location: g.location, message: "target virtual service \(g.target) does not exist"))
+                    problem(g.targetAt ?? g.location, "target virtual service \(g.target) does not exist")
                 }
                 let gateways = m.gateways(of: g)
                 if let ref = g.virtualGatewayRef, gateways.isEmpty {
-                    problem(g.location, "virtual gateway \(ref) named by spec.virtualGatewayRef does not exist")
+                    problem(g.virtualGatewayRefAt ?? g.location, "virtual gateway \(ref) named by spec.virtualGatewayRef does not exist")
                 } else if gateways.isEmpty {
                     problem(g.location, "no virtual gateway selects this gateway route: a VirtualGateway's spec.namespaceSelector must match namespace '\(g.ref.namespace)' (labels \(Self.show(m.labels(ofNamespace: g.ref.namespace)))) and its spec.gatewayRouteSelector, if any, the route's labels \(Self.show(g.labels)); or name one in spec.virtualGatewayRef")
                 } else if gateways.count > 1 {
@@ -894,16 +919,28 @@ public enum ManifestReader {
                     }
                     let gwMesh = m.meshName(of: gw), routeMesh = m.meshName(meshRef: g.meshName, namespace: g.ref.namespace)
                     if let a = gwMesh, let b = routeMesh, a != b {
-                        problem(g.location, "virtualGateway referenced does not belong to the mesh referenced in GatewayRoute (gateway \(gw.ref) is in mesh \(a), the route in mesh \(b))")
+                        problem(gw.meshRefAt ?? g.meshRefAt ?? g.location, "virtualGateway referenced does not belong to the mesh referenced in GatewayRoute (gateway \(gw.ref) is in mesh \(a), gateway route \(g.ref) in mesh \(b))")
                     }
                     if let port = g.port, !gw.listeners.contains(where: { $0.portMapping.port == port && $0.portMapping.protocol == g.kind }) {
-                        problem(g.location, "match.port \(port) is not a \(g.kind.rawValue) listener of virtual gateway \(gw.ref) (its listeners: \(gw.listeners.map { "\($0.portMapping.port)/\($0.portMapping.protocol.rawValue)" }.joined(separator: ", ")))")
+                        problem(g.portAt ?? g.location, "\(port) is not a \(g.kind.rawValue) listener of virtual gateway \(gw.ref) (its listeners: \(gw.listeners.map { "\($0.portMapping.port)/\($0.portMapping.protocol.rawValue)" }.joined(separator: ", ")))")
                     } else if g.port == nil && !gw.listeners.contains(where: { $0.portMapping.protocol == g.kind }) {
                         problem(g.location, "virtual gateway \(gw.ref) has no \(g.kind.rawValue) listener for this \(g.kind.rawValue) gateway route")
                     }
                 }
-                if let s = services[g.target], let routeMesh = m.meshName(meshRef: g.meshName, namespace: g.ref.namespace) {
-                    crossMesh("target virtual service", g.target, meshOf(s), routeMesh, at: g.location)
+                if let s = services[g.target], let port = g.targetPort {
+                    let ports: [UInt16]
+                    switch s.provider {
+                    case .virtualRouter(let r)?: ports = routers[r]?.listeners.filter { $0.protocol != .tcp }.map(\.port) ?? []
+                    case .virtualNode(let n)?: ports = nodes[n]?.listeners.filter { $0.portMapping.protocol != .tcp }.map(\.portMapping.port) ?? []
+                    case nil: ports = []
+                    }
+                    if !ports.isEmpty && !ports.contains(port) {
+                        problem(g.targetPortAt ?? g.location, "\(port) is not a port of virtual service \(g.target) (its ports: \(ports.map(String.init).joined(separator: ", ")))")
+                    }
+                }
+                if let s = services[g.target] {
+                    crossMesh("virtual service", g.target, theirs: meshOf(s), theirAt: s.meshRefAt,
+                              ours: m.meshName(meshRef: g.meshName, namespace: g.ref.namespace), ourAt: g.meshRefAt, at: g.location)
                 }
             }
         }

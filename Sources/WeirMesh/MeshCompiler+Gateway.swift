@@ -114,10 +114,11 @@ extension MeshCompiler.Builder {
             s.targets = [WeightedTarget(node: ref, weight: 1, port: gr.targetPort, location: gr.location)]
             specs.append((s, nil))
         case .virtualRouter(let ref)?:
-            guard let router = m.virtualRouters.first(where: { $0.ref == ref }) else { return [] }
-            let kinds: Set<PortProtocol> = [.http, .http2, .grpc]
-            for r in router.routes.enumerated().sorted(by: { ($0.element.priority ?? 1001, $0.offset) < ($1.element.priority ?? 1001, $1.offset) }).map(\.element)
-                where kinds.contains(r.kind) {
+            // `target.port` picks the router listener whose routes apply (default: the first that is not tcp).
+            guard let router = m.virtualRouters.first(where: { $0.ref == ref }),
+                  let listener = router.listeners.first(where: { l in gr.targetPort.map { l.port == $0 } ?? (l.protocol != .tcp) })
+            else { return [] }
+            for r in router.routes(for: listener) {
                 var s = base("\(gr.awsName)/\(r.name)", r.kind)
                 if (gr.prefix == nil || gr.prefix == "/") && gr.path == nil { s.prefix = r.prefix; s.path = r.path }
                 s.headers += r.headers
@@ -140,7 +141,7 @@ extension MeshCompiler.Builder {
         }
         var out: [Envoy_Config_Route_V3_Route] = []
         for (spec, router) in specs {
-            let port = gr.targetPort ?? router?.listeners.first?.port
+            let port = gr.targetPort ?? router?.listeners.first { $0.protocol != .tcp }?.port
                 ?? spec.targets.first.flatMap { t in m.virtualNodes.first { $0.ref == t.node }?.listeners.first?.portMapping.port } ?? 80
             let tls = gw.backendDefaults?.applies(to: port) == true ? gw.backendDefaults : nil
             let via = router ?? VirtualRouter(ref: gr.ref, awsName: gr.awsName, listeners: [], routes: [], location: gr.location)

@@ -134,6 +134,8 @@ public struct Backend: Sendable, Hashable {
     public var arn: String?
     /// `virtualService.clientPolicy.tls` (nil: the node's `backendDefaults`).
     public var tls: ClientTLS?
+    /// Where the reference is (`spec.backends[i].virtualService`).
+    public var location: SourceLocation?
 }
 
 /// `serviceDiscovery.dns.responseType`: how callers resolve a virtual node's DNS name.
@@ -170,6 +172,8 @@ public struct VirtualNode: Sendable, Hashable {
     public var meshName: String?
     /// `meshRef.uid`.
     public var meshUID: String?
+    /// Where `spec.meshRef.name` is, when the object names its mesh.
+    public var meshRefAt: SourceLocation?
     public var listeners: [NodeListener]
     /// DNS hostname from `serviceDiscovery.dns.hostname`.
     public var hostname: String?
@@ -241,6 +245,8 @@ public struct RouteSpec: Sendable, Hashable {
     public var scheme: String?
     /// `match.port`: the router listener the route belongs to (nil: every listener of its protocol).
     public var port: UInt16?
+    /// Where `match.port` is.
+    public var portAt: SourceLocation?
     public var retry: RetryPolicy?
     public var perRequestTimeoutMilliseconds: Int?
     public var idleTimeoutMilliseconds: Int?
@@ -254,17 +260,19 @@ public struct VirtualRouter: Sendable, Hashable {
     public var awsName: String
     public var meshName: String?
     public var meshUID: String?
+    /// Where `spec.meshRef.name` is, when the object names its mesh.
+    public var meshRefAt: SourceLocation?
     public var listeners: [PortMapping]
     public var routes: [RouteSpec]
     public var location: SourceLocation
 }
 
 extension VirtualRouter {
-    /// The routes a router listener serves, in App Mesh's order (priority, then as written): those of its protocol
-    /// family, and of its port when a route names one.
+    /// The routes a router listener serves, in App Mesh's order (priority, then as written): those of its protocol,
+    /// and of its port when a route names one.
     public func routes(for listener: PortMapping) -> [RouteSpec] {
         routes.enumerated()
-            .filter { ($0.element.kind == .tcp) == (listener.protocol == .tcp) && ($0.element.port == nil || $0.element.port == listener.port) }
+            .filter { $0.element.kind == listener.protocol && ($0.element.port == nil || $0.element.port == listener.port) }
             .sorted { ($0.element.priority ?? 1001, $0.offset) < ($1.element.priority ?? 1001, $1.offset) }
             .map(\.element)
     }
@@ -281,9 +289,13 @@ public struct VirtualService: Sendable, Hashable {
     public var awsName: String
     public var meshName: String?
     public var meshUID: String?
+    /// Where `spec.meshRef.name` is, when the object names its mesh.
+    public var meshRefAt: SourceLocation?
     public var provider: ServiceProvider?
     /// `virtualNodeARN` / `virtualRouterARN`, when the provider was named by ARN.
     public var providerARN: String?
+    /// Where the provider's reference is.
+    public var providerAt: SourceLocation?
     public var location: SourceLocation
 }
 
@@ -326,6 +338,8 @@ public struct VirtualGateway: Sendable, Hashable {
     public var uid: String?
     public var meshName: String?
     public var meshUID: String?
+    /// Where `spec.meshRef.name` is, when the object names its mesh.
+    public var meshRefAt: SourceLocation?
     public var listeners: [NodeListener]
     public var accessLog: AccessLog?
     /// `backendDefaults.clientPolicy.tls`: how the gateway originates TLS to every target.
@@ -346,12 +360,16 @@ public struct GatewayRoute: Sendable, Hashable {
     public var awsName: String
     public var meshName: String?
     public var meshUID: String?
+    /// Where `spec.meshRef.name` is, when the object names its mesh.
+    public var meshRefAt: SourceLocation?
     /// `metadata.labels`, for a gateway's `gatewayRouteSelector`.
     public var labels: [String: String] = [:]
     /// `spec.virtualGatewayRef`: the gateway named outright, instead of chosen by the gateways' selectors.
     public var virtualGatewayRef: ResourceRef?
     /// `spec.virtualGatewayRef.uid`.
     public var virtualGatewayUID: String?
+    /// Where `spec.virtualGatewayRef` is.
+    public var virtualGatewayRefAt: SourceLocation?
     public var kind: PortProtocol
     public var priority: Int?
     public var prefix: String?
@@ -366,10 +384,14 @@ public struct GatewayRoute: Sendable, Hashable {
     public var grpcService: String?
     /// `match.port`: the gateway listener the route belongs to (nil: every listener of its protocol).
     public var port: UInt16?
+    public var portAt: SourceLocation?
     public var target: ResourceRef
     /// `virtualServiceARN`, when the target was named by ARN.
     public var targetARN: String?
     public var targetPort: UInt16?
+    /// Where the target's reference and port are.
+    public var targetAt: SourceLocation?
+    public var targetPortAt: SourceLocation?
     /// `action.rewrite.hostname.defaultTargetHostname` (default ENABLED): the Host becomes the target service's name.
     public var rewriteHostname = true
     /// `action.rewrite.prefix`: what the matched prefix becomes.

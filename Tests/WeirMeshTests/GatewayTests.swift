@@ -50,7 +50,7 @@ struct GatewayTests {
     }
 
     @Test("bad gateway values are located and explained", arguments: [
-        ("virtualServiceRef: {name: cart}\n      rewrite", "virtualServiceRef: {name: checkout}\n      rewrite", "GatewayRoute shop/cart-route", "shop/checkout does not exist"),
+        ("virtualServiceRef: {name: cart}\n      rewrite", "virtualServiceRef: {name: checkout}\n      rewrite", "spec.httpRoute.action.target.virtualService.virtualServiceRef", "shop/checkout does not exist"),
         ("{port: 8088, protocol: http}", "{port: 8088, protocol: tcp}", "spec.listeners[0].portMapping.protocol", "must be one of grpc, http, http2; found 'tcp'"),
         ("hostname: {suffix: .example.com}", "hostname: {regex: .*}", "spec.httpRoute.match.hostname.regex", "unknown field 'regex'; the fields here are exact, suffix"),
         ("namespaceSelector: {matchLabels: {gateway: ingress}}", "namespaceSelector: {matchExpressions: [{key: gateway, operator: Like, values: [x]}]}",
