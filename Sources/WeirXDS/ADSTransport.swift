@@ -51,7 +51,11 @@ final class ADSTransport: Sendable {
         switch address {
         case .unix(let path):
             try UnixSocketPath.claim(path)
-            return try await bootstrap.bind(unixDomainSocketPath: path).get()
+            let channel = try await bootstrap.bind(unixDomainSocketPath: path).get()
+            // Sidecars run as their own uid (App Mesh's Envoy as 1337), and connecting takes write permission: the
+            // socket is as open as a loopback port. Who reaches it is the directory's to decide.
+            _ = chmod(path, 0o666)
+            return channel
         case .tcp(let e):
             return try await bootstrap.bind(host: e.host, port: Int(e.port)).get()
         }

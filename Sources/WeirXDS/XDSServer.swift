@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOCore
+import Synchronization
 import WeirMesh
 import WeirNetns
 
@@ -11,6 +12,8 @@ public final class XDSServer: Sendable {
     public let service: ADSService
     let listen: XDSAddress
     let logger: Logger
+    /// Set once ADS is listening: `/ready` answers 503 until then.
+    let listening = Atomic<Bool>(false)
 
     public init(listen: XDSAddress, cache: SnapshotCache, logger: Logger = Logger(label: "weir.xds"),
                 onNack: (@Sendable (String, ResourceType, String) -> Void)? = nil) {
@@ -24,6 +27,7 @@ public final class XDSServer: Sendable {
         let listener = try await transport.bind(listen)
         let bound = listener.localAddress.map(ADSTransport.hostPort) ?? "\(listen)"
         logger.info("xDS server listening", metadata: ["address": "\(bound)"])
+        listening.store(true, ordering: .releasing)
         ready?(bound)
         // Cancellation is the way to stop: it ends this sleep.
         try? await Task.sleep(for: .seconds(1 << 40))
@@ -51,7 +55,9 @@ public final class XDSServer: Sendable {
             let body = Body(snapshots: out, lastError: sources?.lastError, generation: sources?.generation ?? 0)
             return .json(String(decoding: (try? encoder.encode(body)) ?? Data(), as: UTF8.self) + "\n")
         }
-        if path.hasPrefix("/ready") { return .text("ready\n") }
+        if path.hasPrefix("/ready") {
+            return listening.load(ordering: .acquiring) ? .text("ready\n") : .text("not listening yet\n", status: "503 Service Unavailable")
+        }
         return .text("try /streams, /snapshots or /ready\n", status: "404 Not Found")
     }
 }
