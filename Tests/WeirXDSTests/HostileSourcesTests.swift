@@ -87,6 +87,26 @@ struct HostileSourcesTests {
         }
     }
 
+    @Test("a manifest with an unknown field, or one weir cannot honour, is refused as a whole naming file, line and field; the last good config stays", arguments: [
+        ("port: 9081, protocol: http}", "port: 9081, protocol: http}, tls: {mode: STRICT, certificate: {acm: {certificateARN: arn:aws:acm:x}}}", "certificate.acm", "weir does not honour"),
+        ("port: 9081, protocol: http}", "port: 9081, protocol: http}, timout: {}", "spec.listeners[0].timout", "did you mean 'timeout'?"),
+    ])
+    func unhonoured(_ from: String, _ to: String, _ field: String, _ mentions: String) throws {
+        let dirs = try SourceDirs()
+        defer { dirs.close() }
+        let cache = SnapshotCache(stateDirectory: nil)
+        let sources = ConfigSources(mesh: dirs.mesh.path, envoy: dirs.envoy.path, cache: cache)
+        #expect(sources.reload() == nil)
+        let node = "mesh/colors/virtualNode/front_apps"
+        let good = try #require(cache.snapshot(for: node))
+        #expect(meshFixture.contains(from))
+        try dirs.put(meshFixture.replacingOccurrences(of: from, with: to), "second.yaml", in: dirs.mesh)
+        try FileManager.default.removeItem(at: dirs.mesh.appendingPathComponent("mesh.yaml"))
+        let problems = try #require(sources.reload())
+        #expect(problems.contains("second.yaml:") && problems.contains(field) && problems.contains(mentions), "\(problems)")
+        #expect(cache.snapshot(for: node) == good)
+    }
+
     @Test("a FIFO or a dangling link that looks like a manifest is an error naming it; weir does not block on it")
     func notRegular() throws {
         let dirs = try SourceDirs()
