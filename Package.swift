@@ -19,6 +19,7 @@ let package = Package(
         .package(url: "https://github.com/grpc/grpc-swift-protobuf", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-nio-http2", from: "1.46.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // C: libnftnl + libmnl + kernel netfilter/rtnetlink headers.
@@ -28,15 +29,17 @@ let package = Package(
         // C: what Swift cannot import (macros, socket option numbers, errno access, setns).
         .target(name: "CWeirShims", path: "Sources/CWeirShims"),
 
+        // The system-call funnel: every libc call that can fail, errno read in one place, owned descriptors.
+        .target(name: "WeirSystem", dependencies: ["CWeirShims"]),
         // Pure: capture spec, validation, environment decoding, RedirectPlan, renderers.
         .target(name: "WeirCapture"),
-        // Effects: namespace entry on a dedicated thread.
-        .target(name: "WeirNetns", dependencies: ["WeirCapture", "CWeirShims"]),
+        // Effects: namespace handles, work inside a namespace on a dedicated thread, socket addresses.
+        .target(name: "WeirNetns", dependencies: ["WeirCapture", "WeirSystem"]),
         // Effects: nftables over netlink, iptables-restore fallback, live read-back, diff, probe.
         .target(
             name: "WeirNetfilter",
             dependencies: [
-                "WeirCapture", "WeirNetns", "CNetfilter", "CWeirShims", "CCapabilities",
+                "WeirCapture", "WeirNetns", "WeirSystem", "CNetfilter", "CWeirShims", "CCapabilities",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -44,10 +47,9 @@ let package = Package(
         .target(
             name: "WeirForwarder",
             dependencies: [
-                "WeirCapture", "WeirNetns", "CWeirShims",
+                "WeirCapture", "WeirNetns", "WeirSystem",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
-                .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
         // Generated (scripts/gen-protos, committed): weir's subset of the Envoy v3 API and the ADS service.
@@ -72,7 +74,7 @@ let package = Package(
         .target(
             name: "WeirXDS",
             dependencies: [
-                "WeirMesh", "WeirNetns", "EnvoyAPI",
+                "WeirMesh", "WeirNetns", "WeirSystem", "EnvoyAPI",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
@@ -84,20 +86,36 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // The agent: services under one lifecycle (xDS, forwarder, config watcher, snapshot writer), the admin API.
+        .target(
+            name: "WeirAgent",
+            dependencies: [
+                "WeirSystem", "WeirNetns", "WeirCapture", "WeirForwarder", "WeirMesh", "WeirXDS",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
+        ),
         .executableTarget(
             name: "weir",
             dependencies: [
-                "WeirCapture", "WeirNetfilter", "WeirNetns", "WeirForwarder", "WeirMesh", "WeirXDS",
+                "WeirCapture", "WeirNetfilter", "WeirNetns", "WeirSystem", "WeirForwarder", "WeirMesh", "WeirXDS", "WeirAgent",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         // Measurements for scripts/bench (not a product).
-        .executableTarget(name: "weir-bench", dependencies: ["WeirCapture", "WeirNetfilter", "WeirNetns"]),
+        .executableTarget(name: "weir-bench", dependencies: ["WeirCapture", "WeirNetfilter", "WeirNetns", "WeirSystem"]),
         .testTarget(
             name: "WeirXDSTests",
             dependencies: [
-                "WeirXDS", "WeirMesh", "WeirNetns", "EnvoyAPI", "WeirTestSupport",
+                "WeirXDS", "WeirMesh", "WeirNetns", "WeirSystem", "WeirAgent", "EnvoyAPI", "WeirTestSupport",
                 // A real gRPC client (grpc-swift-2) for the ADS transport's tests.
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
@@ -113,8 +131,27 @@ let package = Package(
         .testTarget(name: "WeirMeshTests", dependencies: ["WeirMesh", "EnvoyAPI", "WeirTestSupport"], resources: [.copy("Goldens")]),
         .testTarget(name: "WeirCaptureTests", dependencies: ["WeirCapture"], resources: [.copy("Goldens")]),
         // Throwaway namespaces, sockets and commands shared by the namespace tests.
-        .target(name: "WeirTestSupport", dependencies: ["WeirCapture", "WeirNetfilter", "WeirNetns", "CWeirShims"], path: "Tests/WeirTestSupport"),
+        .target(
+            name: "WeirTestSupport",
+            dependencies: [
+                "WeirCapture", "WeirNetfilter", "WeirNetns", "WeirSystem", "CWeirShims",
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
+            path: "Tests/WeirTestSupport"
+        ),
         .testTarget(name: "WeirNetfilterTests", dependencies: ["WeirCapture", "WeirNetfilter", "WeirNetns", "CWeirShims", "WeirTestSupport"]),
-        .testTarget(name: "WeirForwarderTests", dependencies: ["WeirForwarder", "WeirCapture", "WeirNetfilter", "WeirNetns", "CWeirShims", "WeirTestSupport"]),
+        .testTarget(name: "WeirForwarderTests", dependencies: ["WeirForwarder", "WeirCapture", "WeirNetfilter", "WeirNetns", "WeirSystem", "WeirAgent", "CWeirShims", "WeirTestSupport"]),
+        .testTarget(name: "WeirNetnsTests", dependencies: ["WeirNetns", "WeirSystem", "WeirCapture", "WeirTestSupport"]),
+        .testTarget(
+            name: "WeirAgentTests",
+            dependencies: [
+                "WeirAgent", "WeirXDS", "WeirForwarder", "WeirNetns", "WeirSystem", "WeirTestSupport",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
     ]
 )

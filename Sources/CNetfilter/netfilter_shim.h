@@ -21,4 +21,5 @@
 #include <libnftnl/rule.h>
 #include <libnftnl/expr.h>
 #include <libnftnl/udata.h>
+#include <libnftnl/set.h>
 #endif

@@ -119,3 +119,19 @@ int weir_set_nodelay(int fd) {
     return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 int weir_pipe_grow(int fd, int size) { return fcntl(fd, F_SETPIPE_SZ, size); }
+
+#include <dirent.h>
+#include <sys/ioctl.h>
+#include <linux/nsfs.h>
+#include <pthread.h>
+struct dirent *weir_readdir(DIR *d) { errno = 0; return readdir(d); }
+int weir_namespace_type(int fd) { return ioctl(fd, NS_GET_NSTYPE); }
+int weir_clone_newnet(void) { return CLONE_NEWNET; }
+void weir_set_thread_name(const char *name) {
+    char short_name[16];
+    strncpy(short_name, name, 15);
+    short_name[15] = 0;
+    pthread_setname_np(pthread_self(), short_name);
+}
+#include <sys/eventfd.h>
+int weir_eventfd(void) { return eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC); }

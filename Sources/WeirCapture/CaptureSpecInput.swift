@@ -337,31 +337,50 @@ public struct CaptureSpecInput: Sendable, Hashable {
 extension CaptureSpec {
     /// The spec as `key=value` tokens, default values left out; `CaptureSpecInput.decode` reads them back.
     /// Stored in weir's live table so `check` and `clean` can recover the spec from the kernel alone.
+    /// The longest token a list is packed into: below RedirectPlan's comment chunk, with room for its prefix.
+    static let tokenLength = 90
+
     public var encodedTokens: [String] {
         let d = CaptureSpec()
         var t: [String] = []
         typealias K = CaptureSpecInput.Key
         func add(_ k: K, _ v: String) { t.append("\(k.rawValue)=\(v)") }
+        // A list goes in as few tokens as fit a stored chunk each (`proxy-uid=1000,1001,...`), so that the stored
+        // spec of a long list stays short.
+        func add(_ k: K, _ values: [String]) {
+            var current: [String] = []
+            var length = k.rawValue.count + 1
+            for v in values {
+                if !current.isEmpty && length + 1 + v.count > Self.tokenLength {
+                    add(k, current.joined(separator: ","))
+                    current = []
+                    length = k.rawValue.count + 1
+                }
+                length += (current.isEmpty ? 0 : 1) + v.count
+                current.append(v)
+            }
+            if !current.isEmpty { add(k, current.joined(separator: ",")) }
+        }
         if outboundPort != d.outboundPort { add(.outboundPort, "\(outboundPort)") }
         if inboundPort != d.inboundPort { add(.inboundPort, "\(inboundPort)") }
-        proxyUIDs.forEach { add(.proxyUID, "\($0)") }
-        proxyGIDs.forEach { add(.proxyGID, "\($0)") }
+        add(.proxyUID, proxyUIDs.map { "\($0)" })
+        add(.proxyGID, proxyGIDs.map { "\($0)" })
         if bypassMark != d.bypassMark { add(.bypassMark, "0x" + String(bypassMark, radix: 16)) }
         switch inboundPorts {
         case .all: break
         case .none: add(.inboundPorts, "none")
         case .only(let rs): add(.inboundPorts, rs.map(\.description).joined(separator: ","))
         }
-        inboundExcludePorts.forEach { add(.inboundExcludePort, $0.description) }
-        inboundExcludeSources.forEach { add(.inboundExcludeSource, $0.description) }
-        outboundIncludeCIDRs.forEach { add(.outboundIncludeCIDR, $0.description) }
-        outboundExcludeCIDRs.forEach { add(.outboundExcludeCIDR, $0.description) }
-        outboundIncludePorts.forEach { add(.outboundIncludePort, $0.description) }
-        outboundExcludePorts.forEach { add(.outboundExcludePort, $0.description) }
+        add(.inboundExcludePort, inboundExcludePorts.map(\.description))
+        add(.inboundExcludeSource, inboundExcludeSources.map(\.description))
+        add(.outboundIncludeCIDR, outboundIncludeCIDRs.map(\.description))
+        add(.outboundExcludeCIDR, outboundExcludeCIDRs.map(\.description))
+        add(.outboundIncludePort, outboundIncludePorts.map(\.description))
+        add(.outboundExcludePort, outboundExcludePorts.map(\.description))
         if mode != d.mode { add(.mode, mode.rawValue) }
         if ipv6 != d.ipv6 { add(.ipv6, "\(ipv6)") }
         if let p = dnsPort { add(.dnsPort, "\(p)") }
-        proxyPorts.forEach { add(.proxyPort, "\($0)") }
+        add(.proxyPort, proxyPorts.map { "\($0)" })
         if captureOwnAddress { add(.captureOwnAddress, "true") }
         if tproxyMark != d.tproxyMark { add(.tproxyMark, "0x" + String(tproxyMark, radix: 16)) }
         if tproxyTable != d.tproxyTable { add(.tproxyTable, "\(tproxyTable)") }

@@ -23,6 +23,8 @@ public enum Match: Sendable, Hashable {
     case destinationPort(TransportProtocol, PortRange)
     /// `socket transparent 1`: the packet belongs to a transparent socket that already exists.
     case transparentSocket
+    /// `ip daddr @set`, `tcp dport @set`, `meta skuid @set`: one lookup in a set of the plan.
+    case member(SetField, set: String)
 }
 
 /// What a rule does when it matches, in order, before its verdict.
@@ -55,6 +57,7 @@ public struct PlanRule: Sendable, Hashable {
         for m in matches {
             switch m {
             case .destination(let c), .source(let c): return c.family
+            case .member(let field, _): if let f = field.family { return f }
             default: continue
             }
         }
@@ -109,16 +112,25 @@ public struct RedirectPlan: Sendable, Hashable {
     /// `inet` for dual stack, `ip` when IPv6 is off.
     public let tableFamily: IPFamily?
     public let chains: [PlanChain]
+    /// The named sets the rules look long lists up in.
+    public let sets: [PlanSet]
     public let policyRoute: PolicyRoute?
+
+    /// A list this long or longer becomes a set: one rule and one lookup, however long the list.
+    public static let setThreshold = 8
+
+    /// The set named `name`.
+    public func set(named name: String) -> PlanSet? { sets.first { $0.name == name } }
 
     public var familyName: String { tableFamily == nil ? "inet" : "ip" }
 
     public init(spec: CaptureSpec) {
         self.spec = spec
         tableFamily = spec.ipv6 ? nil : .ipv4
+        var sets: [PlanSet] = []
         var chains = [PlanChain(name: "output", base: .init(type: .nat, hook: .output, priority: Self.natPriority),
-                                rules: Self.outboundRules(spec), iptablesName: "WEIR_OUTPUT", iptablesTable: "nat")]
-        let inbound = Self.inboundRules(spec)
+                                rules: Self.outboundRules(spec, sets: &sets), iptablesName: "WEIR_OUTPUT", iptablesTable: "nat")]
+        let inbound = Self.inboundRules(spec, sets: &sets)
         if !inbound.isEmpty {
             switch spec.mode {
             case .redirect:
@@ -132,18 +144,50 @@ public struct RedirectPlan: Sendable, Hashable {
         chains.append(PlanChain(name: Self.specChainName, base: nil, rules: Self.specRules(spec),
                                 iptablesName: "WEIR_SPEC", iptablesTable: "nat"))
         self.chains = chains
+        self.sets = sets
         policyRoute = spec.mode == .tproxy && !inbound.isEmpty
             ? PolicyRoute(mark: spec.tproxyMark, table: spec.tproxyTable, priority: 32000, families: spec.families) : nil
     }
 
     private static func c(_ s: String) -> String { commentPrefix + s }
 
-    static func outboundRules(_ s: CaptureSpec) -> [PlanRule] {
+    /// One match per element of a short list, or one set lookup per family of a long one; with the words
+    /// that name it in a rule's comment.
+    static func networks(_ list: [CIDR], set prefix: String, field: (IPFamily) -> SetField, single: (CIDR) -> Match,
+                         sets: inout [PlanSet]) -> [(match: Match, what: String)] {
+        guard list.count >= setThreshold else { return list.map { (single($0), "\($0)") } }
+        return IPFamily.allCases.compactMap { f in
+            let members = Array(Set(list.filter { $0.family == f })).sorted()
+            guard !members.isEmpty else { return nil }
+            let name = "\(prefix)_\(f == .ipv4 ? "v4" : "v6")"
+            sets.append(PlanSet(name: name, field: field(f), elements: .networks(members)))
+            return (.member(field(f), set: name), "\(f.rawValue) networks (set \(name))")
+        }
+    }
+
+    static func ports(_ list: [PortRange], set name: String, sets: inout [PlanSet]) -> [(match: Match, what: String)] {
+        guard list.count >= setThreshold else { return list.map { (.destinationPort(.tcp, $0), "port \($0)") } }
+        sets.append(PlanSet(name: name, field: .destinationPort(.tcp), elements: .ports(Array(Set(list)).sorted())))
+        return [(.member(.destinationPort(.tcp), set: name), "ports (set \(name))")]
+    }
+
+    static func ids(_ list: [UInt32], set name: String, field: SetField, noun: String, single: (UInt32) -> Match,
+                    sets: inout [PlanSet]) -> [(match: Match, what: String)] {
+        guard list.count >= setThreshold else { return list.map { (single($0), "\(noun) \($0)") } }
+        sets.append(PlanSet(name: name, field: field, elements: .ids(Array(Set(list)).sorted())))
+        return [(.member(field, set: name), "\(noun)s (set \(name))")]
+    }
+
+    static func outboundRules(_ s: CaptureSpec, sets: inout [PlanSet]) -> [PlanRule] {
         var r: [PlanRule] = []
         r.append(PlanRule([.mark(value: s.bypassMark, mask: s.bypassMark)], verdict: .return,
                           comment: c("out: never capture packets with bypass mark 0x\(String(s.bypassMark, radix: 16))")))
-        for u in s.proxyUIDs { r.append(PlanRule([.socketUID(u)], verdict: .return, comment: c("out: never capture proxy uid \(u)"))) }
-        for g in s.proxyGIDs { r.append(PlanRule([.socketGID(g)], verdict: .return, comment: c("out: never capture proxy gid \(g)"))) }
+        for (m, what) in ids(s.proxyUIDs, set: "proxy_uids", field: .socketUID, noun: "uid", single: { .socketUID($0) }, sets: &sets) {
+            r.append(PlanRule([m], verdict: .return, comment: c("out: never capture proxy \(what)")))
+        }
+        for (m, what) in ids(s.proxyGIDs, set: "proxy_gids", field: .socketGID, noun: "gid", single: { .socketGID($0) }, sets: &sets) {
+            r.append(PlanRule([m], verdict: .return, comment: c("out: never capture proxy \(what)")))
+        }
         if let dns = s.dnsPort {
             for p in [TransportProtocol.udp, .tcp] {
                 r.append(PlanRule([.l4proto(p, negated: false), .destinationPort(p, PortRange(53))], [.redirect(port: dns)],
@@ -163,20 +207,25 @@ public struct RedirectPlan: Sendable, Hashable {
             r.append(PlanRule([.l4proto(.tcp, negated: false), .destinationPort(.tcp, PortRange(p))], verdict: .return,
                               comment: c("out: never capture proxy port \(p)")))
         }
-        for p in s.outboundExcludePorts {
-            r.append(PlanRule([.l4proto(.tcp, negated: false), .destinationPort(.tcp, p)], verdict: .return, comment: c("out: exclude port \(p)")))
+        for (m, what) in ports(s.outboundExcludePorts, set: "out_exclude_ports", sets: &sets) {
+            r.append(PlanRule([.l4proto(.tcp, negated: false), m], verdict: .return, comment: c("out: exclude \(what)")))
         }
-        for n in s.outboundExcludeCIDRs {
-            r.append(PlanRule([.destination(n)], verdict: .return, comment: c("out: exclude \(n)")))
+        let excluded = networks(s.outboundExcludeCIDRs, set: "out_exclude", field: { .destination($0) }, single: { .destination($0) },
+                                sets: &sets)
+        for (m, what) in excluded {
+            r.append(PlanRule([m], verdict: .return, comment: c("out: exclude \(what)")))
         }
-        let cidrs: [CIDR?] = s.outboundIncludeCIDRs.isEmpty ? [nil] : s.outboundIncludeCIDRs
-        let ports: [PortRange?] = s.outboundIncludePorts.isEmpty ? [nil] : s.outboundIncludePorts
+        let included = networks(s.outboundIncludeCIDRs, set: "out_include", field: { .destination($0) }, single: { .destination($0) },
+                                sets: &sets)
+        let includedPorts = ports(s.outboundIncludePorts, set: "out_include_ports", sets: &sets)
+        let cidrs: [(match: Match, what: String)?] = included.isEmpty ? [nil] : included
+        let portMatches: [(match: Match, what: String)?] = includedPorts.isEmpty ? [nil] : includedPorts
         for n in cidrs {
-            for p in ports {
+            for p in portMatches {
                 var m: [Match] = [.l4proto(.tcp, negated: false)]
                 var what = "out: capture"
-                if let n { m.append(.destination(n)); what += " \(n)" }
-                if let p { m.append(.destinationPort(.tcp, p)); what += " port \(p)" }
+                if let n { m.append(n.match); what += " \(n.what)" }
+                if let p { m.append(p.match); what += " \(p.what)" }
                 if n == nil && p == nil { what += " all tcp" }
                 r.append(PlanRule(m, [.redirect(port: s.outboundPort)], comment: c(what + " to port \(s.outboundPort)")))
             }
@@ -184,57 +233,66 @@ public struct RedirectPlan: Sendable, Hashable {
         return r
     }
 
-    static func inboundRules(_ s: CaptureSpec) -> [PlanRule] {
+    static func inboundRules(_ s: CaptureSpec, sets: inout [PlanSet]) -> [PlanRule] {
         if case .none = s.inboundPorts { return [] }
         var r: [PlanRule] = []
         r.append(PlanRule([.l4proto(.tcp, negated: true)], verdict: .return, comment: c("in: only tcp is captured")))
         r.append(PlanRule([.inputInterface("lo")], verdict: .return, comment: c("in: never capture traffic from lo")))
-        for n in s.inboundExcludeSources {
-            r.append(PlanRule([.source(n)], verdict: .return, comment: c("in: exclude source \(n)")))
+        for (m, what) in networks(s.inboundExcludeSources, set: "in_exclude", field: { .source($0) }, single: { .source($0) }, sets: &sets) {
+            r.append(PlanRule([m], verdict: .return, comment: c("in: exclude source \(what)")))
         }
         for p in s.neverCapturedPorts {
             r.append(PlanRule([.l4proto(.tcp, negated: false), .destinationPort(.tcp, PortRange(p))], verdict: .return,
                               comment: c("in: never capture proxy port \(p)")))
         }
-        for p in s.inboundExcludePorts {
-            r.append(PlanRule([.l4proto(.tcp, negated: false), .destinationPort(.tcp, p)], verdict: .return, comment: c("in: exclude port \(p)")))
+        for (m, what) in ports(s.inboundExcludePorts, set: "in_exclude_ports", sets: &sets) {
+            r.append(PlanRule([.l4proto(.tcp, negated: false), m], verdict: .return, comment: c("in: exclude \(what)")))
         }
-        var ports: [PortRange?] = [nil]
-        if case .only(let rs) = s.inboundPorts { ports = rs }
+        var portMatches: [(match: Match, what: String)?] = [nil]
+        if case .only(let rs) = s.inboundPorts { portMatches = ports(rs, set: "in_ports", sets: &sets) }
         switch s.mode {
         case .redirect:
-            for p in ports {
+            for p in portMatches {
                 var m: [Match] = [.l4proto(.tcp, negated: false)]
-                if let p { m.append(.destinationPort(.tcp, p)) }
+                if let p { m.append(p.match) }
                 r.append(PlanRule(m, [.redirect(port: s.inboundPort)],
-                                  comment: c("in: capture \(p.map { "port \($0)" } ?? "all tcp") to port \(s.inboundPort)")))
+                                  comment: c("in: capture \(p?.what ?? "all tcp") to port \(s.inboundPort)")))
             }
         case .tproxy:
             r.append(PlanRule([.l4proto(.tcp, negated: false), .transparentSocket], [.setMark(s.tproxyMark)], verdict: .accept,
                               comment: c("in: packets of connections the proxy already holds")))
-            for p in ports {
+            for p in portMatches {
                 var m: [Match] = [.l4proto(.tcp, negated: false)]
-                if let p { m.append(.destinationPort(.tcp, p)) }
+                if let p { m.append(p.match) }
                 r.append(PlanRule(m, [.tproxy(port: s.inboundPort), .setMark(s.tproxyMark)], verdict: .accept,
-                                  comment: c("in: tproxy \(p.map { "port \($0)" } ?? "all tcp") to port \(s.inboundPort)")))
+                                  comment: c("in: tproxy \(p?.what ?? "all tcp") to port \(s.inboundPort)")))
             }
         }
         return r
     }
 
-    /// The spec, in comment-sized chunks: `weir-spec 1/2: key=value key=value`.
+    /// The spec, in comment-sized chunks: `weir-spec 1/2: key=value key=value`. The chunks are slices of one text
+    /// (a long token may go on in the next chunk), so that reading them back is concatenating them.
     static func specRules(_ s: CaptureSpec) -> [PlanRule] {
+        // Whole tokens per chunk; only a token longer than a chunk is cut, and goes on in the next.
         var chunks: [String] = []
         var current = ""
-        for t in s.encodedTokens {
-            if !current.isEmpty && current.utf8.count + 1 + t.utf8.count > specChunkLength {
-                chunks.append(current); current = ""
+        for token in s.encodedTokens {
+            var piece = " " + token
+            if !current.isEmpty && current.utf8.count + piece.utf8.count > specChunkLength {
+                chunks.append(current)
+                current = ""
             }
-            current += current.isEmpty ? t : " " + t
+            while piece.utf8.count > specChunkLength {
+                let bytes = Array(piece.utf8)
+                chunks.append(String(decoding: bytes[0..<specChunkLength], as: UTF8.self))
+                piece = String(decoding: bytes[specChunkLength...], as: UTF8.self)
+            }
+            current += piece
         }
         chunks.append(current)
         return chunks.enumerated().map { i, text in
-            PlanRule([], verdict: .return, comment: "\(specCommentPrefix)\(i + 1)/\(chunks.count):" + (text.isEmpty ? "" : " " + text))
+            PlanRule([], verdict: .return, comment: "\(specCommentPrefix)\(i + 1)/\(chunks.count):" + text)
         }
     }
 
@@ -255,7 +313,7 @@ public struct RedirectPlan: Sendable, Hashable {
                                                     problem: "the stored spec is missing or incomplete",
                                                     fix: "Pass the spec as flags, or re-run weir init.")])
         }
-        let tokens = (1...total).flatMap { parts[$0]!.split(separator: " ").map(String.init) }
+        let tokens = (1...total).map { parts[$0]! }.joined().split(separator: " ").map(String.init)
         return try CaptureSpecInput.decode(tokens: tokens, origin: "stored spec").validate()
     }
 }

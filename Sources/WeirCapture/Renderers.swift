@@ -7,6 +7,11 @@ public enum NftRendering {
         var out = "# weir: replaces table \(t) in one transaction (nft -f)\n"
         out += "table \(t)\ndelete table \(t)\n"
         out += "table \(t) {\n\tcomment \(quote(RedirectPlan.tableComment))\n"
+        for set in plan.sets {
+            out += "\n\tset \(set.name) {\n\t\ttype \(set.keyType.rawValue)\n"
+            if set.isInterval { out += "\t\tflags interval\n" }
+            out += "\t\telements = { " + set.intervals.map(set.text(of:)).joined(separator: ", ") + " }\n\t}\n"
+        }
         for chain in plan.chains {
             out += "\n\tchain \(chain.name) {\n"
             if let b = chain.base {
@@ -34,8 +39,9 @@ public enum NftRendering {
         while i < r.matches.count {
             let m = r.matches[i]
             // `tcp dport 22` implies `meta l4proto tcp`, as nft itself writes it.
-            if case .l4proto(let p, false) = m, i + 1 < r.matches.count, case .destinationPort(let q, _) = r.matches[i + 1], p == q {
-                i += 1; continue
+            if case .l4proto(let p, false) = m, i + 1 < r.matches.count, r.matches[i + 1].portProtocol == p {
+                i += 1
+                continue
             }
             parts.append(match(m)); i += 1
         }
@@ -57,6 +63,18 @@ public enum NftRendering {
         case .source(let c): return "\(c.family == .ipv4 ? "ip" : "ip6") saddr \(c)"
         case .destinationPort(let p, let r): return "\(p.rawValue) dport \(r)"
         case .transparentSocket: return "socket transparent 1"
+        case .member(let field, let set): return "\(fieldName(field)) @\(set)"
+        }
+    }
+
+    /// The nft name of a field a set is looked up with.
+    static func fieldName(_ field: SetField) -> String {
+        switch field {
+        case .destination(let f): return "\(f == .ipv4 ? "ip" : "ip6") daddr"
+        case .source(let f): return "\(f == .ipv4 ? "ip" : "ip6") saddr"
+        case .destinationPort(let p): return "\(p.rawValue) dport"
+        case .socketUID: return "meta skuid"
+        case .socketGID: return "meta skgid"
         }
     }
 
@@ -74,6 +92,16 @@ public enum NftRendering {
     }
 
     static func quote(_ s: String) -> String { "\"" + s.replacingOccurrences(of: "\"", with: "'") + "\"" }
+}
+
+extension Match {
+    /// The protocol of a destination-port match (a port or a set of ports).
+    var portProtocol: TransportProtocol? {
+        switch self {
+        case .destinationPort(let p, _), .member(.destinationPort(let p), _): return p
+        default: return nil
+        }
+    }
 }
 
 /// Renders a plan as iptables-restore / ip6tables-restore input for `--noflush`, into weir's own chains.
@@ -94,7 +122,7 @@ public enum IptablesRendering {
             for c in chains { out += ":\(c.iptablesName) - [0:0]\n" }
             for c in chains {
                 for r in c.rules where r.family == nil || r.family == family {
-                    for line in rules(r, family: family) { out += "-A \(c.iptablesName) \(line)\n" }
+                    for line in rules(r, family: family, sets: plan.sets) { out += "-A \(c.iptablesName) \(line)\n" }
                 }
             }
             for c in chains {
@@ -118,9 +146,56 @@ public enum IptablesRendering {
         return "-A \(b.hook.rawValue.uppercased()) -m comment --comment \(saveString(jumpComment)) -j \(c.iptablesName)"
     }
 
+    /// How many iptables rules the plan needs in one family: iptables has no sets, so a rule that looks up a set
+    /// becomes one rule per element (per pair of elements for the outbound include lists).
+    public static func ruleCount(_ plan: RedirectPlan, family: IPFamily) -> Int {
+        plan.chains.flatMap(\.rules).filter { $0.family == nil || $0.family == family }.reduce(0) { total, r in
+            let targets = r.statements.contains { if case .setMark = $0 { return true } else { return false } }
+                && !r.statements.contains { if case .tproxy = $0 { return true } else { return false } } ? 2 : 1
+            return total + expanded(r, sets: plan.sets).count * targets
+        }
+    }
+
+    /// The rule with each set lookup replaced by one element, in every combination.
+    static func expanded(_ r: PlanRule, sets: [PlanSet]) -> [PlanRule] {
+        var out: [PlanRule] = [PlanRule([], r.statements, verdict: r.verdict, comment: r.comment)]
+        for m in r.matches {
+            let choices: [Match]
+            if case .member(let field, let name) = m, let set = sets.first(where: { $0.name == name }) {
+                choices = elementMatches(field, set.elements)
+            } else {
+                choices = [m]
+            }
+            out = out.flatMap { partial in
+                choices.map { choice in
+                    var next = partial
+                    next.matches.append(choice)
+                    return next
+                }
+            }
+        }
+        return out
+    }
+
+    static func elementMatches(_ field: SetField, _ elements: SetElements) -> [Match] {
+        switch (field, elements) {
+        case (.destination, .networks(let n)): return n.map { .destination($0) }
+        case (.source, .networks(let n)): return n.map { .source($0) }
+        case (.destinationPort(let p), .ports(let ps)): return ps.map { .destinationPort(p, $0) }
+        case (.socketUID, .ids(let ids)): return ids.map { .socketUID($0) }
+        case (.socketGID, .ids(let ids)): return ids.map { .socketGID($0) }
+        default: return []
+        }
+    }
+
+    /// The rule in iptables-save's canonical order, each set lookup expanded into one rule per element.
+    public static func rules(_ r: PlanRule, family: IPFamily, sets: [PlanSet]) -> [String] {
+        expanded(r, sets: sets).flatMap { rules($0, family: family) }
+    }
+
     /// The rule in iptables-save's canonical order: addresses, interfaces, protocol, matches, comment, target.
     /// One plan rule may need two iptables rules (a non-terminal target, then the verdict).
-    public static func rules(_ r: PlanRule, family: IPFamily) -> [String] {
+    static func rules(_ r: PlanRule, family: IPFamily) -> [String] {
         var head: [String] = []
         var src: String?, dst: String?, iif: String?, oif: String?, proto: String?
         var ms: [String] = []
@@ -138,6 +213,7 @@ public enum IptablesRendering {
                 proto = "-p \(p.rawValue)"
                 ms.append("-m \(p.rawValue) --dport " + (range.isSinglePort ? "\(range.first)" : "\(range.first):\(range.last)"))
             case .transparentSocket: ms.append("-m socket --transparent")
+            case .member: break  // expanded by the caller
             }
         }
         head = [src, dst, iif, oif, proto].compactMap { $0 } + ms

@@ -1,67 +1,73 @@
-import CWeirShims
 import Logging
-import Metrics
-import Prometheus
 import Synchronization
 import WeirCapture
 import WeirNetns
+import WeirSystem
+
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// The transparent forwarder: listeners on the capture ports, epoll workers that relay, an admin endpoint.
+/// The transparent forwarder: listeners on the capture ports inside a namespace, and epoll workers that relay.
 public final class Forwarder: Sendable {
     public let config: ForwarderConfig
+    let logger: Logger
     let state = ForwarderState()
-    let threads: Mutex<[NamespaceThread]> = Mutex([])
-    let admin = Mutex<AdminEndpoint?>(nil)
+    let threads = Mutex<[OSThread]>([])
 
-    /// Prometheus registry the metrics go to; bootstrapped once per process.
-    public static let registry = PrometheusCollectorRegistry()
-    private static let bootstrap: Void = {
-        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
-    }()
-
-    public init(config: ForwarderConfig) {
-        _ = Self.bootstrap
+    public init(config: ForwarderConfig, logger: Logger = Logger(label: "weir.forward")) {
         self.config = config
+        self.logger = logger
     }
 
     /// Active relayed connections.
     public var activeConnections: Int { state.active.load(ordering: .relaxed) }
 
-    /// Opens the listeners inside `namespace` and starts the workers there. Throws if a port cannot be bound.
-    public func start(in namespace: NetworkNamespace, admin: String? = nil) throws {
+    /// Whether the forwarder has stopped accepting (draining or stopped).
+    public var isDraining: Bool { state.draining.load(ordering: .relaxed) }
+
+    /// Opens the listeners inside `namespace` and starts the workers there. Throws if a port cannot be bound, or if a
+    /// worker's thread cannot enter the namespace (then nothing is left running).
+    public func start(in namespace: NetworkNamespace) throws {
         let config = self.config
-        let logger = Logger(label: "weir.forward")
+        let logger = self.logger
         let metrics = ForwarderMetrics()
-        var accessLog: Int32 = -1
-        if let path = config.accessLogPath {
-            accessLog = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
-            guard accessLog >= 0 else { throw ForwarderError.system("open \(path)", weir_errno()) }
+        let accessLog = try config.accessLogPath.map { path throws(SystemCallError) in
+            do throws(SystemCallError) { return try AccessLogFile(path: path) } catch { throw error.context("opening the access log") }
         }
         // Each worker gets its own SO_REUSEPORT listeners; the kernel spreads connections among them.
-        var perWorker: [[Listener]] = []
+        var handoffs: [ListenerHandoff] = []
         for _ in 0..<max(1, config.workers) {
-            perWorker.append(try namespace.run { try Self.openListeners(config) })
+            handoffs.append(ListenerHandoff(try namespace.run { try Self.openListeners(config) }))
         }
         let state = self.state
-        let logFD = accessLog
-        for (i, listeners) in perWorker.enumerated() {
-            let box = UncheckedBox(listeners)
-            let t = try NamespaceThread(namespace: namespace, name: "weir-fwd-\(i)") {
-                do {
-                    let worker = try Worker(config: config, state: state, metrics: metrics, listeners: box.value, accessLog: logFD, logger: logger)
-                    worker.run()
-                } catch {
-                    // Its listeners would keep taking a share of new connections that nobody accepts.
-                    for l in box.value { close(l.fd) }
-                    logger.error("worker failed: \(error)")
+        state.running.store(handoffs.count, ordering: .relaxed)
+        do {
+            for (i, handoff) in handoffs.enumerated() {
+                let t = try namespace.thread(name: "weir-fwd-\(i)") {
+                    // The worker owns the listeners from now on: closing them is its alone (no local keeps them).
+                    do {
+                        let worker = try Worker(config: config, state: state, metrics: metrics, listeners: handoff.take(),
+                                                accessLog: accessLog, logger: logger)
+                        worker.run()
+                    } catch {
+                        // Its listeners (released here) would keep taking a share of new connections that nobody accepts.
+                        logger.error("worker failed", metadata: ["error": "\(error)"])
+                    }
+                    state.workerEnded()
                 }
+                threads.withLock { $0.append(t) }
             }
-            threads.withLock { $0.append(t) }
+        } catch {
+            // Workers already started end; listeners never handed over close with their handoff.
+            for h in handoffs { _ = h.take() }
+            let started = threads.withLock { $0.count }
+            for _ in started..<handoffs.count { state.workerEnded() }
+            state.draining.store(true, ordering: .relaxed)
+            state.stopping.store(true, ordering: .relaxed)
+            join()
+            throw error
         }
-        if let admin { try startAdmin(admin, namespace: namespace, logger: logger) }
         logger.info("forwarding", metadata: ["outbound": "\(config.outboundPort)", "inbound": "\(config.inboundPort)", "mode": "\(config.mode.rawValue)"])
     }
 
@@ -69,79 +75,97 @@ public final class Forwarder: Sendable {
         var out: [Listener] = []
         for (port, direction) in [(config.outboundPort, FlowDirection.outbound), (config.inboundPort, .inbound)] {
             for family in config.families {
-                let fd = socket(family == .ipv4 ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-                guard fd >= 0 else { throw ForwarderError.system("socket", weir_errno()) }
-                var one: Int32 = 1
-                if family == .ipv6 { setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, 4) }
-                _ = weir_set_reuse(fd)
-                // Accepted sockets inherit TCP_NODELAY from their listener: set once here, not per connection.
-                _ = weir_set_nodelay(fd)
-                if config.mode == .tproxy && direction == .inbound { _ = weir_set_transparent(fd, family == .ipv4 ? AF_INET : AF_INET6) }
                 let any = Endpoint(family: family, address: Array(repeating: 0, count: family == .ipv4 ? 4 : 16), port: port)
-                var (addr, len) = SocketAddress.make(any)
-                let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
-                if rc != 0 || listen(fd, 4096) != 0 {
-                    let e = weir_errno()
-                    close(fd)
-                    out.forEach { close($0.fd) }
-                    throw ForwarderError.listen(any, e)
+                do {
+                    let fd = try FileDescriptor.tcp(ipv6: family == .ipv6, nonBlocking: true)
+                    if family == .ipv6 { try fd.setIPv6Only() }
+                    try fd.setReuse()
+                    // Accepted sockets inherit TCP_NODELAY from their listener: set once here, not per connection.
+                    try fd.setNoDelay()
+                    if config.mode == .tproxy && direction == .inbound { try fd.setTransparent(ipv6: family == .ipv6) }
+                    try fd.bind(SocketAddress.make(any), describedAs: "\(any)")
+                    try fd.listen(backlog: 4096)
+                    out.append(Listener(socket: fd, direction: direction, family: family))
+                } catch {
+                    // Those opened so far close as `out` goes.
+                    throw ForwarderError.listen(any, error)
                 }
-                out.append(Listener(fd: fd, direction: direction, family: family))
             }
         }
         return out
     }
 
-    /// Stops accepting, lets open connections finish for up to the drain timeout, then closes the rest.
-    public func drain() {
+    /// Stops accepting and waits (without blocking a thread) until the open connections have finished or the drain
+    /// timeout passed; then closes the rest and waits for the workers to end.
+    public func drain() async {
+        let drained = AsyncSignal()
+        state.onDrained.withLock { $0 = { drained.fire() } }
         state.draining.store(true, ordering: .relaxed)
-        let deadline = monotonicNanoseconds() + UInt64(config.drainTimeoutMilliseconds) * 1_000_000
-        while state.active.load(ordering: .relaxed) > 0 && monotonicNanoseconds() < deadline {
-            usleep(20_000)
-        }
-        state.stopping.store(true, ordering: .relaxed)
-        wait()
-        admin.withLock { $0?.close(); $0 = nil }
+        if state.active.load(ordering: .relaxed) == 0 { drained.fire() }
+        await drained.wait(timeout: .milliseconds(config.drainTimeoutMilliseconds))
+        await stop()
     }
 
-    /// Closes everything now.
-    public func stop() {
+    /// Closes everything now and waits for the workers to end.
+    public func stop() async {
+        let ended = AsyncSignal()
+        state.onAllEnded.withLock { $0 = { ended.fire() } }
         state.draining.store(true, ordering: .relaxed)
         state.stopping.store(true, ordering: .relaxed)
-        wait()
-        admin.withLock { $0?.close(); $0 = nil }
+        if state.running.load(ordering: .acquiring) == 0 { ended.fire() }
+        // The workers notice within a tick (100 ms); a worker that never started counts as ended.
+        await ended.wait(timeout: .seconds(5))
+        join()
     }
 
-    /// Waits for the workers to end.
-    public func wait() {
-        let ts = threads.withLock { t -> [NamespaceThread] in let c = t; t = []; return c }
+    /// Joins the worker threads (they have ended, or end within a tick).
+    func join() {
+        let ts = threads.withLock { t -> [OSThread] in let c = t; t = []; return c }
         ts.forEach { $0.join() }
-    }
-
-    // MARK: admin
-
-    /// Serves `GET /metrics` (Prometheus text) and `GET /ready` on loopback TCP (`127.0.0.1:15090`) or a Unix socket (`unix:/path`).
-    func startAdmin(_ address: String, namespace: NetworkNamespace, logger: Logger) throws {
-        let state = self.state
-        let endpoint = try AdminEndpoint(address, namespace: namespace) { path in
-            if path.hasPrefix("/metrics") {
-                var body: [UInt8] = []
-                Forwarder.registry.emit(into: &body)
-                return AdminEndpoint.Reply(contentType: "text/plain; version=0.0.4", body: body)
-            }
-            if path.hasPrefix("/ready") {
-                let draining = state.draining.load(ordering: .relaxed)
-                return .text(draining ? "draining\n" : "ready\n", status: draining ? "503 Service Unavailable" : "200 OK")
-            }
-            return .text("try /metrics or /ready\n", status: "404 Not Found")
-        }
-        admin.withLock { $0 = endpoint }
-        logger.info("admin endpoint", metadata: ["address": "\(address)"])
     }
 }
 
-/// Hands listener descriptors to the one worker thread that owns them from then on.
-struct UncheckedBox<T>: @unchecked Sendable {
-    let value: T
-    init(_ value: T) { self.value = value }
+/// Listener sockets on their way to the worker thread that owns them from then on.
+final class ListenerHandoff: Sendable {
+    let listeners: Mutex<[Listener]>
+    init(_ listeners: [Listener]) { self.listeners = Mutex(listeners) }
+    func take() -> [Listener] { listeners.withLock { l in let out = l; l = []; return out } }
+}
+
+/// A one-time event a task can await, with a timeout, fired from any thread.
+final class AsyncSignal: Sendable {
+    let state = Mutex<(fired: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
+
+    func fire() {
+        let waiter = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            if s.fired { return nil }
+            s.fired = true
+            let w = s.waiter
+            s.waiter = nil
+            return w
+        }
+        waiter?.resume()
+    }
+
+    /// Returns when fired, or after `timeout`.
+    func wait(timeout: Duration) async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                    let resumeNow = self.state.withLock { s -> Bool in
+                        if s.fired { return true }
+                        s.waiter = c
+                        return false
+                    }
+                    if resumeNow { c.resume() }
+                }
+            }
+            group.addTask { try? await Task.sleep(for: timeout) }
+            await group.next()
+            // The other child: a timeout fires the signal so that its waiter returns; a fired signal ends the
+            // sleep by cancellation.
+            self.fire()
+            group.cancelAll()
+        }
+    }
 }

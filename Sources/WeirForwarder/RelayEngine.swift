@@ -1,9 +1,10 @@
-import CWeirShims
 import Logging
 import Metrics
 import Synchronization
 import WeirCapture
 import WeirNetns
+import WeirSystem
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -16,6 +17,33 @@ final class ForwarderState: Sendable {
     let active = Atomic<Int>(0)
     let draining = Atomic<Bool>(false)
     let stopping = Atomic<Bool>(false)
+    /// Workers still running; the last to end reports it.
+    let running = Atomic<Int>(0)
+    /// Called (once) when the last worker has ended.
+    let onAllEnded = Mutex<(@Sendable () -> Void)?>(nil)
+    /// Called when the last open connection of a draining forwarder closed.
+    let onDrained = Mutex<(@Sendable () -> Void)?>(nil)
+
+    func workerEnded() {
+        if running.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
+            onAllEnded.withLock { f in let call = f; f = nil; return call }?()
+        }
+    }
+
+    func connectionClosed() {
+        if active.subtract(1, ordering: .relaxed).newValue == 0 && draining.load(ordering: .relaxed) {
+            onDrained.withLock { f in let call = f; f = nil; return call }?()
+        }
+    }
+}
+
+/// The access log file, shared by every worker: one JSON line per write (O_APPEND keeps lines whole).
+final class AccessLogFile: Sendable {
+    let file: FileDescriptor
+    init(path: String) throws(SystemCallError) {
+        file = try FileDescriptor.open(path, O_WRONLY | O_CREAT | O_APPEND, mode: 0o644)
+    }
+    func append(_ line: String) { try? file.write(line) }
 }
 
 /// Why a connection ended, for the access log and metrics.
@@ -24,9 +52,10 @@ enum CloseReason: String { case done = "closed", clientReset = "client_reset", u
                            shutdown = "shutdown" }
 
 /// One direction of a relayed connection: bytes read from one socket and not yet written to the other.
-struct Flow {
-    var pipeRead: Int32 = -1
-    var pipeWrite: Int32 = -1
+struct Flow: ~Copyable {
+    /// The splice pipe, once bulk data flows (closed until then).
+    var pipeRead = FileDescriptor.closed
+    var pipeWrite = FileDescriptor.closed
     var inPipe = 0
     /// Copy-mode bytes the destination did not take yet; allocated only while data waits.
     var pending: [UInt8] = []
@@ -39,15 +68,15 @@ struct Flow {
     var waiting: Bool { inPipe > 0 || !pending.isEmpty }
 
     mutating func releasePipe() {
-        if pipeRead >= 0 { close(pipeRead); close(pipeWrite) }
-        pipeRead = -1; pipeWrite = -1
+        pipeRead = .closed
+        pipeWrite = .closed
     }
 }
 
 /// A relayed connection: the accepted client socket and the upstream socket.
 final class Connection {
-    let client: Int32
-    var upstream: Int32 = -1
+    let client: FileDescriptor
+    var upstream = FileDescriptor.closed
     var connecting = true
     let direction: FlowDirection
     let source: Endpoint
@@ -61,7 +90,7 @@ final class Connection {
     let bytesUpstream: Counter
     let bytesDownstream: Counter
 
-    init(client: Int32, direction: FlowDirection, source: Endpoint, destination: Endpoint, now: UInt64, metrics: ForwarderMetrics) {
+    init(client: consuming FileDescriptor, direction: FlowDirection, source: Endpoint, destination: Endpoint, now: UInt64, metrics: ForwarderMetrics) {
         self.client = client; self.direction = direction; self.source = source; self.destination = destination
         started = now; lastActivity = now
         bytesUpstream = metrics.bytesUpstream[direction]!
@@ -115,12 +144,18 @@ final class ForwarderMetrics: Sendable {
     }
 }
 
-/// A listening socket a worker accepts on.
-struct Listener {
-    let fd: Int32
+/// A listening socket a worker accepts on (a class: the worker's list holds it, and its descriptor has one owner).
+final class Listener: @unchecked Sendable {
+    // Made on the thread that opens the listeners and handed whole to the one worker that uses it (its `paused`
+    // flag is that worker's alone).
+    /// Set to `.closed` when the worker stops accepting.
+    var socket: FileDescriptor
     let direction: FlowDirection
     let family: IPFamily
     var paused = false
+    init(socket: consuming FileDescriptor, direction: FlowDirection, family: IPFamily) {
+        self.socket = socket; self.direction = direction; self.family = family
+    }
 }
 
 /// One epoll event loop on its own OS thread. Connections stay on the worker that accepted them.
@@ -128,9 +163,9 @@ final class Worker {
     let config: ForwarderConfig
     let state: ForwarderState
     let metrics: ForwarderMetrics
-    let accessLog: Int32
+    let accessLog: AccessLogFile?
     let logger: Logger
-    let epoll: Int32
+    let epoll: Epoll
     var listeners: [Listener]
     var slots: [Connection?] = []
     var freeSlots: [Int] = []
@@ -140,36 +175,27 @@ final class Worker {
     let spliceChunk = 1 << 20
     var resumeAcceptAt: UInt64 = 0
     /// Ticks every 100 ms: timeouts, resuming accept, noticing a drain or stop request.
-    let ticker: Int32
+    let ticker: FileDescriptor
 
     static let kindListener: UInt64 = 0, kindClient: UInt64 = 1, kindUpstream: UInt64 = 2, kindTicker: UInt64 = 3
 
-    init(config: ForwarderConfig, state: ForwarderState, metrics: ForwarderMetrics, listeners: [Listener], accessLog: Int32, logger: Logger) throws {
+    init(config: ForwarderConfig, state: ForwarderState, metrics: ForwarderMetrics, listeners: [Listener], accessLog: AccessLogFile?,
+         logger: Logger) throws(SystemCallError) {
         self.config = config; self.state = state; self.metrics = metrics; self.listeners = listeners
         self.accessLog = accessLog; self.logger = logger
-        epoll = weir_epoll_create()
-        guard epoll >= 0 else { throw ForwarderError.system("epoll_create1", weir_errno()) }
+        epoll = try Epoll()
         // The loop sleeps in epoll_wait without a timeout and wakes for this timer instead: a timeout
         // arms and cancels a kernel timer around every wait, which in a virtual machine added about
         // 12 µs to sockperf's p50 through the forwarder.
-        ticker = weir_timerfd_periodic(100)
-        guard ticker >= 0 else { let e = weir_errno(); close(epoll); throw ForwarderError.system("timerfd_create", e) }
-        guard weir_epoll_add(epoll, ticker, WEIR_EPOLLIN, Self.kindTicker) == 0 else {
-            let e = weir_errno(); close(ticker); close(epoll); throw ForwarderError.system("epoll_ctl", e)
-        }
+        ticker = try FileDescriptor.periodicTimer(milliseconds: 100)
+        try epoll.add(ticker, events: Epoll.readable, tag: Self.kindTicker)
         buffer = UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: 64)
         for (i, l) in listeners.enumerated() {
-            guard weir_epoll_add(epoll, l.fd, WEIR_EPOLLIN, UInt64(i) << 2 | Self.kindListener) == 0 else {
-                throw ForwarderError.system("epoll_ctl", weir_errno())
-            }
+            try epoll.add(l.socket, events: Epoll.readable, tag: UInt64(i) << 2 | Self.kindListener)
         }
     }
 
-    deinit {
-        buffer.deallocate()
-        close(ticker)
-        close(epoll)
-    }
+    deinit { buffer.deallocate() }
 
     /// Runs until stopped: accepts, relays, sweeps timeouts, drains on request.
     func run() {
@@ -181,16 +207,21 @@ final class Worker {
         while true {
             // After activity, poll without sleeping for a few microseconds: the next message of a
             // request/response exchange usually arrives sooner than a sleeping thread would wake.
-            var n = spin > 0 ? weir_epoll_wait(epoll, &data, &events, 256, 0) : 0
-            if n == 0 {
-                if spin > 0 && monotonicNanoseconds() < spinUntil { continue }
-                n = weir_epoll_wait(epoll, &data, &events, 256, -1)
+            var n = 0
+            do {
+                if spin > 0 { n = try epoll.wait(tags: &data, events: &events, timeout: 0) }
+                if n == 0 {
+                    if spin > 0 && monotonicNanoseconds() < spinUntil { continue }
+                    n = try epoll.wait(tags: &data, events: &events, timeout: -1)
+                }
+            } catch {
+                logger.error("epoll_wait failed", metadata: ["error": "\(error)"])
+                break
             }
             // Only traffic starts a spin: the 100 ms tick alone would keep an idle worker spinning.
             if n > 0 && spin > 0 && (n > 1 || data[0] & 3 != Self.kindTicker) { spinUntil = monotonicNanoseconds() + spin }
-            if n < 0 && weir_errno() != EINTR { logger.error("epoll_wait failed", metadata: ["errno": "\(weir_errno())"]); break }
             var tick = false
-            for i in 0..<max(0, Int(n)) {
+            for i in 0..<n {
                 let kind = data[i] & 3, index = Int(data[i] >> 2)
                 if kind == Self.kindTicker { tick = true }
                 else if kind == Self.kindListener { accept(index, budget: Int(n) / 2) }
@@ -198,20 +229,26 @@ final class Worker {
             }
             freeSlots += freedThisRound
             freedThisRound.removeAll(keepingCapacity: true)
-            if tick { weir_timerfd_ack(ticker); sweep(monotonicNanoseconds()) }
+            if tick { ticker.acknowledgeTimer(); sweep(monotonicNanoseconds()) }
             if state.stopping.load(ordering: .relaxed) {
                 for (i, c) in slots.enumerated() { if let c { finish(c, slot: i, reason: .shutdown, reset: true) } }
                 break
             }
             if state.draining.load(ordering: .relaxed) {
                 if !listenersClosed {
-                    for l in listeners { if !l.paused { _ = weir_epoll_del(epoll, l.fd) }; close(l.fd) }
+                    // Closed now (whoever else holds a listener): new connections are refused by the kernel.
+                    for l in listeners {
+                        if !l.paused { epoll.remove(l.socket) }
+                        l.socket = .closed
+                    }
+                    for l in listeners { l.socket = .closed }
+        listeners = []
                     listenersClosed = true
                 }
                 if slots.allSatisfy({ $0 == nil }) { break }
             }
         }
-        if !listenersClosed { for l in listeners { close(l.fd) } }
+        listeners = []
     }
 
     // MARK: accepting
@@ -222,58 +259,57 @@ final class Worker {
     /// and skips the accept that would only fail with EAGAIN; a busy one takes new connections in proportion to the
     /// traffic it serves, so a burst does not overflow the backlog while open connections keep the rounds full.
     func accept(_ index: Int, budget: Int) {
+        guard index < listeners.count else { return }
         let listener = listeners[index]
-        var peer = sockaddr_storage()
-        var len = socklen_t(0)
         // Bounded: at most `budget` (≤ 128: half the events a round can hold); EAGAIN ends it sooner.
         for _ in 0..<max(1, budget) {
-            let fd = weir_accept(listener.fd, &peer, &len)
-            if fd < 0 {
-                let e = weir_errno()
+            switch listener.socket.accept() {
+            case .ok(let a):
+                accepted(a.socket, peer: a.peer, listener: listener)
+            case .failed(let e):
                 if e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM {
                     // Out of descriptors: stop accepting for a moment; established connections keep flowing.
                     pauseAccepting()
                     metrics.acceptPaused.increment()
-                    logger.warning("out of file descriptors; accept paused", metadata: ["errno": "\(e)"])
+                    logger.warning("out of file descriptors; accept paused", metadata: ["error": "\(Posix.describe(e))"])
                 }
                 return
             }
-            accepted(fd, peer: peer, listener: listener)
-            if listeners[index].paused { return }
+            if listener.paused { return }
         }
     }
 
     func pauseAccepting() {
-        for i in listeners.indices where !listeners[i].paused {
-            _ = weir_epoll_del(epoll, listeners[i].fd)
-            listeners[i].paused = true
+        for l in listeners where !l.paused {
+            epoll.remove(l.socket)
+            l.paused = true
         }
         resumeAcceptAt = monotonicNanoseconds() + 100_000_000
     }
 
     func resumeAccepting() {
-        for i in listeners.indices where listeners[i].paused {
+        for (i, l) in listeners.enumerated() where l.paused {
             // Re-adding a listener with a full backlog reports it readable at once.
-            if weir_epoll_add(epoll, listeners[i].fd, WEIR_EPOLLIN, UInt64(i) << 2 | Self.kindListener) == 0 { listeners[i].paused = false }
+            if (try? epoll.add(l.socket, events: Epoll.readable, tag: UInt64(i) << 2 | Self.kindListener)) != nil { l.paused = false }
         }
     }
 
-    func refuse(_ fd: Int32) {
-        _ = weir_set_linger_reset(fd)
-        close(fd)
+    /// Resets and closes a connection weir will not relay.
+    func refuse(_ fd: consuming FileDescriptor) {
+        fd.setResetOnClose()
     }
 
-    func accepted(_ fd: Int32, peer: sockaddr_storage, listener: Listener) {
+    func accepted(_ fd: consuming FileDescriptor, peer: SocketAddressBytes, listener: Listener) {
         if state.active.load(ordering: .relaxed) >= config.maxConnections {
             metrics.refusedLimit.increment()
             refuse(fd)
             return
         }
-        guard let source = SocketAddress.endpoint(peer, family: listener.family) else { refuse(fd); return }
+        guard let source = SocketAddress.endpoint(peer) else { refuse(fd); return }
         // Outbound capture is nat REDIRECT in both modes; only inbound uses TPROXY in tproxy mode, where the
         // original destination is the accepted socket's own address.
         let tproxied = config.mode == .tproxy && listener.direction == .inbound
-        let original = tproxied ? SocketAddress.local(fd, family: listener.family) : SocketAddress.originalDestination(fd, family: listener.family)
+        let original = tproxied ? SocketAddress.local(fd) : SocketAddress.originalDestination(fd, family: listener.family)
         guard let destination = original else { refuse(fd); return }
         // A connection nobody redirected (made straight to a capture port) has its own local address as original
         // destination, and would be relayed to the forwarder itself; so would one redirected to a capture port
@@ -301,33 +337,43 @@ final class Worker {
             target = upstream
             if let version { c.greeting = ProxyProtocolHeader.encode(version, source: source, destination: destination) }
         }
-        let up = socket(target.family == .ipv4 ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard up >= 0 else {
-            let e = weir_errno()
-            if e == EMFILE || e == ENFILE {
+        do {
+            c.upstream = try FileDescriptor.tcp(ipv6: target.family == .ipv6, nonBlocking: true)
+        } catch {
+            if error.errno == EMFILE || error.errno == ENFILE {
                 // No descriptor for the upstream side: stop taking new connections until some close.
                 pauseAccepting()
                 metrics.acceptPaused.increment()
                 logger.warning("out of file descriptors for upstream sockets; accept paused")
             }
+            metrics.connectFailed(SocketAddress.reason(error.errno))
+            finish(c, slot: slot, reason: .connectFailed, reset: true)
+            return
+        }
+        // The mark keeps weir's own rules from capturing the upstream connection again.
+        do { try c.upstream.setMark(config.bypassMark) } catch {
+            metrics.connectFailed(SocketAddress.reason(error.errno))
+            finish(c, slot: slot, reason: .connectFailed, reset: true)
+            return
+        }
+        try? c.upstream.setNoDelay()
+        let progress: ConnectProgress
+        switch c.upstream.startConnect(SocketAddress.make(target)) {
+        case .ok(let p): progress = p
+        case .failed(let e):
             metrics.connectFailed(SocketAddress.reason(e))
             finish(c, slot: slot, reason: .connectFailed, reset: true)
             return
         }
-        c.upstream = up
-        _ = weir_set_mark(up, config.bypassMark)
-        _ = weir_set_nodelay(up)
-        var (addr, len) = SocketAddress.make(target)
-        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(up, $0, len) } }
-        if rc != 0 && weir_errno() != EINPROGRESS {
-            metrics.connectFailed(SocketAddress.reason(weir_errno()))
+        let events = Epoll.readable | Epoll.writable | Epoll.peerClosed | Epoll.edgeTriggered
+        do {
+            try epoll.add(c.client, events: events, tag: UInt64(slot) << 2 | Self.kindClient)
+            try epoll.add(c.upstream, events: events, tag: UInt64(slot) << 2 | Self.kindUpstream)
+        } catch {
             finish(c, slot: slot, reason: .connectFailed, reset: true)
             return
         }
-        let events = WEIR_EPOLLIN | WEIR_EPOLLOUT | WEIR_EPOLLRDHUP | WEIR_EPOLLET
-        _ = weir_epoll_add(epoll, fd, events, UInt64(slot) << 2 | Self.kindClient)
-        _ = weir_epoll_add(epoll, up, events, UInt64(slot) << 2 | Self.kindUpstream)
-        if rc == 0 { connected(c, slot: slot) }
+        if case .connected = progress { connected(c, slot: slot) }
     }
 
     // MARK: relaying
@@ -337,22 +383,20 @@ final class Worker {
             guard upstreamEvent else { return }
             // A TCP socket in SYN-SENT polls as nothing: writable means established, and a failed connect shows
             // as an error or hang-up, whose reason SO_ERROR gives. A success costs no system call.
-            if events & (WEIR_EPOLLERR | WEIR_EPOLLHUP) == 0 {
-                if events & WEIR_EPOLLOUT != 0 { connected(c, slot: slot) }
+            if events & (Epoll.error | Epoll.hangUp) == 0 {
+                if events & Epoll.writable != 0 { connected(c, slot: slot) }
                 return
             }
-            var err: Int32 = 0
-            var len = socklen_t(4)
-            getsockopt(c.upstream, SOL_SOCKET, SO_ERROR, &err, &len)
+            let err = c.upstream.pendingError()
             metrics.connectFailed(SocketAddress.reason(err == 0 ? ECONNRESET : err))
             finish(c, slot: slot, reason: .connectFailed, reset: true)
             return
         }
         // Readable (or closed, or failed): move bytes away from this side. Writable: move bytes toward it.
-        let readable = events & (WEIR_EPOLLIN | WEIR_EPOLLRDHUP | WEIR_EPOLLHUP | WEIR_EPOLLERR) != 0
-        let writable = events & (WEIR_EPOLLOUT | WEIR_EPOLLHUP | WEIR_EPOLLERR) != 0
+        let readable = events & (Epoll.readable | Epoll.peerClosed | Epoll.hangUp | Epoll.error) != 0
+        let writable = events & (Epoll.writable | Epoll.hangUp | Epoll.error) != 0
         // A peer's FIN may have come with the data of this same event: then read on to the EOF.
-        let closing = events & (WEIR_EPOLLRDHUP | WEIR_EPOLLHUP | WEIR_EPOLLERR) != 0
+        let closing = events & (Epoll.peerClosed | Epoll.hangUp | Epoll.error) != 0
         // Epoll reports a socket writable with every wakeup; it only matters when bytes wait for it.
         relay(c, slot: slot,
               up: upstreamEvent ? writable && c.up.waiting : readable,
@@ -386,94 +430,104 @@ final class Worker {
 
     /// Moves bytes `from` → `to` until `from` has nothing more or `to` takes nothing more. `last`: the other
     /// direction is finished, so this one's EOF ends the connection and the close that follows sends the FIN.
-    func pump(_ f: inout Flow, from: Int32, to: Int32, drain: Bool, last: Bool) -> PumpOutcome {
+    func pump(_ f: inout Flow, from: borrowing FileDescriptor, to: borrowing FileDescriptor, drain: Bool, last: Bool) -> PumpOutcome {
         // Bounded: each pass moves data or returns; a 64 KiB chunk per pass covers far more than one event's worth.
         for _ in 0..<100_000 {
             if f.inPipe > 0 {
-                let n = weir_splice(f.pipeRead, to, UInt(f.inPipe), WEIR_SPLICE_MOVE | WEIR_SPLICE_NONBLOCK)
-                if n > 0 { f.inPipe -= n; continue }
-                let e = weir_errno()
-                return n < 0 && (e == EAGAIN) ? .blocked : .writeReset
+                switch FileDescriptor.splice(from: f.pipeRead, to: to, count: f.inPipe) {
+                case .ok(let n) where n > 0: f.inPipe -= n; continue
+                case .failed(let e) where e == EAGAIN: return .blocked
+                default: return .writeReset
+                }
             }
             if !f.pending.isEmpty {
-                let n = f.pending.withUnsafeBytes { send(to, $0.baseAddress! + f.pendingOffset, $0.count - f.pendingOffset, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT)) }
-                if n > 0 {
+                let offset = f.pendingOffset
+                let w = f.pending.withUnsafeBytes { to.send($0.baseAddress! + offset, count: $0.count - offset) }
+                switch w {
+                case .ok(let n) where n > 0:
                     f.pendingOffset += n
                     if f.pendingOffset == f.pending.count { f.pending = []; f.pendingOffset = 0 }
                     continue
+                case .failed(let e) where e == EAGAIN: return .blocked
+                default: return .writeReset
                 }
-                return n < 0 && weir_errno() == EAGAIN ? .blocked : .writeReset
             }
             if f.eof {
                 if !f.shutDown {
-                    if !last { shutdown(to, Int32(SHUT_WR)) }
+                    if !last { to.shutdownWrite() }
                     f.shutDown = true; f.releasePipe()
                 }
                 return .idle
             }
-            if f.pipeRead >= 0 {
-                let n = weir_splice(from, f.pipeWrite, UInt(spliceChunk), WEIR_SPLICE_MOVE | WEIR_SPLICE_NONBLOCK)
-                if n > 0 { f.inPipe += n; f.bytes += n; continue }
-                if n == 0 { f.eof = true; continue }
-                let e = weir_errno()
-                if e == EAGAIN { return .idle }
-                if e == EINTR { continue }
-                return .readReset
+            if f.pipeRead.isOpen {
+                switch FileDescriptor.splice(from: from, to: f.pipeWrite, count: spliceChunk) {
+                case .ok(let n) where n > 0: f.inPipe += n; f.bytes += n; continue
+                case .ok: f.eof = true; continue
+                case .failed(let e) where e == EAGAIN: return .idle
+                case .failed: return .readReset
+                }
             }
-            let n = recv(from, buffer, bufferSize, Int32(MSG_DONTWAIT))
-            if n > 0 {
+            switch from.receive(into: buffer, count: bufferSize) {
+            case .ok(let n) where n > 0:
                 f.bytes += n
-                let w = send(to, buffer, n, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
+                let w = to.send(buffer, count: n)
                 // A read that filled the buffer means bulk data is queued: from now on this direction
                 // splices through a pipe and never copies through user space.
-                if n == bufferSize && f.bytes >= config.spliceThreshold && f.pipeRead < 0 { openPipe(&f) }
-                // A short read drained the socket: Linux signals the next arrival as a new edge, so the
-                // confirming read that would only return EAGAIN is skipped.
-                if w == n { if n < bufferSize && !drain { return .idle }; continue }
-                if w < 0 && weir_errno() != EAGAIN { return .writeReset }
-                let sent = max(0, w)
+                if n == bufferSize && f.bytes >= config.spliceThreshold && !f.pipeRead.isOpen { openPipe(&f) }
+                var sent = 0
+                switch w {
+                case .ok(let k) where k == n:
+                    // A short read drained the socket: Linux signals the next arrival as a new edge, so the
+                    // confirming read that would only return EAGAIN is skipped.
+                    if n < bufferSize && !drain { return .idle }
+                    continue
+                case .ok(let k): sent = k
+                case .failed(let e) where e == EAGAIN: sent = 0
+                case .failed: return .writeReset
+                }
                 f.pending = Array(UnsafeRawBufferPointer(start: buffer + sent, count: n - sent))
                 f.pendingOffset = 0
                 continue
+            case .ok:
+                f.eof = true
+                continue
+            case .failed(let e) where e == EAGAIN: return .idle
+            case .failed: return .readReset
             }
-            if n == 0 { f.eof = true; continue }
-            let e = weir_errno()
-            if e == EAGAIN { return .idle }
-            if e == EINTR { continue }
-            return .readReset
         }
         return .idle
     }
 
     func openPipe(_ f: inout Flow) {
-        var fds: [Int32] = [-1, -1]
-        guard weir_pipe_nonblock(&fds) == 0 else { return }
-        f.pipeRead = fds[0]; f.pipeWrite = fds[1]
+        guard let pipe = try? Pipe.open(nonBlocking: true) else { return }
         // A larger pipe moves more per splice; the kernel caps it at fs.pipe-max-size.
-        _ = weir_pipe_grow(fds[1], Int32(spliceChunk))
+        pipe.grow(to: spliceChunk)
+        f.pipeRead = pipe.read
+        f.pipeWrite = pipe.write
     }
 
     /// Closes both sockets, with RST when `reset`; frees the slot at the end of this round of events.
+    /// Closes both sockets, with RST when `reset`; frees the slot at the end of this round of events. The
+    /// connection's descriptors close when it is released (the slot was its only owner).
     func finish(_ c: Connection, slot: Int, reason: CloseReason, reset: Bool) {
         guard slots[slot] === c else { return }
-        if reset { _ = weir_set_linger_reset(c.client) }
-        close(c.client)
-        if c.upstream >= 0 {
-            if reset { _ = weir_set_linger_reset(c.upstream) }
-            close(c.upstream)
+        if reset {
+            c.client.setResetOnClose()
+            if c.upstream.isOpen { c.upstream.setResetOnClose() }
         }
+        // Closing a registered descriptor removes it from epoll; the pipes close with the flows.
+        c.upstream = .closed
         c.up.releasePipe(); c.down.releasePipe()
         slots[slot] = nil
         freedThisRound.append(slot)
-        _ = state.active.subtract(1, ordering: .relaxed)
         metrics.active[c.direction]!.decrement()
-        if accessLog >= 0 { log(c, reason: reason) }
+        if let accessLog { log(c, reason: reason, to: accessLog) }
+        state.connectionClosed()
     }
 
-    func log(_ c: Connection, reason: CloseReason) {
+    func log(_ c: Connection, reason: CloseReason, to file: AccessLogFile) {
         let ms = Double(monotonicNanoseconds() - c.started) / 1e6
-        let line = "{\"direction\":\"\(c.direction.rawValue)\",\"source\":\"\(c.source)\",\"original_destination\":\"\(c.destination)\",\"bytes_sent\":\(c.up.bytes),\"bytes_received\":\(c.down.bytes),\"duration_ms\":\((ms * 1000).rounded() / 1000),\"close\":\"\(reason.rawValue)\"}\n"
-        _ = line.withCString { write(accessLog, $0, strlen($0)) }
+        file.append("{\"direction\":\"\(c.direction.rawValue)\",\"source\":\"\(c.source)\",\"original_destination\":\"\(c.destination)\",\"bytes_sent\":\(c.up.bytes),\"bytes_received\":\(c.down.bytes),\"duration_ms\":\((ms * 1000).rounded() / 1000),\"close\":\"\(reason.rawValue)\"}\n")
     }
 
     // MARK: timers
@@ -498,12 +552,10 @@ final class Worker {
 }
 
 enum ForwarderError: Error, CustomStringConvertible {
-    case system(String, Int32)
-    case listen(Endpoint, Int32)
+    case listen(Endpoint, SystemCallError)
     var description: String {
         switch self {
-        case .system(let call, let e): return "\(call): \(String(cString: strerror(e)))"
-        case .listen(let ep, let e): return "cannot listen on \(ep): \(String(cString: strerror(e)))"
+        case .listen(let ep, let e): return "cannot listen on \(ep): \(e.reason)"
         }
     }
 }

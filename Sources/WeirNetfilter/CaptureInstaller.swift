@@ -1,10 +1,9 @@
 import CCapabilities
-import CNetfilter
-import CWeirShims
 import Foundation
 import Logging
 import WeirCapture
 import WeirNetns
+import WeirSystem
 
 /// Which programming interface installs the rules.
 public enum BackendChoice: Sendable, Equatable {
@@ -43,7 +42,7 @@ public struct CaptureInstaller: Sendable {
         let namespace = self.namespace
         try namespace.run {
             // Everything that could refuse the policy routes is checked before the first rule changes.
-            if plan.policyRoute != nil && weir_interface_is_up("lo") != 1 {
+            if plan.policyRoute != nil && !((try? NetworkInterface.isUp("lo")) ?? false) {
                 throw PreconditionError(message: "TPROXY mode needs the loopback interface up in \(namespace) (its local route table points at lo); bring it up with 'ip link set lo up' — nothing was changed")
             }
             switch backend {
@@ -72,8 +71,8 @@ public struct CaptureInstaller: Sendable {
     /// iptables variants that hold tables in the current namespace (checked without loading any kernel module).
     static func iptablesVariantsWithTables() -> [IptablesBackend.Mode] {
         var out: [IptablesBackend.Mode] = []
-        if ChildProcess.locate("iptables-nft-save") != nil, IptablesBackend.nftVariantHasTables() { out.append(.nft) }
-        if ChildProcess.locate("iptables-legacy-save") != nil, IptablesBackend.legacyHasTables() { out.append(.legacy) }
+        if Subprocess.locate("iptables-nft-save") != nil, IptablesBackend.nftVariantHasTables() { out.append(.nft) }
+        if Subprocess.locate("iptables-legacy-save") != nil, IptablesBackend.legacyHasTables() { out.append(.legacy) }
         return out
     }
 
@@ -96,8 +95,6 @@ extension IptablesBackend {
     /// iptables-nft keeps its rules in nftables tables named after iptables' tables (ip/ip6 nat, mangle, filter).
     static func nftVariantHasTables() -> Bool {
         guard let tables = try? NftablesBackend().readTables() else { return false }
-        return tables.contains { t in
-            (t.family == UInt32(NFPROTO_IPV4) || t.family == UInt32(NFPROTO_IPV6)) && ["nat", "mangle", "filter", "raw"].contains(t.name)
-        }
+        return tables.contains { t in (t.family == .ip || t.family == .ip6) && ["nat", "mangle", "filter", "raw"].contains(t.name) }
     }
 }

@@ -1,7 +1,7 @@
-import CWeirShims
 import Foundation
 import WeirCapture
 import WeirNetns
+import WeirSystem
 
 /// One end-to-end probe: a real connection and where it landed.
 public struct ProbeCheck: Sendable, Codable, Hashable {
@@ -62,10 +62,7 @@ struct CaptureProbe {
         }
         return candidates.first { p in
             !spec.neverCapturedPorts.contains(p) && !spec.inboundExcludePorts.contains { $0.contains(p) }
-                && spec.families.allSatisfy { f in
-                    if case .success(let fd) = ProbeSocket.listen(family: f, port: p) { close(fd); return true }
-                    return false
-                }
+                && spec.families.allSatisfy { f in (try? ProbeSocket.listen(family: f, port: p)) != nil }
         }
     }
 
@@ -81,12 +78,12 @@ struct CaptureProbe {
         let name = "wprobe\(getpid() % 100_000)"
         do {
             let scratch = try ScratchNamespace()
-            try ProbeLink.createVethPair(name: name + "a", peer: name + "b", peerNamespaceFD: scratch.fd)
+            try ProbeLink.createVethPair(name: name + "a", peer: name + "b", peerNamespace: scratch.handle)
             defer { try? ProbeLink.delete(name + "a") }
             try ProbeLink.setUp(name + "a")
             for f in spec.families { try ProbeLink.addAddress(name + "a", address: Self.inboundPod[f]!, prefixLength: f == .ipv4 ? 30 : 126) }
             let families = spec.families
-            try scratch.namespace.run {
+            try scratch.handle.run {
                 try ProbeLink.setUp(name + "b")
                 for f in families { try ProbeLink.addAddress(name + "b", address: Self.inboundPeer[f]!, prefixLength: f == .ipv4 ? 30 : 126) }
             }
@@ -94,49 +91,52 @@ struct CaptureProbe {
                 if excluded.contains(f) {
                     return .init(name: "inbound \(f.rawValue)", outcome: "skipped", detail: "the probe's source address is in --inbound-exclude-source")
                 }
-                return probeInbound(family: f, port: port, from: scratch.namespace)
+                return probeInbound(family: f, port: port, from: scratch.handle)
             }
         } catch {
             return [.init(name: "inbound", outcome: "failed", detail: "could not set up the inbound probe link: \(error)")]
         }
     }
 
-    func probeInbound(family: IPFamily, port: UInt16, from peer: NetworkNamespace) -> ProbeCheck {
+    func probeInbound(family: IPFamily, port: UInt16, from peer: NamespaceHandle) -> ProbeCheck {
         let name = "inbound \(family.rawValue)"
         let address = Self.inboundPod[family]!
         let target = family == .ipv4 ? "\(IPAddressText.formatIPv4(address)):\(port)" : "[\(IPAddressText.formatIPv6(address))]:\(port)"
-        let listener = ProbeSocket.listen(family: family, port: spec.inboundPort, transparent: spec.mode == .tproxy)
-        defer { if case .success(let fd) = listener { close(fd) } }
+        var listener = FileDescriptor.closed
+        var listenError: SystemCallError?
+        do throws(SystemCallError) { listener = try ProbeSocket.listen(family: family, port: spec.inboundPort, transparent: spec.mode == .tproxy) } catch { listenError = error }
         let timeout = timeoutMilliseconds
-        let client = (try? peer.run { ProbeSocket.connect(family: family, address: address, port: port, timeoutMilliseconds: timeout) })
-            ?? .failure(SystemCallError("setns", errno: EINVAL))
-        switch client {
-        case .failure(let e):
-            if let held = heldPortReset(listener, e, port: spec.inboundPort, target: target, name: name) { return held }
-            return .init(name: name, outcome: "failed", detail: "connection from outside to \(target) was not redirected to port \(spec.inboundPort): \(e)")
-        case .success(let fd):
-            defer { close(fd) }
-            switch listener {
-            case .failure(let e) where e.errno == EADDRINUSE:
-                return .init(name: name, outcome: "passed", detail: "port \(spec.inboundPort) is held by a running proxy, which accepted a connection to \(target) (a port nothing else listens on): the redirect works")
-            case .failure(let e):
-                return .init(name: name, outcome: "failed", detail: "could not listen on port \(spec.inboundPort) to probe: \(e)")
-            case .success(let lfd):
-                guard let accepted = ProbeSocket.accept(lfd, timeoutMilliseconds: timeoutMilliseconds) else {
-                    return .init(name: name, outcome: "failed", detail: "connected to \(target), but nothing arrived on capture port \(spec.inboundPort)")
-                }
-                defer { close(accepted) }
-                let seen = spec.mode == .tproxy ? ProbeSocket.localAddress(accepted, family: family) : ProbeSocket.originalDestination(accepted, family: family)
-                guard let seen else {
-                    return .init(name: name, outcome: "failed", detail: "a connection arrived on port \(spec.inboundPort) without its original destination")
-                }
-                let how = spec.mode == .tproxy ? "local address (TPROXY)" : "original destination"
-                if seen.address == address && seen.port == port {
-                    return .init(name: name, outcome: "passed", detail: "connection from outside to \(target) landed on port \(spec.inboundPort) with \(how) \(target)")
-                }
-                return .init(name: name, outcome: "failed", detail: "connection to \(target) landed on port \(spec.inboundPort) with \(how) \(seen.description)")
+        // The client connects from the peer namespace; its socket stays there, whichever thread holds it.
+        let client: SharedDescriptor
+        do {
+            client = try peer.run {
+                SharedDescriptor(try ProbeSocket.connect(family: family, address: address, port: port, timeoutMilliseconds: timeout))
             }
+        } catch {
+            if let e = error as? SystemCallError, let held = heldPortReset(listenError, e, port: spec.inboundPort, target: target, name: name) {
+                return held
+            }
+            return .init(name: name, outcome: "failed", detail: "connection from outside to \(target) was not redirected to port \(spec.inboundPort): \(error)")
         }
+        defer { withExtendedLifetime(client) {} }
+        if let e = listenError {
+            if e.errno == EADDRINUSE {
+                return .init(name: name, outcome: "passed", detail: "port \(spec.inboundPort) is held by a running proxy, which accepted a connection to \(target) (a port nothing else listens on): the redirect works")
+            }
+            return .init(name: name, outcome: "failed", detail: "could not listen on port \(spec.inboundPort) to probe: \(e)")
+        }
+        guard let accepted = ProbeSocket.accept(listener, timeoutMilliseconds: timeoutMilliseconds) else {
+            return .init(name: name, outcome: "failed", detail: "connected to \(target), but nothing arrived on capture port \(spec.inboundPort)")
+        }
+        let seen = spec.mode == .tproxy ? SocketAddress.local(accepted) : SocketAddress.originalDestination(accepted, family: family)
+        guard let seen else {
+            return .init(name: name, outcome: "failed", detail: "a connection arrived on port \(spec.inboundPort) without its original destination")
+        }
+        let how = spec.mode == .tproxy ? "local address (TPROXY)" : "original destination"
+        if seen.address == address && seen.port == port {
+            return .init(name: name, outcome: "passed", detail: "connection from outside to \(target) landed on port \(spec.inboundPort) with \(how) \(target)")
+        }
+        return .init(name: name, outcome: "failed", detail: "connection to \(target) landed on port \(spec.inboundPort) with \(how) \(seen.description)")
     }
 
     func capturedPort() -> UInt16? {
@@ -167,99 +167,87 @@ struct CaptureProbe {
 
     /// A running proxy on the capture port completes the handshake and then resets when its own upstream
     /// refuses (nothing listens at the probe's destination): a reset after the handshake proves the redirect.
-    func heldPortReset(_ listener: Result<Int32, SystemCallError>, _ e: SystemCallError, port: UInt16, target: String, name: String) -> ProbeCheck? {
-        guard case .failure(let l) = listener, l.errno == EADDRINUSE, e.errno == ECONNRESET else { return nil }
+    func heldPortReset(_ listenError: SystemCallError?, _ e: SystemCallError, port: UInt16, target: String, name: String) -> ProbeCheck? {
+        guard listenError?.errno == EADDRINUSE, e.errno == ECONNRESET else { return nil }
         return .init(name: name, outcome: "passed", detail: "port \(port) is held by a running proxy, which accepted a connection to \(target) and then reset it (nothing answers there): the redirect works")
     }
 
     func probeOutbound(family: IPFamily, address: CIDR, port: UInt16) -> ProbeCheck {
         let name = "outbound \(family.rawValue)"
         let target = family == .ipv4 ? "\(address.description.dropLast(3)):\(port)" : "[\(address.description.dropLast(4))]:\(port)"
-        let listener = ProbeSocket.listen(family: family, port: spec.outboundPort)
-        defer { if case .success(let fd) = listener { close(fd) } }
-        let client: Int32
-        switch ProbeSocket.connect(family: family, address: address.address, port: port, timeoutMilliseconds: timeoutMilliseconds) {
-        case .success(let fd): client = fd
-        case .failure(let e):
-            if let held = heldPortReset(listener, e, port: spec.outboundPort, target: target, name: name) { return held }
+        var listener = FileDescriptor.closed
+        var listenError: SystemCallError?
+        do throws(SystemCallError) { listener = try ProbeSocket.listen(family: family, port: spec.outboundPort) } catch { listenError = error }
+        var client = FileDescriptor.closed
+        do throws(SystemCallError) {
+            client = try ProbeSocket.connect(family: family, address: address.address, port: port, timeoutMilliseconds: timeoutMilliseconds)
+        } catch {
+            if let held = heldPortReset(listenError, error, port: spec.outboundPort, target: target, name: name) { return held }
             // Only a refusal by connect() itself means there is no local route; an unreachable reported later
             // came back from the network, i.e. the SYN left the pod uncaptured.
-            if e.call == "connect" && e.errno == ENETUNREACH {
+            if error.call == "connect" && error.errno == ENETUNREACH {
                 return .init(name: name, outcome: "skipped", detail: "no route to \(target) in this namespace; capture happens after the routing decision, so nothing can be proven without a route")
             }
-            return .init(name: name, outcome: "failed", detail: "connection to \(target) was not redirected to port \(spec.outboundPort): \(e)")
+            return .init(name: name, outcome: "failed", detail: "connection to \(target) was not redirected to port \(spec.outboundPort): \(error)")
         }
-        defer { close(client) }
-        switch listener {
-        case .failure(let e) where e.errno == EADDRINUSE:
-            return .init(name: name, outcome: "passed", detail: "port \(spec.outboundPort) is held by a running proxy, which accepted a connection to \(target) (an address no host has): the redirect works; the original destination is only visible to that proxy")
-        case .failure(let e):
+        // The client stays open while the listener accepts its connection.
+        defer { _ = client.isOpen }
+        if let e = listenError {
+            if e.errno == EADDRINUSE {
+                return .init(name: name, outcome: "passed", detail: "port \(spec.outboundPort) is held by a running proxy, which accepted a connection to \(target) (an address no host has): the redirect works; the original destination is only visible to that proxy")
+            }
             return .init(name: name, outcome: "failed", detail: "could not listen on port \(spec.outboundPort) to probe: \(e)")
-        case .success(let fd):
-            guard let accepted = ProbeSocket.accept(fd, timeoutMilliseconds: timeoutMilliseconds) else {
-                return .init(name: name, outcome: "failed", detail: "connected to \(target), but nothing arrived on capture port \(spec.outboundPort)")
-            }
-            defer { close(accepted) }
-            guard let original = ProbeSocket.originalDestination(accepted, family: family) else {
-                return .init(name: name, outcome: "failed", detail: "a connection arrived on port \(spec.outboundPort) without an original destination (not redirected by nat)")
-            }
-            if original.address == address.address && original.port == port {
-                return .init(name: name, outcome: "passed", detail: "connection to \(target) landed on port \(spec.outboundPort) with original destination \(target)")
-            }
-            return .init(name: name, outcome: "failed", detail: "connection to \(target) landed on port \(spec.outboundPort) with original destination \(original.description)")
         }
+        guard let accepted = ProbeSocket.accept(listener, timeoutMilliseconds: timeoutMilliseconds) else {
+            return .init(name: name, outcome: "failed", detail: "connected to \(target), but nothing arrived on capture port \(spec.outboundPort)")
+        }
+        guard let original = SocketAddress.originalDestination(accepted, family: family) else {
+            return .init(name: name, outcome: "failed", detail: "a connection arrived on port \(spec.outboundPort) without an original destination (not redirected by nat)")
+        }
+        if original.address == address.address && original.port == port {
+            return .init(name: name, outcome: "passed", detail: "connection to \(target) landed on port \(spec.outboundPort) with original destination \(target)")
+        }
+        return .init(name: name, outcome: "failed", detail: "connection to \(target) landed on port \(spec.outboundPort) with original destination \(original.description)")
     }
 }
 
-/// The few socket calls the probe needs, errno turned into SystemCallError.
+/// The few socket calls the probe needs.
 enum ProbeSocket {
-    static func socketAddress(family: IPFamily, address: [UInt8], port: UInt16) -> (sockaddr_storage, socklen_t) {
-        SocketAddress.make(Endpoint(family: family, address: address, port: port))
+    static func listen(family: IPFamily, port: UInt16, transparent: Bool = false) throws(SystemCallError) -> FileDescriptor {
+        let fd = try FileDescriptor.tcp(ipv6: family == .ipv6)
+        if transparent { try fd.setTransparent(ipv6: family == .ipv6) }
+        try fd.setReuseAddress()
+        if family == .ipv6 { try fd.setIPv6Only() }
+        let any = Endpoint(family: family, address: Array(repeating: 0, count: family == .ipv4 ? 4 : 16), port: port)
+        try fd.bind(SocketAddress.make(any), describedAs: any.description)
+        try fd.listen(backlog: 16)
+        return fd
     }
 
-    static func listen(family: IPFamily, port: UInt16, transparent: Bool = false) -> Result<Int32, SystemCallError> {
-        let fd = socket(family == .ipv4 ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return .failure(SystemCallError("socket")) }
-        if transparent && weir_set_transparent(fd, family == .ipv4 ? AF_INET : AF_INET6) != 0 {
-            let e = SystemCallError("setsockopt(IP_TRANSPARENT)"); close(fd); return .failure(e)
+    /// Connects within the timeout. A refusal by `connect` itself is named `connect`; one that came back from the
+    /// network later is named `connect (reply from the network)`.
+    static func connect(family: IPFamily, address: [UInt8], port: UInt16,
+                        timeoutMilliseconds: Int32) throws(SystemCallError) -> FileDescriptor {
+        let fd = try FileDescriptor.tcp(ipv6: family == .ipv6, nonBlocking: true)
+        let target = SocketAddress.make(Endpoint(family: family, address: address, port: port))
+        switch fd.startConnect(target) {
+        case .ok(.connected): return fd
+        case .ok(.inProgress):
+            guard try fd.wait(writable: true, timeout: timeoutMilliseconds) else {
+                throw SystemCallError("connect", errno: ETIMEDOUT)
+            }
+            let err = fd.pendingError()
+            if err != 0 { throw SystemCallError("connect (reply from the network)", errno: err) }
+            return fd
+        case .failed(let e): throw SystemCallError("connect", errno: e)
         }
-        var one: Int32 = 1
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        if family == .ipv6 { setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, socklen_t(MemoryLayout<Int32>.size)) }
-        var (ss, len) = socketAddress(family: family, address: Array(repeating: 0, count: family == .ipv4 ? 4 : 16), port: port)
-        let rc = withUnsafePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
-        guard rc == 0, Glibc.listen(fd, 16) == 0 else { let e = SystemCallError("bind"); close(fd); return .failure(e) }
-        return .success(fd)
     }
 
-    static func connect(family: IPFamily, address: [UInt8], port: UInt16, timeoutMilliseconds: Int32) -> Result<Int32, SystemCallError> {
-        let fd = socket(family == .ipv4 ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
-        guard fd >= 0 else { return .failure(SystemCallError("socket")) }
-        var (ss, len) = socketAddress(family: family, address: address, port: port)
-        let rc = withUnsafePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, len) } }
-        if rc != 0 {
-            let e = weir_errno()
-            guard e == EINPROGRESS else { close(fd); return .failure(SystemCallError("connect", errno: e)) }
-            var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-            let n = poll(&p, 1, timeoutMilliseconds)
-            if n == 0 { close(fd); return .failure(SystemCallError("connect", errno: ETIMEDOUT)) }
-            var err: Int32 = 0
-            var l = socklen_t(MemoryLayout<Int32>.size)
-            getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &l)
-            if err != 0 { close(fd); return .failure(SystemCallError("connect (reply from the network)", errno: err)) }
+    static func accept(_ fd: borrowing FileDescriptor, timeoutMilliseconds: Int32) -> FileDescriptor? {
+        guard (try? fd.wait(timeout: timeoutMilliseconds)) == true else { return nil }
+        switch fd.accept() {
+        case .ok(let accepted): return accepted.intoSocket()
+        case .failed: return nil
         }
-        return .success(fd)
     }
-
-    static func accept(_ fd: Int32, timeoutMilliseconds: Int32) -> Int32? {
-        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        guard poll(&p, 1, timeoutMilliseconds) == 1 else { return nil }
-        let c = Glibc.accept(fd, nil, nil)
-        return c >= 0 ? c : nil
-    }
-
-    static func originalDestination(_ fd: Int32, family: IPFamily) -> Endpoint? { SocketAddress.originalDestination(fd, family: family) }
-
-    /// The accepted socket's local address: under TPROXY, the original destination.
-    static func localAddress(_ fd: Int32, family: IPFamily) -> Endpoint? { SocketAddress.local(fd, family: family) }
 }

@@ -1,6 +1,6 @@
 import Foundation
 import WeirCapture
-import WeirNetns
+import WeirSystem
 
 /// The fallback: iptables-restore / ip6tables-restore with `--noflush`, into weir's own chains.
 /// Each family's input is one restore (one transaction per family); both are dry-run with `--test` first.
@@ -18,21 +18,46 @@ public struct IptablesBackend: Sendable {
         public var description: String { "\(program) refused weir's rules, so nothing was changed: \(output.trimmingCharacters(in: .whitespacesAndNewlines))" }
     }
 
+    /// iptables has no sets: each element of a long list is a rule of its own, and the outbound include lists
+    /// multiply (every network with every port). Beyond this many rules in one family restores and every
+    /// packet's walk slow down; weir refuses before changing anything, and names the nftables backend.
+    public static let maxRules = 20_000
+
+    /// The plan needs more rules than the iptables backend takes.
+    public struct TooManyRules: Error, CustomStringConvertible {
+        public let family: IPFamily
+        public let rules: Int
+        public var description: String {
+            "the iptables backend would need \(rules) \(family.rawValue) rules for this spec (at most \(IptablesBackend.maxRules)): "
+                + "iptables has no sets, so every listed network, port and id is a rule, and --outbound-include-cidr "
+                + "multiplies with --outbound-include-port. Use --backend nftables, which looks long lists up in sets. "
+                + "Nothing was changed."
+        }
+    }
+
     public let mode: Mode
     public init(mode: Mode) { self.mode = mode }
+
+    /// Refuses a plan with more rules than `maxRules` in a family.
+    public static func checkSize(_ plan: RedirectPlan) throws(TooManyRules) {
+        for family in plan.spec.families {
+            let rules = IptablesRendering.ruleCount(plan, family: family)
+            if rules > maxRules { throw TooManyRules(family: family, rules: rules) }
+        }
+    }
 
     /// The variant to use: the one that already holds rules under auto (rules in the other would be silently ignored
     /// by half the tools), nft when neither or both do.
     public func resolvedVariant() throws -> Mode {
         switch mode {
         case .nft, .legacy:
-            guard ChildProcess.locate("iptables-\(mode.rawValue)-restore") != nil else {
+            guard Subprocess.locate("iptables-\(mode.rawValue)-restore") != nil else {
                 throw ModeError(message: "--iptables-mode \(mode.rawValue): iptables-\(mode.rawValue)-restore is not installed. Install the iptables package.")
             }
             return mode
         case .auto:
-            let hasNft = ChildProcess.locate("iptables-nft-restore") != nil
-            let hasLegacy = ChildProcess.locate("iptables-legacy-restore") != nil
+            let hasNft = Subprocess.locate("iptables-nft-restore") != nil
+            let hasLegacy = Subprocess.locate("iptables-legacy-restore") != nil
             guard hasNft || hasLegacy else { throw ModeError(message: "--backend iptables: no iptables-restore is installed. Install the iptables package.") }
             if !hasLegacy { return .nft }
             if !hasNft { return .legacy }
@@ -50,7 +75,7 @@ public struct IptablesBackend: Sendable {
 
     func save(_ variant: Mode, _ family: IPFamily) throws -> String {
         let p = program(variant, family, "save")
-        let r = try ChildProcess.run(p, [])
+        let r = try Subprocess.run(p, [])
         guard r.status == 0 else { throw RestoreError(program: p, output: r.stderr) }
         return r.stdout
     }
@@ -59,6 +84,7 @@ public struct IptablesBackend: Sendable {
 
     /// Installs the plan's chains; jumps from the built-in chains are added once.
     public func apply(_ plan: RedirectPlan) throws {
+        try Self.checkSize(plan)
         let variant = try resolvedVariant()
         var inputs: [(IPFamily, String)] = []
         // Chains of a previous spec that this one no longer has (say tproxy → redirect) are removed in the same restore.
@@ -98,7 +124,7 @@ public struct IptablesBackend: Sendable {
 
     func restore(_ variant: Mode, _ family: IPFamily, _ text: String, test: Bool) throws {
         let p = program(variant, family, "restore")
-        let r = try ChildProcess.run(p, ["--noflush"] + (test ? ["--test"] : []), input: text)
+        let r = try Subprocess.run(p, ["--noflush"] + (test ? ["--test"] : []), input: text)
         guard r.status == 0 else { throw RestoreError(program: p, output: r.stderr + r.stdout) }
     }
 

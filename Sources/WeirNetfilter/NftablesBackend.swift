@@ -1,64 +1,126 @@
 import CNetfilter
-import CWeirShims
 import Logging
 import WeirCapture
-import WeirNetns
+import WeirSystem
+
 #if canImport(Glibc)
 import Glibc
 #endif
 
 /// The kernel refused the transaction; nothing changed (nf_tables batches are all or nothing).
 public struct ApplyError: Error, Sendable, CustomStringConvertible {
+    /// Every refused message, with what it did.
     public let failures: [NetlinkError]
+
     public var description: String {
         "the kernel rejected the transaction, so nothing was changed:\n" + failures.map { "  - \($0)" }.joined(separator: "\n")
     }
 }
 
-/// nftables over netlink with libnftnl and libmnl, no `nft` process. Runs on the calling thread:
-/// callers enter the target namespace first (`NetworkNamespace.run`).
+/// One message of an nf_tables transaction: what it does, so that a refusal names it, and its bytes.
+public struct NftMessage: Sendable, Hashable {
+    /// What the message does (`rule "weir: out: only tcp is captured" in chain output`).
+    public let what: String
+    /// The netlink message, header first; its sequence number and ack flag are set when the batch is sent.
+    public let bytes: [UInt8]
+
+    /// The nf_tables message type (`NFT_MSG_NEWRULE`).
+    public var type: UInt16 { UInt16(bytes[4]) }
+}
+
+/// An nf_tables batch as a value: built from a plan, read by tests (which may add a message the kernel must refuse,
+/// to prove that nothing of the batch lands), and sent in one `sendmsg`.
+public struct NftTransaction: Sendable {
+    /// The messages, in order, between the batch's begin and end.
+    public private(set) var messages: [NftMessage] = []
+
+    public init() {}
+
+    /// The biggest message: a netlink attribute's length is 16 bits, so no payload weir builds comes near it.
+    static let maxMessage = 1 << 16
+
+    /// Adds a message of `type` for `family` whose payload `payload` writes.
+    mutating func add(_ type: nf_tables_msg_types, family: UInt16, flags: Int32, what: String,
+                      payload: (UnsafeMutablePointer<nlmsghdr>) -> Void) {
+        let bytes = withUnsafeTemporaryAllocation(byteCount: Self.maxMessage, alignment: 8) { raw -> [UInt8] in
+            raw.initializeMemory(as: UInt8.self, repeating: 0)
+            let nlh = nftnl_nlmsg_build_hdr(raw.baseAddress!.assumingMemoryBound(to: CChar.self), UInt16(type.rawValue),
+                                            family, UInt16(flags), 0)!
+            payload(nlh)
+            return Array(UnsafeRawBufferPointer(rebasing: raw[0..<Int(nlh.pointee.nlmsg_len)]))
+        }
+        messages.append(NftMessage(what: what, bytes: bytes))
+    }
+
+    /// Puts a message built elsewhere at `index`.
+    public mutating func insert(_ message: NftMessage, at index: Int) { messages.insert(message, at: index) }
+
+    /// The batch's size on the wire, without its begin and end.
+    public var byteCount: Int { messages.reduce(0) { $0 + $1.bytes.count } }
+
+    /// `add table` (a no-op when present) then `delete table`: removes weir's table whether or not it exists.
+    mutating func deleteTableIfPresent(family: NetfilterFamily) {
+        let t = nftnl_table_alloc()!
+        defer { nftnl_table_free(t) }
+        nftnl_table_set_str(t, UInt16(NFTNL_TABLE_NAME.rawValue), RedirectPlan.tableName)
+        nftnl_table_set_u32(t, UInt16(NFTNL_TABLE_FAMILY.rawValue), family.number)
+        let number = UInt16(family.number)
+        add(NFT_MSG_NEWTABLE, family: number, flags: NLM_F_CREATE, what: "creating table weir before replacing it") {
+            nftnl_table_nlmsg_build_payload($0, t)
+        }
+        add(NFT_MSG_DELTABLE, family: number, flags: 0, what: "deleting the previous table weir") {
+            nftnl_table_nlmsg_build_payload($0, t)
+        }
+    }
+}
+
+/// nftables over netlink with libnftnl and libmnl, no `nft` process. Runs on the calling thread: callers enter
+/// the target namespace first (`NamespaceHandle.run`).
 public struct NftablesBackend: Sendable {
     public init() {}
 
-    /// Replaces weir's table with the plan's, in one batch: create-if-missing, delete, recreate, chains, rules.
+    /// Replaces weir's table with the plan's, in one batch: create-if-missing, delete, recreate, sets, chains,
+    /// rules.
     public func apply(_ plan: RedirectPlan) throws {
-        try apply(plan, failAfterRules: nil)
-    }
-
-    /// `failAfterRules`: tests append a rule the kernel must refuse after that many rules, to prove atomicity.
-    func apply(_ plan: RedirectPlan, failAfterRules: Int?) throws {
         // Deleting objects makes the kernel free them after an RCU grace period, and closing the socket waits
         // for that (4–16 ms). So a first install creates the table exclusively instead of delete-and-recreate;
         // if another writer created it meanwhile, the exclusive create fails, nothing changes, and we replace.
-        let present = try readTables().filter { $0.name == RedirectPlan.tableName }.map(\.family)
-        let weirFamilies = [UInt32(NFPROTO_INET), UInt32(NFPROTO_IPV4)]
-        if !present.contains(where: weirFamilies.contains) {
+        if !(try readTables().contains(where: \.isWeir)) {
             do {
-                return try apply(plan, failAfterRules: failAfterRules, replacing: [])
+                return try commit(transaction(for: plan, replacing: []))
             } catch let error as ApplyError where error.failures.contains(where: { $0.errno == EEXIST }) {
                 // Raced with another writer: fall through to a replace.
             }
         }
-        try apply(plan, failAfterRules: failAfterRules, replacing: weirFamilies.map { UInt16($0) })
+        try commit(transaction(for: plan, replacing: NetfilterFamily.weirFamilies))
     }
 
-    private func apply(_ plan: RedirectPlan, failAfterRules: Int?, replacing: [UInt16]) throws {
-        let socket = try NetlinkSocket(bus: NETLINK_NETFILTER)
-        var batch = NftBatch(socket: socket)
-        // Both table families: a spec that turns IPv6 off moves the table from inet to ip in the same transaction.
-        for family in replacing {
-            batch.deleteTableIfPresent(family: family)
-        }
+    /// The batch that installs `plan`, first removing weir's tables of the `replacing` families (both, when
+    /// replacing: a spec that turns IPv6 off moves the table from inet to ip in the same transaction). With none
+    /// to replace, the table is created exclusively.
+    public func transaction(for plan: RedirectPlan, replacing: [NetfilterFamily]) -> NftTransaction {
+        var batch = NftTransaction()
+        for family in replacing { batch.deleteTableIfPresent(family: family) }
+        let family = NftablesObjects.family(plan)
         let table = NftablesObjects.table(plan, withComment: true)
-        batch.add(NFT_MSG_NEWTABLE, family: NftablesObjects.family(plan), flags: NLM_F_CREATE | (replacing.isEmpty ? NLM_F_EXCL : 0),
-                  what: "table \(plan.familyName) weir") {
-            nftnl_table_nlmsg_build_payload($0, table)
-        }
+        batch.add(NFT_MSG_NEWTABLE, family: family, flags: NLM_F_CREATE | (replacing.isEmpty ? NLM_F_EXCL : 0),
+                  what: "table \(plan.familyName) weir") { nftnl_table_nlmsg_build_payload($0, table) }
         nftnl_table_free(table)
-        var rulesAdded = 0
+        for set in plan.sets {
+            let s = NftablesObjects.set(plan, set)
+            batch.add(NFT_MSG_NEWSET, family: family, flags: NLM_F_CREATE, what: "set \(set.name)") {
+                nftnl_set_nlmsg_build_payload($0, s)
+            }
+            nftnl_set_free(s)
+            for (i, chunk) in NftablesObjects.elementChunks(plan, set).enumerated() {
+                batch.add(NFT_MSG_NEWSETELEM, family: family, flags: NLM_F_CREATE,
+                          what: "elements of set \(set.name) (part \(i + 1))") { nftnl_set_elems_nlmsg_build_payload($0, chunk) }
+                nftnl_set_free(chunk)
+            }
+        }
         for c in plan.chains {
             let ch = NftablesObjects.chain(plan, c)
-            batch.add(NFT_MSG_NEWCHAIN, family: NftablesObjects.family(plan), flags: NLM_F_CREATE, what: "chain \(c.name)") {
+            batch.add(NFT_MSG_NEWCHAIN, family: family, flags: NLM_F_CREATE, what: "chain \(c.name)") {
                 nftnl_chain_nlmsg_build_payload($0, ch)
             }
             nftnl_chain_free(ch)
@@ -66,44 +128,81 @@ public struct NftablesBackend: Sendable {
         for c in plan.chains {
             for r in c.rules {
                 let rule = NftablesObjects.rule(plan, chain: c.name, r)
-                batch.add(NFT_MSG_NEWRULE, family: NftablesObjects.family(plan), flags: NLM_F_CREATE | NLM_F_APPEND,
+                batch.add(NFT_MSG_NEWRULE, family: family, flags: NLM_F_CREATE | NLM_F_APPEND,
                           what: "rule \"\(r.comment)\" in chain \(c.name)") { nftnl_rule_nlmsg_build_payload($0, rule) }
                 nftnl_rule_free(rule)
-                rulesAdded += 1
-                if let n = failAfterRules, n == rulesAdded {
-                    let bad = Self.ruleJumpingToMissingChain(plan, chain: c.name)
-                    batch.add(NFT_MSG_NEWRULE, family: NftablesObjects.family(plan), flags: NLM_F_CREATE | NLM_F_APPEND,
-                              what: "injected failing rule in chain \(c.name)") { nftnl_rule_nlmsg_build_payload($0, bad) }
-                    nftnl_rule_free(bad)
-                }
             }
         }
-        try batch.commit()
+        return batch
     }
 
     /// Removes weir's tables (both families) in one batch. Succeeds when there is nothing to remove.
     /// Returns whether a table was there.
     @discardableResult
     public func clean() throws -> Bool {
-        let existed = try readTables().contains { $0.name == RedirectPlan.tableName && ($0.family == UInt32(NFPROTO_INET) || $0.family == UInt32(NFPROTO_IPV4)) }
-        let socket = try NetlinkSocket(bus: NETLINK_NETFILTER)
-        var batch = NftBatch(socket: socket)
-        for family in [NFPROTO_INET, NFPROTO_IPV4] { batch.deleteTableIfPresent(family: UInt16(family)) }
-        try batch.commit()
+        let existed = try readTables().contains(where: \.isWeir)
+        var batch = NftTransaction()
+        for family in NetfilterFamily.weirFamilies { batch.deleteTableIfPresent(family: family) }
+        try commit(batch)
         return existed
     }
 
-    static func ruleJumpingToMissingChain(_ plan: RedirectPlan, chain: String) -> OpaquePointer {
-        let rule = nftnl_rule_alloc()!
-        nftnl_rule_set_str(rule, UInt16(NFTNL_RULE_TABLE.rawValue), RedirectPlan.tableName)
-        nftnl_rule_set_str(rule, UInt16(NFTNL_RULE_CHAIN.rawValue), chain)
-        nftnl_rule_set_u32(rule, UInt16(NFTNL_RULE_FAMILY.rawValue), UInt32(NftablesObjects.family(plan)))
-        let e = nftnl_expr_alloc("immediate")!
-        nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_IMM_DREG), UInt32(NFT_REG_VERDICT.rawValue))
-        nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_IMM_VERDICT), UInt32(bitPattern: NFT_JUMP.rawValue))
-        nftnl_expr_set_str(e, UInt16(NFTNL_EXPR_IMM_CHAIN), "no-such-chain")
-        nftnl_rule_add_expr(rule, e)
-        return rule
+    /// Sends the batch in one `sendmsg` and reads the kernel's answer: an error for every refused message, and an
+    /// ack for the last one, which only the last message asks for, so that the answer stays small however long
+    /// the batch. Throws with every refused message named.
+    public func commit(_ transaction: NftTransaction) throws {
+        let messages = transaction.messages
+        guard !messages.isEmpty else { return }
+        // Sequence numbers: the begin is 1, message i is i + 2, the end follows the last.
+        var wire = batchMarker(begin: true, sequence: 1)
+        wire.reserveCapacity(transaction.byteCount + 64)
+        for (i, message) in messages.enumerated() {
+            var bytes = message.bytes
+            withUnsafeBytes(of: UInt32(i + 2)) { bytes.replaceSubrange(8..<12, with: $0) }
+            if i == messages.count - 1 {
+                let flags = (UInt16(bytes[6]) | UInt16(bytes[7]) << 8) | UInt16(NLM_F_ACK)
+                withUnsafeBytes(of: flags) { bytes.replaceSubrange(6..<8, with: $0) }
+            }
+            wire += bytes
+        }
+        wire += batchMarker(begin: false, sequence: UInt32(messages.count + 2))
+        let socket = try Netlink.open(NETLINK_NETFILTER)
+        // The whole batch must fit one send; the answer holds at most one small error per message.
+        socket.growBuffers(to: max(1 << 20, wire.count + 4096, messages.count * 1024))
+        try socket.setReceiveTimeout(seconds: 30)
+        let raw = UnsafeMutableRawBufferPointer.allocate(byteCount: wire.count, alignment: 8)
+        defer { raw.deallocate() }
+        raw.copyBytes(from: wire)
+        do throws(SystemCallError) {
+            try socket.send([UnsafeRawBufferPointer(raw)])
+        } catch {
+            throw error.context("sending a transaction of \(messages.count) messages (\(wire.count) bytes)")
+        }
+        let last = UInt32(messages.count + 1)
+        var failures: [NetlinkError] = []
+        try Netlink.receive(socket, context: "reading the kernel's answer to the transaction") { msg in
+            guard msg.pointee.nlmsg_type == UInt16(NLMSG_ERROR) else { return true }
+            let sequence = msg.acknowledgedSequence
+            let index = Int(sequence) - 2
+            let known = messages.indices.contains(index)
+            if msg.ackErrno != 0 {
+                failures.append(NetlinkError(errno: msg.ackErrno, what: known ? messages[index].what : "the transaction"))
+            }
+            // A refusal of the batch itself (no permission, no nf_tables) comes alone, on the begin message.
+            return known && sequence != last
+        }
+        socket.closeInBackground()
+        if !failures.isEmpty { throw ApplyError(failures: failures) }
+    }
+
+    /// NFNL_MSG_BATCH_BEGIN or _END for the nf_tables subsystem.
+    private func batchMarker(begin: Bool, sequence: UInt32) -> [UInt8] {
+        withUnsafeTemporaryAllocation(byteCount: 64, alignment: 8) { raw -> [UInt8] in
+            raw.initializeMemory(as: UInt8.self, repeating: 0)
+            let buffer = raw.baseAddress!.assumingMemoryBound(to: CChar.self)
+            let nlh = begin ? nftnl_batch_begin(buffer, sequence)! : nftnl_batch_end(buffer, sequence)!
+            return Array(UnsafeRawBufferPointer(rebasing: raw[0..<Int(nlh.pointee.nlmsg_len)]))
+        }
     }
 
     // MARK: reading back
@@ -111,7 +210,7 @@ public struct NftablesBackend: Sendable {
     /// Every table of every family in the namespace.
     public func readTables() throws -> [LiveTable] {
         var tables: [LiveTable] = []
-        try dump(NFT_MSG_GETTABLE) { nlh in
+        try dump(NFT_MSG_GETTABLE, what: "the tables") { nlh in
             let t = nftnl_table_alloc()!
             defer { nftnl_table_free(t) }
             guard nftnl_table_nlmsg_parse(nlh, t) >= 0 else { return }
@@ -120,35 +219,36 @@ public struct NftablesBackend: Sendable {
             if let p = nftnl_table_get_data(t, UInt16(NFTNL_TABLE_USERDATA.rawValue), &len) {
                 comment = NftablesObjects.comment(fromUserdata: Array(UnsafeRawBufferPointer(start: p, count: Int(len))))
             }
-            tables.append(LiveTable(family: nftnl_table_get_u32(t, UInt16(NFTNL_TABLE_FAMILY.rawValue)),
+            tables.append(LiveTable(family: NetfilterFamily(number: nftnl_table_get_u32(t, UInt16(NFTNL_TABLE_FAMILY.rawValue))),
                                     name: String(cString: nftnl_table_get_str(t, UInt16(NFTNL_TABLE_NAME.rawValue))),
                                     comment: comment))
         }
         return tables
     }
 
-    /// The whole ruleset: tables, chains (with hooks) and rules (with comments and expression texts).
+    /// The whole ruleset: tables, chains (with hooks), rules (with comments and expressions), and the sets of
+    /// weir's table with their elements.
     public func readRuleset() throws -> LiveRuleset {
-        var chains: [LiveChain] = []
-        try dump(NFT_MSG_GETCHAIN) { nlh in
+        var ruleset = LiveRuleset(tables: try readTables())
+        try dump(NFT_MSG_GETCHAIN, what: "the chains") { nlh in
             let c = nftnl_chain_alloc()!
             defer { nftnl_chain_free(c) }
             guard nftnl_chain_nlmsg_parse(nlh, c) >= 0 else { return }
             func str(_ a: nftnl_chain_attr) -> String? {
                 nftnl_chain_is_set(c, UInt16(a.rawValue)) ? String(cString: nftnl_chain_get_str(c, UInt16(a.rawValue))) : nil
             }
-            let isBase = nftnl_chain_is_set(c, UInt16(NFTNL_CHAIN_HOOKNUM.rawValue))
-            chains.append(LiveChain(
-                family: nftnl_chain_get_u32(c, UInt16(NFTNL_CHAIN_FAMILY.rawValue)),
-                table: str(NFTNL_CHAIN_TABLE) ?? "",
-                name: str(NFTNL_CHAIN_NAME) ?? "",
-                hook: isBase ? nftnl_chain_get_u32(c, UInt16(NFTNL_CHAIN_HOOKNUM.rawValue)) : nil,
-                priority: isBase ? nftnl_chain_get_s32(c, UInt16(NFTNL_CHAIN_PRIO.rawValue)) : nil,
-                type: str(NFTNL_CHAIN_TYPE),
-                policy: nftnl_chain_is_set(c, UInt16(NFTNL_CHAIN_POLICY.rawValue)) ? nftnl_chain_get_u32(c, UInt16(NFTNL_CHAIN_POLICY.rawValue)) : nil))
+            func u32(_ a: nftnl_chain_attr) -> UInt32? {
+                nftnl_chain_is_set(c, UInt16(a.rawValue)) ? nftnl_chain_get_u32(c, UInt16(a.rawValue)) : nil
+            }
+            var base: LiveChain.Base?
+            if let hook = u32(NFTNL_CHAIN_HOOKNUM) {
+                base = LiveChain.Base(hook: ChainHook(number: hook), priority: nftnl_chain_get_s32(c, UInt16(NFTNL_CHAIN_PRIO.rawValue)),
+                                      type: str(NFTNL_CHAIN_TYPE) ?? "", policy: ChainPolicy(number: u32(NFTNL_CHAIN_POLICY) ?? UInt32(NF_ACCEPT)))
+            }
+            ruleset.chains.append(LiveChain(family: NetfilterFamily(number: u32(NFTNL_CHAIN_FAMILY) ?? 0), table: str(NFTNL_CHAIN_TABLE) ?? "",
+                                            name: str(NFTNL_CHAIN_NAME) ?? "", base: base))
         }
-        var rules: [LiveRule] = []
-        try dump(NFT_MSG_GETRULE) { nlh in
+        try dump(NFT_MSG_GETRULE, what: "the rules") { nlh in
             let r = nftnl_rule_alloc()!
             defer { nftnl_rule_free(r) }
             guard nftnl_rule_nlmsg_parse(nlh, r) >= 0 else { return }
@@ -157,161 +257,73 @@ public struct NftablesBackend: Sendable {
             if let p = nftnl_rule_get_data(r, UInt16(NFTNL_RULE_USERDATA.rawValue), &len) {
                 comment = NftablesObjects.comment(fromUserdata: Array(UnsafeRawBufferPointer(start: p, count: Int(len))))
             }
-            rules.append(LiveRule(
-                family: nftnl_rule_get_u32(r, UInt16(NFTNL_RULE_FAMILY.rawValue)),
+            ruleset.rules.append(LiveRule(
+                family: NetfilterFamily(number: nftnl_rule_get_u32(r, UInt16(NFTNL_RULE_FAMILY.rawValue))),
                 table: String(cString: nftnl_rule_get_str(r, UInt16(NFTNL_RULE_TABLE.rawValue))),
                 chain: String(cString: nftnl_rule_get_str(r, UInt16(NFTNL_RULE_CHAIN.rawValue))),
                 handle: nftnl_rule_get_u64(r, UInt16(NFTNL_RULE_HANDLE.rawValue)),
                 comment: comment,
-                expressions: NftablesObjects.expressionTexts(r)))
+                expressions: NftablesObjects.expressions(of: r)))
         }
-        return LiveRuleset(tables: try readTables(), chains: chains, rules: rules)
+        if let table = ruleset.weirTable { ruleset.sets = try readSets(of: table) }
+        return ruleset
     }
 
-    /// The expression texts weir's plan would produce, chain by chain, for comparing with the live ruleset.
-    public func expectedRules(_ plan: RedirectPlan) -> [String: [(comment: String, expressions: [String])]] {
-        var out: [String: [(comment: String, expressions: [String])]] = [:]
-        for c in plan.chains {
-            out[c.name] = c.rules.map { r in
-                let rule = NftablesObjects.rule(plan, chain: c.name, r)
-                defer { nftnl_rule_free(rule) }
-                return (r.comment, NftablesObjects.expressionTexts(rule))
+    /// The sets of a table, each with its elements.
+    func readSets(of table: LiveTable) throws -> [LiveSet] {
+        var headers: [(name: String, keyLength: Int, keyType: UInt32, interval: Bool)] = []
+        try dump(NFT_MSG_GETSET, what: "the sets", family: table.family) { nlh in
+            let s = nftnl_set_alloc()!
+            defer { nftnl_set_free(s) }
+            guard nftnl_set_nlmsg_parse(nlh, s) >= 0,
+                  String(cString: nftnl_set_get_str(s, UInt16(NFTNL_SET_TABLE.rawValue))) == table.name else { return }
+            let flags = nftnl_set_get_u32(s, UInt16(NFTNL_SET_FLAGS.rawValue))
+            guard flags & UInt32(NFT_SET_ANONYMOUS.rawValue) == 0 else { return }
+            headers.append((String(cString: nftnl_set_get_str(s, UInt16(NFTNL_SET_NAME.rawValue))),
+                            Int(nftnl_set_get_u32(s, UInt16(NFTNL_SET_KEY_LEN.rawValue))),
+                            nftnl_set_get_u32(s, UInt16(NFTNL_SET_KEY_TYPE.rawValue)),
+                            flags & UInt32(NFT_SET_INTERVAL.rawValue) != 0))
+        }
+        return try headers.map { header in
+            var elements: [(key: [UInt8], end: Bool)] = []
+            let hostOrder = header.keyType == NftablesObjects.keyTypeNumber(.uid) || header.keyType == NftablesObjects.keyTypeNumber(.gid)
+            try Netlink.dump(NETLINK_NETFILTER, what: "the elements of set \(header.name)", build: { raw in
+                let nlh = nftnl_nlmsg_build_hdr(raw.assumingMemoryBound(to: CChar.self), UInt16(NFT_MSG_GETSETELEM.rawValue),
+                                                UInt16(table.family.number), 0, 0)!
+                let s = nftnl_set_alloc()!
+                nftnl_set_set_str(s, UInt16(NFTNL_SET_TABLE.rawValue), table.name)
+                nftnl_set_set_str(s, UInt16(NFTNL_SET_NAME.rawValue), header.name)
+                nftnl_set_elems_nlmsg_build_payload(nlh, s)
+                nftnl_set_free(s)
+                return nlh
+            }) { nlh in
+                let s = nftnl_set_alloc()!
+                defer { nftnl_set_free(s) }
+                guard nftnl_set_elems_nlmsg_parse(nlh, s) >= 0, let it = nftnl_set_elems_iter_create(s) else { return }
+                defer { nftnl_set_elems_iter_destroy(it) }
+                var e = nftnl_set_elems_iter_cur(it)
+                while let element = e {
+                    var len: UInt32 = 0
+                    if let key = nftnl_set_elem_get(element, UInt16(NFTNL_SET_ELEM_KEY), &len) {
+                        let bytes = Array(UnsafeRawBufferPointer(start: key, count: Int(len)))
+                        let flagged = nftnl_set_elem_is_set(element, UInt16(NFTNL_SET_ELEM_FLAGS))
+                        let flags = flagged ? nftnl_set_elem_get_u32(element, UInt16(NFTNL_SET_ELEM_FLAGS)) : 0
+                        elements.append((bytes, flags & UInt32(NFT_SET_ELEM_INTERVAL_END.rawValue) != 0))
+                    }
+                    e = nftnl_set_elems_iter_next(it)
+                }
             }
-        }
-        return out
-    }
-
-    private func dump(_ type: nf_tables_msg_types, _ each: (UnsafePointer<nlmsghdr>) -> Void) throws {
-        let socket = try NetlinkSocket(bus: NETLINK_NETFILTER)
-        let buffer = UnsafeMutableRawPointer.allocate(byteCount: mnlBufferSize, alignment: 8)
-        defer { buffer.deallocate() }
-        let seq = socket.nextSequence()
-        let nlh = nftnl_nlmsg_build_hdr(buffer.assumingMemoryBound(to: CChar.self), UInt16(type.rawValue), UInt16(NFPROTO_UNSPEC),
-                                        UInt16(NLM_F_DUMP), seq)!
-        try socket.send(buffer, Int(nlh.pointee.nlmsg_len))
-        var failure: Int32 = 0
-        try socket.receive(expectedSequence: seq) { msg in
-            if msg.pointee.nlmsg_type == UInt16(NLMSG_DONE) { return false }
-            if msg.pointee.nlmsg_type == UInt16(NLMSG_ERROR) { failure = msg.ackErrno; return false }
-            each(msg)
-            return true
-        }
-        if failure != 0 { throw NetlinkError(errno: failure, what: "reading the ruleset") }
-    }
-}
-
-/// A netfilter batch under construction, with what each message does so a refusal names it.
-struct NftBatch {
-    let socket: NetlinkSocket
-    let batch: OpaquePointer
-    var descriptions: [UInt32: String] = [:]
-    var beginSequence: UInt32
-
-    init(socket: NetlinkSocket) {
-        self.socket = socket
-        batch = nftnl_batch_alloc(UInt32(getpagesize()), UInt32(mnlBufferSize))!
-        beginSequence = socket.nextSequence()
-        nftnl_batch_begin(buffer, beginSequence)
-        nftnl_batch_update(batch)
-    }
-
-    var buffer: UnsafeMutablePointer<CChar> { nftnl_batch_buffer(batch).assumingMemoryBound(to: CChar.self) }
-
-    mutating func add(_ type: nf_tables_msg_types, family: UInt16, flags: Int32, what: String, payload: (UnsafeMutablePointer<nlmsghdr>) -> Void) {
-        let seq = socket.nextSequence()
-        let nlh = nftnl_nlmsg_build_hdr(buffer, UInt16(type.rawValue), family, UInt16(flags | NLM_F_ACK), seq)!
-        payload(nlh)
-        nftnl_batch_update(batch)
-        descriptions[seq] = what
-    }
-
-    /// `add table` (no-op when present) then `delete table`: removes weir's table whether or not it exists.
-    mutating func deleteTableIfPresent(family: UInt16) {
-        let t = nftnl_table_alloc()!
-        defer { nftnl_table_free(t) }
-        nftnl_table_set_str(t, UInt16(NFTNL_TABLE_NAME.rawValue), RedirectPlan.tableName)
-        nftnl_table_set_u32(t, UInt16(NFTNL_TABLE_FAMILY.rawValue), UInt32(family))
-        add(NFT_MSG_NEWTABLE, family: family, flags: NLM_F_CREATE, what: "creating table weir before replacing it") {
-            nftnl_table_nlmsg_build_payload($0, t)
-        }
-        add(NFT_MSG_DELTABLE, family: family, flags: 0, what: "deleting the previous table weir") {
-            nftnl_table_nlmsg_build_payload($0, t)
+            return LiveSet(family: table.family, table: table.name, name: header.name, keyLength: header.keyLength,
+                           isInterval: header.interval, intervals: NftablesObjects.intervals(fromElements: elements, interval: header.interval,
+                                                                         hostOrder: hostOrder))
         }
     }
 
-    /// Sends the batch and reads one ack per message; throws with every refused message named.
-    func commit() throws {
-        defer { nftnl_batch_free(batch) }
-        nftnl_batch_end(buffer, socket.nextSequence())
-        nftnl_batch_update(batch)
-        var iov = [iovec](repeating: iovec(), count: Int(nftnl_batch_iovec_len(batch)))
-        nftnl_batch_iovec(batch, &iov, UInt32(iov.count))
-        var timeout = timeval(tv_sec: 10, tv_usec: 0)
-        setsockopt(mnl_socket_get_fd(socket.socket), SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        try socket.send(iovecs: &iov)
-        socket.closeInBackground = true
-        var pending = Set(descriptions.keys)
-        var failures: [NetlinkError] = []
-        try socket.receive(expectedSequence: nil) { msg in
-            guard msg.pointee.nlmsg_type == UInt16(NLMSG_ERROR) else { return true }
-            let errno = msg.ackErrno
-            let seq = mnl_nlmsg_get_payload(msg)!.assumingMemoryBound(to: nlmsgerr.self).pointee.msg.nlmsg_seq
-            if errno != 0 {
-                failures.append(NetlinkError(errno: errno, what: descriptions[seq] ?? "the transaction"))
-                // A refusal of the batch itself (no permission, no nf_tables) comes alone.
-                if descriptions[seq] == nil { return false }
-            }
-            pending.remove(seq)
-            return !pending.isEmpty
-        }
-        if !failures.isEmpty { throw ApplyError(failures: failures) }
+    private func dump(_ type: nf_tables_msg_types, what: String, family: NetfilterFamily? = nil,
+                      _ each: (UnsafePointer<nlmsghdr>) -> Void) throws {
+        try Netlink.dump(NETLINK_NETFILTER, what: what, build: { raw in
+            nftnl_nlmsg_build_hdr(raw.assumingMemoryBound(to: CChar.self), UInt16(type.rawValue),
+                                  UInt16(family?.number ?? UInt32(NFPROTO_UNSPEC)), 0, 0)!
+        }, each)
     }
 }
-
-public struct LiveTable: Sendable, Hashable {
-    public let family: UInt32
-    public let name: String
-    public let comment: String?
-}
-
-public struct LiveChain: Sendable, Hashable {
-    public let family: UInt32
-    public let table: String
-    public let name: String
-    public let hook: UInt32?
-    public let priority: Int32?
-    public let type: String?
-    public let policy: UInt32?
-}
-
-public struct LiveRule: Sendable, Hashable {
-    public let family: UInt32
-    public let table: String
-    public let chain: String
-    public let handle: UInt64
-    public let comment: String?
-    public let expressions: [String]
-}
-
-/// What the kernel holds, as read over netlink.
-public struct LiveRuleset: Sendable {
-    public let tables: [LiveTable]
-    public let chains: [LiveChain]
-    public let rules: [LiveRule]
-}
-
-/// Netfilter family numbers as names.
-public func familyName(_ f: UInt32) -> String {
-    switch Int(f) {
-    case NFPROTO_INET: return "inet"
-    case NFPROTO_IPV4: return "ip"
-    case NFPROTO_IPV6: return "ip6"
-    case NFPROTO_ARP: return "arp"
-    case NFPROTO_BRIDGE: return "bridge"
-    case NFPROTO_NETDEV: return "netdev"
-    default: return "family\(f)"
-    }
-}
-
-/// libmnl's MNL_SOCKET_BUFFER_SIZE (a macro Swift cannot import): 8 KiB, or the page size if larger.
-let mnlBufferSize = max(8192, Int(getpagesize()))

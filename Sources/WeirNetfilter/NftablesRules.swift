@@ -40,11 +40,112 @@ enum NftablesObjects {
         return ch
     }
 
-    static func hookNumber(_ h: Hook) -> UInt32 {
-        switch h {
-        case .prerouting: return UInt32(NF_INET_PRE_ROUTING.rawValue)
-        case .output: return UInt32(NF_INET_LOCAL_OUT.rawValue)
+    static func hookNumber(_ h: Hook) -> UInt32 { ChainHook(h).number }
+
+    // MARK: sets
+
+    /// The set's id inside a transaction: rules and element messages name a set created in the same batch by it.
+    static func setID(_ plan: RedirectPlan, _ name: String) -> UInt32 {
+        UInt32((plan.sets.firstIndex { $0.name == name } ?? 0) + 1)
+    }
+
+    /// nft's numbers for the key types (its `enum datatypes`), so that `nft list` prints the elements right.
+    static func keyTypeNumber(_ t: SetKeyType) -> UInt32 {
+        switch t {
+        case .ipv4Address: return 7
+        case .ipv6Address: return 8
+        case .port: return 13
+        case .uid: return 24
+        case .gid: return 25
         }
+    }
+
+    /// uid and gid keys are in host order (meta skuid loads them so); addresses and ports in network order.
+    static func keyBytes(_ t: SetKeyType, bigEndian: [UInt8]) -> [UInt8] {
+        t == .uid || t == .gid ? Array(bigEndian.reversed()) : bigEndian
+    }
+
+    static func setObject(_ plan: RedirectPlan, _ set: PlanSet) -> OpaquePointer {
+        let s = nftnl_set_alloc()!
+        nftnl_set_set_str(s, UInt16(NFTNL_SET_TABLE.rawValue), RedirectPlan.tableName)
+        nftnl_set_set_str(s, UInt16(NFTNL_SET_NAME.rawValue), set.name)
+        nftnl_set_set_u32(s, UInt16(NFTNL_SET_FAMILY.rawValue), UInt32(family(plan)))
+        nftnl_set_set_u32(s, UInt16(NFTNL_SET_ID.rawValue), setID(plan, set.name))
+        return s
+    }
+
+    /// The NEWSET message's set: name, key type and length, and `flags interval` for ranges.
+    static func set(_ plan: RedirectPlan, _ set: PlanSet) -> OpaquePointer {
+        let s = setObject(plan, set)
+        nftnl_set_set_u32(s, UInt16(NFTNL_SET_KEY_TYPE.rawValue), keyTypeNumber(set.keyType))
+        nftnl_set_set_u32(s, UInt16(NFTNL_SET_KEY_LEN.rawValue), UInt32(set.keyType.length))
+        nftnl_set_set_u32(s, UInt16(NFTNL_SET_FLAGS.rawValue), set.isInterval ? UInt32(NFT_SET_INTERVAL.rawValue) : 0)
+        // nft's userdata for the key's byte order (1 host, 2 big endian): without it nft prints ids byte-swapped.
+        let order: UInt32 = set.keyType == .uid || set.keyType == .gid ? 1 : 2
+        let userdata: [UInt8] = [0, 4] + withUnsafeBytes(of: order) { Array($0) }
+        userdata.withUnsafeBytes { _ = nftnl_set_set_data(s, UInt16(NFTNL_SET_USERDATA.rawValue), $0.baseAddress, UInt32($0.count)) }
+        return s
+    }
+
+    /// The kernel's elements of a set, as nft writes them: an interval set has a start element per interval and an
+    /// end element (flag INTERVAL_END) at the key after its last, none after the largest key, and one end element
+    /// at zero when the first interval starts above it.
+    static func elementKeys(_ set: PlanSet) -> [(key: [UInt8], end: Bool)] {
+        let intervals = set.intervals
+        guard set.isInterval else { return intervals.map { (keyBytes(set.keyType, bigEndian: $0.first), false) } }
+        var out: [(key: [UInt8], end: Bool)] = []
+        if let first = intervals.first, first.first.contains(where: { $0 != 0 }) {
+            out.append((Array(repeating: 0, count: set.keyType.length), true))
+        }
+        for i in intervals {
+            out.append((i.first, false))
+            if let after = KeyInterval.successor(i.last) { out.append((after, true)) }
+        }
+        return out
+    }
+
+    /// Elements per NEWSETELEM message: a netlink attribute's length is 16 bits, so the nest of elements must
+    /// stay under 64 KiB (an element takes at most about 48 bytes).
+    static let elementsPerMessage = 512
+
+    /// The NEWSETELEM messages' sets, each holding one chunk of the elements.
+    static func elementChunks(_ plan: RedirectPlan, _ set: PlanSet) -> [OpaquePointer] {
+        let keys = elementKeys(set)
+        return stride(from: 0, to: keys.count, by: elementsPerMessage).map { start in
+            let s = setObject(plan, set)
+            for (key, end) in keys[start..<min(keys.count, start + elementsPerMessage)] {
+                let e = nftnl_set_elem_alloc()!
+                key.withUnsafeBytes { _ = nftnl_set_elem_set(e, UInt16(NFTNL_SET_ELEM_KEY), $0.baseAddress, UInt32($0.count)) }
+                if end { nftnl_set_elem_set_u32(e, UInt16(NFTNL_SET_ELEM_FLAGS), UInt32(NFT_SET_ELEM_INTERVAL_END.rawValue)) }
+                nftnl_set_elem_add(s, e)
+            }
+            return s
+        }
+    }
+
+    /// Joins the elements read back from an interval set into intervals (the inverse of `elementKeys`).
+    /// Keys of a host-order type (uid, gid) are turned back to network order first.
+    static func intervals(fromElements kernel: [(key: [UInt8], end: Bool)], interval: Bool, hostOrder: Bool) -> [KeyInterval] {
+        let elements = hostOrder ? kernel.map { (key: Array($0.key.reversed()), end: $0.end) } : kernel
+        guard interval else { return elements.map { KeyInterval(first: $0.key, last: $0.key) }.sorted() }
+        var out: [KeyInterval] = []
+        var start: [UInt8]?
+        // A dump that spans several messages may repeat the element at a boundary: each (key, end) counts once.
+        var seen = Set<[UInt8]>()
+        let unique = elements.filter { seen.insert($0.key + [$0.end ? 1 : 0]).inserted }
+        // At an equal key an end comes first: it closes the interval before, and a start there opens the next.
+        let ordered = unique.sorted { a, b in a.key == b.key ? (a.end && !b.end) : a.key.lexicographicallyPrecedes(b.key) }
+        for (key, end) in ordered {
+            if end {
+                if let s = start, let last = KeyInterval.predecessor(key) { out.append(KeyInterval(first: s, last: last)) }
+                start = nil
+            } else {
+                if let s = start, let last = KeyInterval.predecessor(key) { out.append(KeyInterval(first: s, last: last)) }
+                start = key
+            }
+        }
+        if let s = start { out.append(KeyInterval(first: s, last: Array(repeating: 0xFF, count: s.count))) }
+        return out
     }
 
     /// nft's comment userdata TLV: type, length, NUL-terminated text.
@@ -76,7 +177,7 @@ enum NftablesObjects {
         nftnl_rule_set_u32(rule, UInt16(NFTNL_RULE_FAMILY.rawValue), UInt32(family(plan)))
         let ud = userdata(comment: r.comment)
         ud.withUnsafeBytes { _ = nftnl_rule_set_data(rule, UInt16(NFTNL_RULE_USERDATA.rawValue), $0.baseAddress, UInt32($0.count)) }
-        for e in expressions(r, inet: plan.tableFamily == nil) { nftnl_rule_add_expr(rule, e) }
+        for e in expressions(r, inet: plan.tableFamily == nil, setID: { setID(plan, $0) }) { nftnl_rule_add_expr(rule, e) }
         return rule
     }
 
@@ -150,7 +251,7 @@ enum NftablesObjects {
     }
 
     /// The expressions of a rule, in the order nft itself would emit them.
-    static func expressions(_ r: PlanRule, inet: Bool) -> [OpaquePointer] {
+    static func expressions(_ r: PlanRule, inet: Bool, setID: (String) -> UInt32) -> [OpaquePointer] {
         var out: [OpaquePointer] = []
         for m in r.matches {
             switch m {
@@ -196,6 +297,31 @@ enum NftablesObjects {
                     out.append(cmp(NFT_CMP_GTE, networkOrder(range.first)))
                     out.append(cmp(NFT_CMP_LTE, networkOrder(range.last)))
                 }
+            case .member(let field, let set):
+                switch field {
+                case .destination(let f), .source(let f):
+                    if inet {
+                        out.append(metaLoad(UInt32(NFT_META_NFPROTO.rawValue)))
+                        out.append(cmp(NFT_CMP_EQ, [UInt8(f == .ipv4 ? NFPROTO_IPV4 : NFPROTO_IPV6)]))
+                    }
+                    var isSource = false
+                    if case .source = field { isSource = true }
+                    let offset: UInt32 = f == .ipv4 ? (isSource ? 12 : 16) : (isSource ? 8 : 24)
+                    out.append(payloadLoad(NFT_PAYLOAD_NETWORK_HEADER, offset: offset, length: f == .ipv4 ? 4 : 16))
+                case .destinationPort:
+                    out.append(payloadLoad(NFT_PAYLOAD_TRANSPORT_HEADER, offset: 2, length: 2))
+                case .socketUID:
+                    out.append(metaLoad(UInt32(NFT_META_SKUID.rawValue)))
+                case .socketGID:
+                    out.append(metaLoad(UInt32(NFT_META_SKGID.rawValue)))
+                }
+                let e = expr("lookup")
+                nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_LOOKUP_SREG), reg1)
+                nftnl_expr_set_str(e, UInt16(NFTNL_EXPR_LOOKUP_SET), set)
+                nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_LOOKUP_SET_ID), setID(set))
+                // The kernel reports the flags back (0: not inverted); set them so that expected and live compare equal.
+                nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_LOOKUP_FLAGS), 0)
+                out.append(e)
             case .transparentSocket:
                 let e = expr("socket")
                 nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_SOCKET_KEY), UInt32(NFT_SOCKET_TRANSPARENT.rawValue))
@@ -233,16 +359,16 @@ enum NftablesObjects {
     }
 
     /// libnftnl's one-line text of each expression: the form `check` compares, expected against live.
-    static func expressionTexts(_ rule: OpaquePointer) -> [String] {
-        var texts: [String] = []
-        guard let it = nftnl_expr_iter_create(rule) else { return texts }
+    static func expressions(of rule: OpaquePointer) -> [RuleExpression] {
+        var out: [RuleExpression] = []
+        guard let it = nftnl_expr_iter_create(rule) else { return out }
         defer { nftnl_expr_iter_destroy(it) }
         var buf = [CChar](repeating: 0, count: 512)
         while let e = nftnl_expr_iter_next(it) {
             let n = nftnl_expr_snprintf(&buf, buf.count, e, UInt32(NFTNL_OUTPUT_DEFAULT.rawValue), 0)
             let name = nftnl_expr_get_str(e, UInt16(NFTNL_EXPR_NAME)).map { String(cString: $0) } ?? "?"
-            texts.append("[ \(name) \(n > 0 ? String(cString: buf).trimmingCharacters(in: .whitespaces) : "?") ]")
+            out.append(RuleExpression(name: name, text: n > 0 ? String(cString: buf).trimmingCharacters(in: .whitespaces) : "?"))
         }
-        return texts
+        return out
     }
 }

@@ -1,21 +1,37 @@
 import CNetfilter
 import WeirCapture
-import WeirNetns
+import WeirSystem
 #if canImport(Glibc)
 import Glibc
 #endif
 
+/// One of weir's policy-routing objects: a fwmark rule or a route of its table.
+public struct PolicyRouteEntry: Sendable, Hashable {
+    /// A routing-policy rule or a route.
+    public enum Kind: Sendable, Hashable { case rule, route }
+
+    public let family: IPFamily
+    public let kind: Kind
+    public let table: UInt32
+    /// The fwmark a rule matches (nil for a route).
+    public let mark: UInt32?
+
+    public init(family: IPFamily, kind: Kind, table: UInt32, mark: UInt32? = nil) {
+        self.family = family
+        self.kind = kind
+        self.table = table
+        self.mark = mark
+    }
+}
+
 /// TPROXY's fwmark rule and local route table, over rtnetlink. Every rule and route weir creates carries
 /// protocol `RedirectPlan.routeProtocol`, which is how `clean` and re-apply find exactly weir's own.
 struct PolicyRouting {
-    struct Entry: Hashable { let family: UInt8; let kind: String; let table: UInt32; let mark: UInt32? }
-
     /// Removes weir's rules and routes, then installs the plan's (if any).
     func apply(_ route: PolicyRoute?) throws {
         try removeAll()
         guard let route else { return }
-        let lo = if_nametoindex("lo")
-        guard lo != 0 else { throw SystemCallError("if_nametoindex", context: "finding lo for the TPROXY route") }
+        let lo = try UInt32(ProbeLink.index("lo"))
         for f in route.families {
             let family = UInt8(f == .ipv4 ? AF_INET : AF_INET6)
             try request(type: UInt16(RTM_NEWRULE), flags: NLM_F_CREATE | NLM_F_EXCL, what: "adding fwmark rule for table \(route.table)") { nlh in
@@ -43,7 +59,7 @@ struct PolicyRouting {
     }
 
     /// weir's rules and routes now in the namespace.
-    func list() throws -> [Entry] {
+    func list() throws -> [PolicyRouteEntry] {
         try dump(type: UInt16(RTM_GETRULE)).compactMap(\.entry) + dump(type: UInt16(RTM_GETROUTE)).compactMap(\.entry)
     }
 
@@ -53,7 +69,7 @@ struct PolicyRouting {
         var n = 0
         for (get, del) in [(RTM_GETRULE, RTM_DELRULE), (RTM_GETROUTE, RTM_DELROUTE)] {
             for m in try dump(type: UInt16(get)) where m.entry != nil {
-                try request(type: UInt16(del), flags: 0, what: "removing weir's \(m.entry!.kind)") { nlh in
+                try request(type: UInt16(del), flags: 0, what: "removing weir's \(m.entry!.kind == .rule ? "rule" : "route")") { nlh in
                     // Send back what the kernel dumped, as a delete.
                     let payload = mnl_nlmsg_put_extra_header(nlh, m.bytes.count - MemoryLayout<nlmsghdr>.size)!
                     m.bytes.withUnsafeBytes { src in
@@ -68,35 +84,26 @@ struct PolicyRouting {
 
     private struct Dumped {
         let bytes: [UInt8]
-        let entry: Entry?
+        let entry: PolicyRouteEntry?
     }
 
     private func dump(type: UInt16) throws -> [Dumped] {
-        let socket = try NetlinkSocket(bus: NETLINK_ROUTE)
-        let buffer = UnsafeMutableRawPointer.allocate(byteCount: mnlBufferSize, alignment: 8)
-        defer { buffer.deallocate() }
-        let nlh = mnl_nlmsg_put_header(buffer)!
-        nlh.pointee.nlmsg_type = type
-        nlh.pointee.nlmsg_flags = UInt16(NLM_F_REQUEST | NLM_F_DUMP)
-        nlh.pointee.nlmsg_seq = socket.nextSequence()
-        let h = mnl_nlmsg_put_extra_header(nlh, MemoryLayout<rtmsg>.size)!.assumingMemoryBound(to: rtmsg.self)
-        h.pointee.rtm_family = UInt8(AF_UNSPEC)
-        try socket.send(buffer, Int(nlh.pointee.nlmsg_len))
         var out: [Dumped] = []
-        var failure: Int32 = 0
-        try socket.receive(expectedSequence: nil) { msg in
-            if msg.pointee.nlmsg_type == UInt16(NLMSG_DONE) { return false }
-            if msg.pointee.nlmsg_type == UInt16(NLMSG_ERROR) { failure = msg.ackErrno; return false }
+        try Netlink.dump(NETLINK_ROUTE, what: "the routing policy", build: { raw in
+            let nlh = mnl_nlmsg_put_header(raw)!
+            nlh.pointee.nlmsg_type = type
+            let h = mnl_nlmsg_put_extra_header(nlh, MemoryLayout<rtmsg>.size)!.assumingMemoryBound(to: rtmsg.self)
+            h.pointee.rtm_family = UInt8(AF_UNSPEC)
+            return nlh
+        }) { msg in
             let bytes = Array(UnsafeRawBufferPointer(start: UnsafeRawPointer(msg), count: Int(msg.pointee.nlmsg_len)))
             out.append(Dumped(bytes: bytes, entry: Self.weirEntry(msg)))
-            return true
         }
-        if failure != 0 { throw NetlinkError(errno: failure, what: "dumping routing policy") }
         return out
     }
 
     /// Attributes of a rule or route message, when it is one of weir's.
-    private static func weirEntry(_ msg: UnsafePointer<nlmsghdr>) -> Entry? {
+    private static func weirEntry(_ msg: UnsafePointer<nlmsghdr>) -> PolicyRouteEntry? {
         let isRule = msg.pointee.nlmsg_type == UInt16(RTM_NEWRULE)
         let headerSize = isRule ? MemoryLayout<fib_rule_hdr>.size : MemoryLayout<rtmsg>.size
         let payload = mnl_nlmsg_get_payload(msg)!
@@ -123,8 +130,8 @@ struct PolicyRouting {
             remaining -= Int32((Int(attr.pointee.nla_len) + 3) & ~3)
             attr = mnl_attr_next(attr)
         }
-        guard proto == RedirectPlan.routeProtocol else { return nil }
-        return Entry(family: family, kind: isRule ? "rule" : "route", table: table, mark: mark)
+        guard proto == RedirectPlan.routeProtocol, family == UInt8(AF_INET) || family == UInt8(AF_INET6) else { return nil }
+        return PolicyRouteEntry(family: family == UInt8(AF_INET) ? .ipv4 : .ipv6, kind: isRule ? .rule : .route, table: table, mark: mark)
     }
 
     private func request(type: UInt16, flags: Int32, what: String, build: (UnsafeMutablePointer<nlmsghdr>) -> Void) throws {
@@ -133,24 +140,7 @@ struct PolicyRouting {
 }
 
 /// One rtnetlink request with an ack; errors in `tolerate` count as success.
-func rtnetlinkRequest(type: UInt16, flags: Int32, what: String, tolerate: Set<Int32> = [], build: (UnsafeMutablePointer<nlmsghdr>) -> Void) throws {
-    let socket = try NetlinkSocket(bus: NETLINK_ROUTE)
-    let buffer = UnsafeMutableRawPointer.allocate(byteCount: mnlBufferSize, alignment: 8)
-    defer { buffer.deallocate() }
-    buffer.initializeMemory(as: UInt8.self, repeating: 0, count: mnlBufferSize)
-    let nlh = mnl_nlmsg_put_header(buffer)!
-    nlh.pointee.nlmsg_type = type
-    nlh.pointee.nlmsg_flags = UInt16(NLM_F_REQUEST | NLM_F_ACK | flags)
-    let seq = socket.nextSequence()
-    nlh.pointee.nlmsg_seq = seq
-    build(nlh)
-    try socket.send(buffer, Int(nlh.pointee.nlmsg_len))
-    var failure: Int32 = 0
-    try socket.receive(expectedSequence: seq) { msg in
-        if msg.pointee.nlmsg_type == UInt16(NLMSG_ERROR) { failure = msg.ackErrno; return false }
-        return true
-    }
-    if failure != 0 && !tolerate.contains(failure) {
-        throw NetlinkError(errno: failure, what: what)
-    }
+func rtnetlinkRequest(type: UInt16, flags: Int32, what: String, tolerate: Set<Int32> = [],
+                      build: (UnsafeMutablePointer<nlmsghdr>) -> Void) throws {
+    try Netlink.request(NETLINK_ROUTE, type: type, flags: flags, what: what, tolerate: tolerate, build: build)
 }

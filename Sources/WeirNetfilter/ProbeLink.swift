@@ -1,5 +1,6 @@
 import CNetfilter
 import WeirNetns
+import WeirSystem
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -7,7 +8,8 @@ import Glibc
 /// The temporary veth pair the inbound probe uses to send a connection into the pod from outside it.
 /// Created over rtnetlink; deleting one end deletes both.
 enum ProbeLink {
-    static func createVethPair(name: String, peer: String, peerNamespaceFD: Int32) throws {
+    static func createVethPair(name: String, peer: String, peerNamespace: NamespaceHandle) throws {
+        let peerNamespaceFD = peerNamespace.descriptor.number
         try rtnetlinkRequest(type: UInt16(RTM_NEWLINK), flags: NLM_F_CREATE | NLM_F_EXCL, what: "creating probe veth \(name)") { nlh in
             _ = mnl_nlmsg_put_extra_header(nlh, MemoryLayout<ifinfomsg>.size)
             mnl_attr_put_strz(nlh, UInt16(IFLA_IFNAME), name)
@@ -25,9 +27,11 @@ enum ProbeLink {
     }
 
     static func index(_ name: String) throws -> Int32 {
-        let i = if_nametoindex(name)
-        guard i != 0 else { throw SystemCallError("if_nametoindex", context: "finding \(name)") }
-        return Int32(i)
+        let i = try Posix.call("if_nametoindex \(name)") { () -> Int32 in
+            let index = if_nametoindex(name)
+            return index == 0 ? -1 : Int32(index)
+        }
+        return i
     }
 
     static func setUp(_ name: String) throws {

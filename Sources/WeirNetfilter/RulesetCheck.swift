@@ -2,6 +2,7 @@ import CNetfilter
 import Foundation
 import WeirCapture
 import WeirNetns
+import WeirSystem
 
 /// One thing `check` found.
 public struct CheckFinding: Sendable, Codable, Hashable, CustomStringConvertible {
@@ -11,6 +12,9 @@ public struct CheckFinding: Sendable, Codable, Hashable, CustomStringConvertible
         case missingChain = "missing-chain"
         case extraChain = "extra-chain"
         case alteredChain = "altered-chain"
+        case missingSet = "missing-set"
+        case extraSet = "extra-set"
+        case alteredSet = "altered-set"
         case missingRule = "missing-rule"
         case extraRule = "extra-rule"
         case alteredRule = "altered-rule"
@@ -23,11 +27,24 @@ public struct CheckFinding: Sendable, Codable, Hashable, CustomStringConvertible
     }
     public let kind: Kind
     public let detail: String
+
+    public init(kind: Kind, detail: String) {
+        self.kind = kind
+        self.detail = detail
+    }
+
     public var description: String { "\(kind.rawValue): \(detail)" }
 }
 
 /// The result of `weir check`.
 public struct CheckReport: Sendable, Codable {
+    public init(namespace: String, backend: String, specSource: String, spec: [String]) {
+        self.namespace = namespace
+        self.backend = backend
+        self.specSource = specSource
+        self.spec = spec
+    }
+
     public var namespace: String
     public var backend: String
     public var specSource: String
@@ -38,19 +55,62 @@ public struct CheckReport: Sendable, Codable {
     public var healthy: Bool { problems.isEmpty && (probe?.problems.isEmpty ?? true) }
 }
 
+/// weir's iptables chains as one variant's `*-save` shows them: family → table → chain → rule lines (the jumps from
+/// built-in chains under `jump:CHAIN`).
+public struct IptablesState: Sendable, Hashable {
+    public let variant: IptablesBackend.Mode
+    public let chains: [IPFamily: [String: [String: [String]]]]
+
+    public init(variant: IptablesBackend.Mode, chains: [IPFamily: [String: [String: [String]]]]) {
+        self.variant = variant
+        self.chains = chains
+    }
+}
+
+/// Everything `check` decides on, read from one namespace. Built by `CaptureInstaller.observe()` with privileges,
+/// or by hand in a test.
+public struct CheckInput: Sendable, Hashable {
+    /// The namespace, for the report.
+    public var namespace: String
+    /// The nftables ruleset.
+    public var ruleset: LiveRuleset
+    /// weir's iptables chains, when weir has no nftables table and an iptables variant holds them.
+    public var iptables: IptablesState?
+    /// The iptables-legacy nat rules (`-A` lines of `iptables-legacy-save -t nat`), per family.
+    public var legacyNatRules: [IPFamily: [String]]
+    /// weir's policy-routing rules and routes.
+    public var policyRoutes: [PolicyRouteEntry]
+
+    public init(namespace: String, ruleset: LiveRuleset, iptables: IptablesState? = nil,
+                legacyNatRules: [IPFamily: [String]] = [:], policyRoutes: [PolicyRouteEntry] = []) {
+        self.namespace = namespace
+        self.ruleset = ruleset
+        self.iptables = iptables
+        self.legacyNatRules = legacyNatRules
+        self.policyRoutes = policyRoutes
+    }
+}
+
 extension CaptureInstaller {
     /// Compares the live rules with the plan (from `spec`, or recovered from the live table), looks for
     /// rules that bypass or fight weir's, and optionally proves a redirect with real connections.
     public func check(spec flagSpec: CaptureSpec?, probe: Bool) throws -> CheckReport {
+        let input = try observe()
+        var (report, spec) = RulesetCheck.decide(input, spec: flagSpec)
+        if probe, let spec {
+            report.probe = try namespace.run { CaptureProbe(spec: spec).run() }
+        }
+        return report
+    }
+
+    /// Reads everything `check` decides on.
+    public func observe() throws -> CheckInput {
         let namespace = self.namespace
         let backend = self.backend
         return try namespace.run {
-            let nft = NftablesBackend()
-            let live = try nft.readRuleset()
-            let weirTable = live.tables.first { $0.name == RedirectPlan.tableName && ($0.family == UInt32(NFPROTO_INET) || $0.family == UInt32(NFPROTO_IPV4)) }
-            var iptablesLive: [IPFamily: [String: [String: [String]]]] = [:]
-            var iptablesVariant: IptablesBackend.Mode?
-            if weirTable == nil {
+            let ruleset = try NftablesBackend().readRuleset()
+            var iptables: IptablesState?
+            if ruleset.weirTable == nil {
                 // No nftables table: look for an iptables install (either variant).
                 let candidates: [IptablesBackend.Mode] = {
                     if case .iptables(let m) = backend, m != .auto { return [m] }
@@ -60,98 +120,167 @@ extension CaptureInstaller {
                     let b = IptablesBackend(mode: v)
                     let v4 = (try? b.liveChains(family: .ipv4)) ?? [:]
                     if v4.values.contains(where: { !$0.isEmpty }) {
-                        iptablesVariant = v
-                        iptablesLive[.ipv4] = v4
-                        iptablesLive[.ipv6] = (try? b.liveChains(family: .ipv6)) ?? [:]
+                        iptables = IptablesState(variant: v, chains: [.ipv4: v4, .ipv6: (try? b.liveChains(family: .ipv6)) ?? [:]])
                         break
                     }
                 }
             }
-            var report = CheckReport(namespace: namespace.description,
-                                     backend: weirTable != nil ? "nftables" : iptablesVariant.map { "iptables-\($0.rawValue)" } ?? "none",
-                                     specSource: flagSpec != nil ? "flags" : "live table", spec: [])
-            // The spec: flags, or what weir stored in the live rules.
-            var spec = flagSpec
-            if spec == nil {
-                var comments: [String] = []
-                if let t = weirTable {
-                    comments = live.rules.filter { $0.table == t.name && $0.family == t.family && $0.chain == RedirectPlan.specChainName }.compactMap(\.comment)
-                } else if let v4 = iptablesLive[.ipv4] {
-                    comments = (v4["nat"]?["WEIR_SPEC"] ?? []).compactMap(IptablesBackend.comment(ofSavedRule:))
-                }
-                if weirTable != nil || iptablesVariant != nil {
-                    do { spec = try RedirectPlan.recoverSpec(fromComments: comments) }
-                    catch { report.problems.append(.init(kind: .specUnreadable, detail: "\(error)")) }
+            var legacy: [IPFamily: [String]] = [:]
+            if IptablesBackend.legacyHasTables() {
+                for family in IPFamily.allCases {
+                    let tool = family == .ipv4 ? "iptables-legacy-save" : "ip6tables-legacy-save"
+                    guard let r = try? Subprocess.run(tool, ["-t", "nat"]), r.status == 0 else { continue }
+                    legacy[family] = r.stdout.split(separator: "\n").filter { $0.hasPrefix("-A ") }.map(String.init)
                 }
             }
-            if weirTable == nil && iptablesVariant == nil {
-                report.problems.append(.init(kind: .notInstalled, detail: "weir's rules are not installed in \(namespace) (no nftables table weir, no WEIR_ iptables chains). Run weir init."))
-            }
-            guard let spec else {
-                report.problems += Self.bypasses(live, plan: nil)
-                report.problems += Self.legacyNatRules()
-                return report
-            }
-            report.spec = spec.encodedTokens
-            let plan = RedirectPlan(spec: spec)
-            if let t = weirTable {
-                report.problems += Self.diffNftables(live, table: t, plan: plan, nft: nft)
-            } else if let v = iptablesVariant {
-                report.problems += Self.diffIptables(iptablesLive, plan: plan, variant: v)
-            }
-            let (bypassProblems, bypassWarnings) = Self.classify(Self.bypasses(live, plan: plan, iptables: weirTable == nil && iptablesVariant != nil))
-            report.problems += bypassProblems
-            report.warnings += bypassWarnings
-            report.problems += Self.legacyNatRules()
-            if let pr = plan.policyRoute {
-                let entries = (try? PolicyRouting().list()) ?? []
-                for f in pr.families {
-                    let fam = UInt8(f == .ipv4 ? AF_INET : AF_INET6)
-                    if !entries.contains(where: { $0.family == fam && $0.kind == "rule" && $0.mark == pr.mark && $0.table == pr.table }) {
-                        report.problems.append(.init(kind: .missingPolicyRoute, detail: "\(f.rawValue) rule 'fwmark 0x\(String(pr.mark, radix: 16)) lookup \(pr.table)' is missing: TPROXY'd packets would not reach the proxy"))
-                    }
-                    if !entries.contains(where: { $0.family == fam && $0.kind == "route" && $0.table == pr.table }) {
-                        report.problems.append(.init(kind: .missingPolicyRoute, detail: "\(f.rawValue) route 'local default dev lo table \(pr.table)' is missing"))
-                    }
-                }
-            }
-            if probe {
-                report.probe = CaptureProbe(spec: spec).run()
-            }
-            return report
+            return CheckInput(namespace: namespace.description, ruleset: ruleset, iptables: iptables, legacyNatRules: legacy,
+                              policyRoutes: (try? PolicyRouting().list()) ?? [])
         }
     }
+}
 
-    static func diffNftables(_ live: LiveRuleset, table: LiveTable, plan: RedirectPlan, nft: NftablesBackend) -> [CheckFinding] {
+/// `check`'s decisions: a pure function of what was read and the spec.
+public enum RulesetCheck {
+    /// The report for `input`: the plan of `flagSpec`, or of the spec stored in the live rules, against what is
+    /// there. Also returns the spec it checked against (the probe's), if any.
+    public static func decide(_ input: CheckInput, spec flagSpec: CaptureSpec?) -> (report: CheckReport, spec: CaptureSpec?) {
+        let live = input.ruleset
+        let weirTable = live.weirTable
+        let iptables = weirTable == nil ? input.iptables : nil
+        var report = CheckReport(namespace: input.namespace,
+                                 backend: weirTable != nil ? "nftables" : iptables.map { "iptables-\($0.variant.rawValue)" } ?? "none",
+                                 specSource: flagSpec != nil ? "flags" : "live table", spec: [])
+        // The spec: flags, or what weir stored in the live rules.
+        var spec = flagSpec
+        if spec == nil {
+            var comments: [String] = []
+            if let t = weirTable {
+                comments = live.rules(of: t, chain: RedirectPlan.specChainName).compactMap(\.comment)
+            } else if let v4 = iptables?.chains[.ipv4] {
+                comments = (v4["nat"]?["WEIR_SPEC"] ?? []).compactMap(IptablesBackend.comment(ofSavedRule:))
+            }
+            if weirTable != nil || iptables != nil {
+                do {
+                    spec = try RedirectPlan.recoverSpec(fromComments: comments)
+                } catch {
+                    report.problems.append(.init(kind: .specUnreadable, detail: "\(error)"))
+                }
+            }
+        }
+        if weirTable == nil && iptables == nil {
+            report.problems.append(.init(kind: .notInstalled, detail: "weir's rules are not installed in \(input.namespace) (no nftables table weir, no WEIR_ iptables chains). Run weir init."))
+        }
+        guard let spec else {
+            report.problems += bypasses(live, plan: nil)
+            report.problems += legacyNatRules(input.legacyNatRules)
+            return (report, nil)
+        }
+        report.spec = spec.encodedTokens
+        let plan = RedirectPlan(spec: spec)
+        if let t = weirTable {
+            report.problems += diffNftables(live, table: t, plan: plan)
+        } else if let iptables {
+            report.problems += diffIptables(iptables, plan: plan)
+        }
+        let (bypassProblems, bypassWarnings) = classify(bypasses(live, plan: plan, iptables: weirTable == nil && iptables != nil))
+        report.problems += bypassProblems
+        report.warnings += bypassWarnings
+        report.problems += legacyNatRules(input.legacyNatRules)
+        report.problems += missingPolicyRoutes(plan, input.policyRoutes)
+        return (report, spec)
+    }
+
+    static func missingPolicyRoutes(_ plan: RedirectPlan, _ entries: [PolicyRouteEntry]) -> [CheckFinding] {
+        guard let pr = plan.policyRoute else { return [] }
+        var out: [CheckFinding] = []
+        for f in pr.families {
+            if !entries.contains(where: { $0.family == f && $0.kind == .rule && $0.mark == pr.mark && $0.table == pr.table }) {
+                out.append(.init(kind: .missingPolicyRoute, detail: "\(f.rawValue) rule 'fwmark 0x\(String(pr.mark, radix: 16)) lookup \(pr.table)' is missing: TPROXY'd packets would not reach the proxy"))
+            }
+            if !entries.contains(where: { $0.family == f && $0.kind == .route && $0.table == pr.table }) {
+                out.append(.init(kind: .missingPolicyRoute, detail: "\(f.rawValue) route 'local default dev lo table \(pr.table)' is missing"))
+            }
+        }
+        return out
+    }
+
+    /// The expressions weir's plan would produce, chain by chain.
+    static func expectedRules(_ plan: RedirectPlan) -> [String: [(comment: String, expressions: [RuleExpression])]] {
+        var out: [String: [(comment: String, expressions: [RuleExpression])]] = [:]
+        for c in plan.chains {
+            out[c.name] = c.rules.map { r in
+                let rule = NftablesObjects.rule(plan, chain: c.name, r)
+                defer { nftnl_rule_free(rule) }
+                return (r.comment, NftablesObjects.expressions(of: rule))
+            }
+        }
+        return out
+    }
+
+    static func diffNftables(_ live: LiveRuleset, table: LiveTable, plan: RedirectPlan) -> [CheckFinding] {
         var out: [CheckFinding] = []
         let liveChains = live.chains.filter { $0.table == table.name && $0.family == table.family }
-        let expected = nft.expectedRules(plan)
+        let expected = expectedRules(plan)
         for c in plan.chains {
             guard let lc = liveChains.first(where: { $0.name == c.name }) else {
-                out.append(.init(kind: .missingChain, detail: "chain \(c.name) is missing from table \(familyName(table.family)) weir"))
+                out.append(.init(kind: .missingChain, detail: "chain \(c.name) is missing from table \(table.family) weir"))
                 continue
             }
             if let b = c.base {
-                let hook = NftablesObjects.hookNumber(b.hook)
-                if lc.hook != hook || lc.priority != b.priority || lc.type != b.type.rawValue || lc.policy != UInt32(NF_ACCEPT) {
-                    out.append(.init(kind: .alteredChain, detail: "chain \(c.name) should be 'type \(b.type.rawValue) hook \(b.hook.rawValue) priority \(b.priority); policy accept' but is 'type \(lc.type ?? "-") hook \(lc.hook.map(String.init) ?? "-") priority \(lc.priority.map(String.init) ?? "-") policy \(lc.policy == UInt32(NF_ACCEPT) ? "accept" : "drop")'"))
+                let want = LiveChain.Base(hook: ChainHook(b.hook), priority: b.priority, type: b.type.rawValue, policy: .accept)
+                if lc.base != want {
+                    let found = lc.base.map { "type \($0.type) hook \($0.hook) priority \($0.priority); policy \($0.policy)" } ?? "a regular chain"
+                    out.append(.init(kind: .alteredChain, detail: "chain \(c.name) should be 'type \(b.type.rawValue) hook \(b.hook.rawValue) priority \(b.priority); policy accept' but is '\(found)'"))
                 }
-            } else if lc.hook != nil {
+            } else if lc.base != nil {
                 out.append(.init(kind: .alteredChain, detail: "chain \(c.name) should be a regular chain but is attached to a hook"))
             }
-            let liveRules = live.rules.filter { $0.table == table.name && $0.family == table.family && $0.chain == c.name }
-            out += diffRules(chain: c.name, expected: expected[c.name] ?? [], live: liveRules.map { ($0.comment ?? "(no comment, handle \($0.handle))", $0.expressions) })
+            let liveRules = live.rules(of: table, chain: c.name)
+            out += diffRules(chain: c.name, expected: expected[c.name] ?? [],
+                             live: liveRules.map { ($0.comment ?? "(no comment, handle \($0.handle))", $0.expressions) })
         }
         for lc in liveChains where !plan.chains.contains(where: { $0.name == lc.name }) {
             out.append(.init(kind: .extraChain, detail: "chain \(lc.name) in table weir is not weir's"))
+        }
+        out += diffSets(live.sets.filter { $0.table == table.name && $0.family == table.family }, plan: plan)
+        return out
+    }
+
+    /// Missing, extra and altered sets: an altered set names how many elements are missing or foreign, with one of
+    /// each.
+    static func diffSets(_ live: [LiveSet], plan: RedirectPlan) -> [CheckFinding] {
+        var out: [CheckFinding] = []
+        for set in plan.sets {
+            guard let l = live.first(where: { $0.name == set.name }) else {
+                out.append(.init(kind: .missingSet, detail: "set \(set.name) (\(set.keyType.rawValue)) is missing from table weir"))
+                continue
+            }
+            if l.keyLength != set.keyType.length || l.isInterval != set.isInterval {
+                out.append(.init(kind: .alteredSet, detail: "set \(set.name) should hold \(set.keyType.rawValue)\(set.isInterval ? " intervals" : "") but holds \(l.keyLength)-byte keys\(l.isInterval ? " in intervals" : "")"))
+                continue
+            }
+            let expected = set.intervals
+            let want = Set(expected), have = Set(l.intervals)
+            let missing = expected.filter { !have.contains($0) }
+            let foreign = l.intervals.filter { !want.contains($0) }
+            if !missing.isEmpty || !foreign.isEmpty {
+                var parts: [String] = []
+                if let m = missing.first { parts.append("\(missing.count) of weir's elements missing (first: \(set.text(of: m)))") }
+                if let f = foreign.first { parts.append("\(foreign.count) elements not weir's (first: \(set.text(of: f)))") }
+                out.append(.init(kind: .alteredSet, detail: "set \(set.name) was changed: " + parts.joined(separator: ", ")))
+            }
+        }
+        for l in live where plan.set(named: l.name) == nil {
+            out.append(.init(kind: .extraSet, detail: "set \(l.name) in table weir is not weir's"))
         }
         return out
     }
 
     /// Missing, extra, altered and reordered rules of one chain, matched by their comments.
-    static func diffRules(chain: String, expected: [(comment: String, expressions: [String])], live: [(String, [String])]) -> [CheckFinding] {
+    static func diffRules<E: Hashable & CustomStringConvertible>(chain: String, expected: [(comment: String, expressions: [E])],
+                                                                 live: [(String, [E])]) -> [CheckFinding] {
         var out: [CheckFinding] = []
-        var liveByComment: [String: [String]] = [:]
+        var liveByComment: [String: [E]] = [:]
         for (c, e) in live { liveByComment[c] = e }
         let expectedComments = Set(expected.map(\.comment))
         for e in expected {
@@ -166,7 +295,7 @@ extension CaptureInstaller {
             }
         }
         for (c, e) in live where !expectedComments.contains(c) {
-            out.append(.init(kind: .extraRule, detail: "chain \(chain): rule \"\(c)\" is not weir's: \(e.joined(separator: " "))"))
+            out.append(.init(kind: .extraRule, detail: "chain \(chain): rule \"\(c)\" is not weir's: \(e.map(\.description).joined(separator: " "))"))
         }
         let liveOrder = live.map(\.0).filter { expectedComments.contains($0) }
         let expectedOrder = expected.map(\.comment).filter { liveByComment[$0] != nil }
@@ -176,24 +305,26 @@ extension CaptureInstaller {
         return out
     }
 
-    static func diffIptables(_ live: [IPFamily: [String: [String: [String]]]], plan: RedirectPlan, variant: IptablesBackend.Mode) -> [CheckFinding] {
+    static func diffIptables(_ state: IptablesState, plan: RedirectPlan) -> [CheckFinding] {
         var out: [CheckFinding] = []
         for family in plan.spec.families {
-            let tables = live[family] ?? [:]
-            let tool = family == .ipv4 ? "iptables-\(variant.rawValue)" : "ip6tables-\(variant.rawValue)"
+            let tables = state.chains[family] ?? [:]
+            let tool = family == .ipv4 ? "iptables-\(state.variant.rawValue)" : "ip6tables-\(state.variant.rawValue)"
             for c in plan.chains {
                 guard let lines = tables[c.iptablesTable]?[c.iptablesName] else {
                     out.append(.init(kind: .missingChain, detail: "\(tool): chain \(c.iptablesName) is missing from table \(c.iptablesTable)"))
                     continue
                 }
                 let expected = c.rules.filter { $0.family == nil || $0.family == family }.flatMap { r in
-                    IptablesRendering.rules(r, family: family).map { (comment: r.comment, expressions: ["-A \(c.iptablesName) " + $0]) }
+                    IptablesRendering.rules(r, family: family, sets: plan.sets).map { (comment: r.comment, expressions: ["-A \(c.iptablesName) " + $0]) }
                 }
-                // Several iptables rules may share a plan rule's comment (MARK then ACCEPT): key by comment and position.
+                // Several iptables rules may share a plan rule's comment (MARK then ACCEPT, a set's elements): key by
+                // comment and position.
                 func keyed(_ xs: [(comment: String, expressions: [String])]) -> [(comment: String, expressions: [String])] {
                     var seen: [String: Int] = [:]
                     return xs.map { x in
-                        let n = seen[x.comment, default: 0]; seen[x.comment] = n + 1
+                        let n = seen[x.comment, default: 0]
+                        seen[x.comment] = n + 1
                         return (n == 0 ? x.comment : "\(x.comment) #\(n + 1)", x.expressions)
                     }
                 }
@@ -207,39 +338,35 @@ extension CaptureInstaller {
         return out
     }
 
-    /// Base chains of other tables on weir's hooks that run before weir and drop, accept or NAT traffic.
     /// With the iptables backend weir's rules run inside iptables' own base chains: nat at -100, mangle at -150.
     static func iptablesPriority(_ b: PlanChain.Base) -> Int32 { b.type == .nat ? -100 : -150 }
 
+    /// Base chains of other tables on weir's hooks that run before weir and drop, accept or NAT traffic.
     static func bypasses(_ live: LiveRuleset, plan: RedirectPlan?, iptables: Bool = false) -> [CheckFinding] {
         var out: [CheckFinding] = []
-        let families: Set<UInt32> = [UInt32(NFPROTO_INET), UInt32(NFPROTO_IPV4), UInt32(NFPROTO_IPV6)]
-        let weirFamily: UInt32? = plan.map { UInt32(NftablesObjects.family($0)) }
-        for c in live.chains where families.contains(c.family) {
-            guard let hook = c.hook, let prio = c.priority else { continue }
+        let weirFamily = plan.map(NetfilterFamily.init(plan:))
+        for c in live.chains where c.family.carriesIP {
+            guard let base = c.base, base.hook == .output || base.hook == .prerouting else { continue }
             if !iptables && c.table == RedirectPlan.tableName && (weirFamily == nil || c.family == weirFamily) { continue }
             // iptables-nft's own tables hold weir's jumps under the iptables backend; they are not foreign.
-            if iptables && ["nat", "mangle"].contains(c.table) && c.family != UInt32(NFPROTO_INET) { continue }
+            if iptables && ["nat", "mangle"].contains(c.table) && c.family != .inet { continue }
             // weir's earliest chain on this hook (defaults when the spec is unknown).
             let weirPriorities: [Int32] = (plan?.chains ?? []).compactMap { ch in
-                guard let b = ch.base, NftablesObjects.hookNumber(b.hook) == hook else { return nil }
+                guard let b = ch.base, ChainHook(b.hook) == base.hook else { return nil }
                 return iptables ? iptablesPriority(b) : b.priority
             }
-            let onWeirHook = hook == NftablesObjects.hookNumber(.output) || hook == NftablesObjects.hookNumber(.prerouting)
-            guard onWeirHook else { continue }
-            let before = prio < (weirPriorities.min() ?? RedirectPlan.natPriority)
-            guard before else { continue }
-            let name = "\(familyName(c.family)) \(c.table) \(c.name) (hook \(hook == NftablesObjects.hookNumber(.output) ? "output" : "prerouting") priority \(prio))"
-            if c.policy == UInt32(NF_DROP) {
+            guard base.priority < (weirPriorities.min() ?? RedirectPlan.natPriority) else { continue }
+            let name = "\(c.family) \(c.table) \(c.name) (hook \(base.hook) priority \(base.priority))"
+            if base.policy == .drop {
                 out.append(.init(kind: .bypass, detail: "chain \(name) runs before weir with policy drop"))
             }
             for r in live.rules where r.table == c.table && r.family == c.family && r.chain == c.name {
-                let text = r.expressions.joined(separator: " ")
-                if text.contains("[ nat ") || text.contains("[ redir") || text.contains("[ tproxy") || text.contains("[ masq") {
+                let text = r.expressions.map(\.description).joined(separator: " ")
+                if r.expressions.contains(where: \.rewritesDestination) {
                     out.append(.init(kind: .bypass, detail: "chain \(name) runs before weir and rewrites destinations (\(text)); weir's redirect will not apply to those connections"))
-                } else if text.contains("reg 0 drop") || text.contains("[ reject") {
+                } else if r.expressions.contains(where: \.drops) {
                     out.append(.init(kind: .bypass, detail: "chain \(name) runs before weir and drops traffic (\(text))"))
-                } else if text.contains("reg 0 accept") {
+                } else if r.expressions.contains(where: \.accepts) {
                     out.append(.init(kind: .bypass, detail: "warning: chain \(name) runs before weir and accepts traffic (\(text)); nftables still runs weir's chain, but iptables-style tools may read it as an exemption"))
                 }
             }
@@ -253,17 +380,15 @@ extension CaptureInstaller {
     }
 
     /// iptables-legacy nat rules: they run in x_tables' own hooks beside nftables and fight weir's redirect.
-    static func legacyNatRules() -> [CheckFinding] {
-        guard IptablesBackend.legacyHasTables() else { return [] }
+    static func legacyNatRules(_ rules: [IPFamily: [String]]) -> [CheckFinding] {
         var out: [CheckFinding] = []
         for family in IPFamily.allCases {
-            let tool = family == .ipv4 ? "iptables-legacy-save" : "ip6tables-legacy-save"
-            guard let r = try? ChildProcess.run(tool, ["-t", "nat"]), r.status == 0 else { continue }
+            let tool = family == .ipv4 ? "iptables-legacy" : "ip6tables-legacy"
             // weir's own chains and jumps (the iptables-legacy backend) are not foreign.
             let ownJump = "--comment " + IptablesRendering.saveString(IptablesRendering.jumpComment)
-            let rules = r.stdout.split(separator: "\n").filter { $0.hasPrefix("-A ") && !$0.hasPrefix("-A WEIR_") && !$0.contains(ownJump) }
-            if !rules.isEmpty {
-                out.append(.init(kind: .legacyRules, detail: "\(tool.replacingOccurrences(of: "-save", with: "")) holds \(rules.count) nat rule(s) beside nftables (first: \(rules[0])); they run in separate hooks and can redirect or exempt traffic behind weir's back"))
+            let foreign = (rules[family] ?? []).filter { !$0.hasPrefix("-A WEIR_") && !$0.contains(ownJump) }
+            if let first = foreign.first {
+                out.append(.init(kind: .legacyRules, detail: "\(tool) holds \(foreign.count) nat rule(s) beside nftables (first: \(first)); they run in separate hooks and can redirect or exempt traffic behind weir's back"))
             }
         }
         return out

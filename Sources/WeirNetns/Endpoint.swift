@@ -1,5 +1,5 @@
-import CWeirShims
 import WeirCapture
+import WeirSystem
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -17,6 +17,11 @@ public struct Endpoint: Sendable, Hashable, CustomStringConvertible {
     /// `198.18.0.2:80` or `[fd00::2]:80`.
     public var description: String {
         family == .ipv4 ? "\(IPAddressText.formatIPv4(address)):\(port)" : "[\(IPAddressText.formatIPv6(address))]:\(port)"
+    }
+
+    /// Whether the address is loopback (127.0.0.0/8 or ::1).
+    public var isLoopback: Bool {
+        family == .ipv4 ? address.first == 127 : address == Array(repeating: 0, count: 15) + [1]
     }
 
     /// The address alone.
@@ -43,60 +48,25 @@ public struct Endpoint: Sendable, Hashable, CustomStringConvertible {
 }
 
 
-/// Conversions between sockaddr storage and `Endpoint`, and the socket calls that return addresses.
+/// Conversions between kernel socket addresses and `Endpoint`, and the socket calls that return addresses.
 public enum SocketAddress {
-    public static func make(_ e: Endpoint) -> (sockaddr_storage, socklen_t) {
-        var ss = sockaddr_storage()
-        withUnsafeMutableBytes(of: &ss) { raw in
-            if e.family == .ipv4 {
-                let sin = raw.baseAddress!.assumingMemoryBound(to: sockaddr_in.self)
-                sin.pointee.sin_family = sa_family_t(AF_INET)
-                sin.pointee.sin_port = e.port.bigEndian
-                withUnsafeMutableBytes(of: &sin.pointee.sin_addr) { $0.copyBytes(from: e.address) }
-            } else {
-                let sin6 = raw.baseAddress!.assumingMemoryBound(to: sockaddr_in6.self)
-                sin6.pointee.sin6_family = sa_family_t(AF_INET6)
-                sin6.pointee.sin6_port = e.port.bigEndian
-                withUnsafeMutableBytes(of: &sin6.pointee.sin6_addr) { $0.copyBytes(from: e.address) }
-            }
-        }
-        return (ss, socklen_t(e.family == .ipv4 ? MemoryLayout<sockaddr_in>.size : MemoryLayout<sockaddr_in6>.size))
+    /// The kernel's form of an endpoint.
+    public static func make(_ e: Endpoint) -> SocketAddressBytes {
+        e.family == .ipv4 ? .ipv4(e.address, port: e.port) : .ipv6(e.address, port: e.port)
     }
 
-    public static func endpoint(_ storage: sockaddr_storage, family: IPFamily) -> Endpoint? {
-        var ss = storage
-        return withUnsafeBytes(of: &ss) { raw -> Endpoint? in
-            let f = raw.load(as: sa_family_t.self)
-            if f == sa_family_t(AF_INET) {
-                let sin = raw.load(as: sockaddr_in.self)
-                return Endpoint(family: .ipv4, address: withUnsafeBytes(of: sin.sin_addr) { Array($0) }, port: UInt16(bigEndian: sin.sin_port))
-            }
-            if f == sa_family_t(AF_INET6) {
-                let sin6 = raw.load(as: sockaddr_in6.self)
-                let a = withUnsafeBytes(of: sin6.sin6_addr) { Array($0) }
-                // An IPv4-mapped peer on a dual-stack socket is an IPv4 peer.
-                if a[0..<10].allSatisfy({ $0 == 0 }) && a[10] == 0xFF && a[11] == 0xFF {
-                    return Endpoint(family: .ipv4, address: Array(a[12...]), port: UInt16(bigEndian: sin6.sin6_port))
-                }
-                return Endpoint(family: .ipv6, address: a, port: UInt16(bigEndian: sin6.sin6_port))
-            }
-            return nil
-        }
+    /// An IPv4 or IPv6 address as an endpoint (an IPv4-mapped peer on a dual-stack socket is an IPv4 peer).
+    public static func endpoint(_ a: SocketAddressBytes) -> Endpoint? {
+        guard let (address, port) = a.ip else { return nil }
+        return Endpoint(family: address.count == 4 ? .ipv4 : .ipv6, address: address, port: port)
     }
 
-    public static func local(_ fd: Int32, family: IPFamily) -> Endpoint? {
-        var ss = sockaddr_storage()
-        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let rc = withUnsafeMutablePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
-        return rc == 0 ? endpoint(ss, family: family) : nil
-    }
+    /// The socket's own address.
+    public static func local(_ fd: borrowing FileDescriptor) -> Endpoint? { fd.localAddress().flatMap(endpoint) }
 
     /// SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST.
-    public static func originalDestination(_ fd: Int32, family: IPFamily) -> Endpoint? {
-        var ss = sockaddr_storage()
-        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        guard weir_original_dst(fd, family == .ipv4 ? AF_INET : AF_INET6, &ss, &len) == 0 else { return nil }
-        return endpoint(ss, family: family)
+    public static func originalDestination(_ fd: borrowing FileDescriptor, family: IPFamily) -> Endpoint? {
+        fd.originalDestination(ipv6: family == .ipv6).flatMap(endpoint)
     }
 
     /// Whether the address may be assigned in this namespace: loopback, or a bind to it succeeds. Only a bind
@@ -105,14 +75,9 @@ public enum SocketAddress {
     public static func isLocal(_ e: Endpoint) -> Bool {
         if e.family == .ipv4 && e.address[0] == 127 { return true }
         if e.family == .ipv6 && e.address == Array(repeating: 0, count: 15) + [1] { return true }
-        let fd = socket(e.family == .ipv4 ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return true }
-        defer { close(fd) }
+        guard let fd = try? FileDescriptor.tcp(ipv6: e.family == .ipv6) else { return true }
         // Only EADDRNOTAVAIL says "not an address of this namespace": any other failure (EADDRINUSE when the
         // ephemeral ports are exhausted, say) leaves the address counted as local, the safe side for a loop guard.
-        var (addr, len) = make(Endpoint(family: e.family, address: e.address, port: 0))
-        if withUnsafePointer(to: &addr, { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }) == 0 { return true }
-        return weir_errno() != EADDRNOTAVAIL
+        return fd.tryBind(make(Endpoint(family: e.family, address: e.address, port: 0))) != EADDRNOTAVAIL
     }
-
 }

@@ -1,13 +1,127 @@
-import CWeirShims
+import WeirSystem
+
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// A network namespace named by a file: a bind mount (`/run/netns/NAME`) or `/proc/PID/ns/net`.
+/// A network namespace's identity: the device and inode of its nsfs file. A namespace deleted and recreated at the
+/// same path is another namespace, with another identity.
+public struct NamespaceIdentity: Sendable, Hashable, Codable, CustomStringConvertible {
+    public let device: UInt64
+    public let inode: UInt64
+    public init(device: UInt64, inode: UInt64) { self.device = device; self.inode = inode }
+    /// `net:[4026532245]`, as `/proc/PID/ns/net` links read (with the device when it is not nsfs's usual 4).
+    public var description: String { device == 4 ? "net:[\(inode)]" : "net:[\(inode)]@\(device)" }
+}
+
+/// The namespace file is missing, unreadable, or not a network namespace: a user error.
+public struct NamespaceError: Error, Sendable, CustomStringConvertible {
+    public let path: String
+    public let reason: String
+    public var description: String {
+        "--netns \(path): \(reason). Give a bind-mounted network namespace such as /run/netns/NAME or /proc/PID/ns/net."
+    }
+}
+
+/// An open network namespace: a descriptor that keeps it alive, and its identity.
 ///
-/// `setns` moves only the calling thread, so work inside runs on a dedicated OS thread that enters,
-/// runs the work and ends; no shared executor thread ever changes namespace. Sockets opened there
-/// stay in that namespace for their whole life, whichever thread uses them later.
+/// `setns` moves only the calling thread, so work inside runs on a dedicated OS thread that enters, runs and ends;
+/// no Swift-concurrency or NIO thread ever changes namespace. Sockets opened there stay in the namespace for their
+/// whole life, whichever thread uses them later.
+public final class NamespaceHandle: Sendable, CustomStringConvertible {
+    /// The descriptor that keeps the namespace alive.
+    public let descriptor: FileDescriptor
+    public let identity: NamespaceIdentity
+    /// Where it was opened from (for messages).
+    public let path: String
+
+    init(descriptor: consuming FileDescriptor, identity: NamespaceIdentity, path: String) {
+        self.descriptor = descriptor
+        self.identity = identity
+        self.path = path
+    }
+
+    /// Opens `path` and checks that it is a network namespace, before anything is done in it.
+    public static func open(_ path: String) throws(NamespaceError) -> NamespaceHandle {
+        let fd: FileDescriptor
+        do { fd = try FileDescriptor.open(path, O_RDONLY) } catch { throw NamespaceError(path: path, reason: error.reason) }
+        let isNetwork: Bool
+        do throws(SystemCallError) {
+            isNetwork = try NamespaceCalls.isNetworkNamespace(fd)
+        } catch {
+            throw NamespaceError(path: path, reason: error.errno == ENOTTY || error.errno == EINVAL ? "not a namespace file" : error.reason)
+        }
+        guard isNetwork else { throw NamespaceError(path: path, reason: "a namespace, but not a network namespace") }
+        let status: FileStatus
+        do { status = try fd.status() } catch { throw NamespaceError(path: path, reason: error.reason) }
+        return NamespaceHandle(descriptor: fd, identity: NamespaceIdentity(device: status.device, inode: status.inode), path: path)
+    }
+
+    /// The namespace of the calling process.
+    public static func current() throws(NamespaceError) -> NamespaceHandle { try open("/proc/self/ns/net") }
+
+    /// The identity of the namespace at `path` without keeping it open.
+    public static func identity(of path: String) throws(NamespaceError) -> NamespaceIdentity { try open(path).identity }
+
+    public var description: String { "\(path) (\(identity))" }
+
+    /// A `/proc/self/fd/N` path that names this namespace while the handle lives.
+    public var procPath: String { "/proc/self/fd/\(descriptor.number)" }
+
+    /// Runs `body` inside the namespace on a dedicated thread, and returns its result. A namespace the thread
+    /// cannot enter is an error, not work done in the host's namespace.
+    public func run<T: Sendable>(name: String = "weir-netns", _ body: @escaping @Sendable () throws -> T) throws -> T {
+        let result = OneShot<Result<T, any Error>>()
+        let thread = try OSThread.start(name: name) { [self] in
+            result.set(Result { () throws -> T in
+                do throws(SystemCallError) { try NamespaceCalls.enter(descriptor) } catch { throw error.context("entering network namespace \(path)") }
+                return try body()
+            })
+        }
+        let r = result.wait()
+        thread.join()
+        return try r.get()
+    }
+
+    /// Runs `body` inside the namespace on a dedicated thread; the caller's task resumes when it is done, without
+    /// blocking a cooperative or event-loop thread meanwhile.
+    public func run<T: Sendable>(name: String = "weir-netns", _ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+            do {
+                try OSThread.start(name: name, detached: true) { [self] in
+                    continuation.resume(with: Result { () throws -> T in
+                        do throws(SystemCallError) { try NamespaceCalls.enter(descriptor) } catch { throw error.context("entering network namespace \(path)") }
+                        return try body()
+                    })
+                }
+            } catch {
+                continuation.resume(throwing: error)
+            }
+        }
+    }
+
+    /// Starts a long-running thread inside the namespace (an event loop whose sockets live there). Returns once the
+    /// thread is inside; a namespace it cannot enter is thrown here, and `body` never runs.
+    public func thread(name: String, _ body: @escaping @Sendable () -> Void) throws -> OSThread {
+        let entered = OneShot<SystemCallError?>()
+        let thread = try OSThread.start(name: name) { [self] in
+            do throws(SystemCallError) { try NamespaceCalls.enter(descriptor) } catch {
+                entered.set(error.context("entering network namespace \(path)"))
+                return
+            }
+            entered.set(nil)
+            body()
+        }
+        if let failure = entered.wait() {
+            thread.join()
+            throw failure
+        }
+        return thread
+    }
+}
+
+/// A network namespace named by a file (a bind mount such as `/run/netns/NAME`, or `/proc/PID/ns/net`), or the
+/// process's own. Opened afresh for each piece of work; hold a `NamespaceHandle` to keep one namespace.
 public struct NetworkNamespace: Sendable, CustomStringConvertible {
     /// nil is the namespace of the calling process.
     public let path: String?
@@ -18,137 +132,38 @@ public struct NetworkNamespace: Sendable, CustomStringConvertible {
 
     public var description: String { path ?? "current network namespace" }
 
-    /// The namespace file is missing or not a network namespace: a user error.
-    public struct NotFound: Error, Sendable, CustomStringConvertible {
-        public let path: String
-        public let reason: String
-        public var description: String { "--netns \(path): \(reason). Give a bind-mounted namespace such as /run/netns/NAME or /proc/PID/ns/net." }
-    }
-
-    /// Checks that the path exists and is a namespace file, before any work starts.
-    public func validate() throws(NotFound) {
+    /// Checks that the path names a network namespace, before any work starts.
+    public func validate() throws(NamespaceError) {
         guard let path else { return }
-        var st = stat()
-        guard stat(path, &st) == 0 else { throw NotFound(path: path, reason: String(cString: strerror(weir_errno()))) }
-        // Namespace files live on nsfs; a plain file or directory is a mistake.
-        let nsfsMagic: Int = 0x6E73_6673
-        let fsType = weir_fs_type(path)
-        if fsType >= 0, Int(fsType) != nsfsMagic {
-            throw NotFound(path: path, reason: "not a namespace file (not on nsfs)")
-        }
+        _ = try NamespaceHandle.open(path)
     }
 
-    /// Runs `body` inside the namespace and returns its result.
+    /// Runs `body` inside the namespace and returns its result (inline for the current namespace).
     public func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) throws -> T {
         guard let path else { return try body() }
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw SystemCallError("open", context: "opening network namespace \(path)") }
-        defer { close(fd) }
-        let box = ThreadBox<T>(fd: fd, body: body)
-        var thread = pthread_t()
-        let unmanaged = Unmanaged.passRetained(box)
-        let rc = pthread_create(&thread, nil, { raw in
-            let box = Unmanaged<AnyObject>.fromOpaque(raw!).takeRetainedValue() as! ThreadEntry
-            box.enterAndRun()
-            return nil
-        }, unmanaged.toOpaque())
-        guard rc == 0 else {
-            unmanaged.release()
-            throw SystemCallError("pthread_create", errno: rc, context: "starting the namespace thread")
-        }
-        pthread_join(thread, nil)
-        return try box.result!.get()
+        return try NamespaceHandle.open(path).run(body)
+    }
+
+    /// A long-running thread inside the namespace (see `NamespaceHandle.thread`).
+    public func thread(name: String, _ body: @escaping @Sendable () -> Void) throws -> OSThread {
+        if let path { return try NamespaceHandle.open(path).thread(name: name, body) }
+        return try OSThread.start(name: name, body)
     }
 }
 
-private protocol ThreadEntry: AnyObject { func enterAndRun() }
-
-/// Carries work to the namespace thread and its result back. The creating thread only reads `result`
-/// after `pthread_join`, which orders it after the namespace thread's write, so no data race is possible.
-private final class ThreadBox<T: Sendable>: ThreadEntry, @unchecked Sendable {
-    let fd: Int32
-    let body: @Sendable () throws -> T
-    var result: Result<T, Error>?
-
-    init(fd: Int32, body: @escaping @Sendable () throws -> T) { self.fd = fd; self.body = body }
-
-    func enterAndRun() {
-        guard weir_setns_net(fd) == 0 else {
-            result = .failure(SystemCallError("setns", context: "entering the network namespace"))
-            return
-        }
-        result = Result { try body() }
-    }
-}
-
-/// A new, empty network namespace held open by a file descriptor; it disappears when released.
+/// A new, empty network namespace held open; it disappears when released.
 public final class ScratchNamespace: Sendable {
-    /// The descriptor that keeps the namespace alive.
-    public let fd: Int32
+    /// The handle that keeps the namespace alive.
+    public let handle: NamespaceHandle
 
     /// Creates the namespace on a throwaway thread (unshare moves only that thread).
     public init() throws {
-        let fd = try NetworkNamespace.current.run { () throws -> Int32 in
-            // `current.run` runs inline; make a dedicated thread by entering our own namespace first.
-            try NetworkNamespace(path: "/proc/thread-self/ns/net").run {
-                guard weir_unshare_net() == 0 else { throw SystemCallError("unshare", context: "creating a scratch network namespace") }
-                let fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)
-                guard fd >= 0 else { throw SystemCallError("open", context: "holding the scratch network namespace") }
-                return fd
-            }
+        handle = try NamespaceHandle.current().run(name: "weir-scratch") { () throws -> NamespaceHandle in
+            try NamespaceCalls.unshareNetwork()
+            return try NamespaceHandle.open("/proc/thread-self/ns/net")
         }
-        self.fd = fd
     }
-
-    deinit { close(fd) }
 
     /// A path that names the namespace while this object lives.
-    public var namespace: NetworkNamespace { NetworkNamespace(path: "/proc/\(getpid())/fd/\(fd)") }
-}
-
-/// A long-running OS thread inside a network namespace (for event loops whose sockets must live there).
-public final class NamespaceThread: @unchecked Sendable {
-    // `thread` is written once before the initializer returns and only read by join().
-    private var thread = pthread_t()
-
-    /// Starts `body` on a new thread that first enters `namespace` (nil path: stays in the current one).
-    public init(namespace: NetworkNamespace, name: String, _ body: @escaping @Sendable () -> Void) throws {
-        var fd: Int32 = -1
-        if let path = namespace.path {
-            fd = open(path, O_RDONLY | O_CLOEXEC)
-            guard fd >= 0 else { throw SystemCallError("open", context: "opening network namespace \(path)") }
-        }
-        let start = ThreadStart(fd: fd, name: name, body: body)
-        let unmanaged = Unmanaged.passRetained(start)
-        let rc = pthread_create(&thread, nil, { raw in
-            let start = Unmanaged<ThreadStart>.fromOpaque(raw!).takeRetainedValue()
-            start.run()
-            return nil
-        }, unmanaged.toOpaque())
-        guard rc == 0 else {
-            unmanaged.release()
-            if fd >= 0 { close(fd) }
-            throw SystemCallError("pthread_create", errno: rc, context: "starting thread \(name)")
-        }
-    }
-
-    public func join() { pthread_join(thread, nil) }
-}
-
-private final class ThreadStart: @unchecked Sendable {
-    // Immutable after init; handed to exactly one thread.
-    let fd: Int32
-    let name: String
-    let body: @Sendable () -> Void
-    init(fd: Int32, name: String, body: @escaping @Sendable () -> Void) { self.fd = fd; self.name = name; self.body = body }
-
-    func run() {
-        if fd >= 0 {
-            let ok = weir_setns_net(fd) == 0
-            close(fd)
-            // A thread that cannot enter its namespace must not run there by mistake in the host's.
-            guard ok else { return }
-        }
-        body()
-    }
+    public var namespace: NetworkNamespace { NetworkNamespace(path: "/proc/\(getpid())/fd/\(handle.descriptor.number)") }
 }

@@ -6,6 +6,7 @@ import NIOHTTP2
 import NIOPosix
 import Synchronization
 import WeirNetns
+import WeirSystem
 
 /// gRPC over HTTP/2, server side, for exactly the two ADS methods: on NIO's event loops, one stream handler per
 /// HTTP/2 stream and no task per stream.
@@ -37,6 +38,10 @@ final class ADSTransport: Sendable {
         let isTCP: Bool
         if case .tcp = address { isTCP = true } else { isTCP = false }
         let bootstrap = ServerBootstrap(group: group)
+            // Out of descriptors, accept pauses for a second instead of spinning (NIO's bind does not add it).
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(AcceptBackoffHandler()) }
+            }
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             // Small reads to start with: an ADS connection is mostly idle, and NIOHTTP2's frame parser keeps what it
@@ -48,16 +53,20 @@ final class ADSTransport: Sendable {
                     try self.configure(channel)
                 }
             }
-        switch address {
-        case .unix(let path):
-            try UnixSocketPath.claim(path)
-            let channel = try await bootstrap.bind(unixDomainSocketPath: path).get()
-            // Sidecars run as their own uid (App Mesh's Envoy as 1337), and connecting takes write permission: the
-            // socket is as open as a loopback port. Who reaches it is the directory's to decide.
-            _ = chmod(path, 0o666)
-            return channel
-        case .tcp(let e):
-            return try await bootstrap.bind(host: e.host, port: Int(e.port)).get()
+        do {
+            switch address {
+            case .unix(let path):
+                try UnixSocketPath.claim(path)
+                let channel = try await bootstrap.bind(unixDomainSocketPath: path).get()
+                // Sidecars run as their own uid (App Mesh's Envoy as 1337), and connecting takes write permission: the
+                // socket is as open as a loopback port. Who reaches it is the directory's to decide.
+                try? FileSystem.setMode(path, 0o666)
+                return channel
+            case .tcp(let e):
+                return try await bootstrap.bind(host: e.host, port: Int(e.port)).get()
+            }
+        } catch let e as IOError {
+            throw XDSBindError(address: address, reason: Posix.describe(e.errnoCode))
         }
     }
 
@@ -133,6 +142,13 @@ final class ADSTransport: Sendable {
     }
 }
 
+/// ADS cannot listen on its address.
+public struct XDSBindError: Error, Sendable, CustomStringConvertible {
+    public let address: XDSAddress
+    public let reason: String
+    public var description: String { "cannot listen on \(address): \(reason)" }
+}
+
 /// Logs the errors NIOHTTP2 reports on a connection. It handles them itself: a stream error (a frame for a stream
 /// already reset, say) costs only that stream; a connection error is answered with GOAWAY and the connection closes.
 final class ConnectionErrorLogger: ChannelInboundHandler {
@@ -141,10 +157,51 @@ final class ConnectionErrorLogger: ChannelInboundHandler {
     let peer: String
     init(logger: Logger, peer: String) { self.logger = logger; self.peer = peer }
 
+    /// At most this many warnings per peer a minute: a peer sending garbage cannot flood the log.
+    static let warnings = RateLimiter(perMinute: 10)
+
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        // A frame for a stream that has just ended is the usual race of a client cancelling; anything else is news.
+        // A frame for a stream that has just ended is the usual race of a client cancelling; anything else is news,
+        // and the end of the connection: a peer that breaks the protocol once is not read further.
         let benign = error is NIOHTTP2Errors.NoSuchStream || error is NIOHTTP2Errors.StreamClosed
-        logger.log(level: benign ? .debug : .warning, "ADS connection error", metadata: ["peer": "\(peer)", "error": "\(error)"])
+        if benign {
+            logger.debug("ADS connection error", metadata: ["peer": "\(peer)", "error": "\(error)"])
+            return
+        }
+        switch Self.warnings.admit(peer) {
+        case .log: logger.warning("ADS connection error; closing it", metadata: ["peer": "\(peer)", "error": "\(error)"])
+        case .logSuppressed(let n):
+            logger.warning("ADS connection error; closing it", metadata: ["peer": "\(peer)", "error": "\(error)", "suppressed": "\(n)"])
+        case .drop: break
+        }
+        context.close(promise: nil)
+    }
+}
+
+/// Admits at most `perMinute` events per key each minute; says how many were dropped when it admits again.
+final class RateLimiter: Sendable {
+    enum Verdict: Equatable { case log, logSuppressed(Int), drop }
+    struct Window { var start: UInt64; var count: Int; var dropped: Int }
+    let perMinute: Int
+    let windows = Mutex<[String: Window]>([:])
+
+    init(perMinute: Int) { self.perMinute = perMinute }
+
+    func admit(_ key: String, now: UInt64 = DispatchTime.now().uptimeNanoseconds) -> Verdict {
+        windows.withLock { w in
+            if w.count > 10_000 { w = w.filter { now - $0.value.start < 60_000_000_000 } }
+            var window = w[key] ?? Window(start: now, count: 0, dropped: 0)
+            if now - window.start >= 60_000_000_000 { window = Window(start: now, count: 0, dropped: window.dropped) }
+            defer { w[key] = window }
+            guard window.count < perMinute else { window.dropped += 1; return .drop }
+            window.count += 1
+            if window.dropped > 0 {
+                let n = window.dropped
+                window.dropped = 0
+                return .logSuppressed(n)
+            }
+            return .log
+        }
     }
 }
 

@@ -5,6 +5,7 @@ import Logging
 import SwiftProtobuf
 import Synchronization
 import WeirMesh
+import WeirSystem
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -17,11 +18,11 @@ public enum ConfigDirectory {
     public static func files(_ directory: String, extensions: [String] = [".yaml", ".yml"],
                              limits: YAMLLimits = .default) throws(MeshError) -> [(path: String, text: String)] {
         var walk = Walk(extensions: extensions, limits: limits)
-        var st = stat()
-        guard stat(directory, &st) == 0 else {
-            throw MeshError(problems: [Walk.problem(directory, "cannot be read: \(String(cString: strerror(errno)))")])
+        let st: FileStatus
+        do { st = try FileStatus.of(directory) } catch {
+            throw MeshError(problems: [Walk.problem(directory, "cannot be read: \(error.reason)")])
         }
-        guard (st.st_mode & S_IFMT) == S_IFDIR else { throw MeshError(problems: [Walk.problem(directory, "not a directory")]) }
+        guard st.isDirectory else { throw MeshError(problems: [Walk.problem(directory, "not a directory")]) }
         walk.directory(directory, depth: 0, visited: [])
         if !walk.problems.isEmpty { throw MeshError(problems: walk.problems) }
         return walk.files.sorted { $0.path < $1.path }
@@ -41,47 +42,30 @@ public enum ConfigDirectory {
 
         struct Identity: Hashable { var device: UInt64; var inode: UInt64 }
 
+        func isConfig(_ name: String) -> Bool { extensions.contains { name.hasSuffix($0) } }
+
         mutating func directory(_ path: String, depth: Int, visited: Set<Identity>) {
             guard depth <= Self.maxDepth else { problems.append(Self.problem(path, "directories nest more than \(Self.maxDepth) deep")); return }
-            var st = stat()
-            guard stat(path, &st) == 0 else { problems.append(Self.problem(path, "cannot be read: \(String(cString: strerror(errno)))")); return }
-            let id = Identity(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
+            let st: FileStatus
+            do { st = try FileStatus.of(path) } catch { problems.append(Self.problem(path, "cannot be read: \(error.reason)")); return }
+            let id = Identity(device: st.device, inode: st.inode)
             guard !visited.contains(id) else { problems.append(Self.problem(path, "a symbolic link loops back to a directory above it")); return }
-            guard let dir = opendir(path) else {
-                problems.append(Self.problem(path, "directory cannot be read: \(String(cString: strerror(errno)))")); return
+            let names: [String]
+            do { names = try FileSystem.entries(path) } catch {
+                problems.append(Self.problem(path, "directory cannot be read: \(error.reason)")); return
             }
-            var names: [String] = []
-            while true {
-                errno = 0
-                guard let entry = readdir(dir) else {
-                    if errno != 0 { problems.append(Self.problem(path, "directory cannot be listed: \(String(cString: strerror(errno)))")) }
-                    break
-                }
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                    String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-                }
-                if !name.hasPrefix(".") { names.append(name) }
-            }
-            closedir(dir)
-            for name in names.sorted() {
+            for name in names.sorted() where !name.hasPrefix(".") {
                 let child = path.hasSuffix("/") ? path + name : path + "/" + name
-                var cst = stat()
-                guard stat(child, &cst) == 0 else {
+                let cst: FileStatus
+                do { cst = try FileStatus.of(child) } catch {
                     // A dangling link that looks like a manifest is a mistake; anything else is not ours.
-                    if extensions.contains(where: { name.hasSuffix($0) }) {
-                        problems.append(Self.problem(child, "cannot be read: \(String(cString: strerror(errno)))"))
-                    }
+                    if isConfig(name) { problems.append(Self.problem(child, "cannot be read: \(error.reason)")) }
                     continue
                 }
-                switch cst.st_mode & S_IFMT {
-                case S_IFDIR:
+                if cst.isDirectory {
                     directory(child, depth: depth + 1, visited: visited.union([id]))
-                case S_IFREG where extensions.contains(where: { name.hasSuffix($0) }):
-                    file(child, size: Int(cst.st_size))
-                default:
-                    if extensions.contains(where: { name.hasSuffix($0) }) {
-                        problems.append(Self.problem(child, "not a regular file"))
-                    }
+                } else if isConfig(name) {
+                    if cst.isRegular { file(child, size: cst.size) } else { problems.append(Self.problem(child, "not a regular file")) }
                 }
             }
         }
@@ -91,26 +75,17 @@ public enum ConfigDirectory {
                 problems.append(Self.problem(path, "the file is \(size) bytes; weir reads files of at most \(limits.maxBytes) bytes"))
                 return
             }
-            let fd = open(path, O_RDONLY | O_CLOEXEC)
-            guard fd >= 0 else { problems.append(Self.problem(path, "cannot be read: \(String(cString: strerror(errno)))")); return }
-            defer { close(fd) }
-            // Read at most one byte past the limit: a file that grew since stat is refused, not read whole.
-            var bytes = [UInt8](repeating: 0, count: min(size, limits.maxBytes) + 1)
-            var filled = 0
-            while filled < bytes.count {
-                let n = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress! + filled, $0.count - filled) }
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    problems.append(Self.problem(path, "cannot be read: \(String(cString: strerror(errno)))")); return
+            do {
+                // Read at most one byte past the limit: a file that grew since stat is refused, not read whole.
+                let bytes = try FileDescriptor.open(path, O_RDONLY).readAll(limit: limits.maxBytes)
+                guard bytes.count <= limits.maxBytes else {
+                    problems.append(Self.problem(path, "the file is over \(limits.maxBytes) bytes; weir reads files of at most \(limits.maxBytes) bytes"))
+                    return
                 }
-                if n == 0 { break }
-                filled += n
+                files.append((path, String(decoding: bytes, as: UTF8.self)))
+            } catch {
+                problems.append(Self.problem(path, "cannot be read: \(error.reason)"))
             }
-            guard filled <= limits.maxBytes else {
-                problems.append(Self.problem(path, "the file is over \(limits.maxBytes) bytes; weir reads files of at most \(limits.maxBytes) bytes"))
-                return
-            }
-            files.append((path, String(decoding: bytes[..<filled], as: UTF8.self)))
         }
     }
 }
@@ -240,7 +215,15 @@ public final class ConfigSources: SnapshotSource {
             }
         }
         let compiled = clock.now
-        good.withLock { $0.manifests = manifests; $0.envoy = envoy; $0.lastError = nil; $0.generation += 1 }
+        // A generation is a config put in force that differs from the one before (versions are content hashes): a
+        // reload that reads the same files again, after a touch or a refused edit taken back, is none.
+        let changed = Set(cache.nodeIDs) != Set(next.keys) || next.contains { cache.snapshot(for: $0.key)?.version != $0.value.version }
+        good.withLock { g in
+            g.manifests = manifests
+            g.envoy = envoy
+            g.lastError = nil
+            if changed || g.generation == 0 { g.generation += 1 }
+        }
         cache.publish(next)
         logger.info("config in force", metadata: ["nodes": "\(next.count)", "read_ms": "\((read - started).milliseconds)",
                                                    "compile_ms": "\((compiled - read).milliseconds)", "publish_ms": "\((clock.now - compiled).milliseconds)"])
@@ -287,42 +270,67 @@ public final class ConfigSources: SnapshotSource {
         return s
     }
 
-    /// Watches both directories with inotify and reloads on change (debounced by 10 ms); runs until the process ends.
-    public func watch() throws {
-        let fd = inotify_init1(Int32(IN_CLOEXEC))
-        guard fd >= 0 else { throw WatchFailure(description: "inotify_init1: \(String(cString: strerror(errno)))") }
-        let mask = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_CREATE | IN_ATTRIB)
-        @Sendable func addTree(_ root: String) {
-            _ = inotify_add_watch(fd, root, mask)
-            for rel in FileManager.default.enumerator(atPath: root)?.compactMap({ $0 as? String }) ?? [] {
-                var d: ObjCBool = false
-                let p = root + "/" + rel
-                if FileManager.default.fileExists(atPath: p, isDirectory: &d), d.boolValue { _ = inotify_add_watch(fd, p, mask) }
-            }
-        }
+    /// Watches both directories (and their parents, so that a directory removed and made again is seen) with
+    /// inotify, and reloads on change, 10 ms after the first event so that an editor's burst of writes is read once.
+    /// The watcher runs on its own thread until stopped.
+    public func watch() throws -> ConfigWatcher {
         let roots = [meshDirectory, envoyDirectory].compactMap { $0 }
-        for r in roots { addTree(r) }
-        let thread = Thread { [self] in
-            var buffer = [UInt8](repeating: 0, count: 16384)
-            while true {
-                let n = read(fd, &buffer, buffer.count)
-                if n < 0 { if errno == EINTR { continue }; return }
-                // Let an editor or `kubectl cp` finish its burst of writes, then read everything once.
-                usleep(10_000)
-                var pending = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-                while poll(&pending, 1, 0) > 0 { _ = read(fd, &buffer, buffer.count) }
-                for r in roots { addTree(r) } // new subdirectories
-                self.reload()
-            }
-        }
-        thread.name = "weir-xds-watch"
-        thread.start()
+        return try ConfigWatcher(roots: roots) { [self] in self.reload() }
     }
 }
 
-/// The directories cannot be watched.
-public struct WatchFailure: Error, CustomStringConvertible {
-    public var description: String
+/// A thread that waits for inotify events on some directory trees and calls `onChange`; `stop()` ends it.
+public final class ConfigWatcher: Sendable {
+    let inotify: Inotify
+    let wake: FileDescriptor
+    let thread = Mutex<OSThread?>(nil)
+    let roots: [String]
+
+    init(roots: [String], onChange: @escaping @Sendable () -> Void) throws {
+        inotify = try Inotify()
+        wake = try FileDescriptor.eventCounter()
+        self.roots = roots
+        addWatches()
+        let t = try OSThread.start(name: "weir-xds-watch") { [self] in
+            // Bounded by stop(): each pass waits for an event or the wake-up.
+            while true {
+                guard let (changed, stopping) = try? pollReadable(inotify.descriptor, wake, timeout: -1) else { return }
+                if stopping { return }
+                guard changed else { continue }
+                _ = inotify.drain()
+                // Let an editor or `kubectl cp` finish its burst of writes, then read everything once.
+                usleep(10_000)
+                _ = inotify.drain()
+                addWatches()  // new subdirectories, or a root made again
+                onChange()
+            }
+        }
+        thread.withLock { $0 = t }
+    }
+
+    /// Watches each root's tree, and each root's parent (for the root itself coming and going).
+    func addWatches() {
+        for root in roots {
+            let parent = (root as NSString).deletingLastPathComponent
+            _ = try? inotify.watch(parent.isEmpty ? "/" : parent, mask: UInt32(IN_CREATE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM | IN_ATTRIB))
+            addTree(root, depth: 0)
+        }
+    }
+
+    func addTree(_ dir: String, depth: Int) {
+        guard depth <= ConfigDirectory.Walk.maxDepth, (try? inotify.watch(dir)) != nil,
+              let names = try? FileSystem.entries(dir) else { return }
+        for name in names where !name.hasPrefix(".") {
+            let child = dir.hasSuffix("/") ? dir + name : dir + "/" + name
+            if (try? FileStatus.of(child))?.isDirectory == true { addTree(child, depth: depth + 1) }
+        }
+    }
+
+    /// Ends the thread (after a reload in progress) and waits for it.
+    public func stop() {
+        wake.signalEvent()
+        thread.withLock { t in let out = t; t = nil; return out }?.join()
+    }
 }
 
 extension Duration {

@@ -175,6 +175,15 @@ public final class SnapshotCache: Sendable {
         return writer.flush(until: Date(timeIntervalSinceNow: seconds))
     }
 
+    /// At shutdown: writes what is left (for `seconds` at most) and ends the writer thread. Whether everything was
+    /// written.
+    @discardableResult
+    public func finishWriting(within seconds: Double) -> Bool {
+        let done = flush(within: seconds)
+        writer.stop()
+        return done
+    }
+
     static func write(_ nodeID: String, _ snapshot: Snapshot, directory: URL, logger: Logger) {
         let p = Persisted(node: nodeID, resources: snapshot.resources.reduce(into: [:]) { out, e in
             out[e.key.rawValue] = e.value.mapValues { PersistedResource(bytes: Data($0.bytes), namedOnly: $0.namedOnly) }
@@ -224,6 +233,7 @@ final class SnapshotWriter: @unchecked Sendable {
     var unwritten: [String: Snapshot] = [:]
     var writing = false
     var running = false
+    var stopping = false
 
     init(write: @escaping @Sendable (String, Snapshot) -> Void) { self.write = write }
 
@@ -231,7 +241,7 @@ final class SnapshotWriter: @unchecked Sendable {
         condition.lock()
         defer { condition.unlock() }
         unwritten[nodeID] = snapshot
-        if !running {
+        if !running && !stopping {
             running = true
             let t = Thread { [self] in run() }
             t.name = "weir-persist"
@@ -251,13 +261,21 @@ final class SnapshotWriter: @unchecked Sendable {
         return true
     }
 
+    /// Ends the thread once nothing is left to write; later snapshots are not written.
+    func stop() {
+        condition.lock()
+        stopping = true
+        condition.broadcast()
+        condition.unlock()
+    }
+
     func run() {
         // Per thread on Linux: only this thread's nice value changes.
         _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, 19)
         condition.lock()
         while true {
             if unwritten.isEmpty {
-                _ = condition.wait(until: Date(timeIntervalSinceNow: Self.idleSeconds))
+                if !stopping { _ = condition.wait(until: Date(timeIntervalSinceNow: Self.idleSeconds)) }
                 if unwritten.isEmpty { running = false; condition.unlock(); return }
             }
             let batch = unwritten

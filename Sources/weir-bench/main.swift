@@ -3,38 +3,16 @@ import Foundation
 import WeirCapture
 import WeirNetfilter
 import WeirNetns
+import WeirSystem
 
 func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
 
-/// posix_spawn + waitpid: Foundation's Process polls for exit and would blur millisecond timings.
+/// Runs a program to its end (posix_spawn and waitpid, as Subprocess does; Foundation's Process polls for exit and
+/// would blur millisecond timings). Its exit status.
 @discardableResult
 func run(_ args: [String], input: String? = nil) -> Int32 {
-    var fds: [Int32] = [0, 0]
-    guard pipe(&fds) == 0 else { fatalError("pipe") }
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_adddup2(&actions, fds[0], 0)
-    posix_spawn_file_actions_addclose(&actions, fds[1])
-    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-    let argv: [UnsafeMutablePointer<CChar>?] = args.map { (s: String) in strdup(s) } + [nil]
-    defer { argv.forEach { free($0) } }
-    var pid: pid_t = 0
-    guard posix_spawn(&pid, args[0], &actions, nil, argv, environ) == 0 else { fatalError("cannot run \(args[0])") }
-    close(fds[0])
-    if let input {
-        let bytes = Array(input.utf8)
-        var off = 0
-        while off < bytes.count {
-            let n = bytes[off...].withUnsafeBytes { write(fds[1], $0.baseAddress, $0.count) }
-            if n <= 0 { break }
-            off += n
-        }
-    }
-    close(fds[1])
-    var status: Int32 = 0
-    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-    return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+    guard let r = try? Subprocess.run(args[0], Array(args.dropFirst()), input: input ?? "") else { fatalError("cannot run \(args[0])") }
+    return r.status
 }
 
 func which(_ name: String) -> String {

@@ -89,16 +89,17 @@ struct TargetOptions: ParsableArguments {
         return ns
     }
 
+    /// The backend, with every value checked whatever the others are (a bad --iptables-mode is refused under
+    /// nftables too: it would bite the day the backend changes).
     func backendChoice() throws -> BackendChoice {
+        guard let mode = IptablesBackend.Mode(rawValue: iptablesMode.lowercased()) else {
+            throw CommandFailure(status: .badInput, message: "--iptables-mode '\(iptablesMode)' (or WEIR_IPTABLES_MODE): unknown mode. Use auto, nft or legacy.")
+        }
         switch backend.lowercased() {
         case "nftables", "nft": return .nftables
-        case "iptables":
-            guard let m = IptablesBackend.Mode(rawValue: iptablesMode.lowercased()) else {
-                throw CommandFailure(status: .badInput, message: "--iptables-mode '\(iptablesMode)': unknown mode. Use auto, nft or legacy.")
-            }
-            return .iptables(m)
+        case "iptables": return .iptables(mode)
         default:
-            throw CommandFailure(status: .badInput, message: "--backend '\(backend)': unknown backend. Use nftables (default) or iptables.")
+            throw CommandFailure(status: .badInput, message: "--backend '\(backend)' (or WEIR_BACKEND): unknown backend. Use nftables (default) or iptables.")
         }
     }
 }

@@ -1,10 +1,13 @@
 import ArgumentParser
 import Foundation
+import Logging
+import ServiceLifecycle
+import WeirAgent
 import WeirCapture
 import WeirForwarder
 import WeirNetns
 
-struct ForwardCommand: ParsableCommand {
+struct ForwardCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "forward",
         abstract: "Run the transparent forwarder: relay redirected connections to their original destination or to a proxy.",
@@ -33,7 +36,7 @@ struct ForwardCommand: ParsableCommand {
     @Option(help: "Busy-poll this many microseconds after activity before sleeping (0: never); lowers latency, costs CPU.")
     var busyPoll: Int = 0
 
-    func run() throws {
+    func run() async throws {
         var config = ForwarderConfig()
         config.outboundPort = outboundPort
         config.inboundPort = inboundPort
@@ -78,25 +81,30 @@ struct ForwardCommand: ParsableCommand {
         config.drainTimeoutMilliseconds = drainTimeout
         config.accessLogPath = accessLog
         config.families = ipv6 ? [.ipv4, .ipv6] : [.ipv4]
-        if let admin, !admin.hasPrefix("unix:"), Endpoint.parse(admin) == nil {
-            throw CommandFailure(status: .badInput, message: "--admin '\(admin)': use 127.0.0.1:PORT or unix:PATH.")
+        var adminAddress: AdminAddress?
+        if let admin {
+            guard let a = AdminAddress.parse(admin) else {
+                throw CommandFailure(status: .badInput, message: "--admin '\(admin)': use 127.0.0.1:PORT, unix:/PATH or unix:@NAME.")
+            }
+            adminAddress = a
         }
         let namespace = NetworkNamespace(path: netns)
         do { try namespace.validate() } catch { throw CommandFailure(status: .badInput, message: error.description) }
 
-        // SIGTERM and SIGINT are taken by sigwait below; worker threads inherit the blocked mask.
-        var signals = blockTerminationSignals()
-
-        let forwarder = Forwarder(config: config)
-        do {
-            try forwarder.start(in: namespace, admin: admin)
-        } catch {
-            throw CommandFailure(status: .runtimeFailure, message: "\(error)")
+        let logger = Logger(label: "weir.forward")
+        let forwarder = Forwarder(config: config, logger: logger)
+        var services: [any Service] = []
+        // Shut down in reverse: the forwarder drains first, the admin endpoint (showing 503) goes last.
+        if let adminAddress {
+            services.append(AdminServer(address: adminAddress, namespace: namespace, logger: logger,
+                                        handler: ForwarderAdmin.handler(forwarder: forwarder, registry: Weir.metrics)))
         }
-        FileHandle.standardError.write(Data("weir forward: listening on \(outboundPort) (outbound) and \(inboundPort) (inbound) in \(namespace)\n".utf8))
-        var received: Int32 = 0
-        sigwait(&signals, &received)
-        FileHandle.standardError.write(Data("weir forward: draining \(forwarder.activeConnections) connection(s)\n".utf8))
-        forwarder.drain()
+        let (outbound, inbound) = (outboundPort, inboundPort)
+        services.append(ForwarderService(forwarder: forwarder, namespace: namespace, onStarted: {
+            FileHandle.standardError.write(Data("weir forward: listening on \(outbound) (outbound) and \(inbound) (inbound) in \(namespace)\n".utf8))
+        }, onDraining: { n in
+            FileHandle.standardError.write(Data("weir forward: draining \(n) connection(s)\n".utf8))
+        }))
+        try await runServices(services, logger: logger, what: "weir forward", deadline: .milliseconds(drainTimeout + 5000))
     }
 }

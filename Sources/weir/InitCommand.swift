@@ -26,8 +26,14 @@ struct InitCommand: ParsableCommand {
             let plan = RedirectPlan(spec: spec)
             try CaptureInstaller(namespace: namespace, backend: backend).install(plan)
             if !quiet {
-                let rules = plan.chains.map(\.rules.count).reduce(0, +)
-                print("weir: installed \(rules) rules in \(namespace) (\(target.backend), mode \(spec.mode.rawValue), outbound → \(spec.outboundPort), inbound → \(spec.inboundPort))")
+                // The rules packets traverse (the spec chain only stores the spec); long lists are sets.
+                var what = "\(plan.chains.filter { $0.base != nil }.map(\.rules.count).reduce(0, +)) rules"
+                if case .iptables = backend {
+                    what = "\(spec.families.map { IptablesRendering.ruleCount(plan, family: $0) }.reduce(0, +)) iptables rules"
+                } else if !plan.sets.isEmpty {
+                    what += " and \(plan.sets.count) sets"
+                }
+                print("weir: installed \(what) in \(namespace) (\(target.backend), mode \(spec.mode.rawValue), outbound → \(spec.outboundPort), inbound → \(spec.inboundPort))")
             }
         } catch {
             throw failure(from: error)

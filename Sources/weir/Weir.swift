@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
 import Logging
+import Metrics
+import Prometheus
 import WeirCapture
 import WeirNetfilter
 import WeirNetns
@@ -17,7 +19,7 @@ struct CommandFailure: Error {
 }
 
 @main
-struct Weir: ParsableCommand {
+struct Weir: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "weir",
         abstract: "Node-level service-mesh network agent: capture a pod's TCP into a local proxy, and check that it works.",
@@ -30,15 +32,35 @@ struct Weir: ParsableCommand {
         subcommands: [InitCommand.self, CheckCommand.self, CleanCommand.self, PlanCommand.self, ForwardCommand.self, MeshCommand.self, BootstrapCommand.self, XDSCommand.self]
     )
 
-    static func main() {
+    /// The process-wide registry of metrics (swift-metrics over Prometheus), shown by admin endpoints' `/metrics`.
+    static let metrics = PrometheusCollectorRegistry()
+
+    static func main() async {
+        let environment = ProcessInfo.processInfo.environment
+        do {
+            try ProcessEnvironment.check(environment, arguments: Array(CommandLine.arguments.dropFirst()))
+        } catch let failure as CommandFailure {
+            FileHandle.standardError.write(Data(("weir: " + failure.message + "\n").utf8))
+            Foundation.exit(failure.status.rawValue)
+        } catch {
+            Foundation.exit(ExitStatus.badInput.rawValue)
+        }
+        let level = environment["WEIR_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .notice
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)
-            h.logLevel = ProcessInfo.processInfo.environment["WEIR_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .notice
+            h.logLevel = level
             return h
         }
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: metrics))
+        // Writes to a closed pipe (an admin client gone, stdout piped to head) fail with EPIPE rather than kill weir.
+        signal(SIGPIPE, SIG_IGN)
         do {
             var command = try parseAsRoot()
-            try command.run()
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
         } catch let code as ExitCode {
             Foundation.exit(code.rawValue)
         } catch let failure as CommandFailure {
@@ -57,25 +79,46 @@ struct Weir: ParsableCommand {
     }
 }
 
+/// Checks that hold whatever the command: every `WEIR_*` variable is one weir reads (a typo would silently change
+/// nothing), `WEIR_LOG_LEVEL` is a level, and no single-value option is given twice (the first would be dropped).
+enum ProcessEnvironment {
+    static let levels = Logger.Level.allCases.map(\.rawValue)
+
+    /// Options that take a list: they repeat.
+    static let repeatable: Set<String> = [
+        "--proxy-uid", "--proxy-gid", "--inbound-exclude-port", "--inbound-exclude-source", "--outbound-include-cidr",
+        "--outbound-exclude-cidr", "--outbound-include-port", "--outbound-exclude-port", "--proxy-port",
+    ]
+
+    static func check(_ env: [String: String], arguments: [String]) throws {
+        let (_, problems) = CaptureSpecInput.fromWeirEnvironment(env)
+        if let p = problems.first {
+            throw CommandFailure(status: .badInput, message: "\(p.option)=\(p.value): \(p.problem). \(p.fix)")
+        }
+        if let level = env["WEIR_LOG_LEVEL"], Logger.Level(rawValue: level) == nil {
+            throw CommandFailure(status: .badInput, message: "WEIR_LOG_LEVEL=\(level): not a log level. Use one of \(levels.joined(separator: ", ")).")
+        }
+        var seen = Set<String>()
+        for arg in arguments {
+            if arg == "--" { break }
+            guard arg.hasPrefix("--") else { continue }
+            let name = String(arg.split(separator: "=", maxSplits: 1)[0])
+            if repeatable.contains(name) { continue }
+            if !seen.insert(name).inserted {
+                throw CommandFailure(status: .badInput, message: "\(name) is given twice; it takes one value (give it once)")
+            }
+        }
+    }
+}
+
 /// Maps library errors to messages and exit codes.
 func failure(from error: Error) -> CommandFailure {
     switch error {
     case let e as CommandFailure: return e
     case let e as CaptureSpecError: return CommandFailure(status: .badInput, message: e.description)
-    case let e as NetworkNamespace.NotFound: return CommandFailure(status: .badInput, message: e.description)
+    case let e as NamespaceError: return CommandFailure(status: .badInput, message: e.description)
     case let e as IptablesBackend.ModeError: return CommandFailure(status: .badInput, message: e.description)
+    case let e as IptablesBackend.TooManyRules: return CommandFailure(status: .badInput, message: e.description)
     default: return CommandFailure(status: .runtimeFailure, message: "\(error)")
     }
-}
-
-/// Blocks SIGTERM and SIGINT (call before starting threads: they inherit the mask) so `sigwait` takes them, and
-/// ignores SIGPIPE. Returns the set to wait on.
-func blockTerminationSignals() -> sigset_t {
-    var signals = sigset_t()
-    sigemptyset(&signals)
-    sigaddset(&signals, SIGTERM)
-    sigaddset(&signals, SIGINT)
-    pthread_sigmask(SIG_BLOCK, &signals, nil)
-    signal(SIGPIPE, SIG_IGN)
-    return signals
 }

@@ -38,9 +38,9 @@ func envoyConfig(listenPort: UInt16, adminPort: UInt16) -> String {
 @Suite("PROXY protocol into a real Envoy", .enabled(if: canRunNamespaceTests))
 struct EnvoyProxyProtocolTests {
     @Test("Envoy accepts weir's PROXY header and reaches the original destination", arguments: ProxyProtocolVersion.allCases, IPFamily.allCases)
-    func proxyProtocol(_ version: ProxyProtocolVersion, _ family: IPFamily) throws {
+    func proxyProtocol(_ version: ProxyProtocolVersion, _ family: IPFamily) async throws {
         let envoy = try #require(envoyBinary, "Envoy is not installed in .venv; run scripts/install-deps")
-        try TestNetwork.with { net in
+        try await TestNetwork.withAsync { net in
             var input = CaptureSpecInput()
             input.add(.proxyUID, "1337", from: "--proxy-uid")
             try net.installer(.nftables).install(RedirectPlan(spec: try input.validate()))
@@ -75,12 +75,14 @@ struct EnvoyProxyProtocolTests {
             config.target = .proxy(upstream: Endpoint(family: .ipv4, address: [127, 0, 0, 1], port: 15100), proxyProtocol: version)
             let forwarder = Forwarder(config: config)
             try forwarder.start(in: net.podNamespace)
-            defer { forwarder.stop() }
-
             // Relayed fails unless Envoy reaches the original destination.
-            let r = try Relayed.outbound(net, family)
-            defer { r.close() }
-            #expect(r.exchange("through envoy", "back") == (13, 4))
+            let exchanged = Result { () throws -> (Int, Int) in
+                let r = try Relayed.outbound(net, family)
+                defer { r.close() }
+                return r.exchange("through envoy", "back")
+            }
+            await forwarder.stop()
+            #expect(try exchanged.get() == (13, 4))
         }
     }
 }

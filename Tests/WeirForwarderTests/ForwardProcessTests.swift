@@ -95,9 +95,11 @@ struct ForwardProcessTests {
             }
             #expect(open.count >= 5 && open.count < 40, "relayed \(open.count)")
             #expect(refused > 0, "every connection was relayed; the limit was not reached")
-            let paused = try httpGet(net.podNamespace, admin, "/metrics").split(separator: "\n")
+            let metrics = try httpGet(net.podNamespace, admin, "/metrics")
+            let paused = metrics.split(separator: "\n")
                 .first { $0.hasPrefix("weir_forward_accept_paused_total ") }.flatMap { Double($0.split(separator: " ")[1]) } ?? 0
-            #expect(paused > 0)
+            let descriptors = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(fwd.process.processIdentifier)/fd"))?.count ?? -1
+            #expect(paused > 0, "open \(open.count), refused \(refused), descriptors \(descriptors): \(metrics.split(separator: "\n").filter { $0.hasPrefix("weir_forward") && !$0.contains("bucket") })")
             // The relayed ones still work.
             sendAll(open[0].0, "ping")
             var buf = [UInt8](repeating: 0, count: 16)

@@ -63,9 +63,9 @@ func receivePattern(_ fd: Int32, _ p: Pattern) -> Int {
 func blockingSocket(_ ns: NetworkNamespace, connectTo ep: Endpoint) throws -> Int32 {
     try ns.run {
         let fd = socket(ep.family == .ipv4 ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        var (addr, len) = SocketAddress.make(ep)
-        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, len) } }
-        if rc != 0 { let e = SystemCallError("connect \(ep)"); close(fd); throw e }
+        let a = SocketAddress.make(ep)
+        let rc = withUnsafeBytes(of: a.storage) { Glibc.connect(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), a.length) }
+        if rc != 0 { let e = SystemCallError.last("connect \(ep)"); close(fd); throw e }
         var tv = timeval(tv_sec: 20, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         return fd
@@ -99,20 +99,27 @@ func sendAll(_ fd: Int32, _ text: String) {
 
 /// A network with weir's rules and an in-process forwarder in the pod.
 func withForwarder<T>(spec flags: [(CaptureSpecInput.Key, String)] = [], _ configure: (inout ForwarderConfig) -> Void = { _ in },
-                      _ body: (TestNetwork, Forwarder) throws -> T) throws -> T {
-    try TestNetwork.with { net in
-        var input = CaptureSpecInput()
-        for (k, v) in flags { input.add(k, v, from: k.flag) }
-        let spec = try input.validate()
-        try net.installer(.nftables).install(RedirectPlan(spec: spec))
-        var config = ForwarderConfig()
-        config.mode = spec.mode
-        config.workers = 2
-        configure(&config)
-        let forwarder = Forwarder(config: config)
-        try forwarder.start(in: net.podNamespace)
-        defer { forwarder.stop() }
-        return try body(net, forwarder)
+                      _ body: (TestNetwork, Forwarder) throws -> T) async throws -> T {
+    _ = testMetrics
+    let net = try TestNetwork()
+    defer { net.close() }
+    var input = CaptureSpecInput()
+    for (k, v) in flags { input.add(k, v, from: k.flag) }
+    let spec = try input.validate()
+    try net.installer(.nftables).install(RedirectPlan(spec: spec))
+    var config = ForwarderConfig()
+    config.mode = spec.mode
+    config.workers = 2
+    configure(&config)
+    let forwarder = Forwarder(config: config)
+    try forwarder.start(in: net.podNamespace)
+    do {
+        let result = try body(net, forwarder)
+        await forwarder.stop()
+        return result
+    } catch {
+        await forwarder.stop()
+        throw error
     }
 }
 
@@ -175,11 +182,10 @@ struct ForwarderTests {
         try TestNetwork.with { net in
             let values: [Int32] = try net.podNamespace.run {
                 let listeners = try Forwarder.openListeners(ForwarderConfig())
-                defer { listeners.forEach { close($0.fd) } }
                 return listeners.map { l in
                     var value: Int32 = 0
                     var size = socklen_t(4)
-                    return getsockopt(l.fd, Int32(IPPROTO_TCP), TCP_NODELAY, &value, &size) == 0 ? value : -1
+                    return getsockopt(l.socket.number, Int32(IPPROTO_TCP), TCP_NODELAY, &value, &size) == 0 ? value : -1
                 }
             }
             #expect(values.count == 4, "outbound and inbound, IPv4 and IPv6")
@@ -188,8 +194,8 @@ struct ForwarderTests {
     }
 
     @Test("100 MB each way arrive byte-exact through the forwarder (outbound, redirect)", arguments: IPFamily.allCases)
-    func bulkOutbound(_ family: IPFamily) throws {
-        try withForwarder { net, _ in
+    func bulkOutbound(_ family: IPFamily) async throws {
+        try await withForwarder { net, _ in
             let r = try Relayed.outbound(net, family)
             defer { r.close() }
             try exchange(client: r.client, server: r.server)
@@ -197,8 +203,8 @@ struct ForwarderTests {
     }
 
     @Test("100 MB each way arrive byte-exact through the forwarder (inbound, TPROXY)", arguments: IPFamily.allCases)
-    func bulkInboundTproxy(_ family: IPFamily) throws {
-        try withForwarder(spec: [(.mode, "tproxy")]) { net, _ in
+    func bulkInboundTproxy(_ family: IPFamily) async throws {
+        try await withForwarder(spec: [(.mode, "tproxy")]) { net, _ in
             let r = try Relayed.inbound(net, family)
             defer { r.close() }
             try exchange(client: r.client, server: r.server)
@@ -206,8 +212,8 @@ struct ForwarderTests {
     }
 
     @Test("inbound under redirect reaches the local application on its own port", arguments: IPFamily.allCases)
-    func inboundRedirect(_ family: IPFamily) throws {
-        try withForwarder { net, _ in
+    func inboundRedirect(_ family: IPFamily) async throws {
+        try await withForwarder { net, _ in
             let r = try Relayed.inbound(net, family)
             defer { r.close() }
             #expect(r.exchange("hello app", "hi") == (9, 2))
@@ -231,8 +237,8 @@ struct ForwarderTests {
     }
 
     @Test("half-close: a client that shuts down its write side still receives the full reply")
-    func halfClose() throws {
-        try withForwarder { net, _ in
+    func halfClose() async throws {
+        try await withForwarder { net, _ in
             let r = try Relayed.outbound(net)
             defer { r.close() }
             let (client, server) = (r.client, r.server)
@@ -250,8 +256,8 @@ struct ForwarderTests {
     }
 
     @Test("a reset from the server becomes a reset to the client")
-    func resetFromServer() throws {
-        try withForwarder { net, _ in
+    func resetFromServer() async throws {
+        try await withForwarder { net, _ in
             let r = try Relayed.outbound(net)
             defer { r.close() }
             r.release(r.server)
@@ -262,8 +268,8 @@ struct ForwarderTests {
     }
 
     @Test("a reset from the client becomes a reset to the server")
-    func resetFromClient() throws {
-        try withForwarder { net, _ in
+    func resetFromClient() async throws {
+        try await withForwarder { net, _ in
             let r = try Relayed.outbound(net)
             defer { r.close() }
             r.release(r.client)
@@ -274,8 +280,8 @@ struct ForwarderTests {
     }
 
     @Test("connecting to a closed port gives the client a reset, not a hang")
-    func closedPort() throws {
-        try withForwarder { net, _ in
+    func closedPort() async throws {
+        try await withForwarder { net, _ in
             let before = metricLine("weir_forward_connect_failures_total{reason=\"refused\"}")
             let client = try blockingSocket(net.podNamespace, connectTo: Endpoint(family: .ipv4, address: TestNetwork.serverV4, port: 9999))
             defer { close(client) }
@@ -287,8 +293,8 @@ struct ForwarderTests {
 
     @Test("a connection made straight to the capture port is refused as a loop, and counted",
           arguments: [[UInt8]([127, 0, 0, 1]), TestNetwork.podV4])
-    func loop(address: [UInt8]) throws {
-        try withForwarder { net, _ in
+    func loop(address: [UInt8]) async throws {
+        try await withForwarder { net, _ in
             let before = metric("weir_forward_refused_loops_total")
             let client = try blockingSocket(net.podNamespace, connectTo: Endpoint(family: .ipv4, address: address, port: 15001))
             defer { close(client) }
@@ -298,8 +304,8 @@ struct ForwarderTests {
     }
 
     @Test("beyond the connection limit new connections are reset and existing ones are unharmed")
-    func maxConnections() throws {
-        try withForwarder({ $0.maxConnections = 2; $0.workers = 1 }) { net, _ in
+    func maxConnections() async throws {
+        try await withForwarder({ $0.maxConnections = 2; $0.workers = 1 }) { net, _ in
             let listener = try TestSockets.listen(net.serverNamespace, .ipv4, port: 9000)
             defer { close(listener) }
             let c1 = try blockingSocket(net.podNamespace, connectTo: server4)
@@ -323,8 +329,8 @@ struct ForwarderTests {
     }
 
     @Test("an idle connection is closed after the idle timeout")
-    func idleTimeout() throws {
-        try withForwarder({ $0.idleTimeoutMilliseconds = 300 }) { net, forwarder in
+    func idleTimeout() async throws {
+        try await withForwarder({ $0.idleTimeoutMilliseconds = 300 }) { net, forwarder in
             let r = try Relayed.outbound(net)
             defer { r.close() }
             let started = Date()
@@ -338,15 +344,15 @@ struct ForwarderTests {
     }
 
     @Test("upstream connections carry the bypass mark, so the forwarder's own traffic is never captured again")
-    func bypassMark() throws {
+    func bypassMark() async throws {
         // Without the mark the forwarder's connect to the original destination would be redirected to itself.
-        try withForwarder { net, _ in
+        try await withForwarder { net, _ in
             let r = try Relayed.outbound(net, .ipv6)
             defer { r.close() }
             var peer = sockaddr_storage()
             var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
             _ = withUnsafeMutablePointer(to: &peer) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(r.server, $0, &len) } }
-            #expect(SocketAddress.endpoint(peer, family: .ipv6)?.host == "fd00:0:0:1::1")
+            #expect(SocketAddress.endpoint(SocketAddressBytes(storage: peer, length: len))?.host == "fd00:0:0:1::1")
         }
     }
 }
@@ -355,14 +361,14 @@ struct ForwarderTests {
 /// One labelled series, e.g. `name{reason="refused"}`; 0 when absent.
 func metricLine(_ series: String) -> Int {
     var out: [UInt8] = []
-    Forwarder.registry.emit(into: &out)
+    testMetrics.emit(into: &out)
     return String(decoding: out, as: UTF8.self).split(separator: "\n").filter { $0.hasPrefix(series + " ") }
         .compactMap { Double($0.split(separator: " ").last ?? "") }.map { Int($0) }.reduce(0, +)
 }
 
 func metric(_ name: String) -> Int {
     var out: [UInt8] = []
-    Forwarder.registry.emit(into: &out)
+    testMetrics.emit(into: &out)
     let text = String(decoding: out, as: UTF8.self)
     return text.split(separator: "\n").filter { $0.hasPrefix(name + " ") || $0.hasPrefix(name + "{") }
         .compactMap { Double($0.split(separator: " ").last ?? "") }.map { Int($0) }.reduce(0, +)
@@ -379,8 +385,8 @@ final class ResultBox: @unchecked Sendable {
 @Suite("check --probe beside a running forwarder", .enabled(if: canRunNamespaceTests))
 struct ProbeWithForwarderTests {
     @Test("when a proxy holds the capture ports, the probe says so and still proves the redirect")
-    func probeWhilePortsAreHeld() throws {
-        try withForwarder { net, _ in
+    func probeWhilePortsAreHeld() async throws {
+        try await withForwarder { net, _ in
             let report = try net.installer(.nftables).check(spec: nil, probe: true)
             #expect(report.healthy, "\(report.problems) \(String(describing: report.probe))")
             let outbound = report.probe?.checks.filter { $0.name.hasPrefix("outbound") } ?? []
@@ -410,14 +416,17 @@ struct KernelFactsTests {
         let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(listener) }
         #expect(weir_set_nodelay(listener) == 0)
-        var (addr, len) = SocketAddress.make(Endpoint(family: .ipv4, address: [127, 0, 0, 1], port: 0))
-        let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, len) } }
+        let any = SocketAddressBytes.ipv4([127, 0, 0, 1], port: 0)
+        let bound = withUnsafeBytes(of: any.storage) { bind(listener, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), any.length) }
         #expect(bound == 0 && listen(listener, 4) == 0)
-        let port = try #require(SocketAddress.local(listener, family: .ipv4)).port
+        var ss = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        _ = withUnsafeMutablePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listener, $0, &len) } }
+        let port = try #require(SocketAddressBytes(storage: ss, length: len).ip).port
         let client = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(client) }
-        (addr, len) = SocketAddress.make(Endpoint(family: .ipv4, address: [127, 0, 0, 1], port: port))
-        #expect(withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(client, $0, len) } } == 0)
+        let target = SocketAddressBytes.ipv4([127, 0, 0, 1], port: port)
+        #expect(withUnsafeBytes(of: target.storage) { connect(client, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), target.length) } == 0)
         let accepted = accept(listener, nil, nil)
         defer { close(accepted) }
         var value: Int32 = 0

@@ -1,3 +1,4 @@
+import CNetfilter
 import Foundation
 import Testing
 @testable import WeirCapture
@@ -58,7 +59,38 @@ struct CaptureTests {
         .init(name: "proxy gid", flags: [(.proxyGID, "1338")], port: 8080, uid: 4242, gid: 1338),
         .init(name: "bypass mark", flags: [(.bypassMark, "0x77")], port: 8080, mark: 0x77),
         .init(name: "a capture port itself", flags: [], port: 15006),
+        // Eight or more entries make a set: the same exclusions, looked up instead of matched rule by rule.
+        .init(name: "excluded ports (a set)", flags: [(.outboundExcludePort, "7000-7010,7100,7200,7300,7400,7500,7600,7700")], port: 7005),
+        .init(name: "excluded CIDRs (sets)", flags: [(.outboundExcludeCIDR, LongLists.networks(containing: ["198.18.0.0/24", "fd00:0:0:1::/64"]))],
+              port: 8080),
+        .init(name: "not an included CIDR (sets)", flags: [(.outboundIncludeCIDR, LongLists.networks(containing: ["10.0.0.0/8", "fd00:9::/32"]))],
+              port: 8080),
+        .init(name: "not an included port (a set)", flags: [(.outboundIncludePort, "443,444,445,446,447,448,449,450")], port: 8080),
+        .init(name: "proxy uid (a set)", flags: [(.proxyUID, "1330,1331,1332,1333,1334,1335,1336,1337")], port: 8080, uid: 1337),
+        .init(name: "proxy gid (a set)", flags: [(.proxyGID, "1338,1339,1340,1341,1342,1343,1344,1345")], port: 8080, uid: 4242, gid: 1338),
     ]
+
+    @Test("long include lists (sets) capture what they include and nothing else", arguments: bothBackends, IPFamily.allCases)
+    func includeSets(_ backend: BackendChoice, _ family: IPFamily) throws {
+        let flags: [(CaptureSpecInput.Key, String)] = [
+            (.outboundIncludeCIDR, LongLists.networks(containing: ["198.18.0.0/24", "fd00:0:0:1::/64"])),
+            (.outboundIncludePort, "8080,8081,8082,8083,8084,8085,8086,8087"),
+        ]
+        try TestNetwork.with { net in
+            let plan = RedirectPlan(spec: try spec(flags))
+            #expect(plan.sets.count == 3)
+            try net.installer(backend).install(plan)
+            let capture = try TestSockets.listen(net.podNamespace, family, port: 15001)
+            defer { close(capture) }
+            for (port, captured) in [(UInt16(8083), true), (9999, false)] {
+                let server = try TestSockets.listen(net.serverNamespace, family, port: port)
+                defer { close(server) }
+                let landing = try TestSockets.connect(from: net.podNamespace, family, to: TestNetwork.serverAddress(family), port: port,
+                                                      capture: capture, server: server)
+                #expect(landing == (captured ? .captured(address: TestNetwork.serverAddress(family), port: port) : .direct), "port \(port)")
+            }
+        }
+    }
 
     @Test("every exclusion really goes direct", arguments: bothBackends, exclusions)
     func exclusion(_ backend: BackendChoice, _ x: Exclusion) throws {
@@ -132,13 +164,13 @@ struct CaptureTests {
             let received: Bool = try net.podNamespace.run {
                 let rx = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
                 defer { close(rx) }
-                var (addr, len) = ProbeSocket.socketAddress(family: .ipv4, address: [0, 0, 0, 0], port: 15053)
-                _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(rx, $0, len) } }
+                let addr = SocketAddressBytes.ipv4([0, 0, 0, 0], port: 15053)
+                _ = withUnsafeBytes(of: addr.storage) { bind(rx, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), addr.length) }
                 let tx = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
                 defer { close(tx) }
-                var (dst, dlen) = ProbeSocket.socketAddress(family: .ipv4, address: TestNetwork.serverV4, port: 53)
+                let dst = SocketAddressBytes.ipv4(TestNetwork.serverV4, port: 53)
                 let payload: [UInt8] = Array("weir-dns-probe".utf8)
-                _ = withUnsafePointer(to: &dst) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(tx, payload, payload.count, 0, $0, dlen) } }
+                _ = withUnsafeBytes(of: dst.storage) { sendto(tx, payload, payload.count, 0, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), dst.length) }
                 var p = pollfd(fd: rx, events: Int16(POLLIN), revents: 0)
                 guard poll(&p, 1, 2000) == 1 else { return false }
                 var buf = [UInt8](repeating: 0, count: 64)
@@ -216,10 +248,15 @@ struct LifecycleTests {
             try net.installer(.nftables).install(RedirectPlan(spec: try spec()))
             let before = try net.weirRuleset()
             let next = RedirectPlan(spec: try spec([(.proxyUID, "1337"), (.outboundPort, "16001")]))
+            var batch = NftablesBackend().transaction(for: next, replacing: NetfilterFamily.weirFamilies)
+            // After the fourth rule of the new table: the deletes, the table, its chains and some rules came first.
+            let fourthRule = batch.messages.indices.filter { batch.messages[$0].type == UInt8(NFT_MSG_NEWRULE.rawValue) }[3]
+            batch.insert(failingRule(next, chain: "output"), at: fourthRule + 1)
+            let refused = batch
             #expect {
-                try net.podNamespace.run { try NftablesBackend().apply(next, failAfterRules: 4) }
+                try net.podNamespace.run { try NftablesBackend().commit(refused) }
             } throws: { error in
-                "\(error)".contains("injected failing rule")
+                "\(error)".contains("a rule jumping to a missing chain")
             }
             #expect(try net.weirRuleset() == before)
         }
@@ -229,10 +266,45 @@ struct LifecycleTests {
     func atomicFirstInstall() throws {
         try TestNetwork.with { net in
             let plan = RedirectPlan(spec: try spec())
+            var batch = NftablesBackend().transaction(for: plan, replacing: [])
+            batch.insert(failingRule(plan, chain: "output"), at: batch.messages.count)
+            let refused = batch
             #expect(throws: ApplyError.self) {
-                try net.podNamespace.run { try NftablesBackend().apply(plan, failAfterRules: 2) }
+                try net.podNamespace.run { try NftablesBackend().commit(refused) }
             }
             #expect(try net.weirRuleset().isEmpty)
+        }
+    }
+
+    @Test("long lists become sets: 1,000 networks, 1,000 ports and 100 ids apply, re-apply and check healthy", arguments: [true, false])
+    func longLists(_ ipv6: Bool) throws {
+        let args = LongLists.arguments(ipv6: ipv6)
+        let plan = RedirectPlan(spec: try spec(args))
+        #expect(plan.sets.map(\.name).sorted() == (ipv6 ? ["in_exclude_v4", "out_exclude_ports", "out_exclude_v4", "out_exclude_v6", "proxy_uids"]
+                                                       : ["in_exclude_v4", "out_exclude_ports", "out_exclude_v4", "proxy_uids"]))
+        let flags = args.map { "\($0.0.flag)=\($0.1)" }
+        try TestNetwork.with { net in
+            for _ in 0..<2 {
+                let installed = try sh([weirBinary, "init", "--netns", "/run/netns/\(net.pod)"] + flags, allowFailure: true)
+                #expect(installed.status == 0, "\(installed.output)")
+                let checked = try sh([weirBinary, "check", "--netns", "/run/netns/\(net.pod)"], allowFailure: true)
+                #expect(checked.status == 0, "\(checked.output.prefix(2000))")
+            }
+            // One lookup per list: the rule count does not grow with the lists.
+            let rules = try net.podNamespace.run { try NftablesBackend().readRuleset() }.rules.filter { $0.table == "weir" && $0.chain != "spec" }
+            #expect(rules.count < 40, "\(rules.count) rules")
+            // nft itself reads the sets back with their types and elements.
+            let family = ipv6 ? "inet" : "ip"
+            let listed = try sh("ip", "netns", "exec", net.pod, "nft", "list", "set", family, "weir", "out_exclude_v4").output
+            #expect(listed.contains("type ipv4_addr") && listed.contains("flags interval") && listed.contains("10.0.4.0/24"), "\(listed.prefix(400))")
+            let ports = try sh("ip", "netns", "exec", net.pod, "nft", "list", "set", family, "weir", "out_exclude_ports").output
+            #expect(ports.contains("type inet_service") && ports.contains("21998"), "\(ports.prefix(400))")
+            let uids = try sh("ip", "netns", "exec", net.pod, "nft", "list", "set", family, "weir", "proxy_uids").output
+            #expect(uids.contains("type uid") && uids.contains("1099"), "\(uids.prefix(400))")
+            // An element removed behind weir's back is found.
+            try sh("ip", "netns", "exec", net.pod, "nft", "delete", "element", family, "weir", "proxy_uids", "{ 1042 }")
+            let report = try net.installer(.nftables).check(spec: nil, probe: false)
+            #expect(report.problems.map(\.kind) == [.alteredSet] && report.problems[0].detail.contains("1042"), "\(report.problems)")
         }
     }
 
@@ -279,10 +351,12 @@ struct LifecycleTests {
         }
     }
 
-    @Test("the nft text rendering installs the same rules as the netlink backend", arguments: ["", "tproxy", "rich"])
+    @Test("the nft text rendering installs the same rules as the netlink backend", arguments: ["", "tproxy", "rich", "sets"])
     func nftTextMatchesNetlink(_ variant: String) throws {
         let flags: [(CaptureSpecInput.Key, String)] = switch variant {
         case "tproxy": [(.mode, "tproxy"), (.inboundPorts, "8080,9000-9100"), (.inboundExcludeSource, "198.18.7.0/24")]
+        case "sets": LongLists.arguments(ipv6: true) + [(.outboundIncludePort, "80,81,82,83,84,85,86,8000-8100"),
+                                                        (.inboundPorts, "8080,8081,8082,8083,8084,8085,8086,9000-9100")]
         case "rich": [(.proxyUID, "1337"), (.outboundIncludeCIDR, "10.0.0.0/8,fd00::/8"), (.outboundExcludeCIDR, "10.96.0.1"),
                       (.outboundIncludePort, "80,8000-8100"), (.dnsPort, "15053"), (.bypassMark, "0x10")]
         default: []
@@ -293,5 +367,48 @@ struct LifecycleTests {
             let report = try net.installer(.nftables).check(spec: nil, probe: false)
             #expect(report.problems.filter { $0.kind != .missingPolicyRoute }.isEmpty, "\(report.problems)")
         }
+    }
+}
+
+/// A rule the kernel must refuse (it jumps to a chain that does not exist): proves a batch lands whole or not at all.
+func failingRule(_ plan: RedirectPlan, chain: String) -> NftMessage {
+    let rule = nftnl_rule_alloc()!
+    defer { nftnl_rule_free(rule) }
+    nftnl_rule_set_str(rule, UInt16(NFTNL_RULE_TABLE.rawValue), RedirectPlan.tableName)
+    nftnl_rule_set_str(rule, UInt16(NFTNL_RULE_CHAIN.rawValue), chain)
+    nftnl_rule_set_u32(rule, UInt16(NFTNL_RULE_FAMILY.rawValue), UInt32(NftablesObjects.family(plan)))
+    let e = nftnl_expr_alloc("immediate")!
+    nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_IMM_DREG), UInt32(NFT_REG_VERDICT.rawValue))
+    nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_IMM_VERDICT), UInt32(bitPattern: NFT_JUMP.rawValue))
+    nftnl_expr_set_str(e, UInt16(NFTNL_EXPR_IMM_CHAIN), "no-such-chain")
+    nftnl_rule_add_expr(rule, e)
+    var batch = NftTransaction()
+    batch.add(NFT_MSG_NEWRULE, family: NftablesObjects.family(plan), flags: NLM_F_CREATE | NLM_F_APPEND,
+              what: "a rule jumping to a missing chain") { nftnl_rule_nlmsg_build_payload($0, rule) }
+    return batch.messages[0]
+}
+
+/// Long lists for the set tests: 1,000 networks (half IPv6 when dual stack), 1,000 excluded ports, 100 uids.
+enum LongLists {
+    /// Eight networks or more (a set): `extra` and filler from 203.0.113.0/24 and 2001:db8::/32.
+    static func networks(containing extra: [String]) -> String {
+        (extra + (0..<4).map { "203.0.113.\($0 * 16)/28" } + (0..<4).map { "2001:db8:\($0)::/48" }).joined(separator: ",")
+    }
+
+    static func arguments(ipv6: Bool) -> [(CaptureSpecInput.Key, String)] {
+        var args: [(CaptureSpecInput.Key, String)] = []
+        for i in 0..<1000 {
+            if ipv6 && i % 2 == 1 {
+                args.append((.outboundExcludeCIDR, "fd00:\(String(i, radix: 16))::/64"))
+            } else {
+                args.append((.outboundExcludeCIDR, "10.\(i / 128).\((i % 128) * 2).0/24"))
+            }
+        }
+        // Ports 20000-21999 every other one: 1,000 ports that do not merge into ranges.
+        for i in 0..<1000 { args.append((.outboundExcludePort, "\(20000 + 2 * i)")) }
+        for i in 0..<100 { args.append((.proxyUID, "\(1000 + i)")) }
+        for i in 0..<10 { args.append((.inboundExcludeSource, "198.19.\(i).0/24")) }
+        args.append((.ipv6, ipv6 ? "true" : "false"))
+        return args
     }
 }

@@ -1,10 +1,25 @@
 import CWeirShims
 import Foundation
+import Metrics
+import Prometheus
 import Testing
 @testable import WeirCapture
 @testable import WeirNetfilter
 @_exported import WeirNetns
 @_exported import WeirCapture
+@_exported import WeirSystem
+
+extension SystemCallError {
+    /// The error of the libc call that just failed (tests call libc directly; weir's sources go through Posix).
+    public static func last(_ call: String) -> SystemCallError { SystemCallError(call, errno: weir_errno()) }
+}
+
+/// The metrics registry of the test process, bootstrapped once (the CLI bootstraps its own in `main`).
+public let testMetrics: PrometheusCollectorRegistry = {
+    let registry = PrometheusCollectorRegistry()
+    MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+    return registry
+}()
 
 /// Namespace tests need root; under scripts/test (WEIRTEST_REQUIRE_ROOT=1) they run, and fail, even without it.
 public let canRunNamespaceTests = getuid() == 0 || ProcessInfo.processInfo.environment["WEIRTEST_REQUIRE_ROOT"] == "1"
@@ -105,15 +120,25 @@ public final class TestNetwork: @unchecked Sendable {
         return try body(net)
     }
 
+    /// Runs an async test body with a fresh network, always deleting it afterwards.
+    public static func withAsync<T>(_ body: (TestNetwork) async throws -> T) async throws -> T {
+        let net = try TestNetwork()
+        defer { net.close() }
+        return try await body(net)
+    }
+
     public func installer(_ backend: BackendChoice) -> CaptureInstaller { CaptureInstaller(namespace: podNamespace, backend: backend) }
 
     /// weir's table as comparable text: chains with hooks, rules with comments and expressions (handles left out).
     public func weirRuleset() throws -> [String] {
         try podNamespace.run {
             let live = try NftablesBackend().readRuleset()
-            let chains = live.chains.filter { $0.table == "weir" }.map { "chain \($0.family) \($0.name) \($0.hook ?? 99) \($0.priority ?? 0) \($0.type ?? "")" }
-            let rules = live.rules.filter { $0.table == "weir" }.map { "rule \($0.family) \($0.chain) \($0.comment ?? "") \($0.expressions.joined(separator: " "))" }
-            return chains + rules
+            let chains = live.chains.filter { $0.table == "weir" }.map { c in
+                "chain \(c.family) \(c.name) " + (c.base.map { "\($0.hook) \($0.priority) \($0.type)" } ?? "regular")
+            }
+            let rules = live.rules.filter { $0.table == "weir" }.map { "rule \($0.family) \($0.chain) \($0.comment ?? "") \($0.expressions.map(\.description).joined(separator: " "))" }
+            let sets = live.sets.filter { $0.table == "weir" }.map { "set \($0.family) \($0.name) \($0.intervals.map(\.description).joined(separator: ","))" }
+            return chains + rules + sets
         }
     }
 
@@ -139,20 +164,54 @@ public enum Landing: Equatable, CustomStringConvertible {
     }
 }
 
-/// Socket helpers for tests, built on the probe's socket calls.
+/// Socket helpers for tests: raw libc sockets, so that a test can hold, pass and close them freely.
 public enum TestSockets {
+    static func address(_ family: IPFamily, _ address: [UInt8], _ port: UInt16) -> SocketAddressBytes {
+        family == .ipv4 ? .ipv4(address, port: port) : .ipv6(address, port: port)
+    }
+
     public static func listen(_ ns: NetworkNamespace, _ family: IPFamily, port: UInt16, transparent: Bool = false) throws -> Int32 {
         try ns.run {
             let fd = socket(family == .ipv4 ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            guard fd >= 0 else { throw SystemCallError.last("socket") }
             var one: Int32 = 1
             setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, 4)
             if family == .ipv6 { setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, 4) }
-            if transparent { guard weir_set_transparent(fd, family == .ipv4 ? AF_INET : AF_INET6) == 0 else { throw SystemCallError("setsockopt(IP_TRANSPARENT)") } }
-            var (ss, len) = ProbeSocket.socketAddress(family: family, address: Array(repeating: 0, count: family == .ipv4 ? 4 : 16), port: port)
-            let rc = withUnsafePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
-            guard rc == 0, Glibc.listen(fd, 64) == 0 else { throw SystemCallError("bind/listen port \(port)") }
+            if transparent { guard weir_set_transparent(fd, family == .ipv4 ? AF_INET : AF_INET6) == 0 else { throw SystemCallError.last("setsockopt(IP_TRANSPARENT)") } }
+            let a = address(family, Array(repeating: 0, count: family == .ipv4 ? 4 : 16), port)
+            let rc = withUnsafeBytes(of: a.storage) { bind(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), a.length) }
+            guard rc == 0, Glibc.listen(fd, 64) == 0 else { throw SystemCallError.last("bind/listen port \(port)") }
             return fd
         }
+    }
+
+    /// A connection within the timeout, or the error.
+    static func connect(_ family: IPFamily, _ address: [UInt8], _ port: UInt16, mark: UInt32?) -> Result<Int32, SystemCallError> {
+        let fd = socket(family == .ipv4 ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return .failure(.last("socket")) }
+        var tv = timeval(tv_sec: 2, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        if let mark, weir_set_mark(fd, mark) != 0 { let e = SystemCallError.last("setsockopt(SO_MARK)"); close(fd); return .failure(e) }
+        let a = Self.address(family, address, port)
+        let rc = withUnsafeBytes(of: a.storage) { Glibc.connect(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), a.length) }
+        if rc != 0 { let e = SystemCallError.last("connect"); close(fd); return .failure(e) }
+        return .success(fd)
+    }
+
+    /// Accepts within the timeout.
+    public static func accept(_ fd: Int32, timeoutMilliseconds: Int32) -> Int32? {
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        guard poll(&p, 1, timeoutMilliseconds) == 1 else { return nil }
+        let c = Glibc.accept(fd, nil, nil)
+        return c >= 0 ? c : nil
+    }
+
+    /// SO_ORIGINAL_DST of an accepted socket.
+    public static func originalDestination(_ fd: Int32, family: IPFamily) -> (address: [UInt8], port: UInt16)? {
+        var ss = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        guard weir_original_dst(fd, family == .ipv4 ? AF_INET : AF_INET6, &ss, &len) == 0 else { return nil }
+        return SocketAddressBytes(storage: ss, length: len).ip
     }
 
     /// Connects from `ns`, optionally as another uid/gid or with a socket mark, and reports where it landed.
@@ -160,41 +219,27 @@ public enum TestSockets {
                         capture: Int32?, server: Int32?, uid: UInt32? = nil, gid: UInt32? = nil, mark: UInt32? = nil,
                         tproxy: Bool = false) throws -> Landing {
         let client: Result<Int32, SystemCallError> = try ns.run {
-            if let uid { guard weir_thread_set_ids(uid, gid ?? uid) == 0 else { throw SystemCallError("setresuid") } }
-            if let mark {
-                let fd = socket(family == .ipv4 ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-                guard weir_set_mark(fd, mark) == 0 else { throw SystemCallError("setsockopt(SO_MARK)") }
-                var (ss, len) = ProbeSocket.socketAddress(family: family, address: address, port: port)
-                let rc = withUnsafePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, len) } }
-                if rc != 0 { let e = SystemCallError("connect"); close(fd); return .failure(e) }
-                return .success(fd)
-            }
-            return ProbeSocket.connect(family: family, address: address, port: port, timeoutMilliseconds: 2000)
+            if let uid { guard weir_thread_set_ids(uid, gid ?? uid) == 0 else { throw SystemCallError.last("setresuid") } }
+            return connect(family, address, port, mark: mark)
         }
         guard case .success(let fd) = client else {
             if case .failure(let e) = client { return .nowhere("\(e)") }
             return .nowhere("?")
         }
         defer { close(fd) }
-        if let capture, let a = ProbeSocket.accept(capture, timeoutMilliseconds: server == nil ? 2000 : 300) {
+        if let capture, let a = accept(capture, timeoutMilliseconds: server == nil ? 2000 : 300) {
             defer { close(a) }
             if tproxy {
                 var ss = sockaddr_storage()
                 var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
                 _ = withUnsafeMutablePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(a, $0, &len) } }
-                return withUnsafeBytes(of: &ss) { raw in
-                    if family == .ipv4 {
-                        let sin = raw.load(as: sockaddr_in.self)
-                        return .captured(address: withUnsafeBytes(of: sin.sin_addr) { Array($0) }, port: UInt16(bigEndian: sin.sin_port))
-                    }
-                    let sin6 = raw.load(as: sockaddr_in6.self)
-                    return .captured(address: withUnsafeBytes(of: sin6.sin6_addr) { Array($0) }, port: UInt16(bigEndian: sin6.sin6_port))
-                }
+                guard let local = SocketAddressBytes(storage: ss, length: len).ip else { return .nowhere("no local address") }
+                return .captured(address: local.address, port: local.port)
             }
-            guard let o = ProbeSocket.originalDestination(a, family: family) else { return .nowhere("no original destination") }
+            guard let o = originalDestination(a, family: family) else { return .nowhere("no original destination") }
             return .captured(address: o.address, port: o.port)
         }
-        if let server, let a = ProbeSocket.accept(server, timeoutMilliseconds: 2000) {
+        if let server, let a = accept(server, timeoutMilliseconds: 2000) {
             close(a)
             return .direct
         }

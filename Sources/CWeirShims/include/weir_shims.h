@@ -4,6 +4,7 @@
 #include <sys/types.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
+#include <linux/netlink.h>
 
 /// The calling thread's errno (Swift cannot read the thread-local macro portably).
 int weir_errno(void);
@@ -65,6 +66,19 @@ int weir_set_nodelay(int fd);
 #define WEIR_SPLICE_MOVE 1u
 #define WEIR_SPLICE_NONBLOCK 2u
 #define WEIR_SPLICE_MORE 4u
+
+#include <dirent.h>
+/// readdir with errno cleared first: NULL with errno 0 is the end of the directory.
+struct dirent *weir_readdir(DIR *d);
+/// ioctl(NS_GET_NSTYPE): the CLONE_NEW* type of a namespace file, or -1 (ENOTTY: not a namespace file).
+int weir_namespace_type(int fd);
+/// CLONE_NEWNET, for comparing with weir_namespace_type.
+int weir_clone_newnet(void);
+/// Names the calling thread (at most 15 bytes are kept), as ps and top show it.
+void weir_set_thread_name(const char *name);
+
+/// eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC).
+int weir_eventfd(void);
 
 /// Grows a pipe's capacity (F_SETPIPE_SZ); returns the new size or -1.
 int weir_pipe_grow(int fd, int size);

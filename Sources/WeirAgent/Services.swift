@@ -1,0 +1,139 @@
+import Foundation
+import Logging
+import NIOHTTP1
+import Prometheus
+import ServiceLifecycle
+import WeirForwarder
+import WeirMesh
+import WeirNetns
+import WeirSystem
+import WeirXDS
+
+/// The xDS server as a service: listens at start, says GOAWAY and closes its connections at shutdown.
+public struct XDSService: Service {
+    public let server: XDSServer
+    let onListening: @Sendable (String) -> Void
+
+    public init(server: XDSServer, onListening: @escaping @Sendable (String) -> Void = { _ in }) {
+        self.server = server
+        self.onListening = onListening
+    }
+
+    public func run() async throws {
+        let bound = try await server.start()
+        onListening(bound)
+        try? await gracefulShutdown()
+        await server.stop()
+    }
+}
+
+/// The watcher of the config directories: reloads on change until shutdown.
+public struct ConfigWatchService: Service {
+    public let sources: ConfigSources
+
+    public init(sources: ConfigSources) { self.sources = sources }
+
+    public func run() async throws {
+        let watcher = try sources.watch()
+        try? await gracefulShutdown()
+        await OSThread.run(name: "weir-watch-stop") { watcher.stop() }
+    }
+}
+
+/// The snapshot files: at shutdown, what is not yet on disk is written, within a bound, and the writer ends.
+public struct SnapshotPersistenceService: Service {
+    public let cache: SnapshotCache
+    public let deadlineSeconds: Double
+    let onUnfinished: @Sendable () -> Void
+
+    public init(cache: SnapshotCache, deadlineSeconds: Double = 3, onUnfinished: @escaping @Sendable () -> Void = {}) {
+        self.cache = cache
+        self.deadlineSeconds = deadlineSeconds
+        self.onUnfinished = onUnfinished
+    }
+
+    public func run() async throws {
+        try? await gracefulShutdown()
+        let cache = self.cache, seconds = deadlineSeconds
+        if !(await OSThread.run(name: "weir-persist-end") { cache.finishWriting(within: seconds) }) { onUnfinished() }
+    }
+}
+
+/// The forwarder as a service: starts its workers in the namespace; at shutdown stops accepting and awaits the open
+/// connections' end (within the drain timeout) before closing the rest.
+public struct ForwarderService: Service {
+    public let forwarder: Forwarder
+    public let namespace: NetworkNamespace
+    let onStarted: @Sendable () -> Void
+    let onDraining: @Sendable (Int) -> Void
+
+    public init(forwarder: Forwarder, namespace: NetworkNamespace, onStarted: @escaping @Sendable () -> Void = {},
+                onDraining: @escaping @Sendable (Int) -> Void = { _ in }) {
+        self.forwarder = forwarder
+        self.namespace = namespace
+        self.onStarted = onStarted
+        self.onDraining = onDraining
+    }
+
+    public func run() async throws {
+        try forwarder.start(in: namespace)
+        onStarted()
+        try? await gracefulShutdown()
+        onDraining(forwarder.activeConnections)
+        await forwarder.drain()
+    }
+}
+
+/// The admin routes of a `weir xds`: `/streams`, `/snapshots`, `/ready`.
+public enum XDSAdmin {
+    public static func handler(server: XDSServer, sources: ConfigSources?) -> AdminServer.Handler {
+        { request in route(request, server: server, sources: sources) }
+    }
+
+    static func encoder() -> JSONEncoder {
+        let e = JSONEncoder()
+        e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        return e
+    }
+
+    public static func route(_ request: AdminRequest, server: XDSServer, sources: ConfigSources?) -> AdminReply {
+        guard request.method == .GET else { return .text("only GET\n", status: .methodNotAllowed) }
+        switch request.path {
+        case "/streams":
+            return .json(String(decoding: (try? encoder().encode(server.service.status)) ?? Data(), as: UTF8.self) + "\n")
+        case "/snapshots":
+            struct Entry: Codable { var version: String; var listeners, routes, clusters, endpoints: Int }
+            var out: [String: Entry] = [:]
+            for node in server.cache.nodeIDs {
+                guard let s = server.cache.snapshot(for: node) else { continue }
+                out[node] = Entry(version: s.version, listeners: s.count(.listener), routes: s.count(.route), clusters: s.count(.cluster), endpoints: s.count(.endpoint))
+            }
+            struct Body: Codable { var snapshots: [String: Entry]; var lastError: String?; var generation: Int }
+            let body = Body(snapshots: out, lastError: sources?.lastError, generation: sources?.generation ?? 0)
+            return .json(String(decoding: (try? encoder().encode(body)) ?? Data(), as: UTF8.self) + "\n")
+        case "/ready":
+            return server.isListening ? .text("ready\n") : .text("not listening yet\n", status: .serviceUnavailable)
+        default:
+            return .text("try /streams, /snapshots or /ready\n", status: .notFound)
+        }
+    }
+}
+
+/// The admin routes of a `weir forward`: `/metrics` (Prometheus text) and `/ready` (503 while draining).
+public enum ForwarderAdmin {
+    public static func handler(forwarder: Forwarder, registry: PrometheusCollectorRegistry) -> AdminServer.Handler {
+        { request in
+            guard request.method == .GET else { return .text("only GET\n", status: .methodNotAllowed) }
+            switch request.path {
+            case "/metrics":
+                var body: [UInt8] = []
+                registry.emit(into: &body)
+                return AdminReply(contentType: "text/plain; version=0.0.4", body: body)
+            case "/ready":
+                return forwarder.isDraining ? .text("draining\n", status: .serviceUnavailable) : .text("ready\n")
+            default:
+                return .text("try /metrics or /ready\n", status: .notFound)
+            }
+        }
+    }
+}
