@@ -92,6 +92,7 @@ let package = Package(
             dependencies: [
                 "WeirSystem", "WeirNetns", "WeirCapture", "WeirForwarder", "WeirMesh", "WeirXDS",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -6,6 +6,7 @@ import ServiceLifecycle
 import Synchronization
 import WeirNetns
 import WeirSystem
+import WeirXDS
 
 /// A request to the admin API.
 public struct AdminRequest: Sendable {
@@ -77,12 +78,15 @@ public final class AdminServer: Service, Sendable {
 
     /// A request head and body over these many bytes is refused with 431 / 413.
     public static let maxHeadBytes = 8192, maxBodyBytes = 1 << 20
-    /// A connection that sends nothing for this long is closed.
-    public static let readTimeout = TimeAmount.seconds(10)
+    /// By default, a connection that sends nothing for this long is closed.
+    public static let defaultReadTimeout = TimeAmount.seconds(10)
+    let readTimeout: TimeAmount
 
     public init(address: AdminAddress, namespace: NetworkNamespace = .current, logger: Logger = Logger(label: "weir.admin"),
-                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, handler: @escaping Handler) {
+                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+                readTimeout: TimeAmount = AdminServer.defaultReadTimeout, handler: @escaping Handler) {
         self.address = address
+        self.readTimeout = readTimeout
         self.namespace = namespace
         self.handler = handler
         self.logger = logger
@@ -116,16 +120,16 @@ public final class AdminServer: Service, Sendable {
         do { slot = try Self.listeningSocket(address, in: namespace) } catch let e as SystemCallError {
             throw AdminServerError.bind(address, e)
         }
-        let handler = self.handler, logger = self.logger
+        let handler = self.handler, logger = self.logger, readTimeout = self.readTimeout
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelInitializer { channel in
                 // Out of descriptors: accept pauses for a second instead of spinning.
-                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(AcceptBackoffHandler()) }
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(AcceptPause(logger: logger)) }
             }
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
-                    try sync.addHandler(IdleStateHandler(readTimeout: Self.readTimeout))
+                    try sync.addHandler(IdleStateHandler(readTimeout: readTimeout))
                     try sync.addHandler(RequestSizeGuard(maxHead: Self.maxHeadBytes))
                     try sync.configureHTTPServerPipeline(withErrorHandling: true)
                     try sync.addHandler(AdminRequestHandler(handler: handler, logger: logger))
@@ -193,13 +197,15 @@ final class RequestSizeGuard: ChannelInboundHandler {
         if !headDone {
             // The head ends at the first CRLFCRLF; count bytes until then.
             let bytes = buffer.readableBytesView
+            var tooLarge = false
             for b in bytes {
                 seen += 1
+                if seen > maxHead { tooLarge = true; break }
                 lastFour.append(b)
                 if lastFour.count > 4 { lastFour.removeFirst() }
                 if lastFour == [13, 10, 13, 10] { headDone = true; break }
             }
-            if !headDone && seen > maxHead {
+            if tooLarge {
                 let reply = "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
                 context.writeAndFlush(wrapInboundOut(ByteBuffer(string: reply)), promise: nil)
                 context.close(promise: nil)

@@ -3,11 +3,26 @@ import Logging
 import NIOHTTP1
 import Prometheus
 import ServiceLifecycle
+import UnixSignals
 import WeirForwarder
 import WeirMesh
 import WeirNetns
 import WeirSystem
 import WeirXDS
+
+/// The agent's services under one group: SIGTERM and SIGINT (or none, for tests that trigger the shutdown) start
+/// one graceful shutdown, in reverse order of `services`, bounded by `deadline`; any service that ends ends them all.
+public func serviceGroup(_ services: [any Service], logger: Logger, deadline: Duration,
+                         signals: [UnixSignal] = [.sigterm, .sigint]) -> ServiceGroup {
+    var configuration = ServiceGroupConfiguration(
+        services: services.map {
+            ServiceGroupConfiguration.ServiceConfiguration(service: $0, successTerminationBehavior: .gracefullyShutdownGroup,
+                                                           failureTerminationBehavior: .gracefullyShutdownGroup)
+        },
+        gracefulShutdownSignals: signals, logger: logger)
+    configuration.maximumGracefulShutdownDuration = deadline
+    return ServiceGroup(configuration: configuration)
+}
 
 /// The xDS server as a service: listens at start, says GOAWAY and closes its connections at shutdown.
 public struct XDSService: Service {
@@ -79,6 +94,7 @@ public struct ForwarderService: Service {
         try forwarder.start(in: namespace)
         onStarted()
         try? await gracefulShutdown()
+        await forwarder.stopAccepting()
         onDraining(forwarder.activeConnections)
         await forwarder.drain()
     }

@@ -28,7 +28,9 @@ public final class Forwarder: Sendable {
 
     /// Opens the listeners inside `namespace` and starts the workers there. Throws if a port cannot be bound, or if a
     /// worker's thread cannot enter the namespace (then nothing is left running).
-    public func start(in namespace: NetworkNamespace) throws {
+    public func start(in given: NetworkNamespace) throws {
+        // Opened once: every listener and worker is in this one namespace, even if its path is reused meanwhile.
+        let namespace = given.path == nil ? given : NetworkNamespace(handle: try given.open())
         let config = self.config
         let logger = self.logger
         let metrics = ForwarderMetrics()
@@ -42,6 +44,7 @@ public final class Forwarder: Sendable {
         }
         let state = self.state
         state.running.store(handoffs.count, ordering: .relaxed)
+        state.accepting.store(handoffs.count, ordering: .relaxed)
         do {
             for (i, handoff) in handoffs.enumerated() {
                 let t = try namespace.thread(name: "weir-fwd-\(i)") {
@@ -53,6 +56,7 @@ public final class Forwarder: Sendable {
                     } catch {
                         // Its listeners (released here) would keep taking a share of new connections that nobody accepts.
                         logger.error("worker failed", metadata: ["error": "\(error)"])
+                        state.listenersClosed()
                     }
                     state.workerEnded()
                 }
@@ -62,7 +66,7 @@ public final class Forwarder: Sendable {
             // Workers already started end; listeners never handed over close with their handoff.
             for h in handoffs { _ = h.take() }
             let started = threads.withLock { $0.count }
-            for _ in started..<handoffs.count { state.workerEnded() }
+            for _ in started..<handoffs.count { state.listenersClosed(); state.workerEnded() }
             state.draining.store(true, ordering: .relaxed)
             state.stopping.store(true, ordering: .relaxed)
             join()
@@ -98,12 +102,22 @@ public final class Forwarder: Sendable {
     /// Stops accepting and waits (without blocking a thread) until the open connections have finished or the drain
     /// timeout passed; then closes the rest and waits for the workers to end.
     public func drain() async {
+        await stopAccepting()
         let drained = AsyncSignal()
         state.onDrained.withLock { $0 = { drained.fire() } }
-        state.draining.store(true, ordering: .relaxed)
         if state.active.load(ordering: .relaxed) == 0 { drained.fire() }
         await drained.wait(timeout: .milliseconds(config.drainTimeoutMilliseconds))
         await stop()
+    }
+
+    /// Stops accepting: returns once every worker has closed its listeners, so the kernel refuses new connections
+    /// (within a worker's tick, 100 ms). Open connections go on.
+    public func stopAccepting() async {
+        let closed = AsyncSignal()
+        state.onListenersClosed.withLock { $0 = { closed.fire() } }
+        state.draining.store(true, ordering: .relaxed)
+        if state.accepting.load(ordering: .acquiring) <= 0 { closed.fire() }
+        await closed.wait(timeout: .seconds(2))
     }
 
     /// Closes everything now and waits for the workers to end.

@@ -23,10 +23,20 @@ final class ForwarderState: Sendable {
     let onAllEnded = Mutex<(@Sendable () -> Void)?>(nil)
     /// Called when the last open connection of a draining forwarder closed.
     let onDrained = Mutex<(@Sendable () -> Void)?>(nil)
+    /// Workers whose listeners are still open; the last to close them (or to end) reports it.
+    let accepting = Atomic<Int>(0)
+    let onListenersClosed = Mutex<(@Sendable () -> Void)?>(nil)
 
     func workerEnded() {
         if running.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
             onAllEnded.withLock { f in let call = f; f = nil; return call }?()
+        }
+    }
+
+    /// Called once per worker: when it has closed its listeners, or when it ends with them.
+    func listenersClosed() {
+        if accepting.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
+            onListenersClosed.withLock { f in let call = f; f = nil; return call }?()
         }
     }
 
@@ -241,14 +251,15 @@ final class Worker {
                         if !l.paused { epoll.remove(l.socket) }
                         l.socket = .closed
                     }
-                    for l in listeners { l.socket = .closed }
-        listeners = []
+                    listeners = []
                     listenersClosed = true
+                    state.listenersClosed()
                 }
                 if slots.allSatisfy({ $0 == nil }) { break }
             }
         }
         listeners = []
+        if !listenersClosed { state.listenersClosed() }
     }
 
     // MARK: accepting

@@ -125,28 +125,45 @@ public final class NamespaceHandle: Sendable, CustomStringConvertible {
 public struct NetworkNamespace: Sendable, CustomStringConvertible {
     /// nil is the namespace of the calling process.
     public let path: String?
+    /// A namespace already held open: work goes into exactly this one, even if its path is reused meanwhile.
+    let pinned: NamespaceHandle?
 
     public static let current = NetworkNamespace(path: nil)
 
-    public init(path: String?) { self.path = path }
+    public init(path: String?) {
+        self.path = path
+        pinned = nil
+    }
+
+    /// The namespace a handle holds (named by its `/proc/self/fd` path in messages and to child processes).
+    public init(handle: NamespaceHandle) {
+        path = handle.procPath
+        pinned = handle
+    }
+
+    /// A handle on the namespace, held for as long as the caller keeps it.
+    public func open() throws(NamespaceError) -> NamespaceHandle {
+        if let pinned { return pinned }
+        return try NamespaceHandle.open(path ?? "/proc/self/ns/net")
+    }
 
     public var description: String { path ?? "current network namespace" }
 
     /// Checks that the path names a network namespace, before any work starts.
     public func validate() throws(NamespaceError) {
-        guard let path else { return }
+        guard let path, pinned == nil else { return }
         _ = try NamespaceHandle.open(path)
     }
 
     /// Runs `body` inside the namespace and returns its result (inline for the current namespace).
     public func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) throws -> T {
-        guard let path else { return try body() }
-        return try NamespaceHandle.open(path).run(body)
+        guard path != nil else { return try body() }
+        return try open().run(body)
     }
 
     /// A long-running thread inside the namespace (see `NamespaceHandle.thread`).
     public func thread(name: String, _ body: @escaping @Sendable () -> Void) throws -> OSThread {
-        if let path { return try NamespaceHandle.open(path).thread(name: name, body) }
+        if path != nil { return try open().thread(name: name, body) }
         return try OSThread.start(name: name, body)
     }
 }

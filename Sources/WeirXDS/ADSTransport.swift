@@ -38,9 +38,9 @@ final class ADSTransport: Sendable {
         let isTCP: Bool
         if case .tcp = address { isTCP = true } else { isTCP = false }
         let bootstrap = ServerBootstrap(group: group)
-            // Out of descriptors, accept pauses for a second instead of spinning (NIO's bind does not add it).
-            .serverChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(AcceptBackoffHandler()) }
+            // Out of descriptors, accept pauses for a second instead of spinning.
+            .serverChannelInitializer { [service] channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(AcceptPause(logger: service.logger)) }
             }
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)

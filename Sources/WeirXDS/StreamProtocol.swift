@@ -1,5 +1,6 @@
 import EnvoyAPI
 import Foundation
+import Synchronization
 import NIOCore
 import SwiftProtobuf
 import WeirMesh
@@ -385,14 +386,14 @@ public final class ResponseEncoder: Sendable {
 }
 
 /// A lock-protected dictionary, bounded by clearing when it grows past a limit.
-final class SynchronizedDictionary<K: Hashable & Sendable, V: Sendable>: @unchecked Sendable {
-    private var storage: [K: V] = [:]
-    private let lock = NSLock()
-    func get(_ k: K) -> V? { lock.lock(); defer { lock.unlock() }; return storage[k] }
+final class SynchronizedDictionary<K: Hashable & Sendable, V: Sendable>: Sendable {
+    private let storage = Mutex<[K: V]>([:])
+    func get(_ k: K) -> V? { storage.withLock { $0[k] } }
     func set(_ k: K, _ v: V, limit: Int) {
-        lock.lock(); defer { lock.unlock() }
-        if storage.count >= limit { storage.removeAll(keepingCapacity: true) }
-        storage[k] = v
+        storage.withLock { d in
+            if d.count >= limit { d.removeAll(keepingCapacity: true) }
+            d[k] = v
+        }
     }
-    var count: Int { lock.lock(); defer { lock.unlock() }; return storage.count }
+    var count: Int { storage.withLock { $0.count } }
 }

@@ -23,7 +23,8 @@ struct CheckCommand: ParsableCommand {
         let report: CheckReport
         do {
             let spec: CaptureSpec? = capture.isEmpty && !hasSpecEnvironment() ? nil : try capture.resolve()
-            report = try CaptureInstaller(namespace: try target.namespace(), backend: try target.backendChoice()).check(spec: spec, probe: probe)
+            let backend = try target.backendChoice()
+            report = try CaptureInstaller(namespace: try target.namespace(), backend: backend).check(spec: spec, probe: probe)
         } catch {
             throw failure(from: error)
         }

@@ -51,8 +51,10 @@ struct CleanCommand: ParsableCommand {
 
     func run() throws {
         do {
+            // Every value is checked before the namespace is opened.
+            let backend = try target.backendChoice()
             let namespace = try target.namespace()
-            let removed = try CaptureInstaller(namespace: namespace, backend: try target.backendChoice()).clean()
+            let removed = try CaptureInstaller(namespace: namespace, backend: backend).clean()
             print(removed ? "weir: removed weir's rules from \(namespace)" : "weir: nothing to remove in \(namespace)")
         } catch {
             throw failure(from: error)

@@ -53,8 +53,7 @@ struct MeshRenderCommand: ParsableCommand {
     var sdsSocket = "/run/spire/sockets/agent.sock"
 
     func validate() throws {
-        if ingressPort == 0 || egressPort == 0 || ingressPort == egressPort { throw ValidationError("--ingress-port and --egress-port must be two different ports") }
-        if !sdsSocket.hasPrefix("/") { throw ValidationError("--sds-socket '\(sdsSocket)': give an absolute path") }
+        try validateEnvoyListeners(ingress: ingressPort, egress: egressPort, sdsSocket: sdsSocket)
     }
 
     func run() throws {
@@ -68,4 +67,13 @@ struct MeshRenderCommand: ParsableCommand {
             throw CommandFailure(status: .badInput, message: "cannot render node \(node):\n" + error.description)
         }
     }
+}
+
+/// The Envoy listener ports and SDS socket that `mesh render` and `xds` compile for, checked the same way in both.
+func validateEnvoyListeners(ingress: UInt16, egress: UInt16, sdsSocket: String) throws {
+    if ingress == 0 || egress == 0 {
+        throw ValidationError("--ingress-port \(ingress) and --egress-port \(egress): a listener port is from 1 to 65535")
+    }
+    if ingress == egress { throw ValidationError("--ingress-port and --egress-port are both \(ingress): give two different ports") }
+    if !sdsSocket.hasPrefix("/") { throw ValidationError("--sds-socket '\(sdsSocket)': give an absolute path") }
 }

@@ -48,8 +48,7 @@ struct XDSCommand: AsyncParsableCommand {
         if upstream != nil && (mesh != nil || envoyResources != nil) {
             throw ValidationError("--upstream relays another control plane; it does not combine with --mesh or --envoy-resources")
         }
-        if ingressPort == 0 || egressPort == 0 || ingressPort == egressPort { throw ValidationError("--ingress-port and --egress-port must be two different ports") }
-        if !sdsSocket.hasPrefix("/") { throw ValidationError("--sds-socket '\(sdsSocket)': give an absolute path") }
+        try validateEnvoyListeners(ingress: ingressPort, egress: egressPort, sdsSocket: sdsSocket)
         for (flag, dir) in [("--mesh", mesh), ("--envoy-resources", envoyResources)] {
             guard let dir else { continue }
             guard let st = try? FileStatus.of(dir) else { throw ValidationError("\(flag) \(dir): no such directory") }
@@ -113,13 +112,8 @@ struct XDSCommand: AsyncParsableCommand {
 /// Runs services under one ServiceGroup: SIGTERM and SIGINT shut it down gracefully, within one deadline; a service
 /// that fails to start (a port taken) ends the group with a clear message and exit 1.
 func runServices(_ services: [any Service], logger: Logger, what: String, deadline: Duration = .seconds(15)) async throws {
-    var configuration = ServiceGroupConfiguration(
-        services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0, successTerminationBehavior: .gracefullyShutdownGroup,
-                                                                                    failureTerminationBehavior: .gracefullyShutdownGroup) },
-        gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
-    configuration.maximumGracefulShutdownDuration = deadline
     do {
-        try await ServiceGroup(configuration: configuration).run()
+        try await serviceGroup(services, logger: logger, deadline: deadline).run()
     } catch let f as CommandFailure {
         throw f
     } catch let e as ServiceGroupError {

@@ -60,43 +60,6 @@ func receivePattern(_ fd: Int32, _ p: Pattern) -> Int {
     }
 }
 
-func blockingSocket(_ ns: NetworkNamespace, connectTo ep: Endpoint) throws -> Int32 {
-    try ns.run {
-        let fd = socket(ep.family == .ipv4 ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        let a = SocketAddress.make(ep)
-        let rc = withUnsafeBytes(of: a.storage) { Glibc.connect(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), a.length) }
-        if rc != 0 { let e = SystemCallError.last("connect \(ep)"); close(fd); throw e }
-        var tv = timeval(tv_sec: 20, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        return fd
-    }
-}
-
-func acceptOne(_ listener: Int32, timeoutMilliseconds: Int32 = 5000) -> Int32? {
-    var p = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
-    guard poll(&p, 1, timeoutMilliseconds) == 1 else { return nil }
-    let fd = accept(listener, nil, nil)
-    guard fd >= 0 else { return nil }
-    var tv = timeval(tv_sec: 20, tv_usec: 0)
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-    return fd
-}
-
-/// Reads until EOF or error; returns the bytes, and whether the end was a reset.
-func readAll(_ fd: Int32) -> (bytes: [UInt8], reset: Bool) {
-    var out: [UInt8] = []
-    var buf = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let n = recv(fd, &buf, buf.count, 0)
-        if n > 0 { out += buf[0..<n]; continue }
-        return (out, n < 0 && weir_errno() == ECONNRESET)
-    }
-}
-
-func sendAll(_ fd: Int32, _ text: String) {
-    _ = Array(text.utf8).withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-}
-
 /// A network with weir's rules and an in-process forwarder in the pod.
 func withForwarder<T>(spec flags: [(CaptureSpecInput.Key, String)] = [], _ configure: (inout ForwarderConfig) -> Void = { _ in },
                       _ body: (TestNetwork, Forwarder) throws -> T) async throws -> T {

@@ -269,6 +269,7 @@ public func helperScript(_ name: String) -> String { projectRoot.appendingPathCo
 /// A process a test started (optionally inside a namespace, optionally as uid 1337), its output in a log file.
 /// `stop()` kills it with SIGKILL and waits: a child spawned from a Dispatch thread may block SIGTERM.
 public final class Spawned: @unchecked Sendable {
+    // Sendable: `process` and `log` are set in init; Process itself is thread-safe for isRunning, kill and wait.
     public let process = Process()
     public let log: URL
 
@@ -305,6 +306,17 @@ public func eventually(_ seconds: Double = 10, _ condition: () -> Bool) -> Bool 
         usleep(50_000)
     }
     return condition()
+}
+
+/// Whether `task` ends within `seconds` (it is left running otherwise; the caller records the failure).
+public func finishes(within seconds: Double, _ task: Task<Void, any Error>) async -> Bool {
+    await withTaskGroup(of: Bool.self) { group in
+        group.addTask { _ = await task.result; return true }
+        group.addTask { try? await Task.sleep(for: .seconds(seconds)); return false }
+        let first = await group.next() ?? false
+        group.cancelAll()
+        return first
+    }
 }
 
 /// `GET http://host:port/path` from inside a namespace, with curl-free Python; nil on any failure.

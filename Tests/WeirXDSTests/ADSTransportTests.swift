@@ -98,6 +98,7 @@ struct RawBytesSerializer: MessageSerializer {
 
 /// Collects one HTTP/2 stream's response header blocks.
 final class ResponseCollector: ChannelInboundHandler, @unchecked Sendable {
+    // Sendable: NIO calls a handler on its channel's event loop only; its state is touched nowhere else.
     typealias InboundIn = HTTP2Frame.FramePayload
     let done: EventLoopPromise<[HPACKHeaders]>
     var blocks: [HPACKHeaders] = []

@@ -99,6 +99,7 @@ func colorMesh(blue: Int, green: Int, brokenRegex: Bool = false) -> String {
 /// A pod namespace whose outbound TCP weir redirects to Envoy (uid 1337), backends in the server namespace,
 /// weir xds on loopback TCP in the pod, and helpers to drive them. Everything is torn down by `close()`.
 final class MeshLab: @unchecked Sendable {
+    // Sendable: its stored properties are set in init and only read after; the processes it holds are stopped by close().
     let net: TestNetwork
     let dir: URL
     var meshDir: URL { dir.appendingPathComponent("mesh") }

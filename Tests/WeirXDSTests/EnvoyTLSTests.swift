@@ -10,6 +10,7 @@ import WeirTestSupport
 /// redirected to its ingress port) in front of an HTTP backend on 127.0.0.1:9080. Certificates are made by openssl at
 /// test time. weir xds listens on a Unix socket both namespaces reach; everything is removed by `close()`.
 final class TLSLab: @unchecked Sendable {
+    // Sendable: its stored properties are set in init and only read after; the processes it holds are stopped by close().
     let net: TestNetwork
     let dir: URL
     var certs: URL { dir.appendingPathComponent("certs") }

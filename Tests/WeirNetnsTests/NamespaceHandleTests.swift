@@ -1,0 +1,91 @@
+import Foundation
+import Glibc
+import Synchronization
+import Testing
+@testable import WeirNetns
+import WeirSystem
+import WeirTestSupport
+
+/// A handle whose descriptor is not a namespace (`/dev/null`): every `setns` on it fails with EINVAL, as it would
+/// for a namespace the process may not enter.
+func unenterableHandle() throws -> NamespaceHandle {
+    NamespaceHandle(descriptor: try FileDescriptor.open("/dev/null", O_RDONLY),
+                    identity: NamespaceIdentity(device: 0, inode: 0), path: "/dev/null")
+}
+
+@Suite("namespace handles", .enabled(if: canRunNamespaceTests, "needs root (setns)"))
+struct NamespaceHandleTests {
+    /// The blocking `run` (an async caller would pick the async one).
+    static func runSync<T: Sendable>(_ handle: NamespaceHandle, name: String = "weir-t-run",
+                                     _ body: @escaping @Sendable () throws -> T) throws -> T {
+        try handle.run(name: name, body)
+    }
+
+    @Test("a namespace file that is not a network namespace is refused by name, before anything enters it")
+    func notNetwork() {
+        #expect {
+            _ = try NamespaceHandle.open("/proc/self/ns/mnt")
+        } throws: { "\($0)".contains("not a network namespace") }
+        #expect {
+            _ = try NamespaceHandle.open("/etc/hostname")
+        } throws: { "\($0)".contains("not a namespace file") }
+        #expect {
+            _ = try NamespaceHandle.open("/nonexistent/ns")
+        } throws: { "\($0)".contains("/nonexistent/ns") }
+    }
+
+    @Test("a failed setns is the caller's error, sync, async and for a long-running thread, and the body never runs")
+    func setnsFailure() async throws {
+        let handle = try unenterableHandle()
+        let ran = Mutex(false)
+        #expect {
+            try Self.runSync(handle) { ran.withLock { $0 = true } }
+        } throws: { "\($0)".contains("entering network namespace /dev/null") }
+        await #expect {
+            try await handle.run(name: "weir-t-async") { ran.withLock { $0 = true } }
+        } throws: { "\($0)".contains("entering network namespace /dev/null") }
+        #expect {
+            _ = try handle.thread(name: "weir-t-thread") { ran.withLock { $0 = true } }
+        } throws: { "\($0)".contains("entering network namespace /dev/null") }
+        #expect {
+            _ = try NetworkNamespace(handle: handle).thread(name: "weir-t-ns") { ran.withLock { $0 = true } }
+        } throws: { _ in true }
+        #expect(!ran.withLock { $0 }, "a body ran although its thread never entered the namespace")
+    }
+
+    @Test("work runs inside the namespace, on a thread with its name, sync and async")
+    func runsInside() async throws {
+        let scratch = try ScratchNamespace()
+        let host = try NamespaceHandle.current()
+        #expect(scratch.handle.identity != host.identity)
+        let inside = try Self.runSync(scratch.handle, name: "weir-t-inside") { () throws -> String in
+            let id = try NamespaceHandle.open("/proc/thread-self/ns/net").identity
+            let comm = try String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8)
+            return "\(id) \(comm.trimmingCharacters(in: .whitespacesAndNewlines))"
+        }
+        #expect(inside == "\(scratch.handle.identity) weir-t-inside")
+        let asyncInside = try await scratch.handle.run(name: "weir-t-async2") { () throws -> NamespaceIdentity in
+            try NamespaceHandle.open("/proc/thread-self/ns/net").identity
+        }
+        #expect(asyncInside == scratch.handle.identity)
+        // The caller's own thread never moved.
+        #expect(try NamespaceHandle.open("/proc/thread-self/ns/net").identity == host.identity)
+    }
+
+    @Test("a namespace recreated at the same path is a different namespace; a held handle keeps the old one")
+    func identityAcrossRecreation() throws {
+        let name = "weir-t-id-\(getpid())"
+        defer { _ = try? sh(["ip", "netns", "del", name], allowFailure: true) }
+        try sh("ip", "netns", "add", name)
+        let first = try NamespaceHandle.open("/run/netns/\(name)")
+        try sh("ip", "netns", "del", name)
+        try sh("ip", "netns", "add", name)
+        let second = try NamespaceHandle.open("/run/netns/\(name)")
+        #expect(first.identity != second.identity)
+        // Work given the first handle goes into the first namespace, not the one now at the path.
+        let seen = try NetworkNamespace(handle: first).run { () throws -> NamespaceIdentity in
+            try NamespaceHandle.open("/proc/thread-self/ns/net").identity
+        }
+        #expect(seen == first.identity)
+    }
+}
