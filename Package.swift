@@ -5,7 +5,7 @@ let package = Package(
     name: "weir",
     platforms: [.macOS(.v15)],
     products: [
-        .executable(name: "weir", targets: ["weir"]),
+        .executable(name: "weir", targets: ["weir"])
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -103,7 +103,8 @@ let package = Package(
         .executableTarget(
             name: "weir",
             dependencies: [
-                "WeirCapture", "WeirNetfilter", "WeirNetns", "WeirSystem", "WeirForwarder", "WeirMesh", "WeirXDS", "WeirAgent",
+                "WeirCapture", "WeirNetfilter", "WeirNetns", "WeirSystem", "WeirForwarder", "WeirMesh", "WeirXDS",
+                "WeirAgent",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -112,7 +113,8 @@ let package = Package(
             ]
         ),
         // Measurements for scripts/bench (not a product).
-        .executableTarget(name: "weir-bench", dependencies: ["WeirCapture", "WeirNetfilter", "WeirNetns", "WeirSystem"]),
+        .executableTarget(
+            name: "weir-bench", dependencies: ["WeirCapture", "WeirNetfilter", "WeirNetns", "WeirSystem"]),
         .testTarget(
             name: "WeirXDSTests",
             dependencies: [
@@ -129,7 +131,9 @@ let package = Package(
                 .product(name: "NIOHPACK", package: "swift-nio-http2"),
             ]
         ),
-        .testTarget(name: "WeirMeshTests", dependencies: ["WeirMesh", "EnvoyAPI", "WeirTestSupport"], resources: [.copy("Goldens")]),
+        .testTarget(
+            name: "WeirMeshTests", dependencies: ["WeirMesh", "EnvoyAPI", "WeirTestSupport"],
+            resources: [.copy("Goldens")]),
         .testTarget(name: "WeirCaptureTests", dependencies: ["WeirCapture"], resources: [.copy("Goldens")]),
         // Throwaway namespaces, sockets and commands shared by the namespace tests.
         .target(
@@ -141,9 +145,17 @@ let package = Package(
             ],
             path: "Tests/WeirTestSupport"
         ),
-        .testTarget(name: "WeirNetfilterTests", dependencies: ["WeirCapture", "WeirNetfilter", "WeirNetns", "CWeirShims", "WeirTestSupport"]),
-        .testTarget(name: "WeirForwarderTests", dependencies: ["WeirForwarder", "WeirCapture", "WeirNetfilter", "WeirNetns", "WeirSystem", "WeirAgent", "CWeirShims", "WeirTestSupport"]),
-        .testTarget(name: "WeirNetnsTests", dependencies: ["WeirNetns", "WeirSystem", "WeirCapture", "WeirTestSupport"]),
+        .testTarget(
+            name: "WeirNetfilterTests",
+            dependencies: ["WeirCapture", "WeirNetfilter", "WeirNetns", "CWeirShims", "WeirTestSupport"]),
+        .testTarget(
+            name: "WeirForwarderTests",
+            dependencies: [
+                "WeirForwarder", "WeirCapture", "WeirNetfilter", "WeirNetns", "WeirSystem", "WeirAgent", "CWeirShims",
+                "WeirTestSupport",
+            ]),
+        .testTarget(
+            name: "WeirNetnsTests", dependencies: ["WeirNetns", "WeirSystem", "WeirCapture", "WeirTestSupport"]),
         .testTarget(
             name: "WeirAgentTests",
             dependencies: [

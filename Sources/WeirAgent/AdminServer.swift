@@ -10,20 +10,34 @@ import WeirXDS
 
 /// A request to the admin API.
 public struct AdminRequest: Sendable {
+    /// The HTTP method; weir's admin routes answer 405 to anything but GET.
     public var method: HTTPMethod
     /// The path, without the query.
     public var path: String
     /// The query's parameters (`?node=a` → `["node": "a"]`).
     public var query: [String: String]
+    /// The request body, at most `AdminServer.maxBodyBytes` (a larger one is answered 413 without the handler).
     public var body: [UInt8]
+
+    /// A request as the server hands it to a handler (tests and other front ends build their own).
+    public init(method: HTTPMethod, path: String, query: [String: String] = [:], body: [UInt8] = []) {
+        self.method = method
+        self.path = path
+        self.query = query
+        self.body = body
+    }
 }
 
 /// An answer of the admin API.
 public struct AdminReply: Sendable {
+    /// The response status: 200 unless the route says otherwise.
     public var status: HTTPResponseStatus
+    /// The `content-type` header: plain UTF-8 text unless the route sets JSON or Prometheus text.
     public var contentType: String
+    /// The response body, sent with its `content-length`; the connection closes after it.
     public var body: [UInt8]
 
+    /// A reply of `body` with `status` and `contentType` (200, plain UTF-8 text, unless given).
     public init(status: HTTPResponseStatus = .ok, contentType: String = "text/plain; charset=utf-8", body: [UInt8]) {
         self.status = status
         self.contentType = contentType
@@ -31,7 +45,9 @@ public struct AdminReply: Sendable {
     }
 
     /// Plain text.
-    public static func text(_ s: String, status: HTTPResponseStatus = .ok) -> AdminReply { AdminReply(status: status, body: Array(s.utf8)) }
+    public static func text(_ s: String, status: HTTPResponseStatus = .ok) -> AdminReply {
+        AdminReply(status: status, body: Array(s.utf8))
+    }
     /// A JSON document.
     public static func json(_ s: String, status: HTTPResponseStatus = .ok) -> AdminReply {
         AdminReply(status: status, contentType: "application/json", body: Array(s.utf8))
@@ -41,19 +57,24 @@ public struct AdminReply: Sendable {
 /// Where an admin API listens: loopback or any TCP address, a Unix socket path, or an abstract Unix name
 /// (`unix:@name`, per network namespace).
 public enum AdminAddress: Sendable, Hashable, CustomStringConvertible {
+    /// A TCP address (`HOST:PORT`, `[V6]:PORT`), bound in the server's network namespace.
     case tcp(Endpoint)
+    /// A Unix socket path (`/path`), or an abstract name (`@name`) that lives in the server's network namespace.
     case unix(String)
 
     /// Parses `HOST:PORT`, `[V6]:PORT`, `unix:/path` or `unix:@name`; nil when malformed.
     public static func parse(_ text: String) -> AdminAddress? {
         if text.hasPrefix("unix:") {
             let path = String(text.dropFirst(5))
-            guard path.hasPrefix("/") || (path.hasPrefix("@") && path.count > 1), path.utf8.count <= SocketAddressBytes.maxUnixPath else { return nil }
+            guard path.hasPrefix("/") || (path.hasPrefix("@") && path.count > 1),
+                path.utf8.count <= SocketAddressBytes.maxUnixPath
+            else { return nil }
             return .unix(path)
         }
         return Endpoint.parse(text).map(AdminAddress.tcp)
     }
 
+    /// The address as `parse` reads it: `HOST:PORT`, `[V6]:PORT` or `unix:PATH`.
     public var description: String {
         switch self {
         case .tcp(let e): return "\(e)"
@@ -66,6 +87,7 @@ public enum AdminAddress: Sendable, Hashable, CustomStringConvertible {
 /// closed, and holds up nobody meanwhile), a bounded request, accept paused and resumed when descriptors run out.
 /// Its socket is opened inside a network namespace when asked (a forwarder's admin port inside the pod).
 public final class AdminServer: Service, Sendable {
+    /// Answers one admin request; it runs as a task, and its reply is written back on the connection's event loop.
     public typealias Handler = @Sendable (AdminRequest) async -> AdminReply
 
     let address: AdminAddress
@@ -82,9 +104,12 @@ public final class AdminServer: Service, Sendable {
     public static let defaultReadTimeout = TimeAmount.seconds(10)
     let readTimeout: TimeAmount
 
-    public init(address: AdminAddress, namespace: NetworkNamespace = .current, logger: Logger = Logger(label: "weir.admin"),
-                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-                readTimeout: TimeAmount = AdminServer.defaultReadTimeout, handler: @escaping Handler) {
+    /// A server for `address`, bound inside `namespace`, answering each request with `handler`; nothing listens yet.
+    public init(
+        address: AdminAddress, namespace: NetworkNamespace = .current, logger: Logger = Logger(label: "weir.admin"),
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        readTimeout: TimeAmount = AdminServer.defaultReadTimeout, handler: @escaping Handler
+    ) {
         self.address = address
         self.readTimeout = readTimeout
         self.namespace = namespace
@@ -100,7 +125,9 @@ public final class AdminServer: Service, Sendable {
             let fd: WeirSystem.FileDescriptor
             switch address {
             case .unix(let path):
-                do throws(UnixSocketPath.Failure) { try UnixSocketPath.claim(path) } catch { throw AdminServerError.address(address, "\(error)") }
+                do throws(UnixSocketPath.Failure) { try UnixSocketPath.claim(path) } catch {
+                    throw AdminServerError.address(address, "\(error)")
+                }
                 fd = try WeirSystem.FileDescriptor.unixStream()
                 try fd.bind(.unix(path), describedAs: "unix:\(path)")
             case .tcp(let e):
@@ -120,11 +147,15 @@ public final class AdminServer: Service, Sendable {
         do { slot = try Self.listeningSocket(address, in: namespace) } catch let e as SystemCallError {
             throw AdminServerError.bind(address, e)
         }
-        let handler = self.handler, logger = self.logger, readTimeout = self.readTimeout
+        let handler = self.handler
+        let logger = self.logger
+        let readTimeout = self.readTimeout
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelInitializer { channel in
                 // Out of descriptors: accept pauses for a second instead of spinning.
-                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(AcceptPause(logger: logger)) }
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(AcceptPause(logger: logger))
+                }
             }
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -142,7 +173,13 @@ public final class AdminServer: Service, Sendable {
 
     /// Stops listening and closes the open connections.
     public func stop() async {
-        guard let c = channel.withLock({ c in let out = c; c = nil; return out }) else { return }
+        guard
+            let c = channel.withLock({ c in
+                let out = c
+                c = nil
+                return out
+            })
+        else { return }
         try? await c.close()
         if case .unix(let path) = address, !path.hasPrefix("@") { try? FileSystem.unlinkIfPresent(path) }
     }
@@ -157,8 +194,11 @@ public final class AdminServer: Service, Sendable {
 
 /// The admin server cannot start.
 public enum AdminServerError: Error, CustomStringConvertible {
+    /// The Unix socket path cannot be taken (not a socket, served by another process, too long), with why.
     case address(AdminAddress, String)
+    /// A system call failed while opening the listener (entering the namespace, socket, bind or listen).
     case bind(AdminAddress, SystemCallError)
+    /// `cannot listen on ADDRESS: WHY`, for the user.
     public var description: String {
         switch self {
         case .address(let a, let why): return "cannot listen on \(a): \(why)"
@@ -170,6 +210,7 @@ public enum AdminServerError: Error, CustomStringConvertible {
 /// One descriptor on its way from the thread that opened it to its next owner.
 public final class DescriptorSlot: Sendable {
     let slot: Mutex<WeirSystem.FileDescriptor>
+    /// A slot holding `fd` until `take()` hands it on.
     public init(_ fd: consuming WeirSystem.FileDescriptor) { slot = Mutex(fd) }
     /// Takes the descriptor (the slot is empty after).
     public func take() -> WeirSystem.FileDescriptor {
@@ -200,13 +241,20 @@ final class RequestSizeGuard: ChannelInboundHandler {
             var tooLarge = false
             for b in bytes {
                 seen += 1
-                if seen > maxHead { tooLarge = true; break }
+                if seen > maxHead {
+                    tooLarge = true
+                    break
+                }
                 lastFour.append(b)
                 if lastFour.count > 4 { lastFour.removeFirst() }
-                if lastFour == [13, 10, 13, 10] { headDone = true; break }
+                if lastFour == [13, 10, 13, 10] {
+                    headDone = true
+                    break
+                }
             }
             if tooLarge {
-                let reply = "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                let reply =
+                    "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
                 context.writeAndFlush(wrapInboundOut(ByteBuffer(string: reply)), promise: nil)
                 context.close(promise: nil)
                 return
@@ -227,7 +275,10 @@ final class AdminRequestHandler: ChannelInboundHandler {
     var body: [UInt8] = []
     var tooLarge = false
 
-    init(handler: @escaping AdminServer.Handler, logger: Logger) { self.handler = handler; self.logger = logger }
+    init(handler: @escaping AdminServer.Handler, logger: Logger) {
+        self.handler = handler
+        self.logger = logger
+    }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
@@ -243,12 +294,18 @@ final class AdminRequestHandler: ChannelInboundHandler {
             head = h
             body = []
         case .body(var b):
-            if body.count + b.readableBytes > AdminServer.maxBodyBytes { tooLarge = true } else { body += b.readBytes(length: b.readableBytes) ?? [] }
+            if body.count + b.readableBytes > AdminServer.maxBodyBytes {
+                tooLarge = true
+            } else {
+                body += b.readBytes(length: b.readableBytes) ?? []
+            }
         case .end:
             guard let head else { return }
             self.head = nil
             if tooLarge {
-                Self.respond(context, AdminReply.text("request body over \(AdminServer.maxBodyBytes) bytes\n", status: .payloadTooLarge))
+                Self.respond(
+                    context,
+                    AdminReply.text("request body over \(AdminServer.maxBodyBytes) bytes\n", status: .payloadTooLarge))
                 return
             }
             let (path, query) = Self.split(head.uri)
@@ -270,7 +327,11 @@ final class AdminRequestHandler: ChannelInboundHandler {
         let head = HTTPResponseHead(version: .http1_1, status: reply.status, headers: headers)
         context.write(NIOAny(HTTPServerResponsePart.head(head)), promise: nil)
         context.write(NIOAny(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(bytes: reply.body)))), promise: nil)
-        context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil))).whenComplete { _ in context.close(promise: nil) }
+        // Closed once the reply is out; the completion runs on the channel's loop, where the context lives.
+        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil))).whenComplete { _ in
+            bound.value.close(promise: nil)
+        }
     }
 
     /// `/path?a=b&c` → ("/path", ["a": "b", "c": ""]), percent-decoded.
@@ -278,7 +339,9 @@ final class AdminRequestHandler: ChannelInboundHandler {
         guard let q = uri.firstIndex(of: "?") else { return (uri, [:]) }
         var query: [String: String] = [:]
         for pair in uri[uri.index(after: q)...].split(separator: "&") {
-            let kv = pair.split(separator: "=", maxSplits: 1).map { String($0).replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? String($0) }
+            let kv = pair.split(separator: "=", maxSplits: 1).map {
+                String($0).replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? String($0)
+            }
             if let k = kv.first, !k.isEmpty { query[k] = kv.count > 1 ? kv[1] : "" }
         }
         return (String(uri[..<q]), query)

@@ -10,8 +10,14 @@ public struct PortRange: Sendable, Hashable, Comparable, CustomStringConvertible
     public let first: UInt16
     public let last: UInt16
 
-    public init(_ port: UInt16) { first = port; last = port }
-    public init(first: UInt16, last: UInt16) { self.first = first; self.last = last }
+    public init(_ port: UInt16) {
+        first = port
+        last = port
+    }
+    public init(first: UInt16, last: UInt16) {
+        self.first = first
+        self.last = last
+    }
 
     public var isSinglePort: Bool { first == last }
     public func contains(_ port: UInt16) -> Bool { port >= first && port <= last }
@@ -45,7 +51,9 @@ public struct CIDR: Sendable, Hashable, Comparable, CustomStringConvertible {
     public let prefixLength: Int
 
     public init(family: IPFamily, address: [UInt8], prefixLength: Int) {
-        self.family = family; self.address = address; self.prefixLength = prefixLength
+        self.family = family
+        self.address = address
+        self.prefixLength = prefixLength
     }
 
     /// The mask bytes for the prefix length.
@@ -63,7 +71,10 @@ public struct CIDR: Sendable, Hashable, Comparable, CustomStringConvertible {
     public static func < (a: CIDR, b: CIDR) -> Bool { a.description < b.description }
 
     public enum ParseError: Error, Equatable {
-        case malformed, prefixTooLong(max: Int), hostBitsSet(network: String), mixedFamily
+        case malformed
+        case prefixTooLong(max: Int)
+        case hostBitsSet(network: String)
+        case mixedFamily
     }
 
     /// Parses `10.0.0.0/8`, `fd00::/8`, or a bare address (a host route).
@@ -74,13 +85,15 @@ public struct CIDR: Sendable, Hashable, Comparable, CustomStringConvertible {
         let family: IPFamily
         let bytes: [UInt8]
         if let v4 = IPAddressText.parseIPv4(addrText) {
-            family = .ipv4; bytes = v4
+            family = .ipv4
+            bytes = v4
         } else if let v6 = IPAddressText.parseIPv6(addrText) {
             // An IPv4-mapped IPv6 address mixes the families: the kernel never sees such packets on the wire.
             if v6[0..<10].allSatisfy({ $0 == 0 }) && v6[10] == 0xFF && v6[11] == 0xFF && addrText.contains(".") {
                 return .failure(.mixedFamily)
             }
-            family = .ipv6; bytes = v6
+            family = .ipv6
+            bytes = v6
         } else {
             return .failure(.malformed)
         }
@@ -96,7 +109,8 @@ public struct CIDR: Sendable, Hashable, Comparable, CustomStringConvertible {
         let candidate = CIDR(family: family, address: bytes, prefixLength: prefix)
         let masked = zip(bytes, candidate.mask).map { $0 & $1 }
         if masked != bytes {
-            return .failure(.hostBitsSet(network: CIDR(family: family, address: masked, prefixLength: prefix).description))
+            return .failure(
+                .hostBitsSet(network: CIDR(family: family, address: masked, prefixLength: prefix).description))
         }
         return .success(candidate)
     }
@@ -115,7 +129,9 @@ public enum IPAddressText {
         guard parts.count == 4 else { return nil }
         var out: [UInt8] = []
         for p in parts {
-            guard !p.isEmpty, p.count <= 3, p.allSatisfy({ $0.isASCII && $0.isNumber }), let v = Int(p), v <= 255 else { return nil }
+            guard !p.isEmpty, p.count <= 3, p.allSatisfy({ $0.isASCII && $0.isNumber }), let v = Int(p), v <= 255 else {
+                return nil
+            }
             out.append(UInt8(v))
         }
         return out
@@ -165,14 +181,21 @@ public enum IPAddressText {
     /// RFC 5952 text: lowercase, longest run of zero groups (length ≥ 2) compressed.
     public static func formatIPv6(_ b: [UInt8]) -> String {
         let g = stride(from: 0, to: 16, by: 2).map { UInt16(b[$0]) << 8 | UInt16(b[$0 + 1]) }
-        var bestStart = -1, bestLen = 0, i = 0
+        var bestStart = -1
+        var bestLen = 0
+        var i = 0
         while i < 8 {
             if g[i] == 0 {
                 var j = i
                 while j < 8 && g[j] == 0 { j += 1 }
-                if j - i > bestLen { bestStart = i; bestLen = j - i }
+                if j - i > bestLen {
+                    bestStart = i
+                    bestLen = j - i
+                }
                 i = j
-            } else { i += 1 }
+            } else {
+                i += 1
+            }
         }
         let hex = g.map { String($0, radix: 16) }
         if bestLen < 2 { return hex.joined(separator: ":") }

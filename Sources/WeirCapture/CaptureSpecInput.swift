@@ -22,7 +22,10 @@ public struct CaptureSpecError: Error, Sendable, CustomStringConvertible {
 public struct Sourced: Sendable, Hashable {
     public var value: String
     public var origin: String
-    public init(_ value: String, from origin: String) { self.value = value; self.origin = origin }
+    public init(_ value: String, from origin: String) {
+        self.value = value
+        self.origin = origin
+    }
 }
 
 /// The capture spec as text, from flags, `WEIR_*`, `APPMESH_*` or the spec stored in a live table.
@@ -54,7 +57,7 @@ public struct CaptureSpecInput: Sendable, Hashable {
         public var isList: Bool {
             switch self {
             case .proxyUID, .proxyGID, .inboundExcludePort, .inboundExcludeSource, .outboundIncludeCIDR,
-                 .outboundExcludeCIDR, .outboundIncludePort, .outboundExcludePort, .proxyPort:
+                .outboundExcludeCIDR, .outboundIncludePort, .outboundExcludePort, .proxyPort:
                 return true
             default: return false
             }
@@ -97,8 +100,11 @@ public struct CaptureSpecInput: Sendable, Hashable {
         for name in env.keys.sorted() where name.hasPrefix("WEIR_") {
             guard let key = known[name] else {
                 if !otherWeirVariables.contains(name) {
-                    problems.append(.init(option: name, value: env[name]!, problem: "unknown variable",
-                                          fix: "Known capture variables: " + Key.allCases.map(\.environmentName).joined(separator: ", ") + "."))
+                    problems.append(
+                        .init(
+                            option: name, value: env[name]!, problem: "unknown variable",
+                            fix: "Known capture variables: "
+                                + Key.allCases.map(\.environmentName).joined(separator: ", ") + "."))
                 }
                 continue
             }
@@ -110,24 +116,32 @@ public struct CaptureSpecInput: Sendable, Hashable {
     /// The App Mesh proxy route manager's variables, with its defaults, so weir replaces it as is.
     /// Returns nil when no `APPMESH_` capture variable is set.
     public static func fromAppMeshEnvironment(_ env: [String: String]) -> (CaptureSpecInput, [CaptureSpecProblem])? {
-        let names = ["APPMESH_IGNORE_UID", "APPMESH_IGNORE_GID", "APPMESH_APP_PORTS", "APPMESH_ENVOY_INGRESS_PORT",
-                     "APPMESH_ENVOY_EGRESS_PORT", "APPMESH_EGRESS_IGNORED_IP", "APPMESH_EGRESS_IGNORED_PORTS",
-                     "APPMESH_ENABLE_IPV6"]
+        let names = [
+            "APPMESH_IGNORE_UID", "APPMESH_IGNORE_GID", "APPMESH_APP_PORTS", "APPMESH_ENVOY_INGRESS_PORT",
+            "APPMESH_ENVOY_EGRESS_PORT", "APPMESH_EGRESS_IGNORED_IP", "APPMESH_EGRESS_IGNORED_PORTS",
+            "APPMESH_ENABLE_IPV6",
+        ]
         guard names.contains(where: { env[$0] != nil }) else { return nil }
         var input = CaptureSpecInput()
         var problems: [CaptureSpecProblem] = []
         func get(_ n: String) -> String? { env[n].map { $0.trimmingCharacters(in: .whitespaces) } }
-        input.add(.inboundPort, get("APPMESH_ENVOY_INGRESS_PORT") ?? "15000",
-                  from: env["APPMESH_ENVOY_INGRESS_PORT"] == nil ? "APPMESH_ENVOY_INGRESS_PORT (default)" : "APPMESH_ENVOY_INGRESS_PORT")
-        input.add(.outboundPort, get("APPMESH_ENVOY_EGRESS_PORT") ?? "15001",
-                  from: env["APPMESH_ENVOY_EGRESS_PORT"] == nil ? "APPMESH_ENVOY_EGRESS_PORT (default)" : "APPMESH_ENVOY_EGRESS_PORT")
+        input.add(
+            .inboundPort, get("APPMESH_ENVOY_INGRESS_PORT") ?? "15000",
+            from: env["APPMESH_ENVOY_INGRESS_PORT"] == nil
+                ? "APPMESH_ENVOY_INGRESS_PORT (default)" : "APPMESH_ENVOY_INGRESS_PORT")
+        input.add(
+            .outboundPort, get("APPMESH_ENVOY_EGRESS_PORT") ?? "15001",
+            from: env["APPMESH_ENVOY_EGRESS_PORT"] == nil
+                ? "APPMESH_ENVOY_EGRESS_PORT (default)" : "APPMESH_ENVOY_EGRESS_PORT")
         if let v = get("APPMESH_IGNORE_UID"), !v.isEmpty { input.add(.proxyUID, v, from: "APPMESH_IGNORE_UID") }
         if let v = get("APPMESH_IGNORE_GID"), !v.isEmpty { input.add(.proxyGID, v, from: "APPMESH_IGNORE_GID") }
         // App Mesh captured only the listed application ports; none listed means no inbound capture.
         let appPorts = get("APPMESH_APP_PORTS") ?? ""
         input.add(.inboundPorts, appPorts.isEmpty ? "none" : appPorts, from: "APPMESH_APP_PORTS")
-        input.add(.outboundExcludeCIDR, get("APPMESH_EGRESS_IGNORED_IP") ?? "169.254.169.254",
-                  from: env["APPMESH_EGRESS_IGNORED_IP"] == nil ? "APPMESH_EGRESS_IGNORED_IP (default)" : "APPMESH_EGRESS_IGNORED_IP")
+        input.add(
+            .outboundExcludeCIDR, get("APPMESH_EGRESS_IGNORED_IP") ?? "169.254.169.254",
+            from: env["APPMESH_EGRESS_IGNORED_IP"] == nil
+                ? "APPMESH_EGRESS_IGNORED_IP (default)" : "APPMESH_EGRESS_IGNORED_IP")
         input.add(.outboundExcludePort, "22", from: "APPMESH_EGRESS_IGNORED_PORTS (22 is always ignored)")
         if let v = get("APPMESH_EGRESS_IGNORED_PORTS"), !v.isEmpty {
             input.add(.outboundExcludePort, v, from: "APPMESH_EGRESS_IGNORED_PORTS")
@@ -137,18 +151,25 @@ public struct CaptureSpecInput: Sendable, Hashable {
             case "1", "true", "yes", "on", "": input.add(.ipv6, "true", from: "APPMESH_ENABLE_IPV6")
             case "0", "false", "no", "off": input.add(.ipv6, "false", from: "APPMESH_ENABLE_IPV6")
             default:
-                problems.append(.init(option: "APPMESH_ENABLE_IPV6", value: v, problem: "unknown value",
-                                      fix: "Use 1 (IPv6 on, the default) or 0 (IPv4 only)."))
+                problems.append(
+                    .init(
+                        option: "APPMESH_ENABLE_IPV6", value: v, problem: "unknown value",
+                        fix: "Use 1 (IPv6 on, the default) or 0 (IPv4 only)."))
             }
         }
         return (input, problems)
     }
 
     /// Flags over `WEIR_*` over `APPMESH_*` over weir's defaults, validated.
-    public static func resolve(flags: CaptureSpecInput, environment env: [String: String]) throws(CaptureSpecError) -> CaptureSpec {
+    public static func resolve(flags: CaptureSpecInput, environment env: [String: String]) throws(CaptureSpecError)
+        -> CaptureSpec
+    {
         var problems: [CaptureSpecProblem] = []
         var merged = CaptureSpecInput()
-        if let (appMesh, p) = fromAppMeshEnvironment(env) { merged = appMesh; problems += p }
+        if let (appMesh, p) = fromAppMeshEnvironment(env) {
+            merged = appMesh
+            problems += p
+        }
         let (weirEnv, p2) = fromWeirEnvironment(env)
         problems += p2
         merged = merged.overlaid(by: weirEnv).overlaid(by: flags)
@@ -177,15 +198,19 @@ public struct CaptureSpecInput: Sendable, Hashable {
         func port(_ k: Key) -> UInt16? {
             guard let s = scalar(k) else { return nil }
             guard let r = PortRange.parse(s.value), r.isSinglePort else {
-                problem(s, "not a port number", "Give one port from 1 to 65535, for example 15001."); return nil
+                problem(s, "not a port number", "Give one port from 1 to 65535, for example 15001.")
+                return nil
             }
             return r.first
         }
         func ranges(_ k: Key) -> [PortRange] {
             var out: [PortRange] = []
             for s in list(k) {
-                if let r = PortRange.parse(s.value) { if !out.contains(r) { out.append(r) } }
-                else { problem(s, "not a port or port range", "Give ports from 1 to 65535, or a range such as 8000-8080.") }
+                if let r = PortRange.parse(s.value) {
+                    if !out.contains(r) { out.append(r) }
+                } else {
+                    problem(s, "not a port or port range", "Give ports from 1 to 65535, or a range such as 8000-8080.")
+                }
             }
             return out
         }
@@ -195,7 +220,9 @@ public struct CaptureSpecInput: Sendable, Hashable {
                 if s.value.allSatisfy({ $0.isASCII && $0.isNumber }), let v = UInt32(s.value), v != UInt32.max {
                     if !out.contains(v) { out.append(v) }
                 } else {
-                    problem(s, "not a numeric \(what)", "Give the number (for example 1337), not a name: the rules match numbers.")
+                    problem(
+                        s, "not a numeric \(what)",
+                        "Give the number (for example 1337), not a name: the rules match numbers.")
                 }
             }
             return out
@@ -205,7 +232,10 @@ public struct CaptureSpecInput: Sendable, Hashable {
             let v = s.value.lowercased()
             let parsed = v.hasPrefix("0x") ? UInt32(v.dropFirst(2), radix: 16) : UInt32(v)
             guard let m = parsed, m != 0 else {
-                problem(s, "not a non-zero 32-bit mark", "Give a mark such as 0x539 or 1337 (0 would match every unmarked packet)."); return nil
+                problem(
+                    s, "not a non-zero 32-bit mark",
+                    "Give a mark such as 0x539 or 1337 (0 would match every unmarked packet).")
+                return nil
             }
             return m
         }
@@ -214,7 +244,9 @@ public struct CaptureSpecInput: Sendable, Hashable {
             switch s.value.lowercased() {
             case "1", "true", "yes", "on": return true
             case "0", "false", "no", "off": return false
-            default: problem(s, "not a boolean", "Use true or false."); return nil
+            default:
+                problem(s, "not a boolean", "Use true or false.")
+                return nil
             }
         }
         func cidrs(_ k: Key) -> [CIDR] {
@@ -225,11 +257,15 @@ public struct CaptureSpecInput: Sendable, Hashable {
                 case .failure(.malformed):
                     problem(s, "not a CIDR", "Write an IPv4 or IPv6 network such as 10.0.0.0/8 or fd00::/8.")
                 case .failure(.prefixTooLong(let max)):
-                    problem(s, "prefix longer than \(max) bits", "Use a prefix length from 0 to \(max) for this address family.")
+                    problem(
+                        s, "prefix longer than \(max) bits",
+                        "Use a prefix length from 0 to \(max) for this address family.")
                 case .failure(.hostBitsSet(let network)):
                     problem(s, "host bits are set", "Did you mean \(network)?")
                 case .failure(.mixedFamily):
-                    problem(s, "IPv4-mapped IPv6 network mixes address families", "Write the IPv4 network itself, for example 10.0.0.0/8.")
+                    problem(
+                        s, "IPv4-mapped IPv6 network mixes address families",
+                        "Write the IPv4 network itself, for example 10.0.0.0/8.")
                 }
             }
             return out
@@ -243,12 +279,20 @@ public struct CaptureSpecInput: Sendable, Hashable {
         if let m = mark(.bypassMark) { spec.bypassMark = m }
         if let m = mark(.tproxyMark) { spec.tproxyMark = m }
         if let s = scalar(.tproxyTable) {
-            if let t = UInt32(s.value), t >= 1, ![253, 254, 255].contains(t) { spec.tproxyTable = t }
-            else { problem(s, "not a usable routing table", "Give a table number from 1 to 4294967295 other than 253 (default), 254 (main) and 255 (local).") }
+            if let t = UInt32(s.value), t >= 1, ![253, 254, 255].contains(t) {
+                spec.tproxyTable = t
+            } else {
+                problem(
+                    s, "not a usable routing table",
+                    "Give a table number from 1 to 4294967295 other than 253 (default), 254 (main) and 255 (local).")
+            }
         }
         if let s = scalar(.mode) {
-            if let m = CaptureMode(rawValue: s.value.lowercased()) { spec.mode = m }
-            else { problem(s, "unknown mode", "Use redirect (nat REDIRECT, the default) or tproxy.") }
+            if let m = CaptureMode(rawValue: s.value.lowercased()) {
+                spec.mode = m
+            } else {
+                problem(s, "unknown mode", "Use redirect (nat REDIRECT, the default) or tproxy.")
+            }
         }
         if let b = bool(.ipv6) { spec.ipv6 = b }
         if let b = bool(.captureOwnAddress) { spec.captureOwnAddress = b }
@@ -260,8 +304,13 @@ public struct CaptureSpecInput: Sendable, Hashable {
                 var rs: [PortRange] = []
                 for item in s.value.split(separator: ",") {
                     let t = item.trimmingCharacters(in: .whitespaces)
-                    if let r = PortRange.parse(t) { if !rs.contains(r) { rs.append(r) } }
-                    else { problem(Sourced(t, from: s.origin), "not a port or port range", "List ports such as 8080,9000-9100, or * for all, or none.") }
+                    if let r = PortRange.parse(t) {
+                        if !rs.contains(r) { rs.append(r) }
+                    } else {
+                        problem(
+                            Sourced(t, from: s.origin), "not a port or port range",
+                            "List ports such as 8080,9000-9100, or * for all, or none.")
+                    }
                 }
                 spec.inboundPorts = .only(rs)
             }
@@ -273,59 +322,80 @@ public struct CaptureSpecInput: Sendable, Hashable {
         spec.outboundIncludeCIDRs = cidrs(.outboundIncludeCIDR)
         spec.outboundExcludeCIDRs = cidrs(.outboundExcludeCIDR)
         for s in list(.proxyPort) {
-            if let r = PortRange.parse(s.value), r.isSinglePort { if !spec.proxyPorts.contains(r.first) { spec.proxyPorts.append(r.first) } }
-            else { problem(s, "not a port number", "Give one port from 1 to 65535 per --proxy-port.") }
+            if let r = PortRange.parse(s.value), r.isSinglePort {
+                if !spec.proxyPorts.contains(r.first) { spec.proxyPorts.append(r.first) }
+            } else {
+                problem(s, "not a port number", "Give one port from 1 to 65535 per --proxy-port.")
+            }
         }
 
         // Cross-field rules: only meaningful when the single values were valid.
         guard problems.isEmpty else { throw CaptureSpecError(problems: problems) }
         if spec.inboundPort == spec.outboundPort {
-            problem(scalar(.inboundPort) ?? scalar(.outboundPort) ?? Sourced("\(spec.inboundPort)", from: Key.inboundPort.flag),
-                    "inbound capture port equals the outbound capture port",
-                    "Give the proxy two different listeners, for example --outbound-port 15001 --inbound-port 15006.")
+            problem(
+                scalar(.inboundPort) ?? scalar(.outboundPort)
+                    ?? Sourced("\(spec.inboundPort)", from: Key.inboundPort.flag),
+                "inbound capture port equals the outbound capture port",
+                "Give the proxy two different listeners, for example --outbound-port 15001 --inbound-port 15006.")
         }
         if let d = spec.dnsPort, d == spec.inboundPort || d == spec.outboundPort {
-            problem(scalar(.dnsPort)!, "DNS port equals a capture port", "Give the DNS proxy its own port, for example 15053.")
+            problem(
+                scalar(.dnsPort)!, "DNS port equals a capture port",
+                "Give the DNS proxy its own port, for example 15053.")
         }
         if spec.bypassMark == spec.tproxyMark {
-            problem(scalar(.tproxyMark) ?? scalar(.bypassMark)!, "TPROXY mark equals the bypass mark",
-                    "Diverted inbound packets would be taken for the proxy's own traffic; give --tproxy-mark another value.")
+            problem(
+                scalar(.tproxyMark) ?? scalar(.bypassMark)!, "TPROXY mark equals the bypass mark",
+                "Diverted inbound packets would be taken for the proxy's own traffic; give --tproxy-mark another value."
+            )
         }
         if !spec.ipv6 {
             for k in [Key.inboundExcludeSource, .outboundIncludeCIDR, .outboundExcludeCIDR] {
                 for s in list(k) where (try? CIDR.parse(s.value).get())?.family == .ipv6 {
-                    problem(s, "IPv6 network while IPv6 capture is off", "Remove it, or turn IPv6 capture on (--ipv6 true).")
+                    problem(
+                        s, "IPv6 network while IPv6 capture is off", "Remove it, or turn IPv6 capture on (--ipv6 true)."
+                    )
                 }
             }
         }
         for inc in spec.outboundIncludeCIDRs {
             for exc in spec.outboundExcludeCIDRs where exc.contains(inc) {
-                problem(list(.outboundIncludeCIDR).first { $0.value.contains(inc.description) || (try? CIDR.parse($0.value).get()) == inc }
+                problem(
+                    list(.outboundIncludeCIDR).first {
+                        $0.value.contains(inc.description) || (try? CIDR.parse($0.value).get()) == inc
+                    }
                         ?? Sourced(inc.description, from: Key.outboundIncludeCIDR.flag),
-                        "included and excluded at once (\(exc) excludes all of it)",
-                        "Remove it from one of --outbound-include-cidr and --outbound-exclude-cidr.")
+                    "included and excluded at once (\(exc) excludes all of it)",
+                    "Remove it from one of --outbound-include-cidr and --outbound-exclude-cidr.")
             }
         }
         for inc in spec.outboundIncludePorts {
             for exc in spec.outboundExcludePorts where exc.overlaps(inc) {
-                problem(list(.outboundIncludePort).first { PortRange.parse($0.value) == inc } ?? Sourced(inc.description, from: Key.outboundIncludePort.flag),
-                        "included and excluded at once (overlaps excluded \(exc))",
-                        "Remove the overlap from --outbound-include-port or --outbound-exclude-port.")
+                problem(
+                    list(.outboundIncludePort).first { PortRange.parse($0.value) == inc }
+                        ?? Sourced(inc.description, from: Key.outboundIncludePort.flag),
+                    "included and excluded at once (overlaps excluded \(exc))",
+                    "Remove the overlap from --outbound-include-port or --outbound-exclude-port.")
             }
             for p in spec.neverCapturedPorts where inc.contains(p) {
-                problem(list(.outboundIncludePort).first { PortRange.parse($0.value) == inc } ?? Sourced(inc.description, from: Key.outboundIncludePort.flag),
-                        "includes proxy port \(p), which is never captured", "Leave the proxy's own ports out of --outbound-include-port.")
+                problem(
+                    list(.outboundIncludePort).first { PortRange.parse($0.value) == inc }
+                        ?? Sourced(inc.description, from: Key.outboundIncludePort.flag),
+                    "includes proxy port \(p), which is never captured",
+                    "Leave the proxy's own ports out of --outbound-include-port.")
             }
         }
         if case .only(let rs) = spec.inboundPorts {
             for r in rs {
                 for exc in spec.inboundExcludePorts where exc.overlaps(r) {
-                    problem(scalar(.inboundPorts)!, "port \(r) is both captured and excluded (\(exc))",
-                            "Remove it from --inbound-ports or from --inbound-exclude-port.")
+                    problem(
+                        scalar(.inboundPorts)!, "port \(r) is both captured and excluded (\(exc))",
+                        "Remove it from --inbound-ports or from --inbound-exclude-port.")
                 }
                 for p in spec.neverCapturedPorts where r.contains(p) {
-                    problem(scalar(.inboundPorts)!, "captures proxy port \(p), which is never captured",
-                            "Leave the proxy's own ports out of --inbound-ports.")
+                    problem(
+                        scalar(.inboundPorts)!, "captures proxy port \(p), which is never captured",
+                        "Leave the proxy's own ports out of --inbound-ports.")
                 }
             }
         }
@@ -396,7 +466,10 @@ extension CaptureSpecInput {
         for tok in tokens {
             let kv = tok.split(separator: "=", maxSplits: 1)
             guard kv.count == 2, let key = Key(rawValue: String(kv[0])) else {
-                problems.append(.init(option: origin, value: tok, problem: "unknown stored spec token", fix: "Re-run weir init with this weir version, or pass the spec as flags."))
+                problems.append(
+                    .init(
+                        option: origin, value: tok, problem: "unknown stored spec token",
+                        fix: "Re-run weir init with this weir version, or pass the spec as flags."))
                 continue
             }
             input.add(key, String(kv[1]), from: "\(origin) \(key.rawValue)")

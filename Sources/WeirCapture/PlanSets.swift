@@ -22,8 +22,11 @@ public enum SetField: Sendable, Hashable {
 
 /// What a set holds: the elements as the user gave them (sorted, without repeats).
 public enum SetElements: Sendable, Hashable {
+    /// Networks (CIDRs), for a source or destination address set.
     case networks([CIDR])
+    /// Port ranges, for a destination port set.
     case ports([PortRange])
+    /// User or group IDs, for a socket owner set.
     case ids([UInt32])
 
     /// How many elements the user listed.
@@ -38,10 +41,15 @@ public enum SetElements: Sendable, Hashable {
 
 /// nftables' name for a set's key type, as `nft list` shows it.
 public enum SetKeyType: String, Sendable, Hashable {
+    /// IPv4 addresses, 4 bytes each.
     case ipv4Address = "ipv4_addr"
+    /// IPv6 addresses, 16 bytes each.
     case ipv6Address = "ipv6_addr"
+    /// TCP or UDP ports, 2 bytes each.
     case port = "inet_service"
+    /// User IDs of a socket's owner (`meta skuid`), 4 bytes each.
     case uid
+    /// Group IDs of a socket's owner (`meta skgid`), 4 bytes each.
     case gid
 
     /// The key's length in bytes.
@@ -56,18 +64,23 @@ public enum SetKeyType: String, Sendable, Hashable {
 
 /// An inclusive interval of big-endian key bytes: one address range, port range, or id.
 public struct KeyInterval: Sendable, Hashable, Comparable, CustomStringConvertible {
+    /// The interval's lowest key, big-endian.
     public let first: [UInt8]
+    /// The interval's highest key (included), big-endian; equal to `first` for a single key.
     public let last: [UInt8]
 
+    /// The keys from `first` to `last`, both included; the caller keeps `first` at or below `last`.
     public init(first: [UInt8], last: [UInt8]) {
         self.first = first
         self.last = last
     }
 
+    /// Orders by first key, then last key, byte by byte: numeric order, as a set's keys are big-endian of one length.
     public static func < (a: KeyInterval, b: KeyInterval) -> Bool {
         a.first.lexicographicallyPrecedes(b.first) || (a.first == b.first && a.last.lexicographicallyPrecedes(b.last))
     }
 
+    /// Both keys in hex, joined by a dash (`0a000000-0affffff`).
     public var description: String { "\(first.hex)-\(last.hex)" }
 
     /// The key after `bytes` (big-endian + 1); nil at the largest key.
@@ -139,6 +152,7 @@ public struct PlanSet: Sendable, Hashable {
     /// The elements as listed.
     public let elements: SetElements
 
+    /// A set named `name` in table weir, looked up with `field`, holding `elements`.
     public init(name: String, field: SetField, elements: SetElements) {
         self.name = name
         self.field = field
@@ -163,14 +177,17 @@ public struct PlanSet: Sendable, Hashable {
         switch elements {
         case .networks(let n): return KeyInterval.merged(n.map(\.interval))
         case .ports(let p):
-            return KeyInterval.merged(p.map { KeyInterval(first: Self.bigEndian($0.first), last: Self.bigEndian($0.last)) })
+            return KeyInterval.merged(
+                p.map { KeyInterval(first: Self.bigEndian($0.first), last: Self.bigEndian($0.last)) })
         case .ids(let ids):
             return Set(ids).sorted().map { KeyInterval(first: Self.bigEndian($0), last: Self.bigEndian($0)) }
         }
     }
 
     static func bigEndian(_ v: UInt16) -> [UInt8] { [UInt8(v >> 8), UInt8(v & 0xFF)] }
-    static func bigEndian(_ v: UInt32) -> [UInt8] { [UInt8(v >> 24), UInt8((v >> 16) & 0xFF), UInt8((v >> 8) & 0xFF), UInt8(v & 0xFF)] }
+    static func bigEndian(_ v: UInt32) -> [UInt8] {
+        [UInt8(v >> 24), UInt8((v >> 16) & 0xFF), UInt8((v >> 8) & 0xFF), UInt8(v & 0xFF)]
+    }
 
     /// An interval in nft's syntax: `10.0.0.0/8`, `198.18.0.1`, `10.0.0.0-12.255.255.255`, `80`, `1000-2000`.
     public func text(of interval: KeyInterval) -> String {
@@ -192,7 +209,8 @@ public struct PlanSet: Sendable, Hashable {
     static func prefixLength(_ interval: KeyInterval) -> Int? {
         let bits = interval.first.count * 8
         for prefix in 0...bits {
-            let network = CIDR(family: interval.first.count == 4 ? .ipv4 : .ipv6, address: interval.first, prefixLength: prefix)
+            let network = CIDR(
+                family: interval.first.count == 4 ? .ipv4 : .ipv6, address: interval.first, prefixLength: prefix)
             let masked = zip(interval.first, network.mask).map { $0 & $1 }
             if masked == interval.first && network.interval.last == interval.last { return prefix }
         }

@@ -49,7 +49,10 @@ public struct PlanRule: Sendable, Hashable {
     public var comment: String
 
     public init(_ matches: [Match], _ statements: [Statement] = [], verdict: Verdict? = nil, comment: String) {
-        self.matches = matches; self.statements = statements; self.verdict = verdict; self.comment = comment
+        self.matches = matches
+        self.statements = statements
+        self.verdict = verdict
+        self.comment = comment
     }
 
     /// The only address family this rule can match, if its matches pin one.
@@ -128,33 +131,46 @@ public struct RedirectPlan: Sendable, Hashable {
         self.spec = spec
         tableFamily = spec.ipv6 ? nil : .ipv4
         var sets: [PlanSet] = []
-        var chains = [PlanChain(name: "output", base: .init(type: .nat, hook: .output, priority: Self.natPriority),
-                                rules: Self.outboundRules(spec, sets: &sets), iptablesName: "WEIR_OUTPUT", iptablesTable: "nat")]
+        var chains = [
+            PlanChain(
+                name: "output", base: .init(type: .nat, hook: .output, priority: Self.natPriority),
+                rules: Self.outboundRules(spec, sets: &sets), iptablesName: "WEIR_OUTPUT", iptablesTable: "nat")
+        ]
         let inbound = Self.inboundRules(spec, sets: &sets)
         if !inbound.isEmpty {
             switch spec.mode {
             case .redirect:
-                chains.append(PlanChain(name: "prerouting", base: .init(type: .nat, hook: .prerouting, priority: Self.natPriority),
-                                        rules: inbound, iptablesName: "WEIR_PREROUTING", iptablesTable: "nat"))
+                chains.append(
+                    PlanChain(
+                        name: "prerouting", base: .init(type: .nat, hook: .prerouting, priority: Self.natPriority),
+                        rules: inbound, iptablesName: "WEIR_PREROUTING", iptablesTable: "nat"))
             case .tproxy:
-                chains.append(PlanChain(name: "divert", base: .init(type: .filter, hook: .prerouting, priority: Self.manglePriority),
-                                        rules: inbound, iptablesName: "WEIR_TPROXY", iptablesTable: "mangle"))
+                chains.append(
+                    PlanChain(
+                        name: "divert", base: .init(type: .filter, hook: .prerouting, priority: Self.manglePriority),
+                        rules: inbound, iptablesName: "WEIR_TPROXY", iptablesTable: "mangle"))
             }
         }
-        chains.append(PlanChain(name: Self.specChainName, base: nil, rules: Self.specRules(spec),
-                                iptablesName: "WEIR_SPEC", iptablesTable: "nat"))
+        chains.append(
+            PlanChain(
+                name: Self.specChainName, base: nil, rules: Self.specRules(spec),
+                iptablesName: "WEIR_SPEC", iptablesTable: "nat"))
         self.chains = chains
         self.sets = sets
-        policyRoute = spec.mode == .tproxy && !inbound.isEmpty
-            ? PolicyRoute(mark: spec.tproxyMark, table: spec.tproxyTable, priority: 32000, families: spec.families) : nil
+        policyRoute =
+            spec.mode == .tproxy && !inbound.isEmpty
+            ? PolicyRoute(mark: spec.tproxyMark, table: spec.tproxyTable, priority: 32000, families: spec.families)
+            : nil
     }
 
     private static func c(_ s: String) -> String { commentPrefix + s }
 
     /// One match per element of a short list, or one set lookup per family of a long one; with the words
     /// that name it in a rule's comment.
-    static func networks(_ list: [CIDR], set prefix: String, field: (IPFamily) -> SetField, single: (CIDR) -> Match,
-                         sets: inout [PlanSet]) -> [(match: Match, what: String)] {
+    static func networks(
+        _ list: [CIDR], set prefix: String, field: (IPFamily) -> SetField, single: (CIDR) -> Match,
+        sets: inout [PlanSet]
+    ) -> [(match: Match, what: String)] {
         guard list.count >= setThreshold else { return list.map { (single($0), "\($0)") } }
         return IPFamily.allCases.compactMap { f in
             let members = Array(Set(list.filter { $0.family == f })).sorted()
@@ -171,8 +187,10 @@ public struct RedirectPlan: Sendable, Hashable {
         return [(.member(.destinationPort(.tcp), set: name), "ports (set \(name))")]
     }
 
-    static func ids(_ list: [UInt32], set name: String, field: SetField, noun: String, single: (UInt32) -> Match,
-                    sets: inout [PlanSet]) -> [(match: Match, what: String)] {
+    static func ids(
+        _ list: [UInt32], set name: String, field: SetField, noun: String, single: (UInt32) -> Match,
+        sets: inout [PlanSet]
+    ) -> [(match: Match, what: String)] {
         guard list.count >= setThreshold else { return list.map { (single($0), "\(noun) \($0)") } }
         sets.append(PlanSet(name: name, field: field, elements: .ids(Array(Set(list)).sorted())))
         return [(.member(field, set: name), "\(noun)s (set \(name))")]
@@ -180,43 +198,59 @@ public struct RedirectPlan: Sendable, Hashable {
 
     static func outboundRules(_ s: CaptureSpec, sets: inout [PlanSet]) -> [PlanRule] {
         var r: [PlanRule] = []
-        r.append(PlanRule([.mark(value: s.bypassMark, mask: s.bypassMark)], verdict: .return,
-                          comment: c("out: never capture packets with bypass mark 0x\(String(s.bypassMark, radix: 16))")))
-        for (m, what) in ids(s.proxyUIDs, set: "proxy_uids", field: .socketUID, noun: "uid", single: { .socketUID($0) }, sets: &sets) {
+        r.append(
+            PlanRule(
+                [.mark(value: s.bypassMark, mask: s.bypassMark)], verdict: .return,
+                comment: c("out: never capture packets with bypass mark 0x\(String(s.bypassMark, radix: 16))")))
+        for (m, what) in ids(
+            s.proxyUIDs, set: "proxy_uids", field: .socketUID, noun: "uid", single: { .socketUID($0) }, sets: &sets)
+        {
             r.append(PlanRule([m], verdict: .return, comment: c("out: never capture proxy \(what)")))
         }
-        for (m, what) in ids(s.proxyGIDs, set: "proxy_gids", field: .socketGID, noun: "gid", single: { .socketGID($0) }, sets: &sets) {
+        for (m, what) in ids(
+            s.proxyGIDs, set: "proxy_gids", field: .socketGID, noun: "gid", single: { .socketGID($0) }, sets: &sets)
+        {
             r.append(PlanRule([m], verdict: .return, comment: c("out: never capture proxy \(what)")))
         }
         if let dns = s.dnsPort {
             for p in [TransportProtocol.udp, .tcp] {
-                r.append(PlanRule([.l4proto(p, negated: false), .destinationPort(p, PortRange(53))], [.redirect(port: dns)],
-                                  comment: c("out: DNS over \(p.rawValue) to port \(dns)")))
+                r.append(
+                    PlanRule(
+                        [.l4proto(p, negated: false), .destinationPort(p, PortRange(53))], [.redirect(port: dns)],
+                        comment: c("out: DNS over \(p.rawValue) to port \(dns)")))
             }
         }
         r.append(PlanRule([.l4proto(.tcp, negated: true)], verdict: .return, comment: c("out: only tcp is captured")))
         for f in s.families {
-            let lo = f == .ipv4 ? CIDR(family: .ipv4, address: [127, 0, 0, 0], prefixLength: 8)
-                                : CIDR(family: .ipv6, address: Array(repeating: 0, count: 15) + [1], prefixLength: 128)
+            let lo =
+                f == .ipv4
+                ? CIDR(family: .ipv4, address: [127, 0, 0, 0], prefixLength: 8)
+                : CIDR(family: .ipv6, address: Array(repeating: 0, count: 15) + [1], prefixLength: 128)
             r.append(PlanRule([.destination(lo)], verdict: .return, comment: c("out: never capture loopback \(lo)")))
         }
         if !s.captureOwnAddress {
-            r.append(PlanRule([.outputInterface("lo")], verdict: .return, comment: c("out: never capture traffic over lo")))
+            r.append(
+                PlanRule([.outputInterface("lo")], verdict: .return, comment: c("out: never capture traffic over lo")))
         }
         for p in s.neverCapturedPorts {
-            r.append(PlanRule([.l4proto(.tcp, negated: false), .destinationPort(.tcp, PortRange(p))], verdict: .return,
-                              comment: c("out: never capture proxy port \(p)")))
+            r.append(
+                PlanRule(
+                    [.l4proto(.tcp, negated: false), .destinationPort(.tcp, PortRange(p))], verdict: .return,
+                    comment: c("out: never capture proxy port \(p)")))
         }
         for (m, what) in ports(s.outboundExcludePorts, set: "out_exclude_ports", sets: &sets) {
-            r.append(PlanRule([.l4proto(.tcp, negated: false), m], verdict: .return, comment: c("out: exclude \(what)")))
+            r.append(
+                PlanRule([.l4proto(.tcp, negated: false), m], verdict: .return, comment: c("out: exclude \(what)")))
         }
-        let excluded = networks(s.outboundExcludeCIDRs, set: "out_exclude", field: { .destination($0) }, single: { .destination($0) },
-                                sets: &sets)
+        let excluded = networks(
+            s.outboundExcludeCIDRs, set: "out_exclude", field: { .destination($0) }, single: { .destination($0) },
+            sets: &sets)
         for (m, what) in excluded {
             r.append(PlanRule([m], verdict: .return, comment: c("out: exclude \(what)")))
         }
-        let included = networks(s.outboundIncludeCIDRs, set: "out_include", field: { .destination($0) }, single: { .destination($0) },
-                                sets: &sets)
+        let included = networks(
+            s.outboundIncludeCIDRs, set: "out_include", field: { .destination($0) }, single: { .destination($0) },
+            sets: &sets)
         let includedPorts = ports(s.outboundIncludePorts, set: "out_include_ports", sets: &sets)
         let cidrs: [(match: Match, what: String)?] = included.isEmpty ? [nil] : included
         let portMatches: [(match: Match, what: String)?] = includedPorts.isEmpty ? [nil] : includedPorts
@@ -224,10 +258,17 @@ public struct RedirectPlan: Sendable, Hashable {
             for p in portMatches {
                 var m: [Match] = [.l4proto(.tcp, negated: false)]
                 var what = "out: capture"
-                if let n { m.append(n.match); what += " \(n.what)" }
-                if let p { m.append(p.match); what += " \(p.what)" }
+                if let n {
+                    m.append(n.match)
+                    what += " \(n.what)"
+                }
+                if let p {
+                    m.append(p.match)
+                    what += " \(p.what)"
+                }
                 if n == nil && p == nil { what += " all tcp" }
-                r.append(PlanRule(m, [.redirect(port: s.outboundPort)], comment: c(what + " to port \(s.outboundPort)")))
+                r.append(
+                    PlanRule(m, [.redirect(port: s.outboundPort)], comment: c(what + " to port \(s.outboundPort)")))
             }
         }
         return r
@@ -238,15 +279,20 @@ public struct RedirectPlan: Sendable, Hashable {
         var r: [PlanRule] = []
         r.append(PlanRule([.l4proto(.tcp, negated: true)], verdict: .return, comment: c("in: only tcp is captured")))
         r.append(PlanRule([.inputInterface("lo")], verdict: .return, comment: c("in: never capture traffic from lo")))
-        for (m, what) in networks(s.inboundExcludeSources, set: "in_exclude", field: { .source($0) }, single: { .source($0) }, sets: &sets) {
+        for (m, what) in networks(
+            s.inboundExcludeSources, set: "in_exclude", field: { .source($0) }, single: { .source($0) }, sets: &sets)
+        {
             r.append(PlanRule([m], verdict: .return, comment: c("in: exclude source \(what)")))
         }
         for p in s.neverCapturedPorts {
-            r.append(PlanRule([.l4proto(.tcp, negated: false), .destinationPort(.tcp, PortRange(p))], verdict: .return,
-                              comment: c("in: never capture proxy port \(p)")))
+            r.append(
+                PlanRule(
+                    [.l4proto(.tcp, negated: false), .destinationPort(.tcp, PortRange(p))], verdict: .return,
+                    comment: c("in: never capture proxy port \(p)")))
         }
         for (m, what) in ports(s.inboundExcludePorts, set: "in_exclude_ports", sets: &sets) {
-            r.append(PlanRule([.l4proto(.tcp, negated: false), m], verdict: .return, comment: c("in: exclude \(what)")))
+            r.append(
+                PlanRule([.l4proto(.tcp, negated: false), m], verdict: .return, comment: c("in: exclude \(what)")))
         }
         var portMatches: [(match: Match, what: String)?] = [nil]
         if case .only(let rs) = s.inboundPorts { portMatches = ports(rs, set: "in_ports", sets: &sets) }
@@ -255,17 +301,23 @@ public struct RedirectPlan: Sendable, Hashable {
             for p in portMatches {
                 var m: [Match] = [.l4proto(.tcp, negated: false)]
                 if let p { m.append(p.match) }
-                r.append(PlanRule(m, [.redirect(port: s.inboundPort)],
-                                  comment: c("in: capture \(p?.what ?? "all tcp") to port \(s.inboundPort)")))
+                r.append(
+                    PlanRule(
+                        m, [.redirect(port: s.inboundPort)],
+                        comment: c("in: capture \(p?.what ?? "all tcp") to port \(s.inboundPort)")))
             }
         case .tproxy:
-            r.append(PlanRule([.l4proto(.tcp, negated: false), .transparentSocket], [.setMark(s.tproxyMark)], verdict: .accept,
-                              comment: c("in: packets of connections the proxy already holds")))
+            r.append(
+                PlanRule(
+                    [.l4proto(.tcp, negated: false), .transparentSocket], [.setMark(s.tproxyMark)], verdict: .accept,
+                    comment: c("in: packets of connections the proxy already holds")))
             for p in portMatches {
                 var m: [Match] = [.l4proto(.tcp, negated: false)]
                 if let p { m.append(p.match) }
-                r.append(PlanRule(m, [.tproxy(port: s.inboundPort), .setMark(s.tproxyMark)], verdict: .accept,
-                                  comment: c("in: tproxy \(p?.what ?? "all tcp") to port \(s.inboundPort)")))
+                r.append(
+                    PlanRule(
+                        m, [.tproxy(port: s.inboundPort), .setMark(s.tproxyMark)], verdict: .accept,
+                        comment: c("in: tproxy \(p?.what ?? "all tcp") to port \(s.inboundPort)")))
             }
         }
         return r
@@ -309,9 +361,12 @@ public struct RedirectPlan: Sendable, Hashable {
             parts[i] = String(rest[rest.index(after: colon)...])
         }
         guard let total, parts.count == total else {
-            throw CaptureSpecError(problems: [.init(option: "table \(tableName) chain \(specChainName)", value: "\(parts.count) of \(total ?? 0) parts",
-                                                    problem: "the stored spec is missing or incomplete",
-                                                    fix: "Pass the spec as flags, or re-run weir init.")])
+            throw CaptureSpecError(problems: [
+                .init(
+                    option: "table \(tableName) chain \(specChainName)", value: "\(parts.count) of \(total ?? 0) parts",
+                    problem: "the stored spec is missing or incomplete",
+                    fix: "Pass the spec as flags, or re-run weir init.")
+            ])
         }
         let tokens = (1...total).map { parts[$0]! }.joined().split(separator: " ").map(String.init)
         return try CaptureSpecInput.decode(tokens: tokens, origin: "stored spec").validate()

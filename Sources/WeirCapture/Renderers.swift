@@ -25,8 +25,10 @@ public enum NftRendering {
             out += "# policy routing (rtnetlink, not nft):\n"
             for f in pr.families {
                 let v = f == .ipv4 ? "-4" : "-6"
-                out += "#   ip \(v) rule add fwmark 0x\(String(pr.mark, radix: 16)) lookup \(pr.table) priority \(pr.priority) protocol \(RedirectPlan.routeProtocol)\n"
-                out += "#   ip \(v) route add local \(f == .ipv4 ? "0.0.0.0/0" : "::/0") dev lo table \(pr.table) protocol \(RedirectPlan.routeProtocol)\n"
+                out +=
+                    "#   ip \(v) rule add fwmark 0x\(String(pr.mark, radix: 16)) lookup \(pr.table) priority \(pr.priority) protocol \(RedirectPlan.routeProtocol)\n"
+                out +=
+                    "#   ip \(v) route add local \(f == .ipv4 ? "0.0.0.0/0" : "::/0") dev lo table \(pr.table) protocol \(RedirectPlan.routeProtocol)\n"
             }
         }
         return out
@@ -43,7 +45,8 @@ public enum NftRendering {
                 i += 1
                 continue
             }
-            parts.append(match(m)); i += 1
+            parts.append(match(m))
+            i += 1
         }
         parts += r.statements.map(statement)
         if let v = r.verdict { parts.append(v.rawValue) }
@@ -113,8 +116,11 @@ public enum IptablesRendering {
     public static func render(_ plan: RedirectPlan, family: IPFamily, jumps: Set<String>? = nil) -> String {
         var byTable: [(String, [PlanChain])] = []
         for chain in plan.chains {
-            if let i = byTable.firstIndex(where: { $0.0 == chain.iptablesTable }) { byTable[i].1.append(chain) }
-            else { byTable.append((chain.iptablesTable, [chain])) }
+            if let i = byTable.firstIndex(where: { $0.0 == chain.iptablesTable }) {
+                byTable[i].1.append(chain)
+            } else {
+                byTable.append((chain.iptablesTable, [chain]))
+            }
         }
         var out = ""
         for (table, chains) in byTable {
@@ -150,8 +156,9 @@ public enum IptablesRendering {
     /// becomes one rule per element (per pair of elements for the outbound include lists).
     public static func ruleCount(_ plan: RedirectPlan, family: IPFamily) -> Int {
         plan.chains.flatMap(\.rules).filter { $0.family == nil || $0.family == family }.reduce(0) { total, r in
-            let targets = r.statements.contains { if case .setMark = $0 { return true } else { return false } }
-                && !r.statements.contains { if case .tproxy = $0 { return true } else { return false } } ? 2 : 1
+            let targets =
+                r.statements.contains { if case .setMark = $0 { return true } else { return false } }
+                    && !r.statements.contains { if case .tproxy = $0 { return true } else { return false } } ? 2 : 1
             return total + expanded(r, sets: plan.sets).count * targets
         }
     }
@@ -197,7 +204,11 @@ public enum IptablesRendering {
     /// One plan rule may need two iptables rules (a non-terminal target, then the verdict).
     static func rules(_ r: PlanRule, family: IPFamily) -> [String] {
         var head: [String] = []
-        var src: String?, dst: String?, iif: String?, oif: String?, proto: String?
+        var src: String?
+        var dst: String?
+        var iif: String?
+        var oif: String?
+        var proto: String?
         var ms: [String] = []
         for m in r.matches {
             switch m {
@@ -211,7 +222,9 @@ public enum IptablesRendering {
             case .source(let c): src = "-s \(c)"
             case .destinationPort(let p, let range):
                 proto = "-p \(p.rawValue)"
-                ms.append("-m \(p.rawValue) --dport " + (range.isSinglePort ? "\(range.first)" : "\(range.first):\(range.last)"))
+                ms.append(
+                    "-m \(p.rawValue) --dport "
+                        + (range.isSinglePort ? "\(range.first)" : "\(range.first):\(range.last)"))
             case .transparentSocket: ms.append("-m socket --transparent")
             case .member: break  // expanded by the caller
             }
@@ -220,8 +233,13 @@ public enum IptablesRendering {
         head.append("-m comment --comment \(saveString(r.comment))")
         let any = family == .ipv4 ? "0.0.0.0" : "::"
         var targets: [String] = []
-        if let tp = r.statements.compactMap({ (s: Statement) -> UInt16? in if case .tproxy(let p) = s { return p } else { return nil } }).first {
-            let mark: UInt32 = r.statements.compactMap { (s: Statement) -> UInt32? in if case .setMark(let m) = s { return m } else { return nil } }.first ?? 0
+        if let tp = r.statements.compactMap({ (s: Statement) -> UInt16? in
+            if case .tproxy(let p) = s { return p } else { return nil }
+        }).first {
+            let mark: UInt32 =
+                r.statements.compactMap { (s: Statement) -> UInt32? in
+                    if case .setMark(let m) = s { return m } else { return nil }
+                }.first ?? 0
             targets.append("-j TPROXY --on-port \(tp) --on-ip \(any) --tproxy-mark \(h(mark))/0xffffffff")
         } else {
             for s in r.statements {
@@ -241,7 +259,12 @@ public enum IptablesRendering {
 
     /// Quotes as iptables-save does: bare when only [A-Za-z0-9_-], otherwise in double quotes with `"` and `\` escaped.
     public static func saveString(_ s: String) -> String {
-        let bare = !s.isEmpty && s.unicodeScalars.allSatisfy { ("a"..."z").contains($0) || ("A"..."Z").contains($0) || ("0"..."9").contains($0) || $0 == "_" || $0 == "-" }
+        let bare =
+            !s.isEmpty
+            && s.unicodeScalars.allSatisfy {
+                ("a"..."z").contains($0) || ("A"..."Z").contains($0) || ("0"..."9").contains($0) || $0 == "_"
+                    || $0 == "-"
+            }
         if bare { return s }
         return "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
     }

@@ -5,16 +5,18 @@ import WeirNetns
 import WeirSystem
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The transparent forwarder: listeners on the capture ports inside a namespace, and epoll workers that relay.
 public final class Forwarder: Sendable {
+    /// The ports, capture mode, target and limits the forwarder runs with.
     public let config: ForwarderConfig
     let logger: Logger
     let state = ForwarderState()
     let threads = Mutex<[OSThread]>([])
 
+    /// A forwarder for `config`; nothing listens until `start(in:)`.
     public init(config: ForwarderConfig, logger: Logger = Logger(label: "weir.forward")) {
         self.config = config
         self.logger = logger
@@ -35,7 +37,9 @@ public final class Forwarder: Sendable {
         let logger = self.logger
         let metrics = ForwarderMetrics()
         let accessLog = try config.accessLogPath.map { path throws(SystemCallError) in
-            do throws(SystemCallError) { return try AccessLogFile(path: path) } catch { throw error.context("opening the access log") }
+            do throws(SystemCallError) { return try AccessLogFile(path: path) } catch {
+                throw error.context("opening the access log")
+            }
         }
         // Each worker gets its own SO_REUSEPORT listeners; the kernel spreads connections among them.
         var handoffs: [ListenerHandoff] = []
@@ -50,8 +54,9 @@ public final class Forwarder: Sendable {
                 let t = try namespace.thread(name: "weir-fwd-\(i)") {
                     // The worker owns the listeners from now on: closing them is its alone (no local keeps them).
                     do {
-                        let worker = try Worker(config: config, state: state, metrics: metrics, listeners: handoff.take(),
-                                                accessLog: accessLog, logger: logger)
+                        let worker = try Worker(
+                            config: config, state: state, metrics: metrics, listeners: handoff.take(),
+                            accessLog: accessLog, logger: logger)
                         worker.run()
                     } catch {
                         // Its listeners (released here) would keep taking a share of new connections that nobody accepts.
@@ -66,20 +71,29 @@ public final class Forwarder: Sendable {
             // Workers already started end; listeners never handed over close with their handoff.
             for h in handoffs { _ = h.take() }
             let started = threads.withLock { $0.count }
-            for _ in started..<handoffs.count { state.listenersClosed(); state.workerEnded() }
+            for _ in started..<handoffs.count {
+                state.listenersClosed()
+                state.workerEnded()
+            }
             state.draining.store(true, ordering: .relaxed)
             state.stopping.store(true, ordering: .relaxed)
             join()
             throw error
         }
-        logger.info("forwarding", metadata: ["outbound": "\(config.outboundPort)", "inbound": "\(config.inboundPort)", "mode": "\(config.mode.rawValue)"])
+        logger.info(
+            "forwarding",
+            metadata: [
+                "outbound": "\(config.outboundPort)", "inbound": "\(config.inboundPort)",
+                "mode": "\(config.mode.rawValue)",
+            ])
     }
 
     static func openListeners(_ config: ForwarderConfig) throws -> [Listener] {
         var out: [Listener] = []
         for (port, direction) in [(config.outboundPort, FlowDirection.outbound), (config.inboundPort, .inbound)] {
             for family in config.families {
-                let any = Endpoint(family: family, address: Array(repeating: 0, count: family == .ipv4 ? 4 : 16), port: port)
+                let any = Endpoint(
+                    family: family, address: Array(repeating: 0, count: family == .ipv4 ? 4 : 16), port: port)
                 do {
                     let fd = try FileDescriptor.tcp(ipv6: family == .ipv6, nonBlocking: true)
                     if family == .ipv6 { try fd.setIPv6Only() }
@@ -134,7 +148,11 @@ public final class Forwarder: Sendable {
 
     /// Joins the worker threads (they have ended, or end within a tick).
     func join() {
-        let ts = threads.withLock { t -> [OSThread] in let c = t; t = []; return c }
+        let ts = threads.withLock { t -> [OSThread] in
+            let c = t
+            t = []
+            return c
+        }
         ts.forEach { $0.join() }
     }
 }
@@ -143,7 +161,13 @@ public final class Forwarder: Sendable {
 final class ListenerHandoff: Sendable {
     let listeners: Mutex<[Listener]>
     init(_ listeners: [Listener]) { self.listeners = Mutex(listeners) }
-    func take() -> [Listener] { listeners.withLock { l in let out = l; l = []; return out } }
+    func take() -> [Listener] {
+        listeners.withLock { l in
+            let out = l
+            l = []
+            return out
+        }
+    }
 }
 
 /// A one-time event a task can await, with a timeout, fired from any thread.

@@ -14,18 +14,27 @@ public enum ForwardTarget: Sendable, Equatable {
 
 /// Everything `weir forward` needs.
 public struct ForwarderConfig: Sendable {
+    /// The capture port outbound connections are redirected to.
     public var outboundPort: UInt16 = 15001
+    /// The capture port inbound connections are redirected to.
     public var inboundPort: UInt16 = 15006
+    /// The rules' capture mode; `.tproxy` makes the inbound listeners transparent (outbound is REDIRECT in both).
     public var mode: CaptureMode = .redirect
+    /// Where accepted connections go: their original destination, or one upstream (with PROXY protocol if asked).
     public var target: ForwardTarget = .direct
+    /// The IP families listened on: each gets a listener per capture port (IPv6 ones IPV6_V6ONLY).
     public var families: [IPFamily] = [.ipv4, .ipv6]
     /// Mark on upstream sockets; weir's capture rules never capture it, so the forwarder cannot loop.
     public var bypassMark: UInt32 = 0x539
+    /// How long an upstream connect may stay in progress before the relayed connection is reset.
     public var connectTimeoutMilliseconds: Int = 5_000
     /// A connection with no bytes either way for this long is closed (0: never).
     public var idleTimeoutMilliseconds: Int = 3_600_000
+    /// The most relayed connections at once, over all workers; one more is reset as soon as it is accepted.
     public var maxConnections: Int = 65_536
+    /// How long `drain()` waits for open connections to finish before it closes the rest.
     public var drainTimeoutMilliseconds: Int = 10_000
+    /// How many epoll worker threads relay, each with its own SO_REUSEPORT listeners (at least one).
     public var workers: Int = 1
     /// A direction that has carried this much and whose read fills the 64 KiB buffer (bulk data queued)
     /// switches to splice through a pipe; request/response traffic stays on plain copies.
@@ -35,5 +44,6 @@ public struct ForwarderConfig: Sendable {
     /// JSON-lines access log path (nil: none).
     public var accessLogPath: String?
 
+    /// The defaults: ports 15001 and 15006, REDIRECT, relay to the original destination, IPv4 and IPv6, one worker.
     public init() {}
 }

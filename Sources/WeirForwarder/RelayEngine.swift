@@ -6,7 +6,7 @@ import WeirNetns
 import WeirSystem
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Which capture port a connection came in on.
@@ -29,20 +29,32 @@ final class ForwarderState: Sendable {
 
     func workerEnded() {
         if running.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
-            onAllEnded.withLock { f in let call = f; f = nil; return call }?()
+            onAllEnded.withLock { f in
+                let call = f
+                f = nil
+                return call
+            }?()
         }
     }
 
     /// Called once per worker: when it has closed its listeners, or when it ends with them.
     func listenersClosed() {
         if accepting.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
-            onListenersClosed.withLock { f in let call = f; f = nil; return call }?()
+            onListenersClosed.withLock { f in
+                let call = f
+                f = nil
+                return call
+            }?()
         }
     }
 
     func connectionClosed() {
         if active.subtract(1, ordering: .relaxed).newValue == 0 && draining.load(ordering: .relaxed) {
-            onDrained.withLock { f in let call = f; f = nil; return call }?()
+            onDrained.withLock { f in
+                let call = f
+                f = nil
+                return call
+            }?()
         }
     }
 }
@@ -57,9 +69,17 @@ final class AccessLogFile: Sendable {
 }
 
 /// Why a connection ended, for the access log and metrics.
-enum CloseReason: String { case done = "closed", clientReset = "client_reset", upstreamReset = "upstream_reset",
-                           connectFailed = "connect_failed", connectTimeout = "connect_timeout", idleTimeout = "idle_timeout",
-                           shutdown = "shutdown" }
+enum CloseReason: String {
+    case done = "closed"
+    case clientReset = "client_reset"
+    case upstreamReset = "upstream_reset"
+    case
+        connectFailed = "connect_failed"
+    case connectTimeout = "connect_timeout"
+    case idleTimeout = "idle_timeout"
+    case
+        shutdown = "shutdown"
+}
 
 /// One direction of a relayed connection: bytes read from one socket and not yet written to the other.
 struct Flow: ~Copyable {
@@ -100,9 +120,16 @@ final class Connection {
     let bytesUpstream: Counter
     let bytesDownstream: Counter
 
-    init(client: consuming FileDescriptor, direction: FlowDirection, source: Endpoint, destination: Endpoint, now: UInt64, metrics: ForwarderMetrics) {
-        self.client = client; self.direction = direction; self.source = source; self.destination = destination
-        started = now; lastActivity = now
+    init(
+        client: consuming FileDescriptor, direction: FlowDirection, source: Endpoint, destination: Endpoint,
+        now: UInt64, metrics: ForwarderMetrics
+    ) {
+        self.client = client
+        self.direction = direction
+        self.source = source
+        self.destination = destination
+        started = now
+        lastActivity = now
         bytesUpstream = metrics.bytesUpstream[direction]!
         bytesDownstream = metrics.bytesDownstream[direction]!
     }
@@ -130,7 +157,10 @@ final class ForwarderMetrics: Sendable {
     let byPort = Mutex<[UInt16: Counter]>([:])
 
     init() {
-        var a: [FlowDirection: Counter] = [:], m: [FlowDirection: Meter] = [:], u: [FlowDirection: Counter] = [:], d: [FlowDirection: Counter] = [:]
+        var a: [FlowDirection: Counter] = [:]
+        var m: [FlowDirection: Meter] = [:]
+        var u: [FlowDirection: Counter] = [:]
+        var d: [FlowDirection: Counter] = [:]
         for dir in [FlowDirection.outbound, .inbound] {
             let dims = [("direction", dir.rawValue)]
             a[dir] = Counter(label: "weir_forward_connections_total", dimensions: dims)
@@ -138,18 +168,31 @@ final class ForwarderMetrics: Sendable {
             u[dir] = Counter(label: "weir_forward_bytes_upstream_total", dimensions: dims)
             d[dir] = Counter(label: "weir_forward_bytes_downstream_total", dimensions: dims)
         }
-        accepted = a; active = m; bytesUpstream = u; bytesDownstream = d
+        accepted = a
+        active = m
+        bytesUpstream = u
+        bytesDownstream = d
     }
 
     func connectFailed(_ reason: String) {
         connectFailures.withLock { c in
-            (c[reason] ?? { let n = Counter(label: "weir_forward_connect_failures_total", dimensions: [("reason", reason)]); c[reason] = n; return n }()).increment()
+            (c[reason]
+                ?? {
+                    let n = Counter(label: "weir_forward_connect_failures_total", dimensions: [("reason", reason)])
+                    c[reason] = n
+                    return n
+                }()).increment()
         }
     }
 
     func destinationPort(_ port: UInt16) {
         byPort.withLock { c in
-            (c[port] ?? { let n = Counter(label: "weir_forward_connections_by_port_total", dimensions: [("port", "\(port)")]); c[port] = n; return n }()).increment()
+            (c[port]
+                ?? {
+                    let n = Counter(label: "weir_forward_connections_by_port_total", dimensions: [("port", "\(port)")])
+                    c[port] = n
+                    return n
+                }()).increment()
         }
     }
 }
@@ -164,7 +207,9 @@ final class Listener: @unchecked Sendable {
     let family: IPFamily
     var paused = false
     init(socket: consuming FileDescriptor, direction: FlowDirection, family: IPFamily) {
-        self.socket = socket; self.direction = direction; self.family = family
+        self.socket = socket
+        self.direction = direction
+        self.family = family
     }
 }
 
@@ -189,10 +234,17 @@ final class Worker {
 
     static let kindListener: UInt64 = 0, kindClient: UInt64 = 1, kindUpstream: UInt64 = 2, kindTicker: UInt64 = 3
 
-    init(config: ForwarderConfig, state: ForwarderState, metrics: ForwarderMetrics, listeners: [Listener], accessLog: AccessLogFile?,
-         logger: Logger) throws(SystemCallError) {
-        self.config = config; self.state = state; self.metrics = metrics; self.listeners = listeners
-        self.accessLog = accessLog; self.logger = logger
+    init(
+        config: ForwarderConfig, state: ForwarderState, metrics: ForwarderMetrics, listeners: [Listener],
+        accessLog: AccessLogFile?,
+        logger: Logger
+    ) throws(SystemCallError) {
+        self.config = config
+        self.state = state
+        self.metrics = metrics
+        self.listeners = listeners
+        self.accessLog = accessLog
+        self.logger = logger
         epoll = try Epoll()
         // The loop sleeps in epoll_wait without a timeout and wakes for this timer instead: a timeout
         // arms and cancels a kernel timer around every wait, which in a virtual machine added about
@@ -229,17 +281,27 @@ final class Worker {
                 break
             }
             // Only traffic starts a spin: the 100 ms tick alone would keep an idle worker spinning.
-            if n > 0 && spin > 0 && (n > 1 || data[0] & 3 != Self.kindTicker) { spinUntil = monotonicNanoseconds() + spin }
+            if n > 0 && spin > 0 && (n > 1 || data[0] & 3 != Self.kindTicker) {
+                spinUntil = monotonicNanoseconds() + spin
+            }
             var tick = false
             for i in 0..<n {
-                let kind = data[i] & 3, index = Int(data[i] >> 2)
-                if kind == Self.kindTicker { tick = true }
-                else if kind == Self.kindListener { accept(index, budget: Int(n) / 2) }
-                else if index < slots.count, let c = slots[index] { handle(c, slot: index, upstreamEvent: kind == Self.kindUpstream, events: events[i]) }
+                let kind = data[i] & 3
+                let index = Int(data[i] >> 2)
+                if kind == Self.kindTicker {
+                    tick = true
+                } else if kind == Self.kindListener {
+                    accept(index, budget: Int(n) / 2)
+                } else if index < slots.count, let c = slots[index] {
+                    handle(c, slot: index, upstreamEvent: kind == Self.kindUpstream, events: events[i])
+                }
             }
             freeSlots += freedThisRound
             freedThisRound.removeAll(keepingCapacity: true)
-            if tick { ticker.acknowledgeTimer(); sweep(monotonicNanoseconds()) }
+            if tick {
+                ticker.acknowledgeTimer()
+                sweep(monotonicNanoseconds())
+            }
             if state.stopping.load(ordering: .relaxed) {
                 for (i, c) in slots.enumerated() { if let c { finish(c, slot: i, reason: .shutdown, reset: true) } }
                 break
@@ -282,7 +344,8 @@ final class Worker {
                     // Out of descriptors: stop accepting for a moment; established connections keep flowing.
                     pauseAccepting()
                     metrics.acceptPaused.increment()
-                    logger.warning("out of file descriptors; accept paused", metadata: ["error": "\(Posix.describe(e))"])
+                    logger.warning(
+                        "out of file descriptors; accept paused", metadata: ["error": "\(Posix.describe(e))"])
                 }
                 return
             }
@@ -301,7 +364,9 @@ final class Worker {
     func resumeAccepting() {
         for (i, l) in listeners.enumerated() where l.paused {
             // Re-adding a listener with a full backlog reports it readable at once.
-            if (try? epoll.add(l.socket, events: Epoll.readable, tag: UInt64(i) << 2 | Self.kindListener)) != nil { l.paused = false }
+            if (try? epoll.add(l.socket, events: Epoll.readable, tag: UInt64(i) << 2 | Self.kindListener)) != nil {
+                l.paused = false
+            }
         }
     }
 
@@ -316,25 +381,43 @@ final class Worker {
             refuse(fd)
             return
         }
-        guard let source = SocketAddress.endpoint(peer) else { refuse(fd); return }
+        guard let source = SocketAddress.endpoint(peer) else {
+            refuse(fd)
+            return
+        }
         // Outbound capture is nat REDIRECT in both modes; only inbound uses TPROXY in tproxy mode, where the
         // original destination is the accepted socket's own address.
         let tproxied = config.mode == .tproxy && listener.direction == .inbound
-        let original = tproxied ? SocketAddress.local(fd) : SocketAddress.originalDestination(fd, family: listener.family)
-        guard let destination = original else { refuse(fd); return }
+        let original =
+            tproxied ? SocketAddress.local(fd) : SocketAddress.originalDestination(fd, family: listener.family)
+        guard let destination = original else {
+            refuse(fd)
+            return
+        }
         // A connection nobody redirected (made straight to a capture port) has its own local address as original
         // destination, and would be relayed to the forwarder itself; so would one redirected to a capture port
         // of this host. Both are a capture port on a local address.
-        if (destination.port == config.outboundPort || destination.port == config.inboundPort) && SocketAddress.isLocal(destination) {
+        if (destination.port == config.outboundPort || destination.port == config.inboundPort)
+            && SocketAddress.isLocal(destination)
+        {
             metrics.refusedLoops.increment()
-            logger.notice("refused a connection whose original destination is the forwarder itself", metadata: ["destination": "\(destination)"])
+            logger.notice(
+                "refused a connection whose original destination is the forwarder itself",
+                metadata: ["destination": "\(destination)"])
             refuse(fd)
             return
         }
         let now = monotonicNanoseconds()
         // TCP_NODELAY comes from the listener.
-        let c = Connection(client: fd, direction: listener.direction, source: source, destination: destination, now: now, metrics: metrics)
-        let slot = freeSlots.popLast() ?? { slots.append(nil); return slots.count - 1 }()
+        let c = Connection(
+            client: fd, direction: listener.direction, source: source, destination: destination, now: now,
+            metrics: metrics)
+        let slot =
+            freeSlots.popLast()
+            ?? {
+                slots.append(nil)
+                return slots.count - 1
+            }()
         slots[slot] = c
         _ = state.active.add(1, ordering: .relaxed)
         metrics.accepted[c.direction]!.increment()
@@ -346,7 +429,9 @@ final class Worker {
         case .direct: target = destination
         case .proxy(let upstream, let version):
             target = upstream
-            if let version { c.greeting = ProxyProtocolHeader.encode(version, source: source, destination: destination) }
+            if let version {
+                c.greeting = ProxyProtocolHeader.encode(version, source: source, destination: destination)
+            }
         }
         do {
             c.upstream = try FileDescriptor.tcp(ipv6: target.family == .ipv6, nonBlocking: true)
@@ -409,9 +494,10 @@ final class Worker {
         // A peer's FIN may have come with the data of this same event: then read on to the EOF.
         let closing = events & (Epoll.peerClosed | Epoll.hangUp | Epoll.error) != 0
         // Epoll reports a socket writable with every wakeup; it only matters when bytes wait for it.
-        relay(c, slot: slot,
-              up: upstreamEvent ? writable && c.up.waiting : readable,
-              down: upstreamEvent ? readable : writable && c.down.waiting, drain: closing)
+        relay(
+            c, slot: slot,
+            up: upstreamEvent ? writable && c.up.waiting : readable,
+            down: upstreamEvent ? readable : writable && c.down.waiting, drain: closing)
     }
 
     func connected(_ c: Connection, slot: Int) {
@@ -432,8 +518,12 @@ final class Worker {
         if c.down.bytes != before.1 { c.bytesDownstream.increment(by: Int64(c.down.bytes - before.1)) }
         // A reset read from one side, or a write the other side refused, becomes a reset to the other side.
         switch (upOutcome, downOutcome) {
-        case (.readReset, _), (_, .writeReset): finish(c, slot: slot, reason: .clientReset, reset: true); return
-        case (_, .readReset), (.writeReset, _): finish(c, slot: slot, reason: .upstreamReset, reset: true); return
+        case (.readReset, _), (_, .writeReset):
+            finish(c, slot: slot, reason: .clientReset, reset: true)
+            return
+        case (_, .readReset), (.writeReset, _):
+            finish(c, slot: slot, reason: .upstreamReset, reset: true)
+            return
         default: break
         }
         if c.up.done && c.down.done { finish(c, slot: slot, reason: .done, reset: false) }
@@ -441,12 +531,16 @@ final class Worker {
 
     /// Moves bytes `from` → `to` until `from` has nothing more or `to` takes nothing more. `last`: the other
     /// direction is finished, so this one's EOF ends the connection and the close that follows sends the FIN.
-    func pump(_ f: inout Flow, from: borrowing FileDescriptor, to: borrowing FileDescriptor, drain: Bool, last: Bool) -> PumpOutcome {
+    func pump(_ f: inout Flow, from: borrowing FileDescriptor, to: borrowing FileDescriptor, drain: Bool, last: Bool)
+        -> PumpOutcome
+    {
         // Bounded: each pass moves data or returns; a 64 KiB chunk per pass covers far more than one event's worth.
         for _ in 0..<100_000 {
             if f.inPipe > 0 {
                 switch FileDescriptor.splice(from: f.pipeRead, to: to, count: f.inPipe) {
-                case .ok(let n) where n > 0: f.inPipe -= n; continue
+                case .ok(let n) where n > 0:
+                    f.inPipe -= n
+                    continue
                 case .failed(let e) where e == EAGAIN: return .blocked
                 default: return .writeReset
                 }
@@ -457,7 +551,10 @@ final class Worker {
                 switch w {
                 case .ok(let n) where n > 0:
                     f.pendingOffset += n
-                    if f.pendingOffset == f.pending.count { f.pending = []; f.pendingOffset = 0 }
+                    if f.pendingOffset == f.pending.count {
+                        f.pending = []
+                        f.pendingOffset = 0
+                    }
                     continue
                 case .failed(let e) where e == EAGAIN: return .blocked
                 default: return .writeReset
@@ -466,14 +563,20 @@ final class Worker {
             if f.eof {
                 if !f.shutDown {
                     if !last { to.shutdownWrite() }
-                    f.shutDown = true; f.releasePipe()
+                    f.shutDown = true
+                    f.releasePipe()
                 }
                 return .idle
             }
             if f.pipeRead.isOpen {
                 switch FileDescriptor.splice(from: from, to: f.pipeWrite, count: spliceChunk) {
-                case .ok(let n) where n > 0: f.inPipe += n; f.bytes += n; continue
-                case .ok: f.eof = true; continue
+                case .ok(let n) where n > 0:
+                    f.inPipe += n
+                    f.bytes += n
+                    continue
+                case .ok:
+                    f.eof = true
+                    continue
                 case .failed(let e) where e == EAGAIN: return .idle
                 case .failed: return .readReset
                 }
@@ -528,7 +631,8 @@ final class Worker {
         }
         // Closing a registered descriptor removes it from epoll; the pipes close with the flows.
         c.upstream = .closed
-        c.up.releasePipe(); c.down.releasePipe()
+        c.up.releasePipe()
+        c.down.releasePipe()
         slots[slot] = nil
         freedThisRound.append(slot)
         metrics.active[c.direction]!.decrement()
@@ -538,7 +642,9 @@ final class Worker {
 
     func log(_ c: Connection, reason: CloseReason, to file: AccessLogFile) {
         let ms = Double(monotonicNanoseconds() - c.started) / 1e6
-        file.append("{\"direction\":\"\(c.direction.rawValue)\",\"source\":\"\(c.source)\",\"original_destination\":\"\(c.destination)\",\"bytes_sent\":\(c.up.bytes),\"bytes_received\":\(c.down.bytes),\"duration_ms\":\((ms * 1000).rounded() / 1000),\"close\":\"\(reason.rawValue)\"}\n")
+        file.append(
+            "{\"direction\":\"\(c.direction.rawValue)\",\"source\":\"\(c.source)\",\"original_destination\":\"\(c.destination)\",\"bytes_sent\":\(c.up.bytes),\"bytes_received\":\(c.down.bytes),\"duration_ms\":\((ms * 1000).rounded() / 1000),\"close\":\"\(reason.rawValue)\"}\n"
+        )
     }
 
     // MARK: timers

@@ -1,6 +1,6 @@
 import WeirNetns
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 extension SocketAddress {

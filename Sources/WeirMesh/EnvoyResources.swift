@@ -12,7 +12,12 @@ public enum ResourceType: String, Sendable, Hashable, CaseIterable, Codable, Com
 
     /// Order of pushes: CDS, EDS, LDS, RDS.
     public var order: Int {
-        switch self { case .cluster: 0; case .endpoint: 1; case .listener: 2; case .route: 3 }
+        switch self {
+        case .cluster: 0
+        case .endpoint: 1
+        case .listener: 2
+        case .route: 3
+        }
     }
     public static func < (a: ResourceType, b: ResourceType) -> Bool { a.order < b.order }
     // By case, not by the long type URL (RawRepresentable's defaults would hash and compare the raw strings, and these
@@ -24,7 +29,12 @@ public enum ResourceType: String, Sendable, Hashable, CaseIterable, Codable, Com
     public var isFullState: Bool { self == .cluster || self == .listener }
 
     public var shortName: String {
-        switch self { case .cluster: "CDS"; case .endpoint: "EDS"; case .listener: "LDS"; case .route: "RDS" }
+        switch self {
+        case .cluster: "CDS"
+        case .endpoint: "EDS"
+        case .listener: "LDS"
+        case .route: "RDS"
+        }
     }
 }
 
@@ -44,7 +54,8 @@ public struct EnvoyResources: Sendable, Equatable {
     public func encoded() throws -> [ResourceType: [String: EncodedResource]] {
         var out: [ResourceType: [String: EncodedResource]] = [:]
         func add<M: SwiftProtobuf.Message>(_ type: ResourceType, _ name: String, _ m: M) throws {
-            out[type, default: [:]][name] = EncodedResource(bytes: try m.serializedBytes(), namedOnly: namedOnly.contains(name))
+            out[type, default: [:]][name] = EncodedResource(
+                bytes: try m.serializedBytes(), namedOnly: namedOnly.contains(name))
         }
         for l in listeners { try add(.listener, l.name, l) }
         for r in routes { try add(.route, r.name, r) }
@@ -68,8 +79,11 @@ public struct EnvoyResources: Sendable, Equatable {
                 }
             }
         }
-        let object: [String: Any] = ["listeners": arr(listeners), "routes": arr(routes), "clusters": arr(clusters), "endpoints": arr(endpoints)]
-        let data = try! JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
+        let object: [String: Any] = [
+            "listeners": arr(listeners), "routes": arr(routes), "clusters": arr(clusters), "endpoints": arr(endpoints),
+        ]
+        let data = try! JSONSerialization.data(
+            withJSONObject: object, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
         return String(decoding: data, as: UTF8.self) + "\n"
     }
 }
@@ -78,7 +92,10 @@ public struct EnvoyResources: Sendable, Equatable {
 public struct EncodedResource: Sendable, Hashable, Codable {
     public var bytes: [UInt8]
     public var namedOnly: Bool
-    public init(bytes: [UInt8], namedOnly: Bool = false) { self.bytes = bytes; self.namedOnly = namedOnly }
+    public init(bytes: [UInt8], namedOnly: Bool = false) {
+        self.bytes = bytes
+        self.namedOnly = namedOnly
+    }
 }
 
 /// Registers weir's Envoy message types so `Any` values print as JSON and parse from JSON.
@@ -100,7 +117,8 @@ public enum EnvoyTypes {
         Envoy_Extensions_Filters_Listener_TlsInspector_V3_TlsInspector.self,
     ]
     public static func register() {
-        lock.lock(); defer { lock.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
         guard !done else { return }
         for t in all { _ = Google_Protobuf_Any.register(messageType: t) }
         done = true

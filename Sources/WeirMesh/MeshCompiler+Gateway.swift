@@ -7,7 +7,8 @@ extension MeshCompiler.Builder {
     /// services through their routers' routes.
     mutating func buildGateway(_ gw: VirtualGateway) {
         let routes = (compiler.routesByGateway[gw.ref] ?? [])
-            .enumerated().sorted { ($0.element.priority ?? 1001, $0.offset) < ($1.element.priority ?? 1001, $1.offset) }.map(\.element)
+            .enumerated().sorted { ($0.element.priority ?? 1001, $0.offset) < ($1.element.priority ?? 1001, $1.offset) }
+            .map(\.element)
         var pools: [String: (port: UInt16, pool: ConnectionPool)] = [:]
         for l in gw.listeners {
             let port = l.portMapping.port
@@ -35,7 +36,9 @@ extension MeshCompiler.Builder {
             var rc = Envoy_Config_Route_V3_RouteConfiguration()
             rc.name = name
             rc.virtualHosts = order.sorted { ($0 == "*" ? 1 : 0, $0) < ($1 == "*" ? 1 : 0, $1) }.map { hosts[$0]! }
-            if let pool = l.connectionPool { limit(clustersOf: rc, to: pool, listenerPort: port, in: &pools, gateway: gw) }
+            if let pool = l.connectionPool {
+                limit(clustersOf: rc, to: pool, listenerPort: port, in: &pools, gateway: gw)
+            }
             out.routes.append(rc)
             var listener = Envoy_Config_Listener_V3_Listener()
             listener.name = name
@@ -43,8 +46,12 @@ extension MeshCompiler.Builder {
             listener.trafficDirection = .inbound
             var chain = Envoy_Config_Listener_V3_FilterChain()
             chain.name = name
-            chain.filters = [filter("envoy.filters.network.http_connection_manager",
-                                    httpConnectionManager(statPrefix: name, routeConfig: name, idleMilliseconds: l.idleTimeoutMilliseconds))]
+            chain.filters = [
+                filter(
+                    "envoy.filters.network.http_connection_manager",
+                    httpConnectionManager(
+                        statPrefix: name, routeConfig: name, idleMilliseconds: l.idleTimeoutMilliseconds))
+            ]
             addChains(chain, tls: l.tls, protocol: l.portMapping.protocol, to: &listener)
             out.listeners.append(listener)
             if let hc = l.healthCheck { addSelfHealthCheck(l, hc) }
@@ -53,8 +60,10 @@ extension MeshCompiler.Builder {
 
     /// A listener's `connectionPool`: circuit-breaker thresholds on every cluster its routes reach. Two listeners that
     /// reach one cluster with different pools cannot both be honoured, and are refused.
-    mutating func limit(clustersOf rc: Envoy_Config_Route_V3_RouteConfiguration, to pool: ConnectionPool, listenerPort: UInt16,
-                        in pools: inout [String: (port: UInt16, pool: ConnectionPool)], gateway: VirtualGateway) {
+    mutating func limit(
+        clustersOf rc: Envoy_Config_Route_V3_RouteConfiguration, to pool: ConnectionPool, listenerPort: UInt16,
+        in pools: inout [String: (port: UInt16, pool: ConnectionPool)], gateway: VirtualGateway
+    ) {
         var names: [String] = []
         for route in rc.virtualHosts.flatMap(\.routes) {
             guard case .route(let action)? = route.action else { continue }
@@ -67,7 +76,10 @@ extension MeshCompiler.Builder {
         for name in Set(names).sorted() {
             if let other = pools[name] {
                 if other.pool != pool {
-                    problem(gateway.location, "listeners \(other.port) and \(listenerPort) reach cluster \(name) with different connectionPools; give them the same pool or separate targets")
+                    problem(
+                        gateway.location,
+                        "listeners \(other.port) and \(listenerPort) reach cluster \(name) with different connectionPools; give them the same pool or separate targets"
+                    )
                 }
                 continue
             }
@@ -100,7 +112,8 @@ extension MeshCompiler.Builder {
         guard let service = m.virtualServices.first(where: { $0.ref == gr.target }) else { return [] }
         var specs: [(RouteSpec, VirtualRouter?)] = []
         func base(_ name: String, _ kind: PortProtocol) -> RouteSpec {
-            var s = RouteSpec(name: name, kind: kind, priority: nil, prefix: gr.prefix, targets: [], location: gr.location)
+            var s = RouteSpec(
+                name: name, kind: kind, priority: nil, prefix: gr.prefix, targets: [], location: gr.location)
             s.path = gr.path
             s.headers = gr.headers
             s.query = gr.query
@@ -116,11 +129,16 @@ extension MeshCompiler.Builder {
         case .virtualRouter(let ref)?:
             // `target.port` picks the router listener whose routes apply (default: the first that is not tcp).
             guard let router = m.virtualRouters.first(where: { $0.ref == ref }),
-                  let listener = router.listeners.first(where: { l in gr.targetPort.map { l.port == $0 } ?? (l.protocol != .tcp) })
+                let listener = router.listeners.first(where: { l in
+                    gr.targetPort.map { l.port == $0 } ?? (l.protocol != .tcp)
+                })
             else { return [] }
             for r in router.routes(for: listener) {
                 var s = base("\(gr.awsName)/\(r.name)", r.kind)
-                if (gr.prefix == nil || gr.prefix == "/") && gr.path == nil { s.prefix = r.prefix; s.path = r.path }
+                if (gr.prefix == nil || gr.prefix == "/") && gr.path == nil {
+                    s.prefix = r.prefix
+                    s.path = r.path
+                }
                 s.headers += r.headers
                 s.query += r.query
                 s.method = gr.method ?? r.method
@@ -141,10 +159,15 @@ extension MeshCompiler.Builder {
         }
         var out: [Envoy_Config_Route_V3_Route] = []
         for (spec, router) in specs {
-            let port = gr.targetPort ?? router?.listeners.first { $0.protocol != .tcp }?.port
-                ?? spec.targets.first.flatMap { t in m.virtualNodes.first { $0.ref == t.node }?.listeners.first?.portMapping.port } ?? 80
+            let port =
+                gr.targetPort ?? router?.listeners.first { $0.protocol != .tcp }?.port
+                ?? spec.targets.first.flatMap { t in
+                    m.virtualNodes.first { $0.ref == t.node }?.listeners.first?.portMapping.port
+                } ?? 80
             let tls = gw.backendDefaults?.applies(to: port) == true ? gw.backendDefaults : nil
-            let via = router ?? VirtualRouter(ref: gr.ref, awsName: gr.awsName, listeners: [], routes: [], location: gr.location)
+            let via =
+                router
+                ?? VirtualRouter(ref: gr.ref, awsName: gr.awsName, listeners: [], routes: [], location: gr.location)
             var route = httpRoute(spec, router: via, port: port, tls: tls)
             route.name = spec.name
             if gr.rewriteHostname { route.route.hostRewriteLiteral = service.awsName }
@@ -161,7 +184,10 @@ extension MeshCompiler.Builder {
             case .value(let v): rewrite = v
             case .none: rewrite = nil
             }
-            guard let p = gr.prefix, route.match.prefix == p, let rewrite else { out.append(route); continue }
+            guard let p = gr.prefix, route.match.prefix == p, let rewrite else {
+                out.append(route)
+                continue
+            }
             route.route.prefixRewrite = rewrite
             if !p.hasSuffix("/") && rewrite.hasSuffix("/") {
                 // Envoy replaces the prefix as text: `/red` to `/` would make `/red/tell` `//tell`. `/red/` takes the

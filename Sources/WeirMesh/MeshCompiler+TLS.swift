@@ -6,13 +6,21 @@ typealias TLSContext = Envoy_Extensions_TransportSockets_Tls_V3_CommonTlsContext
 extension MeshCompiler.Builder {
     /// One listener port's filter chains under its TLS mode: STRICT, one TLS chain; PERMISSIVE, a TLS chain and a
     /// plaintext one told apart by the TLS inspector; DISABLED or none, the plaintext chain.
-    mutating func addChains(_ chain: Envoy_Config_Listener_V3_FilterChain, tls: ListenerTLS?, protocol proto: PortProtocol,
-                            to listener: inout Envoy_Config_Listener_V3_Listener) {
-        guard let tls, tls.mode != .disabled else { listener.filterChains.append(chain); return }
+    mutating func addChains(
+        _ chain: Envoy_Config_Listener_V3_FilterChain, tls: ListenerTLS?, protocol proto: PortProtocol,
+        to listener: inout Envoy_Config_Listener_V3_Listener
+    ) {
+        guard let tls, tls.mode != .disabled else {
+            listener.filterChains.append(chain)
+            return
+        }
         if tls.usesSDS { usesSDS = true }
         var secure = chain
         secure.transportSocket = downstreamTLS(tls, protocol: proto)
-        guard tls.mode == .permissive else { listener.filterChains.append(secure); return }
+        guard tls.mode == .permissive else {
+            listener.filterChains.append(secure)
+            return
+        }
         secure.name = chain.name + "_tls"
         secure.filterChainMatch.transportProtocol = "tls"
         var plain = chain
@@ -50,7 +58,9 @@ extension MeshCompiler.Builder {
 
     /// The client side: the backend's trust and names (its DNS hostname when the policy names none), and the client
     /// certificate for mutual TLS.
-    func upstreamTLS(_ tls: ClientTLS, target: VirtualNode, protocol proto: PortProtocol) -> Envoy_Config_Core_V3_TransportSocket {
+    func upstreamTLS(_ tls: ClientTLS, target: VirtualNode, protocol proto: PortProtocol)
+        -> Envoy_Config_Core_V3_TransportSocket
+    {
         var u = Envoy_Extensions_TransportSockets_Tls_V3_UpstreamTlsContext()
         var common = TLSContext()
         if let c = tls.certificate { set(c, in: &common) }

@@ -28,7 +28,8 @@ public struct MeshCompiler: Sendable {
     private(set) var routesByGateway: [ResourceRef: [GatewayRoute]]
 
     public init(_ manifests: MeshManifests, options: Options = Options()) {
-        self.manifests = manifests; self.options = options
+        self.manifests = manifests
+        self.options = options
         routesByGateway = Self.routesByGateway(manifests)
     }
 
@@ -43,7 +44,8 @@ public struct MeshCompiler: Sendable {
         return out
     }
 
-    static let ingressListener = "ingress", egressListener = "egress", passthroughCluster = "passthrough", sdsCluster = "weir_sds"
+    static let ingressListener = "ingress", egressListener = "egress", passthroughCluster = "passthrough",
+        sdsCluster = "weir_sds"
     static let adsSource: Envoy_Config_Core_V3_ConfigSource = {
         var s = Envoy_Config_Core_V3_ConfigSource()
         s.ads = Envoy_Config_Core_V3_AggregatedConfigSource()
@@ -55,12 +57,18 @@ public struct MeshCompiler: Sendable {
     public func compile(nodeID: String) throws(MeshError) -> EnvoyResources {
         let identity: NodeIdentity
         do { identity = try NodeIdentity.parse(nodeID) } catch {
-            throw MeshError(problems: [MeshProblem(location: SourceLocation(file: "(node)", line: 0, field: "node.id"), message: error.description)])
+            throw MeshError(problems: [
+                MeshProblem(
+                    location: SourceLocation(file: "(node)", line: 0, field: "node.id"), message: error.description)
+            ])
         }
         if let node = manifests.virtualNode(for: identity) { return try compile(node) }
         if let gateway = manifests.virtualGateway(for: identity) { return try compile(gateway) }
-        throw MeshError(problems: [MeshProblem(location: SourceLocation(file: "(node)", line: 0, field: "node.id"),
-                                               message: "no virtual node or virtual gateway in the manifests answers to node id '\(nodeID)'")])
+        throw MeshError(problems: [
+            MeshProblem(
+                location: SourceLocation(file: "(node)", line: 0, field: "node.id"),
+                message: "no virtual node or virtual gateway in the manifests answers to node id '\(nodeID)'")
+        ])
     }
 
     /// Every node id the manifests define, in App Mesh's form where the node's mesh is known.
@@ -68,10 +76,11 @@ public struct MeshCompiler: Sendable {
         manifests.virtualNodes.map { n in
             if let mesh = manifests.meshAWSName(of: n) { return "mesh/\(mesh)/virtualNode/\(n.awsName)" }
             return "\(n.ref.namespace)/\(n.ref.name)"
-        } + manifests.virtualGateways.map { g in
-            if let mesh = manifests.meshAWSName(of: g) { return "mesh/\(mesh)/virtualGateway/\(g.awsName)" }
-            return "\(g.ref.namespace)/\(g.ref.name)"
         }
+            + manifests.virtualGateways.map { g in
+                if let mesh = manifests.meshAWSName(of: g) { return "mesh/\(mesh)/virtualGateway/\(g.awsName)" }
+                return "\(g.ref.namespace)/\(g.ref.name)"
+            }
     }
 
     public func compile(_ node: VirtualNode) throws(MeshError) -> EnvoyResources {
@@ -108,7 +117,10 @@ public struct MeshCompiler: Sendable {
         var usesSDS = false
 
         init(compiler: MeshCompiler, node: VirtualNode?, meshName: String?, accessLog: AccessLog?) {
-            self.compiler = compiler; self.node = node; self.meshName = meshName; self.accessLog = accessLog
+            self.compiler = compiler
+            self.node = node
+            self.meshName = meshName
+            self.accessLog = accessLog
         }
 
         var m: MeshManifests { compiler.manifests }
@@ -118,7 +130,9 @@ public struct MeshCompiler: Sendable {
         var anyAddress: String { mesh?.ipPreference == nil ? "0.0.0.0" : "::" }
         var localAppAddress: String { mesh?.ipPreference == .ipv6Only ? "::1" : compiler.options.localAppAddress }
 
-        mutating func problem(_ loc: SourceLocation, _ message: String) { problems.append(MeshProblem(location: loc, message: message)) }
+        mutating func problem(_ loc: SourceLocation, _ message: String) {
+            problems.append(MeshProblem(location: loc, message: message))
+        }
 
         mutating func build() {
             buildIngress()
@@ -172,8 +186,13 @@ public struct MeshCompiler: Sendable {
                     rc.name = routeName
                     rc.virtualHosts = [vhost]
                     out.routes.append(rc)
-                    chain.filters = [filter("envoy.filters.network.http_connection_manager",
-                                            httpConnectionManager(statPrefix: "ingress_\(port)", routeConfig: routeName, idleMilliseconds: l.idleTimeoutMilliseconds))]
+                    chain.filters = [
+                        filter(
+                            "envoy.filters.network.http_connection_manager",
+                            httpConnectionManager(
+                                statPrefix: "ingress_\(port)", routeConfig: routeName,
+                                idleMilliseconds: l.idleTimeoutMilliseconds))
+                    ]
                 }
                 addChains(chain, tls: l.tls, protocol: l.portMapping.protocol, to: &listener)
             }
@@ -186,7 +205,9 @@ public struct MeshCompiler: Sendable {
             c.type = .static
             c.connectTimeout = duration(milliseconds: 1000)
             c.loadAssignment = loadAssignment(name, [(localAppAddress, l.portMapping.port)])
-            if l.portMapping.protocol != .tcp && l.portMapping.protocol != .http { c.typedExtensionProtocolOptions = http2Options() }
+            if l.portMapping.protocol != .tcp && l.portMapping.protocol != .http {
+                c.typedExtensionProtocolOptions = http2Options()
+            }
             if let pool = l.connectionPool { c.circuitBreakers.thresholds = [circuitBreaker(pool)] }
             out.clusters.append(c)
             clusterNames.insert(name)
@@ -196,7 +217,9 @@ public struct MeshCompiler: Sendable {
         func circuitBreaker(_ pool: ConnectionPool) -> Envoy_Config_Cluster_V3_CircuitBreakers.Thresholds {
             var t = Envoy_Config_Cluster_V3_CircuitBreakers.Thresholds()
             if let v = pool.maxConnections { t.maxConnections = Google_Protobuf_UInt32Value(UInt32(clamping: v)) }
-            if let v = pool.maxPendingRequests { t.maxPendingRequests = Google_Protobuf_UInt32Value(UInt32(clamping: v)) }
+            if let v = pool.maxPendingRequests {
+                t.maxPendingRequests = Google_Protobuf_UInt32Value(UInt32(clamping: v))
+            }
             if let v = pool.maxRequests { t.maxRequests = Google_Protobuf_UInt32Value(UInt32(clamping: v)) }
             return t
         }
@@ -219,15 +242,20 @@ public struct MeshCompiler: Sendable {
                 let policy = node.clientTLS(for: backend)
                 switch service.provider {
                 case nil:
-                    problem(service.location, "virtual service \(service.ref) has no provider, so backend \(node.ref) cannot reach it")
+                    problem(
+                        service.location,
+                        "virtual service \(service.ref) has no provider, so backend \(node.ref) cannot reach it")
                 case .virtualNode(let ref):
                     guard let target = m.virtualNodes.first(where: { $0.ref == ref }) else { continue }
                     guard !target.listeners.isEmpty else {
-                        problem(target.location, "virtual node \(ref) provides \(service.awsName) but has no listener"); continue
+                        problem(target.location, "virtual node \(ref) provides \(service.awsName) but has no listener")
+                        continue
                     }
                     for l in target.listeners {
-                        let port = l.portMapping.port, proto = l.portMapping.protocol
-                        let cluster = addTargetCluster(target, port: port, tls: policy?.applies(to: port) == true ? policy : nil)
+                        let port = l.portMapping.port
+                        let proto = l.portMapping.protocol
+                        let cluster = addTargetCluster(
+                            target, port: port, tls: policy?.applies(to: port) == true ? policy : nil)
                         if proto == .tcp {
                             addTCP(&ports, port: port, service: service, targets: [(cluster, 1)], idle: nil)
                         } else {
@@ -245,13 +273,22 @@ public struct MeshCompiler: Sendable {
                         let tls = policy?.applies(to: pm.port) == true ? policy : nil
                         if pm.protocol == .tcp {
                             guard let r = routes.first else {
-                                problem(router.location, "tcp listener \(pm.port) of virtual router \(router.ref) has no tcpRoute"); continue
+                                problem(
+                                    router.location,
+                                    "tcp listener \(pm.port) of virtual router \(router.ref) has no tcpRoute")
+                                continue
                             }
-                            let targets = r.targets.filter { $0.weight > 0 }.map { t in (addTargetCluster(t, port: pm.port, tls: tls), t.weight) }
-                            addTCP(&ports, port: pm.port, service: service, targets: targets, idle: r.idleTimeoutMilliseconds)
+                            let targets = r.targets.filter { $0.weight > 0 }.map { t in
+                                (addTargetCluster(t, port: pm.port, tls: tls), t.weight)
+                            }
+                            addTCP(
+                                &ports, port: pm.port, service: service, targets: targets,
+                                idle: r.idleTimeoutMilliseconds)
                         } else {
                             var envoyRoutes: [Envoy_Config_Route_V3_Route] = []
-                            for r in routes { envoyRoutes.append(httpRoute(r, router: router, port: pm.port, tls: tls)) }
+                            for r in routes {
+                                envoyRoutes.append(httpRoute(r, router: router, port: pm.port, tls: tls))
+                            }
                             addHost(&ports, port: pm.port, proto: pm.protocol, service: service, routes: envoyRoutes)
                         }
                     }
@@ -272,10 +309,15 @@ public struct MeshCompiler: Sendable {
                 if plan.proto == .tcp {
                     var tcp = Envoy_Extensions_Filters_Network_TcpProxy_V3_TcpProxy()
                     tcp.statPrefix = "egress_\(port)"
-                    if plan.tcpTargets.count == 1 { tcp.cluster = plan.tcpTargets[0].cluster } else {
+                    if plan.tcpTargets.count == 1 {
+                        tcp.cluster = plan.tcpTargets[0].cluster
+                    } else {
                         tcp.weightedClusters.clusters = plan.tcpTargets.map { t in
-                            var w = Envoy_Extensions_Filters_Network_TcpProxy_V3_TcpProxy.WeightedCluster.ClusterWeight()
-                            w.name = t.cluster; w.weight = UInt32(t.weight); return w
+                            var w = Envoy_Extensions_Filters_Network_TcpProxy_V3_TcpProxy.WeightedCluster
+                                .ClusterWeight()
+                            w.name = t.cluster
+                            w.weight = UInt32(t.weight)
+                            return w
                         }
                     }
                     if let idle = plan.tcpIdleMilliseconds { tcp.idleTimeout = duration(milliseconds: idle) }
@@ -298,8 +340,12 @@ public struct MeshCompiler: Sendable {
                         rc.virtualHosts.append(any)
                     }
                     out.routes.append(rc)
-                    chain.filters = [filter("envoy.filters.network.http_connection_manager",
-                                            httpConnectionManager(statPrefix: "egress_\(port)", routeConfig: rc.name, idleMilliseconds: nil))]
+                    chain.filters = [
+                        filter(
+                            "envoy.filters.network.http_connection_manager",
+                            httpConnectionManager(
+                                statPrefix: "egress_\(port)", routeConfig: rc.name, idleMilliseconds: nil))
+                    ]
                 }
                 listener.filterChains.append(chain)
             }
@@ -315,10 +361,15 @@ public struct MeshCompiler: Sendable {
             out.listeners.append(listener)
         }
 
-        mutating func addHost(_ ports: inout [UInt16: PortPlan], port: UInt16, proto: PortProtocol, service: VirtualService,
-                              routes: [Envoy_Config_Route_V3_Route]) {
+        mutating func addHost(
+            _ ports: inout [UInt16: PortPlan], port: UInt16, proto: PortProtocol, service: VirtualService,
+            routes: [Envoy_Config_Route_V3_Route]
+        ) {
             if let existing = ports[port], existing.proto == .tcp {
-                problem(service.location, "port \(port) carries tcp for \(existing.owner) and \(proto.rawValue) for \(service.awsName); one port carries one protocol family")
+                problem(
+                    service.location,
+                    "port \(port) carries tcp for \(existing.owner) and \(proto.rawValue) for \(service.awsName); one port carries one protocol family"
+                )
                 return
             }
             var vhost = Envoy_Config_Route_V3_VirtualHost()
@@ -338,7 +389,8 @@ public struct MeshCompiler: Sendable {
             out.routes.append(rc)
             var api = Envoy_Config_Listener_V3_Listener()
             api.name = name
-            api.apiListener.apiListener = anyOf(httpConnectionManager(statPrefix: name, routeConfig: name, idleMilliseconds: nil, accessLog: false))
+            api.apiListener.apiListener = anyOf(
+                httpConnectionManager(statPrefix: name, routeConfig: name, idleMilliseconds: nil, accessLog: false))
             out.listeners.append(api)
             out.namedOnly.insert(name)
         }
@@ -375,9 +427,15 @@ public struct MeshCompiler: Sendable {
             return twin
         }
 
-        mutating func addTCP(_ ports: inout [UInt16: PortPlan], port: UInt16, service: VirtualService, targets: [(String, Int)], idle: Int?) {
+        mutating func addTCP(
+            _ ports: inout [UInt16: PortPlan], port: UInt16, service: VirtualService, targets: [(String, Int)],
+            idle: Int?
+        ) {
             if let existing = ports[port] {
-                problem(service.location, "port \(port) already carries \(existing.proto.rawValue) for \(existing.owner); a tcp virtual service (\(service.awsName)) needs a port of its own in a node's backends")
+                problem(
+                    service.location,
+                    "port \(port) already carries \(existing.proto.rawValue) for \(existing.owner); a tcp virtual service (\(service.awsName)) needs a port of its own in a node's backends"
+                )
                 return
             }
             var plan = PortPlan(proto: .tcp, owner: service.awsName)
@@ -399,9 +457,10 @@ public struct MeshCompiler: Sendable {
             if tls != nil { usesSDS = usesSDS || tls!.usesSDS }
             guard clusterNames.insert(name).inserted else { return name }
             let family = dnsLookupFamily
-            let built = compiler.memo?.targetCluster(target, port: port, tls: tls, family: family, name: name) {
-                targetCluster(target, port: port, name: name, tls: tls)
-            } ?? targetCluster(target, port: port, name: name, tls: tls)
+            let built =
+                compiler.memo?.targetCluster(target, port: port, tls: tls, family: family, name: name) {
+                    targetCluster(target, port: port, name: name, tls: tls)
+                } ?? targetCluster(target, port: port, name: name, tls: tls)
             out.clusters.append(built.cluster)
             if built.cluster.type == .strictDns { dnsClusters[name] = built.cluster }
             if let e = built.endpoints { out.endpoints.append(e) }
@@ -417,7 +476,9 @@ public struct MeshCompiler: Sendable {
             }
         }
 
-        func targetCluster(_ target: VirtualNode, port: UInt16, name: String, tls: ClientTLS?) -> CompileMemo.TargetCluster {
+        func targetCluster(_ target: VirtualNode, port: UInt16, name: String, tls: ClientTLS?)
+            -> CompileMemo.TargetCluster
+        {
             var endpoints: Envoy_Config_Endpoint_V3_ClusterLoadAssignment?
             let listener = target.listeners.first { $0.portMapping.port == port } ?? target.listeners.first
             var c = Envoy_Config_Cluster_V3_Cluster()
@@ -439,7 +500,9 @@ public struct MeshCompiler: Sendable {
                 c.edsClusterConfig.edsConfig = MeshCompiler.adsSource
                 endpoints = loadAssignment(name, host.map { [($0, port)] } ?? [])
             }
-            if let proto = listener?.portMapping.protocol, proto == .http2 || proto == .grpc { c.typedExtensionProtocolOptions = http2Options() }
+            if let proto = listener?.portMapping.protocol, proto == .http2 || proto == .grpc {
+                c.typedExtensionProtocolOptions = http2Options()
+            }
             if let hc = listener?.healthCheck { c.healthChecks = [healthCheck(hc)] }
             if let o = listener?.outlierDetection {
                 var od = Envoy_Config_Cluster_V3_OutlierDetection()
@@ -451,8 +514,11 @@ public struct MeshCompiler: Sendable {
                 od.enforcingSuccessRate = Google_Protobuf_UInt32Value(0)
                 c.outlierDetection = od
             }
-            if let tls { c.transportSocket = upstreamTLS(tls, target: target, protocol: listener?.portMapping.protocol ?? .http) }
-            return CompileMemo.TargetCluster(target: target, tls: tls, family: dnsLookupFamily, cluster: c, endpoints: endpoints)
+            if let tls {
+                c.transportSocket = upstreamTLS(tls, target: target, protocol: listener?.portMapping.protocol ?? .http)
+            }
+            return CompileMemo.TargetCluster(
+                target: target, tls: tls, family: dnsLookupFamily, cluster: c, endpoints: endpoints)
         }
 
         mutating func addPassthroughCluster() {
@@ -467,14 +533,18 @@ public struct MeshCompiler: Sendable {
 
         // MARK: routes
 
-        mutating func httpRoute(_ r: RouteSpec, router: VirtualRouter, port: UInt16, tls: ClientTLS?) -> Envoy_Config_Route_V3_Route {
+        mutating func httpRoute(_ r: RouteSpec, router: VirtualRouter, port: UInt16, tls: ClientTLS?)
+            -> Envoy_Config_Route_V3_Route
+        {
             var route = Envoy_Config_Route_V3_Route()
             route.name = "\(router.awsName)/\(r.name)"
             var match = Envoy_Config_Route_V3_RouteMatch()
             if r.kind == .grpc {
                 if let s = r.grpcService {
                     if let method = r.grpcMethod { match.path = "/\(s)/\(method)" } else { match.prefix = "/\(s)/" }
-                } else { match.prefix = "/" }
+                } else {
+                    match.prefix = "/"
+                }
                 match.grpc = Envoy_Config_Route_V3_RouteMatch.GrpcRouteMatchOptions()
             } else if let p = r.path {
                 switch p {
@@ -503,10 +573,14 @@ public struct MeshCompiler: Sendable {
             var action = Envoy_Config_Route_V3_RouteAction()
             let targets = r.targets.filter { $0.weight > 0 }
             let clusters = targets.map { addTargetCluster($0, port: port, tls: tls) }
-            if clusters.count == 1 { action.cluster = clusters[0] } else {
+            if clusters.count == 1 {
+                action.cluster = clusters[0]
+            } else {
                 action.weightedClusters.clusters = zip(targets, clusters).map { t, c in
                     var w = Envoy_Config_Route_V3_WeightedCluster.ClusterWeight()
-                    w.name = c; w.weight = Google_Protobuf_UInt32Value(UInt32(t.weight)); return w
+                    w.name = c
+                    w.weight = Google_Protobuf_UInt32Value(UInt32(t.weight))
+                    return w
                 }
             }
             if let t = r.perRequestTimeoutMilliseconds { action.timeout = duration(milliseconds: t) }
@@ -528,7 +602,8 @@ public struct MeshCompiler: Sendable {
             case .regex(let v)?: m.stringMatch.safeRegex.regex = v
             case .range(let a, let b)?:
                 var range = Envoy_Type_V3_Int64Range()
-                range.start = Int64(a); range.end = Int64(b)
+                range.start = Int64(a)
+                range.end = Int64(b)
                 m.rangeMatch = range
             }
             return m
@@ -577,8 +652,11 @@ public struct MeshCompiler: Sendable {
             return [log]
         }
 
-        func httpConnectionManager(statPrefix: String, routeConfig: String, idleMilliseconds: Int?, accessLog: Bool = true)
-            -> Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_HttpConnectionManager {
+        func httpConnectionManager(
+            statPrefix: String, routeConfig: String, idleMilliseconds: Int?, accessLog: Bool = true
+        )
+            -> Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_HttpConnectionManager
+        {
             var hcm = Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_HttpConnectionManager()
             hcm.statPrefix = statPrefix
             hcm.codecType = .auto
@@ -621,7 +699,9 @@ public struct MeshCompiler: Sendable {
             return a
         }
 
-        func loadAssignment(_ name: String, _ endpoints: [(String, UInt16)]) -> Envoy_Config_Endpoint_V3_ClusterLoadAssignment {
+        func loadAssignment(_ name: String, _ endpoints: [(String, UInt16)])
+            -> Envoy_Config_Endpoint_V3_ClusterLoadAssignment
+        {
             var cla = Envoy_Config_Endpoint_V3_ClusterLoadAssignment()
             cla.clusterName = name
             if !endpoints.isEmpty {
@@ -669,7 +749,8 @@ public struct MeshCompiler: Sendable {
 /// Whether a DNS service-discovery hostname is an IP address literal.
 enum IPAddressLiteral {
     static func isLiteral(_ s: String) -> Bool {
-        var v4 = in_addr(), v6 = in6_addr()
+        var v4 = in_addr()
+        var v6 = in6_addr()
         return inet_pton(AF_INET, s, &v4) == 1 || inet_pton(AF_INET6, s, &v6) == 1
     }
 }
@@ -685,7 +766,10 @@ public final class CompileMemo: Sendable {
         let cluster: Envoy_Config_Cluster_V3_Cluster
         let endpoints: Envoy_Config_Endpoint_V3_ClusterLoadAssignment?
     }
-    struct Key: Hashable { var name: String; var port: UInt16 }
+    struct Key: Hashable {
+        var name: String
+        var port: UInt16
+    }
     struct State {
         var current: [Key: TargetCluster] = [:]
         var previous: [Key: TargetCluster] = [:]
@@ -695,15 +779,25 @@ public final class CompileMemo: Sendable {
     public init() {}
 
     /// Starts a reload: what the previous one did not use is forgotten.
-    public func beginGeneration() { state.withLock { $0.previous = $0.current; $0.current = [:] } }
+    public func beginGeneration() {
+        state.withLock {
+            $0.previous = $0.current
+            $0.current = [:]
+        }
+    }
 
-    func targetCluster(_ target: VirtualNode, port: UInt16, tls: ClientTLS?, family: Envoy_Config_Cluster_V3_Cluster.DnsLookupFamily,
-                       name: String, build: () -> TargetCluster) -> TargetCluster {
+    func targetCluster(
+        _ target: VirtualNode, port: UInt16, tls: ClientTLS?, family: Envoy_Config_Cluster_V3_Cluster.DnsLookupFamily,
+        name: String, build: () -> TargetCluster
+    ) -> TargetCluster {
         let key = Key(name: name, port: port)
         func same(_ v: TargetCluster) -> Bool { v.target == target && v.tls == tls && v.family == family }
         let known = state.withLock { s -> TargetCluster? in
             if let v = s.current[key], same(v) { return v }
-            if let v = s.previous[key], same(v) { s.current[key] = v; return v }
+            if let v = s.previous[key], same(v) {
+                s.current[key] = v
+                return v
+            }
             return nil
         }
         if let known { return known }

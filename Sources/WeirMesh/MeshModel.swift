@@ -13,7 +13,11 @@ public struct SourceLocation: Sendable, Hashable, CustomStringConvertible {
     public var line: Int
     public var field: String
     public var description: String { "\(file):\(line): \(field)" }
-    public init(file: String, line: Int, field: String) { self.file = file; self.line = line; self.field = field }
+    public init(file: String, line: Int, field: String) {
+        self.file = file
+        self.line = line
+        self.field = field
+    }
 }
 
 public enum PortProtocol: String, Sendable, Hashable, CaseIterable { case http, http2, grpc, tcp }
@@ -57,12 +61,19 @@ public struct NodeListener: Sendable, Hashable {
     /// `tls`: how the listener terminates TLS.
     public var tls: ListenerTLS?
 
-    public init(portMapping: PortMapping, healthCheck: HealthCheck? = nil, perRequestTimeoutMilliseconds: Int? = nil,
-                idleTimeoutMilliseconds: Int? = nil, outlierDetection: OutlierDetection? = nil, connectionPool: ConnectionPool? = nil,
-                tls: ListenerTLS? = nil) {
-        self.portMapping = portMapping; self.healthCheck = healthCheck
-        self.perRequestTimeoutMilliseconds = perRequestTimeoutMilliseconds; self.idleTimeoutMilliseconds = idleTimeoutMilliseconds
-        self.outlierDetection = outlierDetection; self.connectionPool = connectionPool; self.tls = tls
+    public init(
+        portMapping: PortMapping, healthCheck: HealthCheck? = nil, perRequestTimeoutMilliseconds: Int? = nil,
+        idleTimeoutMilliseconds: Int? = nil, outlierDetection: OutlierDetection? = nil,
+        connectionPool: ConnectionPool? = nil,
+        tls: ListenerTLS? = nil
+    ) {
+        self.portMapping = portMapping
+        self.healthCheck = healthCheck
+        self.perRequestTimeoutMilliseconds = perRequestTimeoutMilliseconds
+        self.idleTimeoutMilliseconds = idleTimeoutMilliseconds
+        self.outlierDetection = outlierDetection
+        self.connectionPool = connectionPool
+        self.tls = tls
     }
 }
 
@@ -89,7 +100,11 @@ public struct TLSValidation: Sendable, Hashable {
 
 /// A listener's `tls`.
 public struct ListenerTLS: Sendable, Hashable {
-    public enum Mode: String, Sendable, Hashable { case strict = "STRICT", permissive = "PERMISSIVE", disabled = "DISABLED" }
+    public enum Mode: String, Sendable, Hashable {
+        case strict = "STRICT"
+        case permissive = "PERMISSIVE"
+        case disabled = "DISABLED"
+    }
     public var mode: Mode
     public var certificate: CertificateSource
     /// Given: a client certificate is required and validated (mutual TLS).
@@ -147,7 +162,10 @@ public enum DNSResponseType: String, Sendable, Hashable {
 }
 
 /// `meshServiceDiscovery.ipPreference`.
-public enum IPPreference: String, Sendable, Hashable { case ipv4Only = "IPv4_ONLY", ipv6Only = "IPv6_ONLY" }
+public enum IPPreference: String, Sendable, Hashable {
+    case ipv4Only = "IPv4_ONLY"
+    case ipv6Only = "IPv6_ONLY"
+}
 
 public struct Mesh: Sendable, Hashable {
     public var name: String
@@ -203,7 +221,10 @@ public struct WeightedTarget: Sendable, Hashable {
 
 /// How a header, path or query value is matched.
 public enum StringMatch: Sendable, Hashable {
-    case exact(String), prefix(String), suffix(String), regex(String)
+    case exact(String)
+    case prefix(String)
+    case suffix(String)
+    case regex(String)
     case range(start: Int, end: Int)
 }
 
@@ -272,7 +293,9 @@ extension VirtualRouter {
     /// and of its port when a route names one.
     public func routes(for listener: PortMapping) -> [RouteSpec] {
         routes.enumerated()
-            .filter { $0.element.kind == listener.protocol && ($0.element.port == nil || $0.element.port == listener.port) }
+            .filter {
+                $0.element.kind == listener.protocol && ($0.element.port == nil || $0.element.port == listener.port)
+            }
             .sorted { ($0.element.priority ?? 1001, $0.offset) < ($1.element.priority ?? 1001, $1.offset) }
             .map(\.element)
     }
@@ -301,7 +324,12 @@ public struct VirtualService: Sendable, Hashable {
 
 /// A Kubernetes label selector (`matchLabels` and `matchExpressions`; all of them must hold).
 public struct LabelSelector: Sendable, Hashable {
-    public enum Operator: String, Sendable, Hashable { case `in` = "In", notIn = "NotIn", exists = "Exists", doesNotExist = "DoesNotExist" }
+    public enum Operator: String, Sendable, Hashable {
+        case `in` = "In"
+        case notIn = "NotIn"
+        case exists = "Exists"
+        case doesNotExist = "DoesNotExist"
+    }
     public struct Requirement: Sendable, Hashable {
         public var key: String
         public var op: Operator
@@ -310,7 +338,8 @@ public struct LabelSelector: Sendable, Hashable {
     public var matchLabels: [String: String] = [:]
     public var matchExpressions: [Requirement] = []
     public init(matchLabels: [String: String] = [:], matchExpressions: [Requirement] = []) {
-        self.matchLabels = matchLabels; self.matchExpressions = matchExpressions
+        self.matchLabels = matchLabels
+        self.matchExpressions = matchExpressions
     }
 
     /// An empty selector matches everything.
@@ -429,8 +458,12 @@ public struct MeshManifests: Sendable, Hashable {
     public init() {}
 
     mutating func append(_ other: MeshManifests) {
-        meshes += other.meshes; virtualNodes += other.virtualNodes; virtualRouters += other.virtualRouters
-        virtualServices += other.virtualServices; virtualGateways += other.virtualGateways; gatewayRoutes += other.gatewayRoutes
+        meshes += other.meshes
+        virtualNodes += other.virtualNodes
+        virtualRouters += other.virtualRouters
+        virtualServices += other.virtualServices
+        virtualGateways += other.virtualGateways
+        gatewayRoutes += other.gatewayRoutes
         namespaces.merge(other.namespaces) { a, _ in a }
     }
 
@@ -461,7 +494,10 @@ public struct MeshProblem: Sendable, Hashable, CustomStringConvertible {
     public var location: SourceLocation
     public var message: String
     public var description: String { "\(location): \(message)" }
-    public init(location: SourceLocation, message: String) { self.location = location; self.message = message }
+    public init(location: SourceLocation, message: String) {
+        self.location = location
+        self.message = message
+    }
 }
 
 public struct MeshError: Error, Sendable, CustomStringConvertible {

@@ -14,7 +14,8 @@ public enum NodeIdentity: Sendable, Hashable {
         public var description: String {
             switch self {
             case .malformed(let id):
-                return "node id '\(id)' is not mesh/<mesh>/virtualNode/<name>, mesh/<mesh>/virtualGateway/<name>, an App Mesh ARN, or <namespace>/<name>"
+                return
+                    "node id '\(id)' is not mesh/<mesh>/virtualNode/<name>, mesh/<mesh>/virtualGateway/<name>, an App Mesh ARN, or <namespace>/<name>"
             }
         }
     }
@@ -31,7 +32,8 @@ public enum NodeIdentity: Sendable, Hashable {
         if pieces.count == 4, pieces[0] == "mesh", pieces[2] == "virtualNode", !pieces[1].isEmpty, !pieces[3].isEmpty {
             return .appMesh(mesh: String(pieces[1]), awsName: String(pieces[3]))
         }
-        if pieces.count == 4, pieces[0] == "mesh", pieces[2] == "virtualGateway", !pieces[1].isEmpty, !pieces[3].isEmpty {
+        if pieces.count == 4, pieces[0] == "mesh", pieces[2] == "virtualGateway", !pieces[1].isEmpty, !pieces[3].isEmpty
+        {
             return .appMeshGateway(mesh: String(pieces[1]), awsName: String(pieces[3]))
         }
         if !id.hasPrefix("arn:"), pieces.count == 2, !pieces[0].isEmpty, !pieces[1].isEmpty {
@@ -70,10 +72,14 @@ extension MeshManifests {
     }
 
     /// The mesh a virtual node belongs to.
-    public func meshName(of node: VirtualNode) -> String? { meshName(meshRef: node.meshName, namespace: node.ref.namespace) }
+    public func meshName(of node: VirtualNode) -> String? {
+        meshName(meshRef: node.meshName, namespace: node.ref.namespace)
+    }
 
     /// The mesh a virtual gateway belongs to.
-    public func meshName(of gateway: VirtualGateway) -> String? { meshName(meshRef: gateway.meshName, namespace: gateway.ref.namespace) }
+    public func meshName(of gateway: VirtualGateway) -> String? {
+        meshName(meshRef: gateway.meshName, namespace: gateway.ref.namespace)
+    }
 
     /// The App Mesh name (`spec.awsName`) of a virtual node's mesh, as node ids and ARNs give it.
     public func meshAWSName(of node: VirtualNode) -> String? { meshName(of: node).map(awsName(ofMesh:)) }

@@ -35,26 +35,37 @@ public struct SchemaField: Sendable {
     public var required: Bool
     public var use: FieldUse?
 
-    public static func string(_ name: String, required: Bool = false, oneOf values: [String]? = nil, minLength: Int? = nil,
-                              maxLength: Int? = nil, _ use: FieldUse? = nil) -> SchemaField {
-        SchemaField(name: name, type: .string(enumValues: values, minLength: minLength, maxLength: maxLength), required: required, use: use)
+    public static func string(
+        _ name: String, required: Bool = false, oneOf values: [String]? = nil, minLength: Int? = nil,
+        maxLength: Int? = nil, _ use: FieldUse? = nil
+    ) -> SchemaField {
+        SchemaField(
+            name: name, type: .string(enumValues: values, minLength: minLength, maxLength: maxLength),
+            required: required, use: use)
     }
-    public static func integer(_ name: String, required: Bool = false, minimum: Int64? = nil, maximum: Int64? = nil,
-                               _ use: FieldUse? = nil) -> SchemaField {
+    public static func integer(
+        _ name: String, required: Bool = false, minimum: Int64? = nil, maximum: Int64? = nil,
+        _ use: FieldUse? = nil
+    ) -> SchemaField {
         SchemaField(name: name, type: .integer(minimum: minimum, maximum: maximum), required: required, use: use)
     }
     public static func boolean(_ name: String, required: Bool = false, _ use: FieldUse? = nil) -> SchemaField {
         SchemaField(name: name, type: .boolean, required: required, use: use)
     }
-    public static func object(_ name: String, required: Bool = false, _ use: FieldUse?, _ fields: [SchemaField]) -> SchemaField {
+    public static func object(_ name: String, required: Bool = false, _ use: FieldUse?, _ fields: [SchemaField])
+        -> SchemaField
+    {
         SchemaField(name: name, type: .object(fields), required: required, use: use)
     }
     public static func object(_ name: String, required: Bool = false, _ fields: [SchemaField]) -> SchemaField {
         SchemaField(name: name, type: .object(fields), required: required, use: nil)
     }
-    public static func array(_ name: String, of items: SchemaType, required: Bool = false, minItems: Int? = nil,
-                             maxItems: Int? = nil, _ use: FieldUse? = nil) -> SchemaField {
-        SchemaField(name: name, type: .array(items, minItems: minItems, maxItems: maxItems), required: required, use: use)
+    public static func array(
+        _ name: String, of items: SchemaType, required: Bool = false, minItems: Int? = nil,
+        maxItems: Int? = nil, _ use: FieldUse? = nil
+    ) -> SchemaField {
+        SchemaField(
+            name: name, type: .array(items, minItems: minItems, maxItems: maxItems), required: required, use: use)
     }
     public static func stringMap(_ name: String, _ use: FieldUse? = nil) -> SchemaField {
         SchemaField(name: name, type: .stringMap, required: false, use: use)
@@ -63,9 +74,21 @@ public struct SchemaField: Sendable {
         SchemaField(name: name, type: .any, required: false, use: use)
     }
     /// The same field under another name or with another use.
-    public func renamed(_ name: String) -> SchemaField { var f = self; f.name = name; return f }
-    public func with(_ use: FieldUse) -> SchemaField { var f = self; f.use = use; return f }
-    public func required(_ r: Bool = true) -> SchemaField { var f = self; f.required = r; return f }
+    public func renamed(_ name: String) -> SchemaField {
+        var f = self
+        f.name = name
+        return f
+    }
+    public func with(_ use: FieldUse) -> SchemaField {
+        var f = self
+        f.use = use
+        return f
+    }
+    public func required(_ r: Bool = true) -> SchemaField {
+        var f = self
+        f.required = r
+        return f
+    }
 }
 
 /// A leaf of a schema: its path (`spec.listeners[].tls.mode`), shape and what weir does with it.
@@ -80,7 +103,9 @@ extension SchemaType {
     public func leaves(path: String, use: FieldUse) -> [SchemaLeaf] {
         switch self {
         case .object(let fields):
-            return fields.flatMap { f in f.type.leaves(path: path.isEmpty ? f.name : "\(path).\(f.name)", use: f.use ?? use) }
+            return fields.flatMap { f in
+                f.type.leaves(path: path.isEmpty ? f.name : "\(path).\(f.name)", use: f.use ?? use)
+            }
         case .array(let items, _, _):
             return items.leaves(path: path + "[]", use: use)
         default:
@@ -124,55 +149,110 @@ struct SchemaChecker {
         case .any:
             return
         case .string(let values, let minLength, let maxLength):
-            guard let s = node.scalar else { problem(node.line, path, "must be a string, found \(Self.shape(node))"); return }
-            guard s.resolved == .string else { problem(node.line, path, "must be a string; YAML reads '\(s.text)' as \(Self.shape(node)), so quote it"); return }
+            guard let s = node.scalar else {
+                problem(node.line, path, "must be a string, found \(Self.shape(node))")
+                return
+            }
+            guard s.resolved == .string else {
+                problem(node.line, path, "must be a string; YAML reads '\(s.text)' as \(Self.shape(node)), so quote it")
+                return
+            }
             if let values, !values.contains(s.text) {
-                problem(node.line, path, "must be one of \(values.joined(separator: ", ")); found '\(s.text)'\(Self.suggestion(s.text, values))")
+                problem(
+                    node.line, path,
+                    "must be one of \(values.joined(separator: ", ")); found '\(s.text)'\(Self.suggestion(s.text, values))"
+                )
             }
             let n = s.text.count
-            if let minLength, n < minLength { problem(node.line, path, minLength == 1 ? "must not be empty" : "must be at least \(minLength) characters long") }
-            if let maxLength, n > maxLength { problem(node.line, path, "must be at most \(maxLength) characters long, found \(n)") }
+            if let minLength, n < minLength {
+                problem(
+                    node.line, path,
+                    minLength == 1 ? "must not be empty" : "must be at least \(minLength) characters long")
+            }
+            if let maxLength, n > maxLength {
+                problem(node.line, path, "must be at most \(maxLength) characters long, found \(n)")
+            }
         case .integer(let minimum, let maximum):
             guard case .int(let v)? = node.scalar?.resolved else {
-                problem(node.line, path, "must be a whole number, found \(node.text.map { "'\($0)'" } ?? Self.shape(node))"); return
+                problem(
+                    node.line, path, "must be a whole number, found \(node.text.map { "'\($0)'" } ?? Self.shape(node))")
+                return
             }
             switch (minimum, maximum) {
-            case (let lo?, let hi?) where v < lo || v > hi: problem(node.line, path, "must be from \(lo) to \(hi), found \(v)")
+            case (let lo?, let hi?) where v < lo || v > hi:
+                problem(node.line, path, "must be from \(lo) to \(hi), found \(v)")
             case (let lo?, nil) where v < lo: problem(node.line, path, "must be at least \(lo), found \(v)")
             case (nil, let hi?) where v > hi: problem(node.line, path, "must be at most \(hi), found \(v)")
             default: break
             }
         case .boolean:
-            guard case .bool? = node.scalar?.resolved else { problem(node.line, path, "must be true or false, found \(node.text.map { "'\($0)'" } ?? Self.shape(node))"); return }
+            guard case .bool? = node.scalar?.resolved else {
+                problem(
+                    node.line, path, "must be true or false, found \(node.text.map { "'\($0)'" } ?? Self.shape(node))")
+                return
+            }
         case .stringMap:
-            guard let pairs = node.mapping else { problem(node.line, path, "must be a map of names to strings, found \(Self.shape(node))"); return }
+            guard let pairs = node.mapping else {
+                problem(node.line, path, "must be a map of names to strings, found \(Self.shape(node))")
+                return
+            }
             var seen = Set<String>()
             for p in pairs {
-                guard let key = p.key.string, !key.isEmpty else { problem(p.key.line, path, "a key must be a non-empty string"); continue }
+                guard let key = p.key.string, !key.isEmpty else {
+                    problem(p.key.line, path, "a key must be a non-empty string")
+                    continue
+                }
                 if !seen.insert(key).inserted { problem(p.key.line, "\(path).\(key)", "given twice") }
                 if p.value.isNull { continue }  // Kubernetes reads a null value as ""
-                guard let s = p.value.scalar else { problem(p.value.line, "\(path).\(key)", "must be a string, found \(Self.shape(p.value))"); continue }
+                guard let s = p.value.scalar else {
+                    problem(p.value.line, "\(path).\(key)", "must be a string, found \(Self.shape(p.value))")
+                    continue
+                }
                 if s.resolved != .string {
-                    problem(p.value.line, "\(path).\(key)", "must be a string; YAML reads '\(s.text)' as \(Self.shape(p.value)), so quote it")
+                    problem(
+                        p.value.line, "\(path).\(key)",
+                        "must be a string; YAML reads '\(s.text)' as \(Self.shape(p.value)), so quote it")
                 }
             }
         case .array(let items, let minItems, let maxItems):
-            guard let list = node.sequence else { problem(node.line, path, "must be a list, found \(Self.shape(node))"); return }
-            if let minItems, list.count < minItems { problem(node.line, path, "needs at least \(minItems) item\(minItems == 1 ? "" : "s")") }
-            if let maxItems, list.count > maxItems { problem(node.line, path, "takes at most \(maxItems) item\(maxItems == 1 ? "" : "s"), found \(list.count)") }
+            guard let list = node.sequence else {
+                problem(node.line, path, "must be a list, found \(Self.shape(node))")
+                return
+            }
+            if let minItems, list.count < minItems {
+                problem(node.line, path, "needs at least \(minItems) item\(minItems == 1 ? "" : "s")")
+            }
+            if let maxItems, list.count > maxItems {
+                problem(
+                    node.line, path, "takes at most \(maxItems) item\(maxItems == 1 ? "" : "s"), found \(list.count)")
+            }
             for (i, item) in list.enumerated() {
-                if item.isNull { problem(item.line, "\(path)[\(i)]", "must not be null"); continue }
+                if item.isNull {
+                    problem(item.line, "\(path)[\(i)]", "must not be null")
+                    continue
+                }
                 check(item, items, path: "\(path)[\(i)]", use: use)
             }
         case .object(let fields):
-            guard let pairs = node.mapping else { problem(node.line, path, "must be a mapping, found \(Self.shape(node))"); return }
+            guard let pairs = node.mapping else {
+                problem(node.line, path, "must be a mapping, found \(Self.shape(node))")
+                return
+            }
             var seen = Set<String>()
             for p in pairs {
-                guard let key = p.key.scalar?.text else { problem(p.key.line, path, "a field name must be a string"); continue }
-                guard seen.insert(key).inserted else { problem(p.key.line, path.isEmpty ? key : "\(path).\(key)", "given twice"); continue }
+                guard let key = p.key.scalar?.text else {
+                    problem(p.key.line, path, "a field name must be a string")
+                    continue
+                }
+                guard seen.insert(key).inserted else {
+                    problem(p.key.line, path.isEmpty ? key : "\(path).\(key)", "given twice")
+                    continue
+                }
                 guard let f = fields.first(where: { $0.name == key }) else {
                     let names = fields.map(\.name)
-                    problem(p.key.line, path.isEmpty ? key : "\(path).\(key)", "unknown field '\(key)'\(Self.suggestion(key, names, always: true))")
+                    problem(
+                        p.key.line, path.isEmpty ? key : "\(path).\(key)",
+                        "unknown field '\(key)'\(Self.suggestion(key, names, always: true))")
                     continue
                 }
                 if p.value.isNull { continue }
@@ -206,7 +286,8 @@ struct SchemaChecker {
     }
 
     static func editDistance(_ a: String, _ b: String) -> Int {
-        let a = Array(a.unicodeScalars), b = Array(b.unicodeScalars)
+        let a = Array(a.unicodeScalars)
+        let b = Array(b.unicodeScalars)
         if a.isEmpty || b.isEmpty { return max(a.count, b.count) }
         var row = Array(0...b.count)
         for i in 1...a.count {

@@ -29,7 +29,11 @@ public struct YAMLNode: Sendable {
     }
     /// What a scalar is, as Kubernetes' YAML reader (go-yaml v2, YAML 1.1) resolves it.
     public enum Resolved: Sendable, Hashable {
-        case null, bool(Bool), int(Int64), float(Double), string
+        case null
+        case bool(Bool)
+        case int(Int64)
+        case float(Double)
+        case string
     }
     public struct Scalar: Sendable {
         public var text: String
@@ -72,7 +76,9 @@ extension YAMLNode {
     public static func documents(_ text: String, limits: YAMLLimits = .default) throws(YAMLFailure) -> [YAMLNode] {
         var bytes = Array(text.utf8)
         if bytes.count > limits.maxBytes {
-            throw YAMLFailure(line: 1, message: "the file is \(bytes.count) bytes; weir reads files of at most \(limits.maxBytes) bytes")
+            throw YAMLFailure(
+                line: 1,
+                message: "the file is \(bytes.count) bytes; weir reads files of at most \(limits.maxBytes) bytes")
         }
         let result = bytes.withUnsafeMutableBufferPointer { buffer -> Result<[YAMLNode], YAMLFailure> in
             var composer = Composer(limits: limits)
@@ -87,7 +93,8 @@ extension YAMLNode {
     public func json(omitting: Set<String> = []) throws(YAMLFailure) -> String {
         var out = ""
         if !omitting.isEmpty, let pairs = mapping {
-            try YAMLNode(value: .mapping(pairs.filter { !omitting.contains($0.key.text ?? "") }), line: line).writeJSON(into: &out)
+            try YAMLNode(value: .mapping(pairs.filter { !omitting.contains($0.key.text ?? "") }), line: line).writeJSON(
+                into: &out)
         } else {
             try writeJSON(into: &out)
         }
@@ -116,8 +123,12 @@ extension YAMLNode {
             out += "{"
             var seen = Set<String>()
             for (i, p) in pairs.enumerated() {
-                guard let key = p.key.scalar?.text else { throw YAMLFailure(line: p.key.line, message: "a mapping key must be a scalar") }
-                guard seen.insert(key).inserted else { throw YAMLFailure(line: p.key.line, message: "key '\(key)' is given twice") }
+                guard let key = p.key.scalar?.text else {
+                    throw YAMLFailure(line: p.key.line, message: "a mapping key must be a scalar")
+                }
+                guard seen.insert(key).inserted else {
+                    throw YAMLFailure(line: p.key.line, message: "key '\(key)' is given twice")
+                }
                 if i > 0 { out += "," }
                 Self.quote(key, into: &out)
                 out += ":"
@@ -169,7 +180,9 @@ private struct Composer {
 
     mutating func run(_ buffer: UnsafeMutableBufferPointer<UInt8>) -> Result<[YAMLNode], YAMLFailure> {
         var parser = yaml_parser_t()
-        guard yaml_parser_initialize(&parser) == 1 else { return .failure(YAMLFailure(line: 1, message: "out of memory")) }
+        guard yaml_parser_initialize(&parser) == 1 else {
+            return .failure(YAMLFailure(line: 1, message: "out of memory"))
+        }
         defer { yaml_parser_delete(&parser) }
         yaml_parser_set_input_string(&parser, buffer.baseAddress, buffer.count)
         yaml_parser_set_encoding(&parser, YAML_UTF8_ENCODING)
@@ -185,7 +198,9 @@ private struct Composer {
                 case YAML_DOCUMENT_START_EVENT:
                     documentCount += 1
                     if documentCount > limits.maxDocuments {
-                        throw YAMLFailure(line: line, message: "more than \(limits.maxDocuments) documents in one file (weir's limit)")
+                        throw YAMLFailure(
+                            line: line, message: "more than \(limits.maxDocuments) documents in one file (weir's limit)"
+                        )
                     }
                     anchors = [:]
                 case YAML_SCALAR_EVENT:
@@ -199,19 +214,24 @@ private struct Composer {
                     try add(node, size: 1)
                 case YAML_ALIAS_EVENT:
                     let name = String(cString: event.data.alias.anchor)
-                    guard let (node, size) = anchors[name] else { throw YAMLFailure(line: line, message: "alias *\(name) names no anchor") }
+                    guard let (node, size) = anchors[name] else {
+                        throw YAMLFailure(line: line, message: "alias *\(name) names no anchor")
+                    }
                     try count(size, line)
                     try add(node, size: size)
                 case YAML_SEQUENCE_START_EVENT, YAML_MAPPING_START_EVENT:
                     let isMapping = event.type == YAML_MAPPING_START_EVENT
                     if stack.count >= limits.maxDepth {
-                        throw YAMLFailure(line: line, message: "nested more than \(limits.maxDepth) levels deep (weir's limit)")
+                        throw YAMLFailure(
+                            line: line, message: "nested more than \(limits.maxDepth) levels deep (weir's limit)")
                     }
                     try count(1, line)
                     let anchor = isMapping ? event.data.mapping_start.anchor : event.data.sequence_start.anchor
                     let tag = isMapping ? event.data.mapping_start.tag : event.data.sequence_start.tag
-                    stack.append(Frame(isMapping: isMapping, line: line, anchor: anchor.map { String(cString: $0) },
-                                       tag: tag.map { String(cString: $0) }))
+                    stack.append(
+                        Frame(
+                            isMapping: isMapping, line: line, anchor: anchor.map { String(cString: $0) },
+                            tag: tag.map { String(cString: $0) }))
                 case YAML_SEQUENCE_END_EVENT, YAML_MAPPING_END_EVENT:
                     let f = stack.removeLast()
                     let node: YAMLNode
@@ -241,7 +261,8 @@ private struct Composer {
     mutating func count(_ n: Int, _ line: Int) throws(YAMLFailure) {
         nodes += n
         if nodes > limits.maxNodes {
-            throw YAMLFailure(line: line, message: "more than \(limits.maxNodes) nodes in one file, aliases expanded (weir's limit)")
+            throw YAMLFailure(
+                line: line, message: "more than \(limits.maxNodes) nodes in one file, aliases expanded (weir's limit)")
         }
     }
 
@@ -269,8 +290,10 @@ private struct Composer {
             switch tag {
             case core + "str", core + "binary", core + "timestamp": return .string
             case core + "null": return .null
-            case core + "bool": return resolvePlain(text).flatMap { if case .bool = $0 { return $0 } else { return nil } } ?? .string
-            case core + "int": return resolvePlain(text).flatMap { if case .int = $0 { return $0 } else { return nil } } ?? .string
+            case core + "bool":
+                return resolvePlain(text).flatMap { if case .bool = $0 { return $0 } else { return nil } } ?? .string
+            case core + "int":
+                return resolvePlain(text).flatMap { if case .int = $0 { return $0 } else { return nil } } ?? .string
             case core + "float":
                 switch resolvePlain(text) {
                 case .int(let v)?: return .float(Double(v))
@@ -292,8 +315,10 @@ private struct Composer {
         if nulls.contains(text) { return .null }
         if trues.contains(text) { return .bool(true) }
         if falses.contains(text) { return .bool(false) }
-        guard let first = text.utf8.first, first == UInt8(ascii: "-") || first == UInt8(ascii: "+")
-            || first == UInt8(ascii: ".") || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(first) else { return nil }
+        guard let first = text.utf8.first,
+            first == UInt8(ascii: "-") || first == UInt8(ascii: "+")
+                || first == UInt8(ascii: ".") || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(first)
+        else { return nil }
         if let v = integer(text) { return .int(v) }
         switch text {
         case ".inf", ".Inf", ".INF", "+.inf", "+.Inf", "+.INF": return .float(.infinity)
@@ -302,7 +327,9 @@ private struct Composer {
         default: break
         }
         let digits = text.replacingUnderscores()
-        if digits.contains(where: { $0.isNumber }), digits.allSatisfy({ "0123456789.eE+-".contains($0) }), let d = Double(digits) {
+        if digits.contains(where: { $0.isNumber }), digits.allSatisfy({ "0123456789.eE+-".contains($0) }),
+            let d = Double(digits)
+        {
             return .float(d)
         }
         return nil
@@ -312,13 +339,25 @@ private struct Composer {
     static func integer(_ text: String) -> Int64? {
         var s = Substring(text.replacingUnderscores())
         var negative = false
-        if s.first == "-" || s.first == "+" { negative = s.first == "-"; s = s.dropFirst() }
+        if s.first == "-" || s.first == "+" {
+            negative = s.first == "-"
+            s = s.dropFirst()
+        }
         guard !s.isEmpty else { return nil }
         var radix = 10
-        if s.hasPrefix("0x") { radix = 16; s = s.dropFirst(2) }
-        else if s.hasPrefix("0b") { radix = 2; s = s.dropFirst(2) }
-        else if s.hasPrefix("0o") { radix = 8; s = s.dropFirst(2) }
-        else if s.count > 1 && s.hasPrefix("0") { radix = 8; s = s.dropFirst() }
+        if s.hasPrefix("0x") {
+            radix = 16
+            s = s.dropFirst(2)
+        } else if s.hasPrefix("0b") {
+            radix = 2
+            s = s.dropFirst(2)
+        } else if s.hasPrefix("0o") {
+            radix = 8
+            s = s.dropFirst(2)
+        } else if s.count > 1 && s.hasPrefix("0") {
+            radix = 8
+            s = s.dropFirst()
+        }
         guard !s.isEmpty, let magnitude = UInt64(s, radix: radix) else { return nil }
         if negative { return magnitude <= UInt64(Int64.max) + 1 ? Int64(truncatingIfNeeded: 0 &- magnitude) : nil }
         return magnitude <= UInt64(Int64.max) ? Int64(magnitude) : nil

@@ -20,20 +20,26 @@ extension RulesetCheck {
         let family = NetfilterFamily(plan: plan)
         let table = LiveTable(family: family, name: RedirectPlan.tableName, comment: RedirectPlan.tableComment)
         let chains = plan.chains.map { c in
-            LiveChain(family: family, table: table.name, name: c.name,
-                      base: c.base.map { .init(hook: ChainHook($0.hook), priority: $0.priority, type: $0.type.rawValue, policy: .accept) })
+            LiveChain(
+                family: family, table: table.name, name: c.name,
+                base: c.base.map {
+                    .init(hook: ChainHook($0.hook), priority: $0.priority, type: $0.type.rawValue, policy: .accept)
+                })
         }
         let expected = expectedRules(plan)
         var handle: UInt64 = 0
         let rules = plan.chains.flatMap { c in
             (expected[c.name] ?? []).map { r -> LiveRule in
                 handle += 1
-                return LiveRule(family: family, table: table.name, chain: c.name, handle: handle, comment: r.comment, expressions: r.expressions)
+                return LiveRule(
+                    family: family, table: table.name, chain: c.name, handle: handle, comment: r.comment,
+                    expressions: r.expressions)
             }
         }
         let sets = plan.sets.map { s in
-            LiveSet(family: family, table: table.name, name: s.name, keyLength: s.keyType.length, isInterval: s.isInterval,
-                    intervals: s.intervals)
+            LiveSet(
+                family: family, table: table.name, name: s.name, keyLength: s.keyType.length, isInterval: s.isInterval,
+                intervals: s.intervals)
         }
         return LiveRuleset(tables: [table], chains: chains, rules: rules, sets: sets)
     }

@@ -7,12 +7,15 @@ import WeirSystem
 
 /// Which programming interface installs the rules.
 public enum BackendChoice: Sendable, Equatable {
+    /// nftables over netlink: one atomic batch, with sets for long lists.
     case nftables
+    /// iptables-restore of the given variant into WEIR_ chains: one restore per family, a rule per list element.
     case iptables(IptablesBackend.Mode)
 }
 
 /// The process lacks CAP_NET_ADMIN: nothing can be changed.
 public struct PrivilegeError: Error, CustomStringConvertible {
+    /// Says CAP_NET_ADMIN is needed, how to get it, and that nothing was changed.
     public var description: String {
         "weir needs CAP_NET_ADMIN to change netfilter rules (run as root, or give the init container NET_ADMIN); nothing was changed"
     }
@@ -20,18 +23,24 @@ public struct PrivilegeError: Error, CustomStringConvertible {
 
 /// The namespace is not fit for the spec; nothing was changed.
 public struct PreconditionError: Error, CustomStringConvertible {
+    /// What the namespace lacks and how to fix it (the loopback interface up, for TPROXY).
     public let message: String
+    /// `message`, unchanged, for the user.
     public var description: String { message }
 }
 
 /// Installs, removes and checks weir's capture in one network namespace.
 public struct CaptureInstaller: Sendable {
+    /// The network namespace whose rules this installer changes and reads.
     public let namespace: NetworkNamespace
+    /// The backend `install` writes with; `clean` removes weir's objects from every backend, whichever this is.
     public let backend: BackendChoice
     let logger = Logger(label: "weir.capture")
 
+    /// An installer for `namespace` using `backend`; nothing is read or changed until a call.
     public init(namespace: NetworkNamespace, backend: BackendChoice) {
-        self.namespace = namespace; self.backend = backend
+        self.namespace = namespace
+        self.backend = backend
     }
 
     /// Installs the plan atomically (nftables: one batch) and then TPROXY's policy routes.
@@ -43,14 +52,19 @@ public struct CaptureInstaller: Sendable {
         try namespace.run {
             // Everything that could refuse the policy routes is checked before the first rule changes.
             if plan.policyRoute != nil && !((try? NetworkInterface.isUp("lo")) ?? false) {
-                throw PreconditionError(message: "TPROXY mode needs the loopback interface up in \(namespace) (its local route table points at lo); bring it up with 'ip link set lo up' — nothing was changed")
+                throw PreconditionError(
+                    message:
+                        "TPROXY mode needs the loopback interface up in \(namespace) (its local route table points at lo); bring it up with 'ip link set lo up' — nothing was changed"
+                )
             }
             switch backend {
             case .nftables: try NftablesBackend().apply(plan)
             case .iptables(let mode): try IptablesBackend(mode: mode).apply(plan)
             }
             try PolicyRouting().apply(plan.policyRoute)
-            logger.info("installed capture", metadata: ["chains": "\(plan.chains.count)", "rules": "\(plan.chains.map(\.rules.count).reduce(0, +))"])
+            logger.info(
+                "installed capture",
+                metadata: ["chains": "\(plan.chains.count)", "rules": "\(plan.chains.map(\.rules.count).reduce(0, +))"])
         }
     }
 
@@ -80,7 +94,9 @@ public struct CaptureInstaller: Sendable {
         guard let caps = cap_get_proc() else { throw PrivilegeError() }
         defer { cap_free(UnsafeMutableRawPointer(caps)) }
         var value = CAP_CLEAR
-        guard cap_get_flag(caps, CAP_NET_ADMIN, CAP_EFFECTIVE, &value) == 0, value == CAP_SET else { throw PrivilegeError() }
+        guard cap_get_flag(caps, CAP_NET_ADMIN, CAP_EFFECTIVE, &value) == 0, value == CAP_SET else {
+            throw PrivilegeError()
+        }
     }
 }
 
@@ -95,6 +111,8 @@ extension IptablesBackend {
     /// iptables-nft keeps its rules in nftables tables named after iptables' tables (ip/ip6 nat, mangle, filter).
     static func nftVariantHasTables() -> Bool {
         guard let tables = try? NftablesBackend().readTables() else { return false }
-        return tables.contains { t in (t.family == .ip || t.family == .ip6) && ["nat", "mangle", "filter", "raw"].contains(t.name) }
+        return tables.contains { t in
+            (t.family == .ip || t.family == .ip6) && ["nat", "mangle", "filter", "raw"].contains(t.name)
+        }
     }
 }

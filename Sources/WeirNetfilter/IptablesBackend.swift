@@ -5,17 +5,27 @@ import WeirSystem
 /// The fallback: iptables-restore / ip6tables-restore with `--noflush`, into weir's own chains.
 /// Each family's input is one restore (one transaction per family); both are dry-run with `--test` first.
 public struct IptablesBackend: Sendable {
+    /// Which iptables: `nft` (iptables-nft), `legacy` (x_tables), or `auto`, whichever holds more rules (nft on a tie).
     public enum Mode: String, Sendable, CaseIterable { case auto, nft, legacy }
 
+    /// No iptables-restore is installed for the variant asked for (or, under `auto`, for either).
     public struct ModeError: Error, CustomStringConvertible {
+        /// Which program is missing, and to install the iptables package.
         public let message: String
+        /// `message`, unchanged, for the user.
         public var description: String { message }
     }
 
+    /// An iptables or ip6tables `-save` or `-restore` run exited with a failure status.
     public struct RestoreError: Error, CustomStringConvertible {
+        /// The program that failed, such as `ip6tables-nft-restore`.
         public let program: String
+        /// What it printed: its standard error (a restore's standard output after it).
         public let output: String
-        public var description: String { "\(program) refused weir's rules, so nothing was changed: \(output.trimmingCharacters(in: .whitespacesAndNewlines))" }
+        /// Says the program refused weir's rules and nothing was changed, with its trimmed output.
+        public var description: String {
+            "\(program) refused weir's rules, so nothing was changed: \(output.trimmingCharacters(in: .whitespacesAndNewlines))"
+        }
     }
 
     /// iptables has no sets: each element of a long list is a rule of its own, and the outbound include lists
@@ -25,8 +35,11 @@ public struct IptablesBackend: Sendable {
 
     /// The plan needs more rules than the iptables backend takes.
     public struct TooManyRules: Error, CustomStringConvertible {
+        /// The IP family whose rules go over the limit.
         public let family: IPFamily
+        /// How many rules the plan would need in that family.
         public let rules: Int
+        /// Explains the limit and why lists multiply, and points to `--backend nftables`.
         public var description: String {
             "the iptables backend would need \(rules) \(family.rawValue) rules for this spec (at most \(IptablesBackend.maxRules)): "
                 + "iptables has no sets, so every listed network, port and id is a rule, and --outbound-include-cidr "
@@ -35,7 +48,9 @@ public struct IptablesBackend: Sendable {
         }
     }
 
+    /// The iptables variant asked for; `auto` is resolved anew by each call.
     public let mode: Mode
+    /// A backend that drives `mode`'s iptables-restore and iptables-save (ip6tables- for IPv6).
     public init(mode: Mode) { self.mode = mode }
 
     /// Refuses a plan with more rules than `maxRules` in a family.
@@ -52,18 +67,25 @@ public struct IptablesBackend: Sendable {
         switch mode {
         case .nft, .legacy:
             guard Subprocess.locate("iptables-\(mode.rawValue)-restore") != nil else {
-                throw ModeError(message: "--iptables-mode \(mode.rawValue): iptables-\(mode.rawValue)-restore is not installed. Install the iptables package.")
+                throw ModeError(
+                    message:
+                        "--iptables-mode \(mode.rawValue): iptables-\(mode.rawValue)-restore is not installed. Install the iptables package."
+                )
             }
             return mode
         case .auto:
             let hasNft = Subprocess.locate("iptables-nft-restore") != nil
             let hasLegacy = Subprocess.locate("iptables-legacy-restore") != nil
-            guard hasNft || hasLegacy else { throw ModeError(message: "--backend iptables: no iptables-restore is installed. Install the iptables package.") }
+            guard hasNft || hasLegacy else {
+                throw ModeError(
+                    message: "--backend iptables: no iptables-restore is installed. Install the iptables package.")
+            }
             if !hasLegacy { return .nft }
             if !hasNft { return .legacy }
             // Reading legacy tables that do not exist would load x_tables modules; /proc tells without loading them.
             guard Self.legacyHasTables() else { return .nft }
-            let nftRules = Self.nftVariantHasTables() ? ruleCount(try save(.nft, .ipv4)) + ruleCount(try save(.nft, .ipv6)) : 0
+            let nftRules =
+                Self.nftVariantHasTables() ? ruleCount(try save(.nft, .ipv4)) + ruleCount(try save(.nft, .ipv6)) : 0
             let legacyRules = ruleCount(try save(.legacy, .ipv4)) + ruleCount(try save(.legacy, .ipv6))
             return legacyRules > nftRules ? .legacy : .nft
         }
@@ -92,7 +114,8 @@ public struct IptablesBackend: Sendable {
             let saved = try save(variant, family)
             var jumps = Set<String>()
             for c in plan.chains {
-                if let line = IptablesRendering.jumpLine(c), !Self.section(saved, table: c.iptablesTable).contains(line) {
+                if let line = IptablesRendering.jumpLine(c), !Self.section(saved, table: c.iptablesTable).contains(line)
+                {
                     jumps.insert(IptablesRendering.jumpKey(table: c.iptablesTable, chain: c))
                 }
             }
@@ -117,7 +140,10 @@ public struct IptablesBackend: Sendable {
         var removed = false
         for family in IPFamily.allCases {
             let text = Self.cleanInput(saved: try save(variant, family))
-            if !text.isEmpty { try restore(variant, family, text, test: false); removed = true }
+            if !text.isEmpty {
+                try restore(variant, family, text, test: false)
+                removed = true
+            }
         }
         return removed
     }
@@ -133,20 +159,23 @@ public struct IptablesBackend: Sendable {
         Self.weirChains(try save(try resolvedVariant(), family))
     }
 
-    public func savedOutput(family: IPFamily) throws -> String { try save(try resolvedVariant(), family) }
-
     static func weirChains(_ saved: String) -> [String: [String: [String]]] {
         var out: [String: [String: [String]]] = [:]
         var table = ""
         for line in saved.split(separator: "\n").map(String.init) {
-            if line.hasPrefix("*") { table = String(line.dropFirst()); continue }
+            if line.hasPrefix("*") {
+                table = String(line.dropFirst())
+                continue
+            }
             if line.hasPrefix(":WEIR_") {
                 let name = String(line.dropFirst().split(separator: " ")[0])
                 out[table, default: [:]][name, default: []] = []
             } else if line.hasPrefix("-A WEIR_") {
                 let name = String(line.split(separator: " ")[1])
                 out[table, default: [:]][name, default: []].append(line)
-            } else if line.hasPrefix("-A ") && line.contains(IptablesRendering.saveString(IptablesRendering.jumpComment)) {
+            } else if line.hasPrefix("-A ")
+                && line.contains(IptablesRendering.saveString(IptablesRendering.jumpComment))
+            {
                 let name = String(line.split(separator: " ")[1])
                 out[table, default: [:]]["jump:" + name, default: []].append(line)
             }
@@ -158,7 +187,10 @@ public struct IptablesBackend: Sendable {
         var inTable = false
         var lines: [String] = []
         for line in saved.split(separator: "\n").map(String.init) {
-            if line.hasPrefix("*") { inTable = line == "*" + table; continue }
+            if line.hasPrefix("*") {
+                inTable = line == "*" + table
+                continue
+            }
             if inTable { lines.append(line) }
         }
         return lines
@@ -189,7 +221,9 @@ public struct IptablesBackend: Sendable {
             for (name, lines) in chains.sorted(by: { $0.key < $1.key }) where name.hasPrefix("jump:") {
                 for l in lines {
                     let target = String(l.split(separator: " ").last ?? "")
-                    if !wanted.contains("\(table)/\(target)") { extra[table, default: ""] += "-D" + l.dropFirst(2) + "\n" }
+                    if !wanted.contains("\(table)/\(target)") {
+                        extra[table, default: ""] += "-D" + l.dropFirst(2) + "\n"
+                    }
                 }
             }
             for name in chains.keys.sorted() where !name.hasPrefix("jump:") && !wanted.contains("\(table)/\(name)") {
@@ -202,7 +236,8 @@ public struct IptablesBackend: Sendable {
             if out.contains("*\(table)\n") {
                 // Deletes go after the table's own lines, before its COMMIT, so jumps go before chains are removed.
                 var lines = out.components(separatedBy: "\n")
-                if let start = lines.firstIndex(of: "*\(table)"), let commit = lines[start...].firstIndex(of: "COMMIT") {
+                if let start = lines.firstIndex(of: "*\(table)"), let commit = lines[start...].firstIndex(of: "COMMIT")
+                {
                     lines.insert(contentsOf: body.split(separator: "\n").map(String.init), at: commit)
                 }
                 out = lines.joined(separator: "\n")

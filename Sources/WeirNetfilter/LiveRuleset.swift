@@ -3,6 +3,7 @@ import WeirCapture
 
 /// A netfilter family as nf_tables numbers it.
 public enum NetfilterFamily: Sendable, Hashable, CustomStringConvertible {
+    /// The named families: inet (IPv4 and IPv6), ip (IPv4), ip6 (IPv6), arp, bridge, netdev (per device).
     case inet, ip, ip6, arp, bridge, netdev
     /// A number weir has no name for.
     case other(UInt32)
@@ -42,6 +43,7 @@ public enum NetfilterFamily: Sendable, Hashable, CustomStringConvertible {
     /// The family of a plan's table.
     public init(plan: RedirectPlan) { self = plan.tableFamily == nil ? .inet : .ip }
 
+    /// nft's name of the family (`inet`, `ip6`), or `familyN` for a number weir has no name for.
     public var description: String {
         switch self {
         case .inet: return "inet"
@@ -57,6 +59,7 @@ public enum NetfilterFamily: Sendable, Hashable, CustomStringConvertible {
 
 /// The netfilter hook of a base chain.
 public enum ChainHook: Sendable, Hashable, CustomStringConvertible {
+    /// The IP hooks: before routing, local delivery, forwarding, locally generated packets, after routing.
     case prerouting, input, forward, output, postrouting
     /// A hook number of another family (ingress, egress).
     case other(UInt32)
@@ -93,6 +96,7 @@ public enum ChainHook: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// nft's name of the hook (`prerouting`, `output`), or `hookN` for another number.
     public var description: String {
         switch self {
         case .prerouting: return "prerouting"
@@ -107,7 +111,9 @@ public enum ChainHook: Sendable, Hashable, CustomStringConvertible {
 
 /// A base chain's default verdict.
 public enum ChainPolicy: Sendable, Hashable, CustomStringConvertible {
+    /// Packets that leave the chain without a verdict are accepted, or dropped.
     case accept, drop
+    /// A verdict number weir has no name for.
     case other(UInt32)
 
     /// The policy of a kernel verdict number.
@@ -119,6 +125,7 @@ public enum ChainPolicy: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// nft's name of the policy (`accept`, `drop`), or `verdictN` for another number.
     public var description: String {
         switch self {
         case .accept: return "accept"
@@ -130,11 +137,14 @@ public enum ChainPolicy: Sendable, Hashable, CustomStringConvertible {
 
 /// A table, as read over netlink.
 public struct LiveTable: Sendable, Hashable {
+    /// The netfilter family the table belongs to.
     public let family: NetfilterFamily
+    /// The table's name, unique within its family (weir's is `RedirectPlan.tableName`).
     public let name: String
     /// The comment in its userdata (nft's `comment`).
     public let comment: String?
 
+    /// A table of `family` named `name`, with the comment of its userdata if it has one.
     public init(family: NetfilterFamily, name: String, comment: String? = nil) {
         self.family = family
         self.name = name
@@ -149,12 +159,16 @@ public struct LiveTable: Sendable, Hashable {
 public struct LiveChain: Sendable, Hashable {
     /// Where a base chain hangs.
     public struct Base: Sendable, Hashable {
+        /// The netfilter hook the base chain is attached to.
         public let hook: ChainHook
+        /// The chain's priority at its hook: a lower one runs first.
         public let priority: Int32
         /// `nat`, `filter` or `route`.
         public let type: String
+        /// The verdict for packets that leave the chain without one.
         public let policy: ChainPolicy
 
+        /// A base chain's hook, priority, type and policy.
         public init(hook: ChainHook, priority: Int32, type: String, policy: ChainPolicy) {
             self.hook = hook
             self.priority = priority
@@ -163,12 +177,16 @@ public struct LiveChain: Sendable, Hashable {
         }
     }
 
+    /// The family of the chain's table.
     public let family: NetfilterFamily
+    /// The name of the table that holds the chain.
     public let table: String
+    /// The chain's name, unique within its table.
     public let name: String
     /// nil for a regular chain.
     public let base: Base?
 
+    /// A chain of `table`, with `base` for a base chain or nil for a regular one.
     public init(family: NetfilterFamily, table: String, name: String, base: Base?) {
         self.family = family
         self.table = table
@@ -179,9 +197,12 @@ public struct LiveChain: Sendable, Hashable {
 
 /// One expression of a rule: its kind (`payload`, `cmp`, `lookup`) and libnftnl's one-line text of it.
 public struct RuleExpression: Sendable, Hashable, CustomStringConvertible {
+    /// The expression's kind as libnftnl names it (`payload`, `cmp`, `immediate`, `lookup`, `redir`).
     public let name: String
+    /// libnftnl's text of the expression's arguments, without the kind (`eq reg 1 0x00000006`).
     public let text: String
 
+    /// An expression of kind `name` with libnftnl's text of its arguments.
     public init(name: String, text: String) {
         self.name = name
         self.text = text
@@ -200,15 +221,24 @@ public struct RuleExpression: Sendable, Hashable, CustomStringConvertible {
 
 /// A rule, with its comment and expressions.
 public struct LiveRule: Sendable, Hashable {
+    /// The family of the rule's table.
     public let family: NetfilterFamily
+    /// The name of the table that holds the rule.
     public let table: String
+    /// The name of the chain that holds the rule.
     public let chain: String
+    /// The kernel's handle for the rule, unique within its table (what `nft -a` shows).
     public let handle: UInt64
+    /// The comment in the rule's userdata (weir matches its own rules by it); nil when there is none.
     public let comment: String?
+    /// The rule's expressions, in the order the kernel evaluates them.
     public let expressions: [RuleExpression]
 
-    public init(family: NetfilterFamily, table: String, chain: String, handle: UInt64, comment: String?,
-                expressions: [RuleExpression]) {
+    /// A rule at `handle` in `table` and `chain`, with its comment and expressions.
+    public init(
+        family: NetfilterFamily, table: String, chain: String, handle: UInt64, comment: String?,
+        expressions: [RuleExpression]
+    ) {
         self.family = family
         self.table = table
         self.chain = chain
@@ -220,8 +250,11 @@ public struct LiveRule: Sendable, Hashable {
 
 /// A named set and its elements.
 public struct LiveSet: Sendable, Hashable {
+    /// The family of the set's table.
     public let family: NetfilterFamily
+    /// The name of the table that holds the set.
     public let table: String
+    /// The set's name in its table, by which rules look it up.
     public let name: String
     /// The key length in bytes.
     public let keyLength: Int
@@ -231,8 +264,11 @@ public struct LiveSet: Sendable, Hashable {
     /// element as an interval of one).
     public let intervals: [KeyInterval]
 
-    public init(family: NetfilterFamily, table: String, name: String, keyLength: Int, isInterval: Bool,
-                intervals: [KeyInterval]) {
+    /// A set with its key length, interval flag, and elements as big-endian intervals.
+    public init(
+        family: NetfilterFamily, table: String, name: String, keyLength: Int, isInterval: Bool,
+        intervals: [KeyInterval]
+    ) {
         self.family = family
         self.table = table
         self.name = name
@@ -244,11 +280,16 @@ public struct LiveSet: Sendable, Hashable {
 
 /// What the kernel holds, as read over netlink: a value `check` decides on without privileges.
 public struct LiveRuleset: Sendable, Hashable {
+    /// Every table in the namespace, of every family.
     public var tables: [LiveTable]
+    /// The chains of those tables, base and regular.
     public var chains: [LiveChain]
+    /// The rules of those chains, each chain's in order.
     public var rules: [LiveRule]
+    /// The named sets of weir's table, with their elements (the reader reads no other table's sets).
     public var sets: [LiveSet]
 
+    /// A ruleset of these parts (empty by default), as the netlink reader or a test builds it.
     public init(tables: [LiveTable] = [], chains: [LiveChain] = [], rules: [LiveRule] = [], sets: [LiveSet] = []) {
         self.tables = tables
         self.chains = chains

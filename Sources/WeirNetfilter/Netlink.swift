@@ -2,7 +2,7 @@ import CNetfilter
 import WeirSystem
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// An error the kernel returned in a netlink ack, with what the message was doing.
@@ -12,11 +12,13 @@ public struct NetlinkError: Error, Sendable, Hashable, CustomStringConvertible {
     /// What the refused message did.
     public let what: String
 
+    /// The kernel's refusal, with `errno`, of the message that did `what`.
     public init(errno: Int32, what: String) {
         self.errno = errno
         self.what = what
     }
 
+    /// `kernel refused WHAT: REASON (errno N)`, for the user.
     public var description: String { "kernel refused \(what): \(Posix.describe(errno)) (errno \(errno))" }
 }
 
@@ -37,8 +39,10 @@ enum Netlink {
     }
 
     /// Reads datagrams and hands each message to `handle` until it returns false.
-    static func receive(_ socket: borrowing NetlinkSocket, context: String,
-                        _ handle: (UnsafePointer<nlmsghdr>) -> Bool) throws {
+    static func receive(
+        _ socket: borrowing NetlinkSocket, context: String,
+        _ handle: (UnsafePointer<nlmsghdr>) -> Bool
+    ) throws {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: receiveBufferSize, alignment: 8)
         defer { buffer.deallocate() }
         for _ in 0..<maxDatagrams {
@@ -59,8 +63,10 @@ enum Netlink {
 
     /// Sends the message `build` writes into a zeroed buffer (returning its header) and collects every reply of
     /// the dump (NLM_F_DUMP) until DONE.
-    static func dump(_ bus: Int32, what: String, build: (UnsafeMutableRawPointer) -> UnsafeMutablePointer<nlmsghdr>,
-                     _ each: (UnsafePointer<nlmsghdr>) -> Void) throws {
+    static func dump(
+        _ bus: Int32, what: String, build: (UnsafeMutableRawPointer) -> UnsafeMutablePointer<nlmsghdr>,
+        _ each: (UnsafePointer<nlmsghdr>) -> Void
+    ) throws {
         let socket = try open(bus)
         let message = UnsafeMutableRawBufferPointer.allocate(byteCount: mnlBufferSize, alignment: 8)
         defer { message.deallocate() }
@@ -83,8 +89,10 @@ enum Netlink {
     }
 
     /// One request with an ack; errors in `tolerate` count as success.
-    static func request(_ bus: Int32, type: UInt16, flags: Int32, what: String, tolerate: Set<Int32> = [],
-                        build: (UnsafeMutablePointer<nlmsghdr>) -> Void) throws {
+    static func request(
+        _ bus: Int32, type: UInt16, flags: Int32, what: String, tolerate: Set<Int32> = [],
+        build: (UnsafeMutablePointer<nlmsghdr>) -> Void
+    ) throws {
         let socket = try open(bus)
         let message = UnsafeMutableRawBufferPointer.allocate(byteCount: mnlBufferSize, alignment: 8)
         defer { message.deallocate() }

@@ -4,7 +4,7 @@ import WeirCapture
 import WeirSystem
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The kernel refused the transaction; nothing changed (nf_tables batches are all or nothing).
@@ -12,8 +12,10 @@ public struct ApplyError: Error, Sendable, CustomStringConvertible {
     /// Every refused message, with what it did.
     public let failures: [NetlinkError]
 
+    /// Says the kernel rejected the transaction and nothing changed, then lists each refused message.
     public var description: String {
-        "the kernel rejected the transaction, so nothing was changed:\n" + failures.map { "  - \($0)" }.joined(separator: "\n")
+        "the kernel rejected the transaction, so nothing was changed:\n"
+            + failures.map { "  - \($0)" }.joined(separator: "\n")
     }
 }
 
@@ -34,18 +36,22 @@ public struct NftTransaction: Sendable {
     /// The messages, in order, between the batch's begin and end.
     public private(set) var messages: [NftMessage] = []
 
+    /// An empty batch; `NftablesBackend.transaction(for:replacing:)` builds the ones a plan needs.
     public init() {}
 
     /// The biggest message: a netlink attribute's length is 16 bits, so no payload weir builds comes near it.
     static let maxMessage = 1 << 16
 
     /// Adds a message of `type` for `family` whose payload `payload` writes.
-    mutating func add(_ type: nf_tables_msg_types, family: UInt16, flags: Int32, what: String,
-                      payload: (UnsafeMutablePointer<nlmsghdr>) -> Void) {
+    mutating func add(
+        _ type: nf_tables_msg_types, family: UInt16, flags: Int32, what: String,
+        payload: (UnsafeMutablePointer<nlmsghdr>) -> Void
+    ) {
         let bytes = withUnsafeTemporaryAllocation(byteCount: Self.maxMessage, alignment: 8) { raw -> [UInt8] in
             raw.initializeMemory(as: UInt8.self, repeating: 0)
-            let nlh = nftnl_nlmsg_build_hdr(raw.baseAddress!.assumingMemoryBound(to: CChar.self), UInt16(type.rawValue),
-                                            family, UInt16(flags), 0)!
+            let nlh = nftnl_nlmsg_build_hdr(
+                raw.baseAddress!.assumingMemoryBound(to: CChar.self), UInt16(type.rawValue),
+                family, UInt16(flags), 0)!
             payload(nlh)
             return Array(UnsafeRawBufferPointer(rebasing: raw[0..<Int(nlh.pointee.nlmsg_len)]))
         }
@@ -77,6 +83,7 @@ public struct NftTransaction: Sendable {
 /// nftables over netlink with libnftnl and libmnl, no `nft` process. Runs on the calling thread: callers enter
 /// the target namespace first (`NamespaceHandle.run`).
 public struct NftablesBackend: Sendable {
+    /// The backend; it holds no state, and each call opens its own netlink socket.
     public init() {}
 
     /// Replaces weir's table with the plan's, in one batch: create-if-missing, delete, recreate, sets, chains,
@@ -103,8 +110,10 @@ public struct NftablesBackend: Sendable {
         for family in replacing { batch.deleteTableIfPresent(family: family) }
         let family = NftablesObjects.family(plan)
         let table = NftablesObjects.table(plan, withComment: true)
-        batch.add(NFT_MSG_NEWTABLE, family: family, flags: NLM_F_CREATE | (replacing.isEmpty ? NLM_F_EXCL : 0),
-                  what: "table \(plan.familyName) weir") { nftnl_table_nlmsg_build_payload($0, table) }
+        batch.add(
+            NFT_MSG_NEWTABLE, family: family, flags: NLM_F_CREATE | (replacing.isEmpty ? NLM_F_EXCL : 0),
+            what: "table \(plan.familyName) weir"
+        ) { nftnl_table_nlmsg_build_payload($0, table) }
         nftnl_table_free(table)
         for set in plan.sets {
             let s = NftablesObjects.set(plan, set)
@@ -113,8 +122,10 @@ public struct NftablesBackend: Sendable {
             }
             nftnl_set_free(s)
             for (i, chunk) in NftablesObjects.elementChunks(plan, set).enumerated() {
-                batch.add(NFT_MSG_NEWSETELEM, family: family, flags: NLM_F_CREATE,
-                          what: "elements of set \(set.name) (part \(i + 1))") { nftnl_set_elems_nlmsg_build_payload($0, chunk) }
+                batch.add(
+                    NFT_MSG_NEWSETELEM, family: family, flags: NLM_F_CREATE,
+                    what: "elements of set \(set.name) (part \(i + 1))"
+                ) { nftnl_set_elems_nlmsg_build_payload($0, chunk) }
                 nftnl_set_free(chunk)
             }
         }
@@ -128,8 +139,10 @@ public struct NftablesBackend: Sendable {
         for c in plan.chains {
             for r in c.rules {
                 let rule = NftablesObjects.rule(plan, chain: c.name, r)
-                batch.add(NFT_MSG_NEWRULE, family: family, flags: NLM_F_CREATE | NLM_F_APPEND,
-                          what: "rule \"\(r.comment)\" in chain \(c.name)") { nftnl_rule_nlmsg_build_payload($0, rule) }
+                batch.add(
+                    NFT_MSG_NEWRULE, family: family, flags: NLM_F_CREATE | NLM_F_APPEND,
+                    what: "rule \"\(r.comment)\" in chain \(c.name)"
+                ) { nftnl_rule_nlmsg_build_payload($0, rule) }
                 nftnl_rule_free(rule)
             }
         }
@@ -186,7 +199,8 @@ public struct NftablesBackend: Sendable {
             let index = Int(sequence) - 2
             let known = messages.indices.contains(index)
             if msg.ackErrno != 0 {
-                failures.append(NetlinkError(errno: msg.ackErrno, what: known ? messages[index].what : "the transaction"))
+                failures.append(
+                    NetlinkError(errno: msg.ackErrno, what: known ? messages[index].what : "the transaction"))
             }
             // A refusal of the batch itself (no permission, no nf_tables) comes alone, on the begin message.
             return known && sequence != last
@@ -217,11 +231,14 @@ public struct NftablesBackend: Sendable {
             var comment: String?
             var len: UInt32 = 0
             if let p = nftnl_table_get_data(t, UInt16(NFTNL_TABLE_USERDATA.rawValue), &len) {
-                comment = NftablesObjects.comment(fromUserdata: Array(UnsafeRawBufferPointer(start: p, count: Int(len))))
+                comment = NftablesObjects.comment(
+                    fromUserdata: Array(UnsafeRawBufferPointer(start: p, count: Int(len))))
             }
-            tables.append(LiveTable(family: NetfilterFamily(number: nftnl_table_get_u32(t, UInt16(NFTNL_TABLE_FAMILY.rawValue))),
-                                    name: String(cString: nftnl_table_get_str(t, UInt16(NFTNL_TABLE_NAME.rawValue))),
-                                    comment: comment))
+            tables.append(
+                LiveTable(
+                    family: NetfilterFamily(number: nftnl_table_get_u32(t, UInt16(NFTNL_TABLE_FAMILY.rawValue))),
+                    name: String(cString: nftnl_table_get_str(t, UInt16(NFTNL_TABLE_NAME.rawValue))),
+                    comment: comment))
         }
         return tables
     }
@@ -235,18 +252,23 @@ public struct NftablesBackend: Sendable {
             defer { nftnl_chain_free(c) }
             guard nftnl_chain_nlmsg_parse(nlh, c) >= 0 else { return }
             func str(_ a: nftnl_chain_attr) -> String? {
-                nftnl_chain_is_set(c, UInt16(a.rawValue)) ? String(cString: nftnl_chain_get_str(c, UInt16(a.rawValue))) : nil
+                nftnl_chain_is_set(c, UInt16(a.rawValue))
+                    ? String(cString: nftnl_chain_get_str(c, UInt16(a.rawValue))) : nil
             }
             func u32(_ a: nftnl_chain_attr) -> UInt32? {
                 nftnl_chain_is_set(c, UInt16(a.rawValue)) ? nftnl_chain_get_u32(c, UInt16(a.rawValue)) : nil
             }
             var base: LiveChain.Base?
             if let hook = u32(NFTNL_CHAIN_HOOKNUM) {
-                base = LiveChain.Base(hook: ChainHook(number: hook), priority: nftnl_chain_get_s32(c, UInt16(NFTNL_CHAIN_PRIO.rawValue)),
-                                      type: str(NFTNL_CHAIN_TYPE) ?? "", policy: ChainPolicy(number: u32(NFTNL_CHAIN_POLICY) ?? UInt32(NF_ACCEPT)))
+                base = LiveChain.Base(
+                    hook: ChainHook(number: hook), priority: nftnl_chain_get_s32(c, UInt16(NFTNL_CHAIN_PRIO.rawValue)),
+                    type: str(NFTNL_CHAIN_TYPE) ?? "",
+                    policy: ChainPolicy(number: u32(NFTNL_CHAIN_POLICY) ?? UInt32(NF_ACCEPT)))
             }
-            ruleset.chains.append(LiveChain(family: NetfilterFamily(number: u32(NFTNL_CHAIN_FAMILY) ?? 0), table: str(NFTNL_CHAIN_TABLE) ?? "",
-                                            name: str(NFTNL_CHAIN_NAME) ?? "", base: base))
+            ruleset.chains.append(
+                LiveChain(
+                    family: NetfilterFamily(number: u32(NFTNL_CHAIN_FAMILY) ?? 0), table: str(NFTNL_CHAIN_TABLE) ?? "",
+                    name: str(NFTNL_CHAIN_NAME) ?? "", base: base))
         }
         try dump(NFT_MSG_GETRULE, what: "the rules") { nlh in
             let r = nftnl_rule_alloc()!
@@ -255,15 +277,17 @@ public struct NftablesBackend: Sendable {
             var comment: String?
             var len: UInt32 = 0
             if let p = nftnl_rule_get_data(r, UInt16(NFTNL_RULE_USERDATA.rawValue), &len) {
-                comment = NftablesObjects.comment(fromUserdata: Array(UnsafeRawBufferPointer(start: p, count: Int(len))))
+                comment = NftablesObjects.comment(
+                    fromUserdata: Array(UnsafeRawBufferPointer(start: p, count: Int(len))))
             }
-            ruleset.rules.append(LiveRule(
-                family: NetfilterFamily(number: nftnl_rule_get_u32(r, UInt16(NFTNL_RULE_FAMILY.rawValue))),
-                table: String(cString: nftnl_rule_get_str(r, UInt16(NFTNL_RULE_TABLE.rawValue))),
-                chain: String(cString: nftnl_rule_get_str(r, UInt16(NFTNL_RULE_CHAIN.rawValue))),
-                handle: nftnl_rule_get_u64(r, UInt16(NFTNL_RULE_HANDLE.rawValue)),
-                comment: comment,
-                expressions: NftablesObjects.expressions(of: r)))
+            ruleset.rules.append(
+                LiveRule(
+                    family: NetfilterFamily(number: nftnl_rule_get_u32(r, UInt16(NFTNL_RULE_FAMILY.rawValue))),
+                    table: String(cString: nftnl_rule_get_str(r, UInt16(NFTNL_RULE_TABLE.rawValue))),
+                    chain: String(cString: nftnl_rule_get_str(r, UInt16(NFTNL_RULE_CHAIN.rawValue))),
+                    handle: nftnl_rule_get_u64(r, UInt16(NFTNL_RULE_HANDLE.rawValue)),
+                    comment: comment,
+                    expressions: NftablesObjects.expressions(of: r)))
         }
         if let table = ruleset.weirTable { ruleset.sets = try readSets(of: table) }
         return ruleset
@@ -276,27 +300,37 @@ public struct NftablesBackend: Sendable {
             let s = nftnl_set_alloc()!
             defer { nftnl_set_free(s) }
             guard nftnl_set_nlmsg_parse(nlh, s) >= 0,
-                  String(cString: nftnl_set_get_str(s, UInt16(NFTNL_SET_TABLE.rawValue))) == table.name else { return }
+                String(cString: nftnl_set_get_str(s, UInt16(NFTNL_SET_TABLE.rawValue))) == table.name
+            else { return }
             let flags = nftnl_set_get_u32(s, UInt16(NFTNL_SET_FLAGS.rawValue))
             guard flags & UInt32(NFT_SET_ANONYMOUS.rawValue) == 0 else { return }
-            headers.append((String(cString: nftnl_set_get_str(s, UInt16(NFTNL_SET_NAME.rawValue))),
-                            Int(nftnl_set_get_u32(s, UInt16(NFTNL_SET_KEY_LEN.rawValue))),
-                            nftnl_set_get_u32(s, UInt16(NFTNL_SET_KEY_TYPE.rawValue)),
-                            flags & UInt32(NFT_SET_INTERVAL.rawValue) != 0))
+            headers.append(
+                (
+                    String(cString: nftnl_set_get_str(s, UInt16(NFTNL_SET_NAME.rawValue))),
+                    Int(nftnl_set_get_u32(s, UInt16(NFTNL_SET_KEY_LEN.rawValue))),
+                    nftnl_set_get_u32(s, UInt16(NFTNL_SET_KEY_TYPE.rawValue)),
+                    flags & UInt32(NFT_SET_INTERVAL.rawValue) != 0
+                ))
         }
         return try headers.map { header in
             var elements: [(key: [UInt8], end: Bool)] = []
-            let hostOrder = header.keyType == NftablesObjects.keyTypeNumber(.uid) || header.keyType == NftablesObjects.keyTypeNumber(.gid)
-            try Netlink.dump(NETLINK_NETFILTER, what: "the elements of set \(header.name)", build: { raw in
-                let nlh = nftnl_nlmsg_build_hdr(raw.assumingMemoryBound(to: CChar.self), UInt16(NFT_MSG_GETSETELEM.rawValue),
-                                                UInt16(table.family.number), 0, 0)!
-                let s = nftnl_set_alloc()!
-                nftnl_set_set_str(s, UInt16(NFTNL_SET_TABLE.rawValue), table.name)
-                nftnl_set_set_str(s, UInt16(NFTNL_SET_NAME.rawValue), header.name)
-                nftnl_set_elems_nlmsg_build_payload(nlh, s)
-                nftnl_set_free(s)
-                return nlh
-            }) { nlh in
+            let hostOrder =
+                header.keyType == NftablesObjects.keyTypeNumber(.uid)
+                || header.keyType == NftablesObjects.keyTypeNumber(.gid)
+            try Netlink.dump(
+                NETLINK_NETFILTER, what: "the elements of set \(header.name)",
+                build: { raw in
+                    let nlh = nftnl_nlmsg_build_hdr(
+                        raw.assumingMemoryBound(to: CChar.self), UInt16(NFT_MSG_GETSETELEM.rawValue),
+                        UInt16(table.family.number), 0, 0)!
+                    let s = nftnl_set_alloc()!
+                    nftnl_set_set_str(s, UInt16(NFTNL_SET_TABLE.rawValue), table.name)
+                    nftnl_set_set_str(s, UInt16(NFTNL_SET_NAME.rawValue), header.name)
+                    nftnl_set_elems_nlmsg_build_payload(nlh, s)
+                    nftnl_set_free(s)
+                    return nlh
+                }
+            ) { nlh in
                 let s = nftnl_set_alloc()!
                 defer { nftnl_set_free(s) }
                 guard nftnl_set_elems_nlmsg_parse(nlh, s) >= 0, let it = nftnl_set_elems_iter_create(s) else { return }
@@ -313,17 +347,25 @@ public struct NftablesBackend: Sendable {
                     e = nftnl_set_elems_iter_next(it)
                 }
             }
-            return LiveSet(family: table.family, table: table.name, name: header.name, keyLength: header.keyLength,
-                           isInterval: header.interval, intervals: NftablesObjects.intervals(fromElements: elements, interval: header.interval,
-                                                                         hostOrder: hostOrder))
+            return LiveSet(
+                family: table.family, table: table.name, name: header.name, keyLength: header.keyLength,
+                isInterval: header.interval,
+                intervals: NftablesObjects.intervals(
+                    fromElements: elements, interval: header.interval,
+                    hostOrder: hostOrder))
         }
     }
 
-    private func dump(_ type: nf_tables_msg_types, what: String, family: NetfilterFamily? = nil,
-                      _ each: (UnsafePointer<nlmsghdr>) -> Void) throws {
-        try Netlink.dump(NETLINK_NETFILTER, what: what, build: { raw in
-            nftnl_nlmsg_build_hdr(raw.assumingMemoryBound(to: CChar.self), UInt16(type.rawValue),
-                                  UInt16(family?.number ?? UInt32(NFPROTO_UNSPEC)), 0, 0)!
-        }, each)
+    private func dump(
+        _ type: nf_tables_msg_types, what: String, family: NetfilterFamily? = nil,
+        _ each: (UnsafePointer<nlmsghdr>) -> Void
+    ) throws {
+        try Netlink.dump(
+            NETLINK_NETFILTER, what: what,
+            build: { raw in
+                nftnl_nlmsg_build_hdr(
+                    raw.assumingMemoryBound(to: CChar.self), UInt16(type.rawValue),
+                    UInt16(family?.number ?? UInt32(NFPROTO_UNSPEC)), 0, 0)!
+            }, each)
     }
 }

@@ -2,7 +2,7 @@ import CNetfilter
 import Foundation
 import WeirCapture
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Builds libnftnl objects from plan values. The only place plan rules become netlink expressions.
@@ -21,7 +21,9 @@ enum NftablesObjects {
         nftnl_table_set_u32(t, UInt16(NFTNL_TABLE_FLAGS.rawValue), 0)
         if withComment {
             let ud = userdata(comment: RedirectPlan.tableComment)
-            ud.withUnsafeBytes { _ = nftnl_table_set_data(t, UInt16(NFTNL_TABLE_USERDATA.rawValue), $0.baseAddress, UInt32($0.count)) }
+            ud.withUnsafeBytes {
+                _ = nftnl_table_set_data(t, UInt16(NFTNL_TABLE_USERDATA.rawValue), $0.baseAddress, UInt32($0.count))
+            }
         }
         return t
     }
@@ -83,7 +85,9 @@ enum NftablesObjects {
         // nft's userdata for the key's byte order (1 host, 2 big endian): without it nft prints ids byte-swapped.
         let order: UInt32 = set.keyType == .uid || set.keyType == .gid ? 1 : 2
         let userdata: [UInt8] = [0, 4] + withUnsafeBytes(of: order) { Array($0) }
-        userdata.withUnsafeBytes { _ = nftnl_set_set_data(s, UInt16(NFTNL_SET_USERDATA.rawValue), $0.baseAddress, UInt32($0.count)) }
+        userdata.withUnsafeBytes {
+            _ = nftnl_set_set_data(s, UInt16(NFTNL_SET_USERDATA.rawValue), $0.baseAddress, UInt32($0.count))
+        }
         return s
     }
 
@@ -115,8 +119,12 @@ enum NftablesObjects {
             let s = setObject(plan, set)
             for (key, end) in keys[start..<min(keys.count, start + elementsPerMessage)] {
                 let e = nftnl_set_elem_alloc()!
-                key.withUnsafeBytes { _ = nftnl_set_elem_set(e, UInt16(NFTNL_SET_ELEM_KEY), $0.baseAddress, UInt32($0.count)) }
-                if end { nftnl_set_elem_set_u32(e, UInt16(NFTNL_SET_ELEM_FLAGS), UInt32(NFT_SET_ELEM_INTERVAL_END.rawValue)) }
+                key.withUnsafeBytes {
+                    _ = nftnl_set_elem_set(e, UInt16(NFTNL_SET_ELEM_KEY), $0.baseAddress, UInt32($0.count))
+                }
+                if end {
+                    nftnl_set_elem_set_u32(e, UInt16(NFTNL_SET_ELEM_FLAGS), UInt32(NFT_SET_ELEM_INTERVAL_END.rawValue))
+                }
                 nftnl_set_elem_add(s, e)
             }
             return s
@@ -125,7 +133,9 @@ enum NftablesObjects {
 
     /// Joins the elements read back from an interval set into intervals (the inverse of `elementKeys`).
     /// Keys of a host-order type (uid, gid) are turned back to network order first.
-    static func intervals(fromElements kernel: [(key: [UInt8], end: Bool)], interval: Bool, hostOrder: Bool) -> [KeyInterval] {
+    static func intervals(fromElements kernel: [(key: [UInt8], end: Bool)], interval: Bool, hostOrder: Bool)
+        -> [KeyInterval]
+    {
         let elements = hostOrder ? kernel.map { (key: Array($0.key.reversed()), end: $0.end) } : kernel
         guard interval else { return elements.map { KeyInterval(first: $0.key, last: $0.key) }.sorted() }
         var out: [KeyInterval] = []
@@ -134,13 +144,19 @@ enum NftablesObjects {
         var seen = Set<[UInt8]>()
         let unique = elements.filter { seen.insert($0.key + [$0.end ? 1 : 0]).inserted }
         // At an equal key an end comes first: it closes the interval before, and a start there opens the next.
-        let ordered = unique.sorted { a, b in a.key == b.key ? (a.end && !b.end) : a.key.lexicographicallyPrecedes(b.key) }
+        let ordered = unique.sorted { a, b in
+            a.key == b.key ? (a.end && !b.end) : a.key.lexicographicallyPrecedes(b.key)
+        }
         for (key, end) in ordered {
             if end {
-                if let s = start, let last = KeyInterval.predecessor(key) { out.append(KeyInterval(first: s, last: last)) }
+                if let s = start, let last = KeyInterval.predecessor(key) {
+                    out.append(KeyInterval(first: s, last: last))
+                }
                 start = nil
             } else {
-                if let s = start, let last = KeyInterval.predecessor(key) { out.append(KeyInterval(first: s, last: last)) }
+                if let s = start, let last = KeyInterval.predecessor(key) {
+                    out.append(KeyInterval(first: s, last: last))
+                }
                 start = key
             }
         }
@@ -159,7 +175,8 @@ enum NftablesObjects {
     static func comment(fromUserdata data: [UInt8]) -> String? {
         var i = 0
         while i + 2 <= data.count {
-            let type = data[i], len = Int(data[i + 1])
+            let type = data[i]
+            let len = Int(data[i + 1])
             guard i + 2 + len <= data.count else { return nil }
             if type == commentUserdataType {
                 let value = data[(i + 2)..<(i + 2 + len)].prefix { $0 != 0 }
@@ -176,8 +193,12 @@ enum NftablesObjects {
         nftnl_rule_set_str(rule, UInt16(NFTNL_RULE_CHAIN.rawValue), chain)
         nftnl_rule_set_u32(rule, UInt16(NFTNL_RULE_FAMILY.rawValue), UInt32(family(plan)))
         let ud = userdata(comment: r.comment)
-        ud.withUnsafeBytes { _ = nftnl_rule_set_data(rule, UInt16(NFTNL_RULE_USERDATA.rawValue), $0.baseAddress, UInt32($0.count)) }
-        for e in expressions(r, inet: plan.tableFamily == nil, setID: { setID(plan, $0) }) { nftnl_rule_add_expr(rule, e) }
+        ud.withUnsafeBytes {
+            _ = nftnl_rule_set_data(rule, UInt16(NFTNL_RULE_USERDATA.rawValue), $0.baseAddress, UInt32($0.count))
+        }
+        for e in expressions(r, inet: plan.tableFamily == nil, setID: { setID(plan, $0) }) {
+            nftnl_rule_add_expr(rule, e)
+        }
         return rule
     }
 
@@ -367,7 +388,12 @@ enum NftablesObjects {
         while let e = nftnl_expr_iter_next(it) {
             let n = nftnl_expr_snprintf(&buf, buf.count, e, UInt32(NFTNL_OUTPUT_DEFAULT.rawValue), 0)
             let name = nftnl_expr_get_str(e, UInt16(NFTNL_EXPR_NAME)).map { String(cString: $0) } ?? "?"
-            out.append(RuleExpression(name: name, text: n > 0 ? String(cString: buf).trimmingCharacters(in: .whitespaces) : "?"))
+            out.append(
+                RuleExpression(
+                    name: name,
+                    text: n > 0
+                        ? String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                            .trimmingCharacters(in: .whitespaces) : "?"))
         }
         return out
     }

@@ -2,7 +2,7 @@ import CNetfilter
 import WeirNetns
 import WeirSystem
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The temporary veth pair the inbound probe uses to send a connection into the pod from outside it.
@@ -10,7 +10,9 @@ import Glibc
 enum ProbeLink {
     static func createVethPair(name: String, peer: String, peerNamespace: NamespaceHandle) throws {
         let peerNamespaceFD = peerNamespace.descriptor.number
-        try rtnetlinkRequest(type: UInt16(RTM_NEWLINK), flags: NLM_F_CREATE | NLM_F_EXCL, what: "creating probe veth \(name)") { nlh in
+        try rtnetlinkRequest(
+            type: UInt16(RTM_NEWLINK), flags: NLM_F_CREATE | NLM_F_EXCL, what: "creating probe veth \(name)"
+        ) { nlh in
             _ = mnl_nlmsg_put_extra_header(nlh, MemoryLayout<ifinfomsg>.size)
             mnl_attr_put_strz(nlh, UInt16(IFLA_IFNAME), name)
             let info = mnl_attr_nest_start(nlh, UInt16(IFLA_LINKINFO))
@@ -37,7 +39,8 @@ enum ProbeLink {
     static func setUp(_ name: String) throws {
         let idx = try index(name)
         try rtnetlinkRequest(type: UInt16(RTM_NEWLINK), flags: 0, what: "bringing \(name) up") { nlh in
-            let h = mnl_nlmsg_put_extra_header(nlh, MemoryLayout<ifinfomsg>.size)!.assumingMemoryBound(to: ifinfomsg.self)
+            let h = mnl_nlmsg_put_extra_header(nlh, MemoryLayout<ifinfomsg>.size)!.assumingMemoryBound(
+                to: ifinfomsg.self)
             h.pointee.ifi_index = idx
             h.pointee.ifi_flags = UInt32(IFF_UP)
             h.pointee.ifi_change = UInt32(IFF_UP)
@@ -47,8 +50,11 @@ enum ProbeLink {
     static func addAddress(_ name: String, address: [UInt8], prefixLength: UInt8) throws {
         let idx = try index(name)
         let v6 = address.count == 16
-        try rtnetlinkRequest(type: UInt16(RTM_NEWADDR), flags: NLM_F_CREATE | NLM_F_REPLACE, what: "adding a probe address to \(name)") { nlh in
-            let h = mnl_nlmsg_put_extra_header(nlh, MemoryLayout<ifaddrmsg>.size)!.assumingMemoryBound(to: ifaddrmsg.self)
+        try rtnetlinkRequest(
+            type: UInt16(RTM_NEWADDR), flags: NLM_F_CREATE | NLM_F_REPLACE, what: "adding a probe address to \(name)"
+        ) { nlh in
+            let h = mnl_nlmsg_put_extra_header(nlh, MemoryLayout<ifaddrmsg>.size)!.assumingMemoryBound(
+                to: ifaddrmsg.self)
             h.pointee.ifa_family = UInt8(v6 ? AF_INET6 : AF_INET)
             h.pointee.ifa_prefixlen = prefixLength
             h.pointee.ifa_index = UInt32(idx)
@@ -64,7 +70,8 @@ enum ProbeLink {
     static func delete(_ name: String) throws {
         let idx = try index(name)
         try rtnetlinkRequest(type: UInt16(RTM_DELLINK), flags: 0, what: "deleting probe veth \(name)") { nlh in
-            let h = mnl_nlmsg_put_extra_header(nlh, MemoryLayout<ifinfomsg>.size)!.assumingMemoryBound(to: ifinfomsg.self)
+            let h = mnl_nlmsg_put_extra_header(nlh, MemoryLayout<ifinfomsg>.size)!.assumingMemoryBound(
+                to: ifinfomsg.self)
             h.pointee.ifi_index = idx
         }
     }

@@ -1,22 +1,29 @@
 import WeirCapture
 import WeirSystem
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// An IP endpoint: family, address bytes in network order, port.
 public struct Endpoint: Sendable, Hashable, CustomStringConvertible {
+    /// IPv4 or IPv6: whether `address` has 4 or 16 bytes.
     public let family: IPFamily
+    /// The IP address in network byte order: 4 bytes for IPv4, 16 for IPv6.
     public let address: [UInt8]
+    /// The TCP port, in host byte order.
     public let port: UInt16
 
+    /// An endpoint from its parts; `address` must have the family's length (4 or 16 bytes), which is not checked.
     public init(family: IPFamily, address: [UInt8], port: UInt16) {
-        self.family = family; self.address = address; self.port = port
+        self.family = family
+        self.address = address
+        self.port = port
     }
 
     /// `198.18.0.2:80` or `[fd00::2]:80`.
     public var description: String {
-        family == .ipv4 ? "\(IPAddressText.formatIPv4(address)):\(port)" : "[\(IPAddressText.formatIPv6(address))]:\(port)"
+        family == .ipv4
+            ? "\(IPAddressText.formatIPv4(address)):\(port)" : "[\(IPAddressText.formatIPv6(address))]:\(port)"
     }
 
     /// Whether the address is loopback (127.0.0.0/8 or ::1).
@@ -29,7 +36,8 @@ public struct Endpoint: Sendable, Hashable, CustomStringConvertible {
 
     /// Parses `HOST:PORT` or `[V6]:PORT`; nil when malformed.
     public static func parse(_ text: String) -> Endpoint? {
-        var host: Substring, portText: Substring
+        var host: Substring
+        var portText: Substring
         if text.hasPrefix("[") {
             guard let close = text.firstIndex(of: "]") else { return nil }
             host = text[text.index(after: text.startIndex)..<close]
@@ -38,7 +46,8 @@ public struct Endpoint: Sendable, Hashable, CustomStringConvertible {
             portText = rest.dropFirst()
         } else {
             guard let colon = text.lastIndex(of: ":") else { return nil }
-            host = text[..<colon]; portText = text[text.index(after: colon)...]
+            host = text[..<colon]
+            portText = text[text.index(after: colon)...]
         }
         guard let port = UInt16(portText), port > 0 else { return nil }
         if let v4 = IPAddressText.parseIPv4(String(host)) { return Endpoint(family: .ipv4, address: v4, port: port) }
@@ -46,7 +55,6 @@ public struct Endpoint: Sendable, Hashable, CustomStringConvertible {
         return nil
     }
 }
-
 
 /// Conversions between kernel socket addresses and `Endpoint`, and the socket calls that return addresses.
 public enum SocketAddress {

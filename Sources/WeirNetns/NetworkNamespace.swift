@@ -1,23 +1,32 @@
 import WeirSystem
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A network namespace's identity: the device and inode of its nsfs file. A namespace deleted and recreated at the
 /// same path is another namespace, with another identity.
 public struct NamespaceIdentity: Sendable, Hashable, Codable, CustomStringConvertible {
+    /// The device number of the nsfs file system that holds the namespace file (`st_dev`).
     public let device: UInt64
+    /// The namespace's inode number on nsfs: the number a `/proc/PID/ns/net` link shows.
     public let inode: UInt64
-    public init(device: UInt64, inode: UInt64) { self.device = device; self.inode = inode }
+    /// An identity from the device and inode that `stat` gives for a namespace file.
+    public init(device: UInt64, inode: UInt64) {
+        self.device = device
+        self.inode = inode
+    }
     /// `net:[4026532245]`, as `/proc/PID/ns/net` links read (with the device when it is not nsfs's usual 4).
     public var description: String { device == 4 ? "net:[\(inode)]" : "net:[\(inode)]@\(device)" }
 }
 
 /// The namespace file is missing, unreadable, or not a network namespace: a user error.
 public struct NamespaceError: Error, Sendable, CustomStringConvertible {
+    /// The namespace file that could not be used.
     public let path: String
+    /// Why not: the errno's text, "not a namespace file", or that it is not a network namespace.
     public let reason: String
+    /// The message for the user: the path, the reason, and what kind of path to give instead.
     public var description: String {
         "--netns \(path): \(reason). Give a bind-mounted network namespace such as /run/netns/NAME or /proc/PID/ns/net."
     }
@@ -31,6 +40,7 @@ public struct NamespaceError: Error, Sendable, CustomStringConvertible {
 public final class NamespaceHandle: Sendable, CustomStringConvertible {
     /// The descriptor that keeps the namespace alive.
     public let descriptor: FileDescriptor
+    /// The namespace's device and inode: a namespace recreated at the same path has another.
     public let identity: NamespaceIdentity
     /// Where it was opened from (for messages).
     public let path: String
@@ -44,17 +54,22 @@ public final class NamespaceHandle: Sendable, CustomStringConvertible {
     /// Opens `path` and checks that it is a network namespace, before anything is done in it.
     public static func open(_ path: String) throws(NamespaceError) -> NamespaceHandle {
         let fd: FileDescriptor
-        do { fd = try FileDescriptor.open(path, O_RDONLY) } catch { throw NamespaceError(path: path, reason: error.reason) }
+        do { fd = try FileDescriptor.open(path, O_RDONLY) } catch {
+            throw NamespaceError(path: path, reason: error.reason)
+        }
         let isNetwork: Bool
         do throws(SystemCallError) {
             isNetwork = try NamespaceCalls.isNetworkNamespace(fd)
         } catch {
-            throw NamespaceError(path: path, reason: error.errno == ENOTTY || error.errno == EINVAL ? "not a namespace file" : error.reason)
+            throw NamespaceError(
+                path: path,
+                reason: error.errno == ENOTTY || error.errno == EINVAL ? "not a namespace file" : error.reason)
         }
         guard isNetwork else { throw NamespaceError(path: path, reason: "a namespace, but not a network namespace") }
         let status: FileStatus
         do { status = try fd.status() } catch { throw NamespaceError(path: path, reason: error.reason) }
-        return NamespaceHandle(descriptor: fd, identity: NamespaceIdentity(device: status.device, inode: status.inode), path: path)
+        return NamespaceHandle(
+            descriptor: fd, identity: NamespaceIdentity(device: status.device, inode: status.inode), path: path)
     }
 
     /// The namespace of the calling process.
@@ -63,6 +78,7 @@ public final class NamespaceHandle: Sendable, CustomStringConvertible {
     /// The identity of the namespace at `path` without keeping it open.
     public static func identity(of path: String) throws(NamespaceError) -> NamespaceIdentity { try open(path).identity }
 
+    /// The path it was opened from and its identity (`/run/netns/pod (net:[4026532245])`), for messages.
     public var description: String { "\(path) (\(identity))" }
 
     /// A `/proc/self/fd/N` path that names this namespace while the handle lives.
@@ -73,10 +89,13 @@ public final class NamespaceHandle: Sendable, CustomStringConvertible {
     public func run<T: Sendable>(name: String = "weir-netns", _ body: @escaping @Sendable () throws -> T) throws -> T {
         let result = OneShot<Result<T, any Error>>()
         let thread = try OSThread.start(name: name) { [self] in
-            result.set(Result { () throws -> T in
-                do throws(SystemCallError) { try NamespaceCalls.enter(descriptor) } catch { throw error.context("entering network namespace \(path)") }
-                return try body()
-            })
+            result.set(
+                Result { () throws -> T in
+                    do throws(SystemCallError) { try NamespaceCalls.enter(descriptor) } catch {
+                        throw error.context("entering network namespace \(path)")
+                    }
+                    return try body()
+                })
         }
         let r = result.wait()
         thread.join()
@@ -85,14 +104,19 @@ public final class NamespaceHandle: Sendable, CustomStringConvertible {
 
     /// Runs `body` inside the namespace on a dedicated thread; the caller's task resumes when it is done, without
     /// blocking a cooperative or event-loop thread meanwhile.
-    public func run<T: Sendable>(name: String = "weir-netns", _ body: @escaping @Sendable () throws -> T) async throws -> T {
+    public func run<T: Sendable>(name: String = "weir-netns", _ body: @escaping @Sendable () throws -> T) async throws
+        -> T
+    {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
             do {
                 try OSThread.start(name: name, detached: true) { [self] in
-                    continuation.resume(with: Result { () throws -> T in
-                        do throws(SystemCallError) { try NamespaceCalls.enter(descriptor) } catch { throw error.context("entering network namespace \(path)") }
-                        return try body()
-                    })
+                    continuation.resume(
+                        with: Result { () throws -> T in
+                            do throws(SystemCallError) { try NamespaceCalls.enter(descriptor) } catch {
+                                throw error.context("entering network namespace \(path)")
+                            }
+                            return try body()
+                        })
                 }
             } catch {
                 continuation.resume(throwing: error)
@@ -128,8 +152,10 @@ public struct NetworkNamespace: Sendable, CustomStringConvertible {
     /// A namespace already held open: work goes into exactly this one, even if its path is reused meanwhile.
     let pinned: NamespaceHandle?
 
+    /// The calling process's own network namespace: nothing is entered, and `run` works on the caller's thread.
     public static let current = NetworkNamespace(path: nil)
 
+    /// The namespace at `path` (nil: the process's own), opened afresh for each piece of work.
     public init(path: String?) {
         self.path = path
         pinned = nil
@@ -147,6 +173,7 @@ public struct NetworkNamespace: Sendable, CustomStringConvertible {
         return try NamespaceHandle.open(path ?? "/proc/self/ns/net")
     }
 
+    /// The path, or "current network namespace", for messages.
     public var description: String { path ?? "current network namespace" }
 
     /// Checks that the path names a network namespace, before any work starts.
@@ -182,5 +209,7 @@ public final class ScratchNamespace: Sendable {
     }
 
     /// A path that names the namespace while this object lives.
-    public var namespace: NetworkNamespace { NetworkNamespace(path: "/proc/\(getpid())/fd/\(handle.descriptor.number)") }
+    public var namespace: NetworkNamespace {
+        NetworkNamespace(path: "/proc/\(getpid())/fd/\(handle.descriptor.number)")
+    }
 }

@@ -1,22 +1,28 @@
 import WeirSystem
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The path a Unix-socket server is about to bind. Only a socket that nobody serves (left by a process that is gone)
 /// is replaced: a mistyped path never deletes a file, and a running server is never displaced.
 public enum UnixSocketPath {
+    /// Why a path cannot be bound: it is not a socket, a live server holds it, or it is too long for `sun_path`.
     public enum Failure: Error, CustomStringConvertible, Equatable {
+        /// Something other than a socket is at the path; weir never deletes it.
         case notASocket(String)
+        /// The socket at the path accepts connections: another process serves it.
         case inUse(String)
+        /// The path is longer than the `SocketAddressBytes.maxUnixPath` bytes a Unix socket address holds.
         case tooLong(String)
 
+        /// The message for the user, naming the path and what is wrong with it.
         public var description: String {
             switch self {
             case .notASocket(let p): return "\(p) exists and is not a socket; weir will not replace it"
             case .inUse(let p): return "\(p) is a socket another process is serving"
-            case .tooLong(let p): return "\(p) is longer than the \(SocketAddressBytes.maxUnixPath) bytes a Unix socket path may have"
+            case .tooLong(let p):
+                return "\(p) is longer than the \(SocketAddressBytes.maxUnixPath) bytes a Unix socket path may have"
             }
         }
     }

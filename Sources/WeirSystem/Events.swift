@@ -1,16 +1,19 @@
 import CWeirShims
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// An epoll instance; registrations carry a 64-bit tag the wait gives back.
 public struct Epoll: ~Copyable, Sendable {
     let descriptor: FileDescriptor
 
+    /// Event bits: readable (EPOLLIN), writable (EPOLLOUT), an error (EPOLLERR), a hang-up (EPOLLHUP).
     public static let readable = WEIR_EPOLLIN, writable = WEIR_EPOLLOUT, error = WEIR_EPOLLERR, hangUp = WEIR_EPOLLHUP
+    /// Flags: the peer shut down its writing side (EPOLLRDHUP); report edges, not levels (EPOLLET).
     public static let peerClosed = WEIR_EPOLLRDHUP, edgeTriggered = WEIR_EPOLLET
 
+    /// Creates a close-on-exec epoll instance (`epoll_create1(EPOLL_CLOEXEC)`).
     public init() throws(SystemCallError) {
         descriptor = FileDescriptor(owning: try Posix.call("epoll_create1") { weir_epoll_create() })
     }
@@ -52,9 +55,14 @@ extension FileDescriptor {
 }
 
 /// Waits for several descriptors at once (`poll`): which of them are readable, within `timeout` ms (-1: no limit).
-public func pollReadable(_ first: borrowing FileDescriptor, _ second: borrowing FileDescriptor,
-                         timeout: Int32) throws(SystemCallError) -> (first: Bool, second: Bool) {
-    var fds = [pollfd(fd: first.raw, events: Int16(POLLIN), revents: 0), pollfd(fd: second.raw, events: Int16(POLLIN), revents: 0)]
+public func pollReadable(
+    _ first: borrowing FileDescriptor, _ second: borrowing FileDescriptor,
+    timeout: Int32
+) throws(SystemCallError) -> (first: Bool, second: Bool) {
+    var fds = [
+        pollfd(fd: first.raw, events: Int16(POLLIN), revents: 0),
+        pollfd(fd: second.raw, events: Int16(POLLIN), revents: 0),
+    ]
     _ = try Posix.call("poll") { poll(&fds, 2, timeout) }
     return (fds[0].revents != 0, fds[1].revents != 0)
 }
@@ -69,12 +77,18 @@ extension FileDescriptor {
 
 /// An inotify instance (non-blocking).
 public struct Inotify: ~Copyable, Sendable {
+    /// The inotify descriptor: readable while events are queued, so it can be polled beside others.
     public let descriptor: FileDescriptor
 
-    public static let changes = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_CREATE | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF)
+    /// Default mask: entries created, deleted, moved, rewritten or re-attributed; the watched path moved or deleted.
+    public static let changes = UInt32(
+        IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_CREATE | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF
+    )
 
+    /// Creates a non-blocking, close-on-exec inotify instance (`inotify_init1`).
     public init() throws(SystemCallError) {
-        descriptor = FileDescriptor(owning: try Posix.call("inotify_init1") { inotify_init1(Int32(IN_CLOEXEC | IN_NONBLOCK)) })
+        descriptor = FileDescriptor(
+            owning: try Posix.call("inotify_init1") { inotify_init1(Int32(IN_CLOEXEC | IN_NONBLOCK)) })
     }
 
     /// Watches `path` for `mask`.
@@ -89,7 +103,11 @@ public struct Inotify: ~Copyable, Sendable {
         var any = false
         // Bounded: a read returns EAGAIN once the queue is empty.
         for _ in 0..<10_000 {
-            guard case .ok(let n) = Posix.attempt({ buffer.withUnsafeMutableBytes { Glibc.read(descriptor.raw, $0.baseAddress, $0.count) } }), n > 0 else { break }
+            guard
+                case .ok(let n) = Posix.attempt({
+                    buffer.withUnsafeMutableBytes { Glibc.read(descriptor.raw, $0.baseAddress, $0.count) }
+                }), n > 0
+            else { break }
             any = true
         }
         return any

@@ -1,7 +1,7 @@
 import CWeirShims
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// An open file descriptor with one owner, which closes it exactly once: when the value is consumed by `close()`,
@@ -53,7 +53,8 @@ public struct FileDescriptor: ~Copyable, Sendable {
     // MARK: files
 
     /// `open(path, flags, mode)`, always with O_CLOEXEC.
-    public static func open(_ path: String, _ flags: Int32, mode: mode_t = 0) throws(SystemCallError) -> FileDescriptor {
+    public static func open(_ path: String, _ flags: Int32, mode: mode_t = 0) throws(SystemCallError) -> FileDescriptor
+    {
         let fd = try Posix.call("open \(path)") { Glibc.open(path, flags | O_CLOEXEC, mode) }
         return FileDescriptor(owning: fd)
     }
@@ -97,7 +98,8 @@ public struct FileDescriptor: ~Copyable, Sendable {
         var offset = 0
         // Bounded: each pass writes at least one byte.
         while offset < bytes.count {
-            let raw = self.raw, at = offset
+            let raw = self.raw
+            let at = offset
             let r = bytes.withUnsafeBytes { b in Posix.attempt { Glibc.write(raw, b.baseAddress! + at, b.count - at) } }
             switch r {
             case .ok(let n): offset += n
@@ -116,10 +118,15 @@ public struct FileDescriptor: ~Copyable, Sendable {
 
 /// What `stat` says of a file, in the terms weir uses.
 public struct FileStatus: Sendable, Hashable {
+    /// The device holding the file (`st_dev`); with the inode, it names the file.
     public let device: UInt64
+    /// The file's inode number (`st_ino`), unique within its device.
     public let inode: UInt64
+    /// The file type and permission bits (`st_mode`).
     public let mode: UInt32
+    /// The file's size in bytes (`st_size`).
     public let size: Int
+    /// The user ID that owns the file (`st_uid`).
     public let owner: UInt32
 
     init(_ st: stat) {
@@ -130,8 +137,11 @@ public struct FileStatus: Sendable, Hashable {
         owner = UInt32(st.st_uid)
     }
 
+    /// Whether the file is a directory (S_IFDIR).
     public var isDirectory: Bool { mode & UInt32(S_IFMT) == UInt32(S_IFDIR) }
+    /// Whether the file is a regular file (S_IFREG).
     public var isRegular: Bool { mode & UInt32(S_IFMT) == UInt32(S_IFREG) }
+    /// Whether the file is a socket (S_IFSOCK), such as a Unix socket's path.
     public var isSocket: Bool { mode & UInt32(S_IFMT) == UInt32(S_IFSOCK) }
 
     /// `stat(path)` (links followed).
@@ -159,12 +169,16 @@ public enum FileSystem {
         // Bounded by the directory's size: readdir returns nil at the end (or on an error, which errno tells).
         while true {
             let next: UnsafeMutablePointer<dirent>?
-            do { next = try Posix.call("readdir \(path)") { () -> UnsafeMutablePointer<dirent>? in weir_readdir(dir) } } catch {
+            do {
+                next = try Posix.call("readdir \(path)") { () -> UnsafeMutablePointer<dirent>? in weir_readdir(dir) }
+            } catch {
                 if error.errno == 0 { break }
                 throw error
             }
             guard let entry = next else { break }
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            let name = withUnsafeBytes(of: entry.pointee.d_name) {
+                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
+            }
             if name != "." && name != ".." { names.append(name) }
         }
         return names
@@ -195,5 +209,6 @@ public final class SharedDescriptor: Sendable {
     /// The owned descriptor.
     public let descriptor: FileDescriptor
 
+    /// Takes ownership of `descriptor`; it closes when the last reference to this object goes.
     public init(_ descriptor: consuming FileDescriptor) { self.descriptor = descriptor }
 }

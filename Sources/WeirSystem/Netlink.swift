@@ -2,7 +2,7 @@ import CWeirShims
 import Dispatch
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A netlink socket bound to a port id the kernel chose. One owner, one thread at a time.

@@ -1,7 +1,7 @@
 import CWeirShims
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A failed system call: its name, errno, and what weir was doing.
@@ -26,6 +26,7 @@ public struct SystemCallError: Error, Sendable, Hashable, CustomStringConvertibl
     /// The errno's text (`Address already in use`).
     public var reason: String { Posix.describe(errno) }
 
+    /// `call: reason (errno N)`, preceded by the context when there is one.
     public var description: String {
         context.isEmpty ? "\(call): \(reason) (errno \(errno))" : "\(context): \(call): \(reason) (errno \(errno))"
     }
@@ -34,7 +35,9 @@ public struct SystemCallError: Error, Sendable, Hashable, CustomStringConvertibl
 /// The result of a call whose failures are routine (`EAGAIN` on a non-blocking socket): a value or an errno, without
 /// the cost of a thrown error on the data path.
 public enum Outcome<T: ~Copyable>: ~Copyable {
+    /// The call succeeded, with its result.
     case ok(T)
+    /// The call failed with this errno.
     case failed(Int32)
 }
 
@@ -48,8 +51,10 @@ public enum Posix {
     /// false (a call whose interruption means something, such as `sigwait`).
     @inlinable
     @discardableResult
-    public static func call<T: BinaryInteger>(_ name: @autoclosure () -> String, retryingEINTR: Bool = true,
-                                              _ body: () -> T) throws(SystemCallError) -> T {
+    public static func call<T: BinaryInteger>(
+        _ name: @autoclosure () -> String, retryingEINTR: Bool = true,
+        _ body: () -> T
+    ) throws(SystemCallError) -> T {
         // Bounded: EINTR comes from a signal delivered to this thread, and signals are few.
         for _ in 0..<1000 {
             let result = body()

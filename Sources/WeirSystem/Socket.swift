@@ -1,12 +1,14 @@
 import CWeirShims
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A socket address as the kernel takes it: IPv4, IPv6 or a Unix path.
 public struct SocketAddressBytes: Sendable {
+    /// The address in the kernel's layout (a `sockaddr_in`, `sockaddr_in6` or `sockaddr_un` at its start).
     public var storage: sockaddr_storage
+    /// How many bytes of `storage` the address takes, as bind, connect and accept pass it.
     public var length: socklen_t
 
     /// An address the kernel filled in (`getsockname`, `accept`).
@@ -94,7 +96,9 @@ public enum ConnectProgress: Sendable { case connected, inProgress }
 /// An accepted connection: its socket and the peer's address.
 @frozen
 public struct AcceptedSocket: ~Copyable, Sendable {
+    /// The connected socket, non-blocking and close-on-exec (from `accept4`).
     public var socket: FileDescriptor
+    /// The address of the remote end, as `accept4` reported it.
     public let peer: SocketAddressBytes
 
     /// The socket, without the peer's address.
@@ -103,8 +107,10 @@ public struct AcceptedSocket: ~Copyable, Sendable {
 
 extension FileDescriptor {
     /// `socket(domain, type | SOCK_CLOEXEC, protocol)`.
-    public static func socket(_ domain: Int32, _ type: Int32, protocol proto: Int32 = 0,
-                              nonBlocking: Bool = false) throws(SystemCallError) -> FileDescriptor {
+    public static func socket(
+        _ domain: Int32, _ type: Int32, protocol proto: Int32 = 0,
+        nonBlocking: Bool = false
+    ) throws(SystemCallError) -> FileDescriptor {
         let flags = type | Int32(SOCK_CLOEXEC.rawValue) | (nonBlocking ? Int32(SOCK_NONBLOCK.rawValue) : 0)
         return FileDescriptor(owning: try Posix.call("socket") { Glibc.socket(domain, flags, proto) })
     }
@@ -135,7 +141,9 @@ extension FileDescriptor {
     }
 
     /// `connect`; on a non-blocking socket EINPROGRESS is `.inProgress`.
-    public func connect(_ address: SocketAddressBytes, describedAs name: String) throws(SystemCallError) -> ConnectProgress {
+    public func connect(_ address: SocketAddressBytes, describedAs name: String) throws(SystemCallError)
+        -> ConnectProgress
+    {
         switch Posix.attempt({ address.withPointer { Glibc.connect(raw, $0, $1) } }) {
         case .ok: return .connected
         case .failed(let e) where e == EINPROGRESS: return .inProgress
@@ -156,7 +164,10 @@ extension FileDescriptor {
         var peer = sockaddr_storage()
         var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
         switch Posix.attempt({ weir_accept(raw, &peer, &len) }) {
-        case .ok(let fd): return .ok(AcceptedSocket(socket: FileDescriptor(owning: fd), peer: SocketAddressBytes(storage: peer, length: len)))
+        case .ok(let fd):
+            return .ok(
+                AcceptedSocket(socket: FileDescriptor(owning: fd), peer: SocketAddressBytes(storage: peer, length: len))
+            )
         case .failed(let e): return .failed(e)
         }
     }
@@ -165,7 +176,11 @@ extension FileDescriptor {
     public func localAddress() -> SocketAddressBytes? {
         var ss = sockaddr_storage()
         var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let rc = Posix.attempt { withUnsafeMutablePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(raw, $0, &len) } } }
+        let rc = Posix.attempt {
+            withUnsafeMutablePointer(to: &ss) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(raw, $0, &len) }
+            }
+        }
         if case .ok = rc { return SocketAddressBytes(storage: ss, length: len) }
         return nil
     }
@@ -198,11 +213,15 @@ extension FileDescriptor {
     /// SO_REUSEADDR alone.
     public func setReuseAddress() throws(SystemCallError) { try setInt(SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR") }
     /// TCP_NODELAY.
-    public func setNoDelay() throws(SystemCallError) { try Posix.call("setsockopt TCP_NODELAY") { weir_set_nodelay(raw) } }
+    public func setNoDelay() throws(SystemCallError) {
+        try Posix.call("setsockopt TCP_NODELAY") { weir_set_nodelay(raw) }
+    }
     /// IPV6_V6ONLY.
     public func setIPv6Only() throws(SystemCallError) { try setInt(Int32(IPPROTO_IPV6), IPV6_V6ONLY, 1, "IPV6_V6ONLY") }
     /// SO_MARK.
-    public func setMark(_ mark: UInt32) throws(SystemCallError) { try Posix.call("setsockopt SO_MARK") { weir_set_mark(raw, mark) } }
+    public func setMark(_ mark: UInt32) throws(SystemCallError) {
+        try Posix.call("setsockopt SO_MARK") { weir_set_mark(raw, mark) }
+    }
     /// IP_TRANSPARENT or IPV6_TRANSPARENT.
     public func setTransparent(ipv6: Bool) throws(SystemCallError) {
         try Posix.call("setsockopt IP_TRANSPARENT") { weir_set_transparent(raw, ipv6 ? AF_INET6 : AF_INET) }
@@ -212,8 +231,12 @@ extension FileDescriptor {
     /// SO_RCVTIMEO and SO_SNDTIMEO.
     public func setTimeouts(milliseconds ms: Int) throws(SystemCallError) {
         var tv = timeval(tv_sec: ms / 1000, tv_usec: (ms % 1000) * 1000)
-        try Posix.call("setsockopt SO_RCVTIMEO") { setsockopt(raw, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size)) }
-        try Posix.call("setsockopt SO_SNDTIMEO") { setsockopt(raw, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size)) }
+        try Posix.call("setsockopt SO_RCVTIMEO") {
+            setsockopt(raw, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        }
+        try Posix.call("setsockopt SO_SNDTIMEO") {
+            setsockopt(raw, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        }
     }
     /// O_NONBLOCK on or off.
     public func setNonBlocking(_ on: Bool) throws(SystemCallError) {
@@ -237,7 +260,8 @@ extension FileDescriptor {
 
     /// `splice(from, to, count, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)`.
     @inlinable
-    public static func splice(from: borrowing FileDescriptor, to: borrowing FileDescriptor, count: Int) -> Outcome<Int> {
+    public static func splice(from: borrowing FileDescriptor, to: borrowing FileDescriptor, count: Int) -> Outcome<Int>
+    {
         Posix.attempt { weir_splice(from.raw, to.raw, UInt(count), WEIR_SPLICE_MOVE | WEIR_SPLICE_NONBLOCK) }
     }
 
@@ -251,7 +275,11 @@ extension FileDescriptor {
     public func sendAll(_ bytes: [UInt8]) throws(SystemCallError) {
         var offset = 0
         while offset < bytes.count {
-            let n = try Posix.call("send") { bytes.withUnsafeBytes { Glibc.send(raw, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL)) } }
+            let n = try Posix.call("send") {
+                bytes.withUnsafeBytes {
+                    Glibc.send(raw, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL))
+                }
+            }
             if n == 0 { break }
             offset += n
         }
@@ -266,7 +294,9 @@ extension FileDescriptor {
 /// A pipe: the read end and the write end.
 @frozen
 public struct Pipe: ~Copyable, Sendable {
+    /// The end bytes are read or spliced out of (`fds[0]` of `pipe2`).
     public var read: FileDescriptor
+    /// The end bytes are written or spliced into (`fds[1]` of `pipe2`).
     public var write: FileDescriptor
 
     /// `pipe2(O_CLOEXEC)`, non-blocking when asked (for splice).

@@ -1,7 +1,7 @@
 import CWeirShims
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A program run to completion with input, its output captured. Spawned from the calling thread, so a child started
@@ -11,13 +11,17 @@ public enum Subprocess {
     public struct Result: Sendable {
         /// The exit status, or 128 + the signal that ended it.
         public let status: Int32
+        /// Everything the program wrote to its standard output, decoded as UTF-8.
         public let stdout: String
+        /// Everything the program wrote to its standard error, decoded as UTF-8.
         public let stderr: String
     }
 
     /// The program is nowhere in the usual directories.
     public struct NotFound: Error, Sendable, CustomStringConvertible {
+        /// The program name that was looked for.
         public let program: String
+        /// The message for the user: the program is not installed, and the directories looked in.
         public var description: String { "\(program) is not installed (looked in /usr/sbin, /sbin, /usr/bin, /bin)" }
     }
 
@@ -35,7 +39,9 @@ public enum Subprocess {
     /// kill it.
     public static func run(_ program: String, _ arguments: [String], input: String = "") throws -> Result {
         guard let path = locate(program) else { throw NotFound(program: program) }
-        let stdin = try Pipe.open(), stdout = try Pipe.open(), stderr = try Pipe.open()
+        let stdin = try Pipe.open()
+        let stdout = try Pipe.open()
+        let stderr = try Pipe.open()
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -44,7 +50,8 @@ public enum Subprocess {
         posix_spawn_file_actions_adddup2(&actions, stderr.write.raw, 2)
         let argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { (s: String) in strdup(s) } + [nil]
         defer { argv.forEach { free($0) } }
-        let envp: [UnsafeMutablePointer<CChar>?] = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"].map { (s: String) in strdup(s) } + [nil]
+        let envp: [UnsafeMutablePointer<CChar>?] =
+            ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"].map { (s: String) in strdup(s) } + [nil]
         defer { envp.forEach { free($0) } }
         var pid: pid_t = 0
         try Posix.checked("posix_spawn \(path)") { posix_spawn(&pid, path, &actions, nil, argv, envp) }
@@ -57,7 +64,9 @@ public enum Subprocess {
         var status: Int32 = 0
         _ = try? Posix.call("waitpid") { waitpid(pid, &status, 0) }
         let exitStatus = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-        return Result(status: exitStatus, stdout: String(decoding: out, as: UTF8.self), stderr: String(decoding: err, as: UTF8.self))
+        return Result(
+            status: exitStatus, stdout: String(decoding: out, as: UTF8.self),
+            stderr: String(decoding: err, as: UTF8.self))
     }
 
     /// Our ends of the child's three pipes, with poll so that neither side can block the other.
@@ -68,16 +77,22 @@ public enum Subprocess {
 
         mutating func exchange(_ input: [UInt8], pid: pid_t) -> ([UInt8], [UInt8]) {
             var pending = input[...]
-            var out: [UInt8] = [], err: [UInt8] = []
+            var out: [UInt8] = []
+            var err: [UInt8] = []
             if pending.isEmpty { stdin = .closed }
             var buffer = [UInt8](repeating: 0, count: 65536)
             // Bounded: 60 s without any event ends the wait; each event moves bytes or closes a pipe.
             while stdout.isOpen || stderr.isOpen {
-                var fds = [pollfd(fd: stdin.raw, events: Int16(POLLOUT), revents: 0),
-                           pollfd(fd: stdout.raw, events: Int16(POLLIN), revents: 0),
-                           pollfd(fd: stderr.raw, events: Int16(POLLIN), revents: 0)]
+                var fds = [
+                    pollfd(fd: stdin.raw, events: Int16(POLLOUT), revents: 0),
+                    pollfd(fd: stdout.raw, events: Int16(POLLIN), revents: 0),
+                    pollfd(fd: stderr.raw, events: Int16(POLLIN), revents: 0),
+                ]
                 guard case .ok(let n) = Posix.attempt({ poll(&fds, 3, 60_000) }) else { break }
-                if n == 0 { kill(pid, SIGKILL); break }
+                if n == 0 {
+                    kill(pid, SIGKILL)
+                    break
+                }
                 if fds[0].revents != 0 && stdin.isOpen {
                     let fd = stdin.raw
                     let w = Posix.attempt { pending.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } }
@@ -86,11 +101,19 @@ public enum Subprocess {
                 }
                 if fds[1].revents != 0 && stdout.isOpen {
                     let fd = stdout.raw
-                    if case .ok(let r) = Posix.attempt({ read(fd, &buffer, buffer.count) }), r > 0 { out += buffer[0..<r] } else { stdout = .closed }
+                    if case .ok(let r) = Posix.attempt({ read(fd, &buffer, buffer.count) }), r > 0 {
+                        out += buffer[0..<r]
+                    } else {
+                        stdout = .closed
+                    }
                 }
                 if fds[2].revents != 0 && stderr.isOpen {
                     let fd = stderr.raw
-                    if case .ok(let r) = Posix.attempt({ read(fd, &buffer, buffer.count) }), r > 0 { err += buffer[0..<r] } else { stderr = .closed }
+                    if case .ok(let r) = Posix.attempt({ read(fd, &buffer, buffer.count) }), r > 0 {
+                        err += buffer[0..<r]
+                    } else {
+                        stderr = .closed
+                    }
                 }
             }
             return (out, err)

@@ -3,7 +3,7 @@ import Dispatch
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A dedicated OS thread (not a Swift-concurrency or NIO thread), with a name `ps -L` and `top -H` show.
@@ -15,19 +15,23 @@ public final class OSThread: Sendable {
     /// Starts `body` on a new thread named `name` (15 bytes are kept). A `detached` thread is never joined: its
     /// resources go when it ends (for work whose end the caller learns otherwise).
     @discardableResult
-    public static func start(name: String, detached: Bool = false,
-                             _ body: @escaping @Sendable () -> Void) throws(SystemCallError) -> OSThread {
+    public static func start(
+        name: String, detached: Bool = false,
+        _ body: @escaping @Sendable () -> Void
+    ) throws(SystemCallError) -> OSThread {
         let start = Start(name: name, body: body)
         let unmanaged = Unmanaged.passRetained(start)
         var thread = pthread_t()
         do {
             try Posix.checked("pthread_create \(name)") {
-                pthread_create(&thread, nil, { raw in
-                    let start = Unmanaged<Start>.fromOpaque(raw!).takeRetainedValue()
-                    start.name.withCString { weir_set_thread_name($0) }
-                    start.body()
-                    return nil
-                }, unmanaged.toOpaque())
+                pthread_create(
+                    &thread, nil,
+                    { raw in
+                        let start = Unmanaged<Start>.fromOpaque(raw!).takeRetainedValue()
+                        start.name.withCString { weir_set_thread_name($0) }
+                        start.body()
+                        return nil
+                    }, unmanaged.toOpaque())
             }
         } catch {
             unmanaged.release()
@@ -43,7 +47,10 @@ public final class OSThread: Sendable {
     private final class Start: Sendable {
         let name: String
         let body: @Sendable () -> Void
-        init(name: String, body: @escaping @Sendable () -> Void) { self.name = name; self.body = body }
+        init(name: String, body: @escaping @Sendable () -> Void) {
+            self.name = name
+            self.body = body
+        }
     }
 }
 
@@ -72,6 +79,7 @@ public final class OneShot<T: Sendable>: Sendable {
     let state = Mutex<T?>(nil)
     let semaphore = DispatchSemaphore(value: 0)
 
+    /// An empty slot: `wait()` blocks until the first `set`.
     public init() {}
 
     /// Sets the value (the first call wins) and wakes the waiter.

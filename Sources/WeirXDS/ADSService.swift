@@ -33,12 +33,19 @@ public final class ADSService: Sendable {
     /// Called with a stream's NACK (node, type, error message): the upstream relay forwards it.
     let onNack: (@Sendable (String, ResourceType, String) -> Void)?
 
-    public init(cache: SnapshotCache, logger: Logger = Logger(label: "weir.xds"), onNack: (@Sendable (String, ResourceType, String) -> Void)? = nil) {
-        self.cache = cache; self.logger = logger; self.onNack = onNack
+    public init(
+        cache: SnapshotCache, logger: Logger = Logger(label: "weir.xds"),
+        onNack: (@Sendable (String, ResourceType, String) -> Void)? = nil
+    ) {
+        self.cache = cache
+        self.logger = logger
+        self.onNack = onNack
     }
 
     /// Every stream's state, for the admin endpoint and tests.
-    public var status: [StreamStatus] { streams.withLock { Array($0.values) }.compactMap { $0.status() }.sorted { $0.id < $1.id } }
+    public var status: [StreamStatus] {
+        streams.withLock { Array($0.values) }.compactMap { $0.status() }.sorted { $0.id < $1.id }
+    }
 
     /// A new stream: visible in `status` from now on.
     func opened<M: StreamMachine>(_ session: StreamSession<M>) {
@@ -60,10 +67,12 @@ public final class ADSService: Sendable {
         if session.node == nil {
             // The node comes from the first request.
             guard let node = M.nodeID(of: r), !node.isEmpty else {
-                throw ADSCallFailure(status: .invalidArgument, message: "the first request of an ADS stream must carry node.id")
+                throw ADSCallFailure(
+                    status: .invalidArgument, message: "the first request of an ADS stream must carry node.id")
             }
             session.start(node: node, snapshot: cache.snapshot(for: node))
-            logger.info("ADS stream", metadata: ["node": "\(node)", "protocol": "\(M.name)", "peer": "\(session.peer)"])
+            logger.info(
+                "ADS stream", metadata: ["node": "\(node)", "protocol": "\(M.name)", "peer": "\(session.peer)"])
             session.watchID = cache.watch(node) { [weak session, cache] s in
                 // A snapshot change: queued here, written by the stream's event loop once the whole change is
                 // published.
@@ -82,7 +91,13 @@ public final class ADSService: Sendable {
 
 /// Why a stream ends with a gRPC status other than OK.
 struct ADSCallFailure: Error {
-    enum Status: Int { case invalidArgument = 3, deadlineExceeded = 4, resourceExhausted = 8, unimplemented = 12, `internal` = 13 }
+    enum Status: Int {
+        case invalidArgument = 3
+        case deadlineExceeded = 4
+        case resourceExhausted = 8
+        case unimplemented = 12
+        case `internal` = 13
+    }
     var status: Status
     var message: String
 }
@@ -112,13 +127,17 @@ final class StreamSession<M: StreamMachine>: StreamStatusSource, @unchecked Send
 
     init(machine: M, peer: String, wake: @escaping @Sendable () -> Void) {
         state = Mutex(State(machine: machine))
-        self.peer = peer; self.wake = wake
+        self.peer = peer
+        self.wake = wake
     }
 
     var node: String? { state.withLock { $0.node } }
 
     func start(node: String, snapshot: Snapshot?) {
-        state.withLock { $0.node = node; $0.snapshot = snapshot }
+        state.withLock {
+            $0.node = node
+            $0.snapshot = snapshot
+        }
     }
 
     /// Runs a request through the machine; returns whether the caller must drain (it became the writer).
@@ -149,18 +168,28 @@ final class StreamSession<M: StreamMachine>: StreamStatusSource, @unchecked Send
     /// The writer takes the next response in order; `nil` ends its turn (the next enqueue picks a writer again).
     func next() -> OutgoingResponse? {
         state.withLock { s in
-            if s.queue.isEmpty || s.closed { s.draining = false; s.queue.removeAll(); return nil }
+            if s.queue.isEmpty || s.closed {
+                s.draining = false
+                s.queue.removeAll()
+                return nil
+            }
             return s.queue.removeFirst()
         }
     }
 
-    func close() { state.withLock { $0.closed = true; $0.queue.removeAll() } }
+    func close() {
+        state.withLock {
+            $0.closed = true
+            $0.queue.removeAll()
+        }
+    }
 
     func status() -> StreamStatus? {
         state.withLock { s in
             guard let node = s.node else { return nil }
-            return StreamStatus(id: id, nodeID: node, protocol: M.name, peer: peer,
-                                types: s.machine.status(snapshot: s.snapshot).reduce(into: [:]) { $0[$1.key.shortName] = $1.value })
+            return StreamStatus(
+                id: id, nodeID: node, protocol: M.name, peer: peer,
+                types: s.machine.status(snapshot: s.snapshot).reduce(into: [:]) { $0[$1.key.shortName] = $1.value })
         }
     }
 }
@@ -184,7 +213,9 @@ struct SotWMachine: StreamMachine {
         guard r.hasErrorDetail, let t = ResourceType(rawValue: r.typeURL) else { return nil }
         return (t, r.errorDetail.message)
     }
-    mutating func receive(_ r: Envoy_Service_Discovery_V3_DiscoveryRequest, snapshot: Snapshot?) -> [OutgoingResponse] { stream.receive(r, snapshot: snapshot) }
+    mutating func receive(_ r: Envoy_Service_Discovery_V3_DiscoveryRequest, snapshot: Snapshot?) -> [OutgoingResponse] {
+        stream.receive(r, snapshot: snapshot)
+    }
     mutating func update(_ s: Snapshot) -> [OutgoingResponse] { stream.update(s) }
     func status(snapshot: Snapshot?) -> [ResourceType: TypeStatus] { stream.status(snapshot: snapshot) }
 }
@@ -192,12 +223,16 @@ struct SotWMachine: StreamMachine {
 struct DeltaMachine: StreamMachine {
     var stream = DeltaStream()
     static let name = "delta"
-    static func nodeID(of r: Envoy_Service_Discovery_V3_DeltaDiscoveryRequest) -> String? { r.hasNode ? r.node.id : nil }
+    static func nodeID(of r: Envoy_Service_Discovery_V3_DeltaDiscoveryRequest) -> String? {
+        r.hasNode ? r.node.id : nil
+    }
     static func nack(in r: Envoy_Service_Discovery_V3_DeltaDiscoveryRequest) -> (ResourceType, String)? {
         guard r.hasErrorDetail, let t = ResourceType(rawValue: r.typeURL) else { return nil }
         return (t, r.errorDetail.message)
     }
-    mutating func receive(_ r: Envoy_Service_Discovery_V3_DeltaDiscoveryRequest, snapshot: Snapshot?) -> [OutgoingResponse] { stream.receive(r, snapshot: snapshot) }
+    mutating func receive(_ r: Envoy_Service_Discovery_V3_DeltaDiscoveryRequest, snapshot: Snapshot?)
+        -> [OutgoingResponse]
+    { stream.receive(r, snapshot: snapshot) }
     mutating func update(_ s: Snapshot) -> [OutgoingResponse] { stream.update(s) }
     func status(snapshot: Snapshot?) -> [ResourceType: TypeStatus] { stream.status(snapshot: snapshot) }
 }

@@ -30,7 +30,8 @@ final class ADSTransport: Sendable {
     let connections = Mutex<[ObjectIdentifier: any Channel]>([:])
 
     init(service: ADSService, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
-        self.service = service; self.group = group
+        self.service = service
+        self.group = group
     }
 
     /// Binds and starts accepting; the returned channel is the listener.
@@ -40,13 +41,17 @@ final class ADSTransport: Sendable {
         let bootstrap = ServerBootstrap(group: group)
             // Out of descriptors, accept pauses for a second instead of spinning.
             .serverChannelInitializer { [service] channel in
-                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(AcceptPause(logger: service.logger)) }
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(AcceptPause(logger: service.logger))
+                }
             }
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             // Small reads to start with: an ADS connection is mostly idle, and NIOHTTP2's frame parser keeps what it
             // read until the frame is whole. NIO grows the buffer when reads fill it.
-            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 1024, maximum: 65536))
+            .childChannelOption(
+                .recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 1024, maximum: 65536)
+            )
             .childChannelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
                     if isTCP { try channel.syncOptions?.setOption(.socketOption(.tcp_nodelay), value: 1) }
@@ -115,7 +120,8 @@ final class ADSTransport: Sendable {
         try? await listener.close()
         let open = connections.withLock { Array($0.values) }
         for c in open {
-            let goAway = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: .maxID, errorCode: .noError, opaqueData: nil))
+            let goAway = HTTP2Frame(
+                streamID: .rootStream, payload: .goAway(lastStreamID: .maxID, errorCode: .noError, opaqueData: nil))
             c.writeAndFlush(goAway).whenComplete { _ in c.close(promise: nil) }
             c.eventLoop.scheduleTask(in: .seconds(2)) { c.close(promise: nil) }
         }
@@ -155,7 +161,10 @@ final class ConnectionErrorLogger: ChannelInboundHandler {
     typealias InboundIn = Any
     let logger: Logger
     let peer: String
-    init(logger: Logger, peer: String) { self.logger = logger; self.peer = peer }
+    init(logger: Logger, peer: String) {
+        self.logger = logger
+        self.peer = peer
+    }
 
     /// At most this many warnings per peer a minute: a peer sending garbage cannot flood the log.
     static let warnings = RateLimiter(perMinute: 10)
@@ -169,9 +178,12 @@ final class ConnectionErrorLogger: ChannelInboundHandler {
             return
         }
         switch Self.warnings.admit(peer) {
-        case .log: logger.warning("ADS connection error; closing it", metadata: ["peer": "\(peer)", "error": "\(error)"])
+        case .log:
+            logger.warning("ADS connection error; closing it", metadata: ["peer": "\(peer)", "error": "\(error)"])
         case .logSuppressed(let n):
-            logger.warning("ADS connection error; closing it", metadata: ["peer": "\(peer)", "error": "\(error)", "suppressed": "\(n)"])
+            logger.warning(
+                "ADS connection error; closing it",
+                metadata: ["peer": "\(peer)", "error": "\(error)", "suppressed": "\(n)"])
         case .drop: break
         }
         context.close(promise: nil)
@@ -180,8 +192,16 @@ final class ConnectionErrorLogger: ChannelInboundHandler {
 
 /// Admits at most `perMinute` events per key each minute; says how many were dropped when it admits again.
 final class RateLimiter: Sendable {
-    enum Verdict: Equatable { case log, logSuppressed(Int), drop }
-    struct Window { var start: UInt64; var count: Int; var dropped: Int }
+    enum Verdict: Equatable {
+        case log
+        case logSuppressed(Int)
+        case drop
+    }
+    struct Window {
+        var start: UInt64
+        var count: Int
+        var dropped: Int
+    }
     let perMinute: Int
     let windows = Mutex<[String: Window]>([:])
 
@@ -193,7 +213,10 @@ final class RateLimiter: Sendable {
             var window = w[key] ?? Window(start: now, count: 0, dropped: 0)
             if now - window.start >= 60_000_000_000 { window = Window(start: now, count: 0, dropped: window.dropped) }
             defer { w[key] = window }
-            guard window.count < perMinute else { window.dropped += 1; return .drop }
+            guard window.count < perMinute else {
+                window.dropped += 1
+                return .drop
+            }
             window.count += 1
             if window.dropped > 0 {
                 let n = window.dropped
@@ -231,7 +254,10 @@ final class ADSStreamHandler: ChannelInboundHandler {
     /// The end the client's `grpc-timeout` set, when it sent one.
     var deadline: Scheduled<Void>?
 
-    init(service: ADSService, peer: String) { self.service = service; self.peer = peer }
+    init(service: ADSService, peer: String) {
+        self.service = service
+        self.peer = peer
+    }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
 
@@ -251,7 +277,8 @@ final class ADSStreamHandler: ChannelInboundHandler {
             if h.endStream { clientFinished(context) }
         case .data(let d):
             guard call != nil else { return }
-            if case .byteBuffer(let bytes) = d.data, bytes.readableBytes > 0 { // END_STREAM often comes on an empty frame
+            // END_STREAM often comes on an empty frame.
+            if case .byteBuffer(let bytes) = d.data, bytes.readableBytes > 0 {
                 if partial == nil { partial = bytes } else { partial!.writeImmutableBuffer(bytes) }
                 readMessages(context)
             }
@@ -267,7 +294,9 @@ final class ADSStreamHandler: ChannelInboundHandler {
         guard !finished else { return }
         halfClosed = true
         if (partial?.readableBytes ?? 0) > 0 {
-            finish(context, status: ADSCallFailure.Status.internal.rawValue, message: "the request stream ended inside a message")
+            finish(
+                context, status: ADSCallFailure.Status.internal.rawValue,
+                message: "the request stream ended inside a message")
             return
         }
         drain()
@@ -294,7 +323,9 @@ final class ADSStreamHandler: ChannelInboundHandler {
             return
         }
         if let encoding = headers.first(name: "grpc-encoding"), encoding != "identity" {
-            finish(context, status: ADSCallFailure.Status.unimplemented.rawValue, message: "compression \(encoding) is not supported; send identity")
+            finish(
+                context, status: ADSCallFailure.Status.unimplemented.rawValue,
+                message: "compression \(encoding) is not supported; send identity")
             return
         }
         let wake = Self.waker(self, context)
@@ -304,21 +335,29 @@ final class ADSStreamHandler: ChannelInboundHandler {
         case ADSTransport.deltaPath?:
             call = StreamSession(machine: DeltaMachine(), peer: peer, wake: wake)
         case let path:
-            finish(context, status: ADSCallFailure.Status.unimplemented.rawValue, message: "unknown method \(path ?? "(none)")")
+            finish(
+                context, status: ADSCallFailure.Status.unimplemented.rawValue,
+                message: "unknown method \(path ?? "(none)")")
             return
         }
         if let timeout = headers.first(name: "grpc-timeout") {
             guard let nanoseconds = Self.timeoutNanoseconds(timeout) else {
-                finish(context, status: ADSCallFailure.Status.internal.rawValue, message: "malformed grpc-timeout '\(timeout)'")
+                finish(
+                    context, status: ADSCallFailure.Status.internal.rawValue,
+                    message: "malformed grpc-timeout '\(timeout)'")
                 return
             }
             let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
             // A deadline years away is as good as none, and would overflow the loop's clock.
-            if nanoseconds < Self.longestDeadline { deadline = context.eventLoop.scheduleTask(in: .nanoseconds(nanoseconds)) {
-                let handler = bound.value
-                guard let context = handler.context else { return }
-                handler.finish(context, status: ADSCallFailure.Status.deadlineExceeded.rawValue, message: "deadline exceeded (grpc-timeout \(timeout))")
-            } }
+            if nanoseconds < Self.longestDeadline {
+                deadline = context.eventLoop.scheduleTask(in: .nanoseconds(nanoseconds)) {
+                    let handler = bound.value
+                    guard let context = handler.context else { return }
+                    handler.finish(
+                        context, status: ADSCallFailure.Status.deadlineExceeded.rawValue,
+                        message: "deadline exceeded (grpc-timeout \(timeout))")
+                }
+            }
         }
         call?.opened(in: service)
         // Response headers now: grpc clients (Envoy's among them) consider the call established once they arrive.
@@ -333,7 +372,8 @@ final class ADSStreamHandler: ChannelInboundHandler {
     static func timeoutNanoseconds(_ value: String) -> Int64? {
         let digits = value.utf8.dropLast()
         guard let unit = value.utf8.last, (1...8).contains(digits.count), digits.allSatisfy({ (48...57).contains($0) }),
-              let amount = Int64(String(decoding: digits, as: UTF8.self)) else { return nil }
+            let amount = Int64(String(decoding: digits, as: UTF8.self))
+        else { return nil }
         let scale: Int64
         switch unit {
         case UInt8(ascii: "H"): scale = 3_600_000_000_000
@@ -359,15 +399,19 @@ final class ADSStreamHandler: ChannelInboundHandler {
     func readMessages(_ context: ChannelHandlerContext) {
         while var buffer = partial, !finished, let call {
             guard buffer.readableBytes >= 5,
-                  let compressed = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self),
-                  let length = buffer.getInteger(at: buffer.readerIndex + 1, as: UInt32.self) else { return }
+                let compressed = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self),
+                let length = buffer.getInteger(at: buffer.readerIndex + 1, as: UInt32.self)
+            else { return }
             if compressed != 0 {
-                finish(context, status: ADSCallFailure.Status.internal.rawValue, message: "compressed message without grpc-encoding")
+                finish(
+                    context, status: ADSCallFailure.Status.internal.rawValue,
+                    message: "compressed message without grpc-encoding")
                 return
             }
             if length > ADSTransport.maxRequestBytes {
-                finish(context, status: ADSCallFailure.Status.resourceExhausted.rawValue,
-                       message: "request of \(length) bytes is larger than \(ADSTransport.maxRequestBytes)")
+                finish(
+                    context, status: ADSCallFailure.Status.resourceExhausted.rawValue,
+                    message: "request of \(length) bytes is larger than \(ADSTransport.maxRequestBytes)")
                 return
             }
             guard buffer.readableBytes >= 5 + Int(length) else { return }
@@ -392,7 +436,10 @@ final class ADSStreamHandler: ChannelInboundHandler {
     /// Writes what the session has queued while the stream can take it; the rest waits for writability. After the
     /// client's half-close, an empty queue ends the call with OK.
     func drain() {
-        if draining { drainAgain = true; return }
+        if draining {
+            drainAgain = true
+            return
+        }
         draining = true
         defer { draining = false }
         repeat {
@@ -401,13 +448,19 @@ final class ADSStreamHandler: ChannelInboundHandler {
             var wrote = false
             var empty = false
             while context.channel.isWritable {
-                guard let response = call.next() else { empty = true; break }
+                guard let response = call.next() else {
+                    empty = true
+                    break
+                }
                 let framed = ResponseEncoder.shared.framed(response)
                 context.write(wrapOutboundOut(.data(.init(data: .byteBuffer(framed)))), promise: nil)
                 wrote = true
             }
             if wrote { context.flush() }
-            if empty, halfClosed { finish(context, status: 0, message: nil); return }
+            if empty, halfClosed {
+                finish(context, status: 0, message: nil)
+                return
+            }
         } while drainAgain
     }
 

@@ -33,8 +33,13 @@ public struct EnvoyBootstrap: Sendable {
     /// The cluster Envoy's stats and `node.cluster` use: the virtual node's name.
     public var cluster: String
 
-    public init(nodeID: String, xds: XDSAddress, delta: Bool = false, adminPort: UInt16 = 9901) throws(NodeIdentity.ParseError) {
-        self.nodeID = nodeID; self.xds = xds; self.delta = delta; self.adminPort = adminPort
+    public init(nodeID: String, xds: XDSAddress, delta: Bool = false, adminPort: UInt16 = 9901) throws(NodeIdentity
+        .ParseError)
+    {
+        self.nodeID = nodeID
+        self.xds = xds
+        self.delta = delta
+        self.adminPort = adminPort
         switch try NodeIdentity.parse(nodeID) {
         case .appMesh(_, let awsName), .appMeshGateway(_, let awsName): cluster = awsName
         case .kubernetes(let ref): cluster = ref.name
@@ -65,27 +70,30 @@ public struct EnvoyBootstrap: Sendable {
                 "lds_config": ads,
             ],
             "static_resources": [
-                "clusters": [[
-                    "name": Self.xdsCluster,
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "typed_extension_protocol_options": [
-                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": [
-                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                            "explicit_http_config": ["http2_protocol_options": [String: Any]()],
+                "clusters": [
+                    [
+                        "name": Self.xdsCluster,
+                        "type": "STATIC",
+                        "connect_timeout": "1s",
+                        "typed_extension_protocol_options": [
+                            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": [
+                                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                                "explicit_http_config": ["http2_protocol_options": [String: Any]()],
+                            ]
                         ],
-                    ],
-                    "load_assignment": [
-                        "cluster_name": Self.xdsCluster,
-                        "endpoints": [["lb_endpoints": [["endpoint": ["address": address]]]]],
-                    ],
-                ]],
+                        "load_assignment": [
+                            "cluster_name": Self.xdsCluster,
+                            "endpoints": [["lb_endpoints": [["endpoint": ["address": address]]]]],
+                        ],
+                    ]
+                ]
             ],
         ]
     }
 
     public func json() -> String {
-        let data = try! JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
+        let data = try! JSONSerialization.data(
+            withJSONObject: object, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
         return String(decoding: data, as: UTF8.self) + "\n"
     }
 }

@@ -7,7 +7,7 @@ import Synchronization
 import WeirMesh
 import WeirSystem
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The files of a config directory: `.yaml`, `.yml` (and `.json` when asked), read recursively, sorted. Hidden
@@ -15,8 +15,10 @@ import Glibc
 /// is an error that names it: a directory or file without permission, a file past the size limit, a path that is not
 /// a directory or a regular file. Nothing is skipped silently, so no object vanishes from the mesh unnoticed.
 public enum ConfigDirectory {
-    public static func files(_ directory: String, extensions: [String] = [".yaml", ".yml"],
-                             limits: YAMLLimits = .default) throws(MeshError) -> [(path: String, text: String)] {
+    public static func files(
+        _ directory: String, extensions: [String] = [".yaml", ".yml"],
+        limits: YAMLLimits = .default
+    ) throws(MeshError) -> [(path: String, text: String)] {
         var walk = Walk(extensions: extensions, limits: limits)
         let st: FileStatus
         do { st = try FileStatus.of(directory) } catch {
@@ -40,19 +42,32 @@ public enum ConfigDirectory {
             MeshProblem(location: SourceLocation(file: path, line: 0, field: "(file)"), message: message)
         }
 
-        struct Identity: Hashable { var device: UInt64; var inode: UInt64 }
+        struct Identity: Hashable {
+            var device: UInt64
+            var inode: UInt64
+        }
 
         func isConfig(_ name: String) -> Bool { extensions.contains { name.hasSuffix($0) } }
 
         mutating func directory(_ path: String, depth: Int, visited: Set<Identity>) {
-            guard depth <= Self.maxDepth else { problems.append(Self.problem(path, "directories nest more than \(Self.maxDepth) deep")); return }
+            guard depth <= Self.maxDepth else {
+                problems.append(Self.problem(path, "directories nest more than \(Self.maxDepth) deep"))
+                return
+            }
             let st: FileStatus
-            do { st = try FileStatus.of(path) } catch { problems.append(Self.problem(path, "cannot be read: \(error.reason)")); return }
+            do { st = try FileStatus.of(path) } catch {
+                problems.append(Self.problem(path, "cannot be read: \(error.reason)"))
+                return
+            }
             let id = Identity(device: st.device, inode: st.inode)
-            guard !visited.contains(id) else { problems.append(Self.problem(path, "a symbolic link loops back to a directory above it")); return }
+            guard !visited.contains(id) else {
+                problems.append(Self.problem(path, "a symbolic link loops back to a directory above it"))
+                return
+            }
             let names: [String]
             do { names = try FileSystem.entries(path) } catch {
-                problems.append(Self.problem(path, "directory cannot be read: \(error.reason)")); return
+                problems.append(Self.problem(path, "directory cannot be read: \(error.reason)"))
+                return
             }
             for name in names.sorted() where !name.hasPrefix(".") {
                 let child = path.hasSuffix("/") ? path + name : path + "/" + name
@@ -65,21 +80,31 @@ public enum ConfigDirectory {
                 if cst.isDirectory {
                     directory(child, depth: depth + 1, visited: visited.union([id]))
                 } else if isConfig(name) {
-                    if cst.isRegular { file(child, size: cst.size) } else { problems.append(Self.problem(child, "not a regular file")) }
+                    if cst.isRegular {
+                        file(child, size: cst.size)
+                    } else {
+                        problems.append(Self.problem(child, "not a regular file"))
+                    }
                 }
             }
         }
 
         mutating func file(_ path: String, size: Int) {
             guard size <= limits.maxBytes else {
-                problems.append(Self.problem(path, "the file is \(size) bytes; weir reads files of at most \(limits.maxBytes) bytes"))
+                problems.append(
+                    Self.problem(
+                        path, "the file is \(size) bytes; weir reads files of at most \(limits.maxBytes) bytes"))
                 return
             }
             do {
                 // Read at most one byte past the limit: a file that grew since stat is refused, not read whole.
                 let bytes = try FileDescriptor.open(path, O_RDONLY).readAll(limit: limits.maxBytes)
                 guard bytes.count <= limits.maxBytes else {
-                    problems.append(Self.problem(path, "the file is over \(limits.maxBytes) bytes; weir reads files of at most \(limits.maxBytes) bytes"))
+                    problems.append(
+                        Self.problem(
+                            path,
+                            "the file is over \(limits.maxBytes) bytes; weir reads files of at most \(limits.maxBytes) bytes"
+                        ))
                     return
                 }
                 files.append((path, String(decoding: bytes, as: UTF8.self)))
@@ -93,7 +118,9 @@ public enum ConfigDirectory {
 /// Envoy resources written by hand, in Envoy's own YAML/JSON shape: files with a `resources:` list whose entries
 /// carry `@type` (as Envoy's filesystem subscriptions read them), for the subset of the API weir knows.
 public enum EnvoyResourceFiles {
-    public static func read(_ files: [(path: String, text: String)], limits: YAMLLimits = .default) throws(MeshError) -> EnvoyResources {
+    public static func read(_ files: [(path: String, text: String)], limits: YAMLLimits = .default) throws(MeshError)
+        -> EnvoyResources
+    {
         EnvoyTypes.register()
         var out = EnvoyResources()
         var problems: [MeshProblem] = []
@@ -101,23 +128,35 @@ public enum EnvoyResourceFiles {
         options.ignoreUnknownFields = false
         for (path, text) in files {
             func problem(_ line: Int, _ field: String, _ message: String) {
-                problems.append(MeshProblem(location: SourceLocation(file: path, line: line, field: field), message: message))
+                problems.append(
+                    MeshProblem(location: SourceLocation(file: path, line: line, field: field), message: message))
             }
             let documents: [YAMLNode]
             do { documents = try YAMLNode.documents(text, limits: limits) } catch {
-                problem(error.line, "(yaml)", error.message); continue
+                problem(error.line, "(yaml)", error.message)
+                continue
             }
             guard documents.count == 1, let root = documents.first else {
-                problem(documents.dropFirst().first?.line ?? 1, "(yaml)", "expected one document with a `resources:` list, found \(documents.count)"); continue
+                problem(
+                    documents.dropFirst().first?.line ?? 1, "(yaml)",
+                    "expected one document with a `resources:` list, found \(documents.count)")
+                continue
             }
-            guard let list = root["resources"]?.sequence else { problem(root.line, "resources", "expected a `resources:` list"); continue }
+            guard let list = root["resources"]?.sequence else {
+                problem(root.line, "resources", "expected a `resources:` list")
+                continue
+            }
             for (i, node) in list.enumerated() {
                 let field = "resources[\(i)]"
                 guard node.mapping != nil, let type = node["@type"]?.string else {
-                    problem(node.line, field + ".@type", "each resource is a mapping with an @type"); continue
+                    problem(node.line, field + ".@type", "each resource is a mapping with an @type")
+                    continue
                 }
                 let text: String
-                do { text = try node.json(omitting: ["@type"]) } catch { problem(error.line, field, error.message); continue }
+                do { text = try node.json(omitting: ["@type"]) } catch {
+                    problem(error.line, field, error.message)
+                    continue
+                }
                 do {
                     switch type.split(separator: "/").last.map(String.init) {
                     case Envoy_Config_Listener_V3_Listener.protoMessageName:
@@ -125,14 +164,21 @@ public enum EnvoyResourceFiles {
                     case Envoy_Config_Cluster_V3_Cluster.protoMessageName:
                         out.clusters.append(try Envoy_Config_Cluster_V3_Cluster(jsonString: text, options: options))
                     case Envoy_Config_Route_V3_RouteConfiguration.protoMessageName:
-                        out.routes.append(try Envoy_Config_Route_V3_RouteConfiguration(jsonString: text, options: options))
+                        out.routes.append(
+                            try Envoy_Config_Route_V3_RouteConfiguration(jsonString: text, options: options))
                     case Envoy_Config_Endpoint_V3_ClusterLoadAssignment.protoMessageName:
-                        out.endpoints.append(try Envoy_Config_Endpoint_V3_ClusterLoadAssignment(jsonString: text, options: options))
+                        out.endpoints.append(
+                            try Envoy_Config_Endpoint_V3_ClusterLoadAssignment(jsonString: text, options: options))
                     default:
-                        problem(node.line, field + ".@type", "'\(type)' is not a Listener, Cluster, RouteConfiguration or ClusterLoadAssignment (v3)")
+                        problem(
+                            node.line, field + ".@type",
+                            "'\(type)' is not a Listener, Cluster, RouteConfiguration or ClusterLoadAssignment (v3)")
                     }
                 } catch {
-                    problem(node.line, field, "not a valid \(type.split(separator: ".").last ?? "") for weir's subset of the Envoy API: \(error)")
+                    problem(
+                        node.line, field,
+                        "not a valid \(type.split(separator: ".").last ?? "") for weir's subset of the Envoy API: \(error)"
+                    )
                 }
             }
         }
@@ -161,9 +207,15 @@ public final class ConfigSources: SnapshotSource {
     let memo = ResourceMemo()
     let compileMemo = CompileMemo()
 
-    public init(mesh: String?, envoy: String?, options: MeshCompiler.Options = MeshCompiler.Options(), cache: SnapshotCache,
-                logger: Logger = Logger(label: "weir.xds.sources")) {
-        self.meshDirectory = mesh; self.envoyDirectory = envoy; self.options = options; self.cache = cache; self.logger = logger
+    public init(
+        mesh: String?, envoy: String?, options: MeshCompiler.Options = MeshCompiler.Options(), cache: SnapshotCache,
+        logger: Logger = Logger(label: "weir.xds.sources")
+    ) {
+        self.meshDirectory = mesh
+        self.envoyDirectory = envoy
+        self.options = options
+        self.cache = cache
+        self.logger = logger
     }
 
     /// The problem that made the last reload fail, if it did.
@@ -188,7 +240,7 @@ public final class ConfigSources: SnapshotSource {
                 envoy = try EnvoyResourceFiles.read(files)
             }
         } catch {
-            return refuse((error as? MeshError)?.description ?? "\(error)")
+            return refuse(error.description)
         }
         // Compile every node we serve under the new config before anything is published: all or nothing.
         let read = clock.now
@@ -217,7 +269,9 @@ public final class ConfigSources: SnapshotSource {
         let compiled = clock.now
         // A generation is a config put in force that differs from the one before (versions are content hashes): a
         // reload that reads the same files again, after a touch or a refused edit taken back, is none.
-        let changed = Set(cache.nodeIDs) != Set(next.keys) || next.contains { cache.snapshot(for: $0.key)?.version != $0.value.version }
+        let changed =
+            Set(cache.nodeIDs) != Set(next.keys)
+            || next.contains { cache.snapshot(for: $0.key)?.version != $0.value.version }
         good.withLock { g in
             g.manifests = manifests
             g.envoy = envoy
@@ -225,8 +279,13 @@ public final class ConfigSources: SnapshotSource {
             if changed || g.generation == 0 { g.generation += 1 }
         }
         cache.publish(next)
-        logger.info("config in force", metadata: ["nodes": "\(next.count)", "read_ms": "\((read - started).milliseconds)",
-                                                   "compile_ms": "\((compiled - read).milliseconds)", "publish_ms": "\((clock.now - compiled).milliseconds)"])
+        logger.info(
+            "config in force",
+            metadata: [
+                "nodes": "\(next.count)", "read_ms": "\((read - started).milliseconds)",
+                "compile_ms": "\((compiled - read).milliseconds)",
+                "publish_ms": "\((clock.now - compiled).milliseconds)",
+            ])
         return nil
     }
 
@@ -237,36 +296,56 @@ public final class ConfigSources: SnapshotSource {
     }
 
     /// A node's snapshot under the given config, checked for consistency (nil: the config does not know the node).
-    static func build(_ node: String, manifests: MeshManifests?, envoy: EnvoyResources?, options: MeshCompiler.Options, memo: ResourceMemo,
-                      compileMemo: CompileMemo) -> Result<Snapshot?, MeshError> {
+    static func build(
+        _ node: String, manifests: MeshManifests?, envoy: EnvoyResources?, options: MeshCompiler.Options,
+        memo: ResourceMemo,
+        compileMemo: CompileMemo
+    ) -> Result<Snapshot?, MeshError> {
         var resources = EnvoyResources()
         var known = false
-        if let manifests, let id = try? NodeIdentity.parse(node), manifests.virtualNode(for: id) != nil || manifests.virtualGateway(for: id) != nil {
+        if let manifests, let id = try? NodeIdentity.parse(node),
+            manifests.virtualNode(for: id) != nil || manifests.virtualGateway(for: id) != nil
+        {
             var compiler = MeshCompiler(manifests, options: options)
             compiler.memo = compileMemo
             do { resources = try compiler.compile(nodeID: node) } catch { return .failure(error) }
             known = true
         }
         if let envoy {
-            resources.listeners += envoy.listeners; resources.clusters += envoy.clusters
-            resources.routes += envoy.routes; resources.endpoints += envoy.endpoints
+            resources.listeners += envoy.listeners
+            resources.clusters += envoy.clusters
+            resources.routes += envoy.routes
+            resources.endpoints += envoy.endpoints
             known = true
         }
         guard known else { return .success(nil) }
         do {
             let (snapshot, problems) = try memo.snapshot(node: node, resources)
             guard problems.isEmpty else {
-                return .failure(MeshError(problems: [MeshProblem(location: SourceLocation(file: "(node)", line: 0, field: node), message: problems.joined(separator: "; "))]))
+                return .failure(
+                    MeshError(problems: [
+                        MeshProblem(
+                            location: SourceLocation(file: "(node)", line: 0, field: node),
+                            message: problems.joined(separator: "; "))
+                    ]))
             }
             return .success(snapshot)
         } catch {
-            return .failure(MeshError(problems: [MeshProblem(location: SourceLocation(file: "(node)", line: 0, field: node), message: "cannot encode: \(error)")]))
+            return .failure(
+                MeshError(problems: [
+                    MeshProblem(
+                        location: SourceLocation(file: "(node)", line: 0, field: node),
+                        message: "cannot encode: \(error)")
+                ]))
         }
     }
 
     public func resources(for nodeID: String) -> Snapshot? {
         let (m, e) = good.withLock { ($0.manifests, $0.envoy) }
-        guard case .success(let s?) = Self.build(nodeID, manifests: m, envoy: e, options: options, memo: memo, compileMemo: compileMemo) else { return nil }
+        guard
+            case .success(let s?) = Self.build(
+                nodeID, manifests: m, envoy: e, options: options, memo: memo, compileMemo: compileMemo)
+        else { return nil }
         return s
     }
 
@@ -312,14 +391,17 @@ public final class ConfigWatcher: Sendable {
     func addWatches() {
         for root in roots {
             let parent = (root as NSString).deletingLastPathComponent
-            _ = try? inotify.watch(parent.isEmpty ? "/" : parent, mask: UInt32(IN_CREATE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM | IN_ATTRIB))
+            _ = try? inotify.watch(
+                parent.isEmpty ? "/" : parent,
+                mask: UInt32(IN_CREATE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM | IN_ATTRIB))
             addTree(root, depth: 0)
         }
     }
 
     func addTree(_ dir: String, depth: Int) {
         guard depth <= ConfigDirectory.Walk.maxDepth, (try? inotify.watch(dir)) != nil,
-              let names = try? FileSystem.entries(dir) else { return }
+            let names = try? FileSystem.entries(dir)
+        else { return }
         for name in names where !name.hasPrefix(".") {
             let child = dir.hasSuffix("/") ? dir + name : dir + "/" + name
             if (try? FileStatus.of(child))?.isDirectory == true { addTree(child, depth: depth + 1) }
@@ -329,7 +411,11 @@ public final class ConfigWatcher: Sendable {
     /// Ends the thread (after a reload in progress) and waits for it.
     public func stop() {
         wake.signalEvent()
-        thread.withLock { t in let out = t; t = nil; return out }?.join()
+        thread.withLock { t in
+            let out = t
+            t = nil
+            return out
+        }?.join()
     }
 }
 

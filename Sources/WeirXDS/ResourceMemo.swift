@@ -11,8 +11,11 @@ import WeirMesh
 /// decoded again for the consistency check. Resources with the same content share one entry (and one copy of the
 /// bytes) across nodes. What the last reload did not use is dropped.
 public final class ResourceMemo: Sendable {
-    struct Key: Hashable { var type: ResourceType; var name: String }
-    struct Entry: @unchecked Sendable { // the message is a value; `any Message` only hides its type
+    struct Key: Hashable {
+        var type: ResourceType
+        var name: String
+    }
+    struct Entry: @unchecked Sendable {  // the message is a value; `any Message` only hides its type
         let message: any SwiftProtobuf.Message
         let resource: VersionedResource
         let references: [String]
@@ -34,7 +37,10 @@ public final class ResourceMemo: Sendable {
 
     /// Starts a reload: what the previous one did not use is forgotten.
     public func beginGeneration() {
-        state.withLock { g in g.previous = g.current; g.current = Generation() }
+        state.withLock { g in
+            g.previous = g.current
+            g.current = Generation()
+        }
     }
 
     /// One node's resources: what it had is looked up once, and what it has now is stored once.
@@ -45,19 +51,25 @@ public final class ResourceMemo: Sendable {
         var fresh: [(Key, Entry)] = []
     }
 
-    func entry<M: SwiftProtobuf.Message>(_ scope: inout NodeScope, _ type: ResourceType, _ name: String, _ message: M, namedOnly: Bool,
-                                         references: (M) -> [String]) throws -> Entry {
+    func entry<M: SwiftProtobuf.Message>(
+        _ scope: inout NodeScope, _ type: ResourceType, _ name: String, _ message: M, namedOnly: Bool,
+        references: (M) -> [String]
+    ) throws -> Entry {
         let key = Key(type: type, name: name)
         if let had = scope.had[key], had.resource.namedOnly == namedOnly, had.message.isEqualTo(message: message) {
             scope.now[key] = had
             return had
         }
-        var e = Entry(message: message, resource: VersionedResource(name: name, bytes: try message.serializedBytes(), namedOnly: namedOnly),
-                      references: references(message))
+        var e = Entry(
+            message: message,
+            resource: VersionedResource(name: name, bytes: try message.serializedBytes(), namedOnly: namedOnly),
+            references: references(message))
         let version = e.resource.version
         state.withLock { g in
             // The same content from another node: keep one entry, and one copy of the bytes.
-            if let shared = g.current.shared[key]?[version] ?? g.previous.shared[key]?[version], shared.resource.namedOnly == namedOnly {
+            if let shared = g.current.shared[key]?[version] ?? g.previous.shared[key]?[version],
+                shared.resource.namedOnly == namedOnly
+            {
                 e = shared
             }
         }
@@ -85,20 +97,28 @@ public final class ResourceMemo: Sendable {
         var rds: [(listener: String, names: [String])] = []
         var eds: [(cluster: String, names: [String])] = []
         for l in r.listeners {
-            let e = try entry(&scope, .listener, l.name, l, namedOnly: r.namedOnly.contains(l.name)) { Snapshot.routeNames(of: $0) }
+            let e = try entry(&scope, .listener, l.name, l, namedOnly: r.namedOnly.contains(l.name)) {
+                Snapshot.routeNames(of: $0)
+            }
             out[.listener, default: [:]][l.name] = e.resource
             rds.append((l.name, e.references))
         }
         for c in r.clusters {
-            let e = try entry(&scope, .cluster, c.name, c, namedOnly: r.namedOnly.contains(c.name)) { Snapshot.endpointName(of: $0).map { [$0] } ?? [] }
+            let e = try entry(&scope, .cluster, c.name, c, namedOnly: r.namedOnly.contains(c.name)) {
+                Snapshot.endpointName(of: $0).map { [$0] } ?? []
+            }
             out[.cluster, default: [:]][c.name] = e.resource
             eds.append((c.name, e.references))
         }
         for x in r.routes {
-            out[.route, default: [:]][x.name] = try entry(&scope, .route, x.name, x, namedOnly: r.namedOnly.contains(x.name)) { _ in [] }.resource
+            out[.route, default: [:]][x.name] = try entry(
+                &scope, .route, x.name, x, namedOnly: r.namedOnly.contains(x.name)
+            ) { _ in [] }.resource
         }
         for x in r.endpoints {
-            out[.endpoint, default: [:]][x.clusterName] = try entry(&scope, .endpoint, x.clusterName, x, namedOnly: r.namedOnly.contains(x.clusterName)) { _ in [] }.resource
+            out[.endpoint, default: [:]][x.clusterName] = try entry(
+                &scope, .endpoint, x.clusterName, x, namedOnly: r.namedOnly.contains(x.clusterName)
+            ) { _ in [] }.resource
         }
         let snapshot = Snapshot(resources: out)
         return (snapshot, snapshot.missingReferences(eds: eds, rds: rds).sorted())

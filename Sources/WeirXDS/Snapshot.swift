@@ -14,7 +14,9 @@ public struct VersionedResource: Sendable, Hashable, Codable {
     public var namedOnly: Bool
 
     public init(name: String, bytes: [UInt8], namedOnly: Bool = false) {
-        self.name = name; self.bytes = bytes; self.namedOnly = namedOnly
+        self.name = name
+        self.bytes = bytes
+        self.namedOnly = namedOnly
         self.version = ContentHash.hex(bytes)
     }
 }
@@ -39,8 +41,10 @@ public struct Snapshot: Sendable, Hashable {
             h.add(type.rawValue)
             var t = ContentHash()
             for (name, r) in (resources[type] ?? [:]).sorted(by: { $0.key < $1.key }) {
-                h.add(name); h.add(r.version)
-                t.add(name); t.add(r.version)
+                h.add(name)
+                h.add(r.version)
+                t.add(name)
+                t.add(r.version)
             }
             perType[type] = t.hex
         }
@@ -51,7 +55,9 @@ public struct Snapshot: Sendable, Hashable {
     public init(_ resources: EnvoyResources) throws {
         var out: [ResourceType: [String: VersionedResource]] = [:]
         for (type, byName) in try resources.encoded() {
-            out[type] = byName.reduce(into: [:]) { $0[$1.key] = VersionedResource(name: $1.key, bytes: $1.value.bytes, namedOnly: $1.value.namedOnly) }
+            out[type] = byName.reduce(into: [:]) {
+                $0[$1.key] = VersionedResource(name: $1.key, bytes: $1.value.bytes, namedOnly: $1.value.namedOnly)
+            }
         }
         self.init(resources: out)
     }
@@ -64,23 +70,41 @@ public struct Snapshot: Sendable, Hashable {
     /// endpoint set an EDS cluster names exists, and every resource decodes as its type.
     public func consistencyProblems() -> [String] {
         var problems: [String] = []
-        var eds: [(cluster: String, names: [String])] = [], rds: [(listener: String, names: [String])] = []
+        var eds: [(cluster: String, names: [String])] = []
+        var rds: [(listener: String, names: [String])] = []
         for (name, r) in resources[.cluster] ?? [:] {
-            guard let c = try? Envoy_Config_Cluster_V3_Cluster(serializedBytes: r.bytes) else { problems.append("cluster \(name) does not decode"); continue }
+            guard let c = try? Envoy_Config_Cluster_V3_Cluster(serializedBytes: r.bytes) else {
+                problems.append("cluster \(name) does not decode")
+                continue
+            }
             eds.append((name, Self.endpointName(of: c).map { [$0] } ?? []))
         }
         for (name, r) in resources[.listener] ?? [:] {
-            guard let l = try? Envoy_Config_Listener_V3_Listener(serializedBytes: r.bytes) else { problems.append("listener \(name) does not decode"); continue }
+            guard let l = try? Envoy_Config_Listener_V3_Listener(serializedBytes: r.bytes) else {
+                problems.append("listener \(name) does not decode")
+                continue
+            }
             rds.append((name, Self.routeNames(of: l)))
         }
         return (problems + missingReferences(eds: eds, rds: rds)).sorted()
     }
 
     /// The references (EDS names of clusters, RDS names of listeners) that name nothing in this snapshot.
-    func missingReferences(eds: [(cluster: String, names: [String])], rds: [(listener: String, names: [String])]) -> [String] {
-        let routes = resources[.route] ?? [:], endpoints = resources[.endpoint] ?? [:]
-        return eds.flatMap { c in c.names.filter { endpoints[$0] == nil }.map { "cluster \(c.cluster) uses EDS resource \($0), which the snapshot lacks" } }
-            + rds.flatMap { l in l.names.filter { routes[$0] == nil }.map { "listener \(l.listener) uses route configuration \($0), which the snapshot lacks" } }
+    func missingReferences(eds: [(cluster: String, names: [String])], rds: [(listener: String, names: [String])])
+        -> [String]
+    {
+        let routes = resources[.route] ?? [:]
+        let endpoints = resources[.endpoint] ?? [:]
+        return eds.flatMap { c in
+            c.names.filter { endpoints[$0] == nil }.map {
+                "cluster \(c.cluster) uses EDS resource \($0), which the snapshot lacks"
+            }
+        }
+            + rds.flatMap { l in
+                l.names.filter { routes[$0] == nil }.map {
+                    "listener \(l.listener) uses route configuration \($0), which the snapshot lacks"
+                }
+            }
     }
 
     /// The RDS names a listener refers to (HTTP connection managers in its filter chains or its `api_listener`).
@@ -88,11 +112,17 @@ public struct Snapshot: Sendable, Hashable {
         typealias HCM = Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_HttpConnectionManager
         var anys: [Google_Protobuf_Any] = []
         for chain in l.filterChains + (l.hasDefaultFilterChain ? [l.defaultFilterChain] : []) {
-            for f in chain.filters where f.typedConfig.typeURL.hasSuffix("/" + HCM.protoMessageName) { anys.append(f.typedConfig) }
+            for f in chain.filters where f.typedConfig.typeURL.hasSuffix("/" + HCM.protoMessageName) {
+                anys.append(f.typedConfig)
+            }
         }
-        if l.hasApiListener, l.apiListener.apiListener.typeURL.hasSuffix("/" + HCM.protoMessageName) { anys.append(l.apiListener.apiListener) }
+        if l.hasApiListener, l.apiListener.apiListener.typeURL.hasSuffix("/" + HCM.protoMessageName) {
+            anys.append(l.apiListener.apiListener)
+        }
         return anys.compactMap { a in
-            guard let hcm = try? HCM(serializedBytes: a.value), case .rds(let rds)? = hcm.routeSpecifier else { return nil }
+            guard let hcm = try? HCM(serializedBytes: a.value), case .rds(let rds)? = hcm.routeSpecifier else {
+                return nil
+            }
             return rds.routeConfigName
         }
     }
@@ -115,7 +145,10 @@ struct Selection: Sendable {
         self.resources = resources
         var h = ContentHash()
         h.add(type.rawValue)
-        for r in resources { h.add(r.name); h.add(r.version) }
+        for r in resources {
+            h.add(r.name)
+            h.add(r.version)
+        }
         version = h.hex
     }
 }
@@ -123,7 +156,11 @@ struct Selection: Sendable {
 /// A snapshot's selections by subscription. Bounded: past `limit` distinct subscriptions (a client inventing name
 /// sets), selections are computed and not kept.
 final class SelectionMemo: Sendable, Hashable {
-    struct Key: Hashable { let type: ResourceType; let wildcard: Bool; let names: Set<String> }
+    struct Key: Hashable {
+        let type: ResourceType
+        let wildcard: Bool
+        let names: Set<String>
+    }
     static let limit = 256
     private let memo = Mutex<[Key: Selection]>([:])
 
@@ -153,10 +190,16 @@ struct ContentHash {
             b = (b ^ UInt64(x)) &* 0x0000_0100_0000_01b3 &+ 0x9e37
         }
     }
-    mutating func add(_ s: String) { add(bytes: s.utf8); add(bytes: [0]) }
+    mutating func add(_ s: String) {
+        add(bytes: s.utf8)
+        add(bytes: [0])
+    }
 
     var hex: String {
-        func lane(_ x: UInt64) -> String { let s = String(x, radix: 16); return String(repeating: "0", count: 16 - s.count) + s }
+        func lane(_ x: UInt64) -> String {
+            let s = String(x, radix: 16)
+            return String(repeating: "0", count: 16 - s.count) + s
+        }
         return lane(a) + lane(b)
     }
 

@@ -32,7 +32,8 @@ public final class SnapshotCache: Sendable {
         case inconsistent(node: String, problems: [String])
         public var description: String {
             switch self {
-            case .inconsistent(let node, let problems): return "snapshot for \(node) refused: " + problems.joined(separator: "; ")
+            case .inconsistent(let node, let problems):
+                return "snapshot for \(node) refused: " + problems.joined(separator: "; ")
             }
         }
     }
@@ -153,7 +154,8 @@ public final class SnapshotCache: Sendable {
 
     static func fileName(_ nodeID: String) -> String {
         // Node ids hold slashes and colons; the file name is a readable, safe form plus a hash for uniqueness.
-        let safe = String(nodeID.map { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == "." ? $0 : "_" }.prefix(80))
+        let safe = String(
+            nodeID.map { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == "." ? $0 : "_" }.prefix(80))
         return "\(safe)-\(ContentHash.hex(Array(nodeID.utf8)).prefix(12)).snapshot.json"
     }
 
@@ -185,9 +187,13 @@ public final class SnapshotCache: Sendable {
     }
 
     static func write(_ nodeID: String, _ snapshot: Snapshot, directory: URL, logger: Logger) {
-        let p = Persisted(node: nodeID, resources: snapshot.resources.reduce(into: [:]) { out, e in
-            out[e.key.rawValue] = e.value.mapValues { PersistedResource(bytes: Data($0.bytes), namedOnly: $0.namedOnly) }
-        })
+        let p = Persisted(
+            node: nodeID,
+            resources: snapshot.resources.reduce(into: [:]) { out, e in
+                out[e.key.rawValue] = e.value.mapValues {
+                    PersistedResource(bytes: Data($0.bytes), namedOnly: $0.namedOnly)
+                }
+            })
         do {
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
             let encoder = JSONEncoder()
@@ -207,13 +213,18 @@ public final class SnapshotCache: Sendable {
         let files = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
         for f in files where f.hasSuffix(".snapshot.json") {
             guard let data = FileManager.default.contents(atPath: directory.appendingPathComponent(f).path),
-                  let p = try? JSONDecoder().decode(Persisted.self, from: data) else {
-                logger.warning("ignoring unreadable snapshot file", metadata: ["file": "\(f)"]); continue
+                let p = try? JSONDecoder().decode(Persisted.self, from: data)
+            else {
+                logger.warning("ignoring unreadable snapshot file", metadata: ["file": "\(f)"])
+                continue
             }
             var resources: [ResourceType: [String: VersionedResource]] = [:]
             for (t, byName) in p.resources {
                 guard let type = ResourceType(rawValue: t) else { continue }
-                resources[type] = byName.reduce(into: [:]) { $0[$1.key] = VersionedResource(name: $1.key, bytes: Array($1.value.bytes), namedOnly: $1.value.namedOnly) }
+                resources[type] = byName.reduce(into: [:]) {
+                    $0[$1.key] = VersionedResource(
+                        name: $1.key, bytes: Array($1.value.bytes), namedOnly: $1.value.namedOnly)
+                }
             }
             let s = Snapshot(resources: resources)
             if s.consistencyProblems().isEmpty { state.withLock { $0.snapshots[p.node] = s } }
@@ -276,7 +287,11 @@ final class SnapshotWriter: @unchecked Sendable {
         while true {
             if unwritten.isEmpty {
                 if !stopping { _ = condition.wait(until: Date(timeIntervalSinceNow: Self.idleSeconds)) }
-                if unwritten.isEmpty { running = false; condition.unlock(); return }
+                if unwritten.isEmpty {
+                    running = false
+                    condition.unlock()
+                    return
+                }
             }
             let batch = unwritten
             unwritten = [:]

@@ -79,7 +79,9 @@ public struct SotWStream: Sendable {
     public init() {}
 
     /// A request arrived. Returns what to send now (possibly nothing).
-    public mutating func receive(_ req: Envoy_Service_Discovery_V3_DiscoveryRequest, snapshot: Snapshot?) -> [OutgoingResponse] {
+    public mutating func receive(_ req: Envoy_Service_Discovery_V3_DiscoveryRequest, snapshot: Snapshot?)
+        -> [OutgoingResponse]
+    {
         if node == nil, req.hasNode { node = req.node }
         guard let type = ResourceType(rawValue: req.typeURL) else { return [] }
         var st = types[type] ?? TypeState()
@@ -94,19 +96,20 @@ public struct SotWStream: Sendable {
                 st.ackedVersion = req.versionInfo
             }
         } else {
-            st.mustAnswer = true // an initial request (or a reconnect) is always answered
+            st.mustAnswer = true  // an initial request (or a reconnect) is always answered
         }
         let names = Set(req.resourceNames)
         let explicit = names.subtracting(["*"])
         if !explicit.isEmpty { st.explicitEver = true }
         // The legacy empty request means "everything" for LDS and CDS until the client names something.
         st.wildcard = names.contains("*") || (names.isEmpty && type.isFullState && !st.explicitEver)
-        if !explicit.subtracting(st.names).isEmpty { st.mustAnswer = true } // new or re-subscribed names are sent again
+        // New or re-subscribed names are sent again.
+        if !explicit.subtracting(st.names).isEmpty { st.mustAnswer = true }
         st.names = explicit
         st.requested = true
         types[type] = st
         guard let snapshot else { return [] }
-        if st.unchanged(in: snapshot, type) { return [] } // an ACK of what is current
+        if st.unchanged(in: snapshot, type) { return [] }  // an ACK of what is current
         return push(type, snapshot).map { [$0] } ?? []
     }
 
@@ -133,7 +136,10 @@ public struct SotWStream: Sendable {
             if let r = push(type, select(type, snapshot)) { out.append(r) }
         }
         for (type, var st) in types where st.requested {
-            if let v = snapshot.typeVersions[type] { st.decidedFrom = (v, st.wildcard, st.names); types[type] = st }
+            if let v = snapshot.typeVersions[type] {
+                st.decidedFrom = (v, st.wildcard, st.names)
+                types[type] = st
+            }
         }
         return out
     }
@@ -175,7 +181,11 @@ public struct SotWStream: Sendable {
         let version = selected.version
         // A NACKed version stays rejected until the config changes; an identical response is never resent,
         // unless the client is owed an answer (initial request, new names).
-        if version == st.nackedVersion { st.mustAnswer = false; types[type] = st; return nil }
+        if version == st.nackedVersion {
+            st.mustAnswer = false
+            types[type] = st
+            return nil
+        }
         if version == st.lastSentVersion && !st.mustAnswer { return nil }
         st.mustAnswer = false
         st.lastSentVersion = version
@@ -190,9 +200,10 @@ public struct SotWStream: Sendable {
         types.reduce(into: [:]) { out, entry in
             let (type, st) = entry
             let have = snapshot?.resources[type] ?? [:]
-            out[type] = TypeStatus(subscribedNames: st.names.sorted(), wildcard: st.wildcard, lastSentVersion: st.lastSentVersion,
-                                   lastSentNonce: st.lastSentNonce, lastAckedVersion: st.ackedVersion, lastNackVersion: st.nackedVersion,
-                                   lastNackMessage: st.nackMessage, pendingNames: st.names.filter { have[$0] == nil }.sorted())
+            out[type] = TypeStatus(
+                subscribedNames: st.names.sorted(), wildcard: st.wildcard, lastSentVersion: st.lastSentVersion,
+                lastSentNonce: st.lastSentNonce, lastAckedVersion: st.ackedVersion, lastNackVersion: st.nackedVersion,
+                lastNackMessage: st.nackMessage, pendingNames: st.names.filter { have[$0] == nil }.sorted())
         }
     }
 }
@@ -224,7 +235,9 @@ public struct DeltaStream: Sendable {
 
     public init() {}
 
-    public mutating func receive(_ req: Envoy_Service_Discovery_V3_DeltaDiscoveryRequest, snapshot: Snapshot?) -> [OutgoingResponse] {
+    public mutating func receive(_ req: Envoy_Service_Discovery_V3_DeltaDiscoveryRequest, snapshot: Snapshot?)
+        -> [OutgoingResponse]
+    {
         if node == nil, req.hasNode { node = req.node }
         guard let type = ResourceType(rawValue: req.typeURL) else { return [] }
         var st = types[type] ?? TypeState()
@@ -245,7 +258,8 @@ public struct DeltaStream: Sendable {
                 st.ackedVersion = st.lastSentVersion
             }
         }
-        let subscribe = Set(req.resourceNamesSubscribe), unsubscribe = Set(req.resourceNamesUnsubscribe)
+        let subscribe = Set(req.resourceNamesSubscribe)
+        let unsubscribe = Set(req.resourceNamesUnsubscribe)
         if subscribe.contains("*") || (first && subscribe.isEmpty && type.isFullState) { st.wildcard = true }
         if unsubscribe.contains("*") { st.wildcard = false }
         for name in subscribe.subtracting(["*"]) where !st.names.contains(name) {
@@ -282,44 +296,62 @@ public struct DeltaStream: Sendable {
         guard var st = types[type] else { return nil }
         let have = snapshot.resources[type] ?? [:]
         var updates: [VersionedResource] = []
-        for (name, r) in have.sorted(by: { $0.key < $1.key }) where (st.wildcard && !r.namedOnly) || st.names.contains(name) {
+        for (name, r) in have.sorted(by: { $0.key < $1.key })
+        where (st.wildcard && !r.namedOnly) || st.names.contains(name) {
             if st.known[name] == r.version || st.nacked[name] == r.version { continue }
             updates.append(r)
         }
         var removed: [String] = []
         if removals {
             for name in st.known.keys.sorted() where have[name] == nil { removed.append(name) }
-            for name in st.names.sorted() where have[name] == nil && st.known[name] == nil && !st.reportedAbsent.contains(name) {
+            for name in st.names.sorted()
+            where have[name] == nil && st.known[name] == nil && !st.reportedAbsent.contains(name) {
                 removed.append(name)
             }
         }
         // A nacked resource that changed in the new config may be tried again.
         for (name, version) in st.nacked where have[name]?.version != version { st.nacked.removeValue(forKey: name) }
-        guard !updates.isEmpty || !removed.isEmpty else { types[type] = st; return nil }
+        guard !updates.isEmpty || !removed.isEmpty else {
+            types[type] = st
+            return nil
+        }
         var h = ContentHash()
-        h.add(type.rawValue); h.add(snapshot.version)
-        for r in updates { h.add(r.name); h.add(r.version) }
+        h.add(type.rawValue)
+        h.add(snapshot.version)
+        for r in updates {
+            h.add(r.name)
+            h.add(r.version)
+        }
         h.add("-")
         for n in removed { h.add(n) }
         let nonce = String(h.hex.prefix(20))
         var carried: [String: String] = [:]
-        for r in updates { st.known[r.name] = r.version; carried[r.name] = r.version }
-        for n in removed { st.known.removeValue(forKey: n); st.reportedAbsent.insert(n) }
+        for r in updates {
+            st.known[r.name] = r.version
+            carried[r.name] = r.version
+        }
+        for n in removed {
+            st.known.removeValue(forKey: n)
+            st.reportedAbsent.insert(n)
+        }
         st.outstanding[nonce] = carried
-        if st.outstanding.count > 64 { st.outstanding.removeAll() } // a client that never answers does not grow this
+        if st.outstanding.count > 64 { st.outstanding.removeAll() }  // a client that never answers does not grow this
         st.lastSentNonce = nonce
         st.lastSentVersion = snapshot.version
         types[type] = st
-        return OutgoingResponse(type: type, nonce: nonce, body: .delta(systemVersion: snapshot.version, resources: updates, removed: removed))
+        return OutgoingResponse(
+            type: type, nonce: nonce,
+            body: .delta(systemVersion: snapshot.version, resources: updates, removed: removed))
     }
 
     public func status(snapshot: Snapshot?) -> [ResourceType: TypeStatus] {
         types.reduce(into: [:]) { out, entry in
             let (type, st) = entry
             let have = snapshot?.resources[type] ?? [:]
-            out[type] = TypeStatus(subscribedNames: st.names.sorted(), wildcard: st.wildcard, lastSentVersion: st.lastSentVersion,
-                                   lastSentNonce: st.lastSentNonce, lastAckedVersion: st.ackedVersion, lastNackVersion: st.nackVersion,
-                                   lastNackMessage: st.nackMessage, pendingNames: st.names.filter { have[$0] == nil }.sorted())
+            out[type] = TypeStatus(
+                subscribedNames: st.names.sorted(), wildcard: st.wildcard, lastSentVersion: st.lastSentVersion,
+                lastSentNonce: st.lastSentNonce, lastAckedVersion: st.ackedVersion, lastNackVersion: st.nackVersion,
+                lastNackMessage: st.nackMessage, pendingNames: st.names.filter { have[$0] == nil }.sorted())
         }
     }
 }

@@ -21,7 +21,9 @@ public final class UpstreamRelay: SnapshotSource {
     let nodes = Mutex<[String: NodeState]>([:])
 
     public init(upstream: XDSAddress, cache: SnapshotCache, logger: Logger = Logger(label: "weir.xds.relay")) {
-        self.upstream = upstream; self.cache = cache; self.logger = logger
+        self.upstream = upstream
+        self.cache = cache
+        self.logger = logger
         // Nodes known from disk are refreshed from the upstream as soon as it answers.
         for node in cache.nodeIDs { start(node) }
     }
@@ -37,7 +39,10 @@ public final class UpstreamRelay: SnapshotSource {
     }
 
     public func stop() {
-        nodes.withLock { n in for s in n.values { s.task.cancel() }; n.removeAll() }
+        nodes.withLock { n in
+            for s in n.values { s.task.cancel() }
+            n.removeAll()
+        }
     }
 
     func start(_ node: String) {
@@ -57,7 +62,9 @@ public final class UpstreamRelay: SnapshotSource {
                 try await session(node, nacks: nackBox)
             } catch {
                 if Task.isCancelled { return }
-                logger.warning("upstream stream ended; serving the cached config", metadata: ["node": "\(node)", "error": "\(error)"])
+                logger.warning(
+                    "upstream stream ended; serving the cached config",
+                    metadata: ["node": "\(node)", "error": "\(error)"])
             }
             if ContinuousClock.now - started > .seconds(10) { backoff = .milliseconds(100) }
             try? await Task.sleep(for: backoff)
@@ -70,7 +77,10 @@ public final class UpstreamRelay: SnapshotSource {
         let target: any ResolvableTarget
         switch upstream {
         case .unix(let path): target = .unixDomainSocket(path: path)
-        case .tcp(let e): target = e.family == .ipv4 ? .ipv4(address: e.host, port: Int(e.port)) : .ipv6(address: e.host, port: Int(e.port))
+        case .tcp(let e):
+            target =
+                e.family == .ipv4
+                ? .ipv4(address: e.host, port: Int(e.port)) : .ipv6(address: e.host, port: Int(e.port))
         }
         let transport = try HTTP2ClientTransport.Posix(target: target, transportSecurity: .plaintext)
         try await withGRPCClient(transport: transport) { client in
@@ -84,59 +94,82 @@ public final class UpstreamRelay: SnapshotSource {
             var lds = Envoy_Service_Discovery_V3_DiscoveryRequest()
             lds.typeURL = ResourceType.listener.rawValue
             send.yield(lds)
-            nacks.reset() // nonces belong to one stream: a new stream starts without them
+            nacks.reset()  // nonces belong to one stream: a new stream starts without them
             nacks.attach(send)
-            defer { nacks.attach(nil); send.finish() }
-            try await ads.streamAggregatedResources(requestProducer: { writer in
-                for await r in outgoing { try await writer.write(r) }
-            }, onResponse: { [self] response in
-                var resources: [ResourceType: [String: VersionedResource]] = [:]
-                var subscribed: [ResourceType: Set<String>] = [:]
-                if let s = cache.snapshot(for: node) { resources = s.resources } // start from what we serve
-                var fresh = Set<ResourceType>()
-                for try await message in response.messages {
-                    guard let type = ResourceType(rawValue: message.typeURL) else { continue }
-                    var byName: [String: VersionedResource] = type.isFullState || !fresh.contains(type) ? [:] : (resources[type] ?? [:])
-                    for any in message.resources {
-                        guard let name = Self.name(of: type, any.value) else { continue }
-                        byName[name] = VersionedResource(name: name, bytes: Array(any.value))
-                    }
-                    if !type.isFullState { byName.merge(resources[type]?.filter { subscribed[type]?.contains($0.key) == true && byName[$0.key] == nil } ?? [:]) { a, _ in a } }
-                    resources[type] = byName
-                    fresh.insert(type)
-                    var ack = Envoy_Service_Discovery_V3_DiscoveryRequest()
-                    ack.typeURL = type.rawValue
-                    ack.versionInfo = message.versionInfo
-                    ack.responseNonce = message.nonce
-                    // Follow references: the route configurations listeners name, the endpoints clusters name.
-                    if type == .listener || type == .cluster {
-                        let wanted: ResourceType = type == .listener ? .route : .endpoint
-                        let names = Set(byName.values.flatMap { r -> [String] in
-                            if type == .listener { return (try? Envoy_Config_Listener_V3_Listener(serializedBytes: r.bytes)).map(Snapshot.routeNames(of:)) ?? [] }
-                            return (try? Envoy_Config_Cluster_V3_Cluster(serializedBytes: r.bytes)).flatMap(Snapshot.endpointName(of:)).map { [$0] } ?? []
-                        })
-                        if names != subscribed[wanted] ?? [] {
-                            subscribed[wanted] = names
-                            var sub = Envoy_Service_Discovery_V3_DiscoveryRequest()
-                            sub.typeURL = wanted.rawValue
-                            sub.resourceNames = names.sorted()
-                            if let st = nacks.state(wanted) { sub.versionInfo = st.ackedVersion; sub.responseNonce = st.nonce }
-                            send.yield(sub)
-                            nacks.record(wanted, nonce: nacks.state(wanted)?.nonce ?? "", version: nacks.state(wanted)?.ackedVersion ?? "", names: names.sorted())
+            defer {
+                nacks.attach(nil)
+                send.finish()
+            }
+            try await ads.streamAggregatedResources(
+                requestProducer: { writer in
+                    for await r in outgoing { try await writer.write(r) }
+                },
+                onResponse: { [self] response in
+                    var resources: [ResourceType: [String: VersionedResource]] = [:]
+                    var subscribed: [ResourceType: Set<String>] = [:]
+                    if let s = cache.snapshot(for: node) { resources = s.resources }  // start from what we serve
+                    var fresh = Set<ResourceType>()
+                    for try await message in response.messages {
+                        guard let type = ResourceType(rawValue: message.typeURL) else { continue }
+                        var byName: [String: VersionedResource] =
+                            type.isFullState || !fresh.contains(type) ? [:] : (resources[type] ?? [:])
+                        for any in message.resources {
+                            guard let name = Self.name(of: type, any.value) else { continue }
+                            byName[name] = VersionedResource(name: name, bytes: Array(any.value))
                         }
-                        ack.resourceNames = []
-                    } else {
-                        ack.resourceNames = (subscribed[type] ?? []).sorted()
+                        if !type.isFullState {
+                            byName.merge(
+                                resources[type]?.filter {
+                                    subscribed[type]?.contains($0.key) == true && byName[$0.key] == nil
+                                } ?? [:]
+                            ) { a, _ in a }
+                        }
+                        resources[type] = byName
+                        fresh.insert(type)
+                        var ack = Envoy_Service_Discovery_V3_DiscoveryRequest()
+                        ack.typeURL = type.rawValue
+                        ack.versionInfo = message.versionInfo
+                        ack.responseNonce = message.nonce
+                        // Follow references: the route configurations listeners name, the endpoints clusters name.
+                        if type == .listener || type == .cluster {
+                            let wanted: ResourceType = type == .listener ? .route : .endpoint
+                            let names = Set(
+                                byName.values.flatMap { r -> [String] in
+                                    if type == .listener {
+                                        return (try? Envoy_Config_Listener_V3_Listener(serializedBytes: r.bytes)).map(
+                                            Snapshot.routeNames(of:)) ?? []
+                                    }
+                                    return (try? Envoy_Config_Cluster_V3_Cluster(serializedBytes: r.bytes)).flatMap(
+                                        Snapshot.endpointName(of:)
+                                    ).map { [$0] } ?? []
+                                })
+                            if names != subscribed[wanted] ?? [] {
+                                subscribed[wanted] = names
+                                var sub = Envoy_Service_Discovery_V3_DiscoveryRequest()
+                                sub.typeURL = wanted.rawValue
+                                sub.resourceNames = names.sorted()
+                                if let st = nacks.state(wanted) {
+                                    sub.versionInfo = st.ackedVersion
+                                    sub.responseNonce = st.nonce
+                                }
+                                send.yield(sub)
+                                nacks.record(
+                                    wanted, nonce: nacks.state(wanted)?.nonce ?? "",
+                                    version: nacks.state(wanted)?.ackedVersion ?? "", names: names.sorted())
+                            }
+                            ack.resourceNames = []
+                        } else {
+                            ack.resourceNames = (subscribed[type] ?? []).sorted()
+                        }
+                        send.yield(ack)
+                        nacks.record(type, nonce: message.nonce, version: message.versionInfo, names: ack.resourceNames)
+                        // Publish once the set is consistent (clusters' endpoints and listeners' routes are all here).
+                        let snapshot = Snapshot(resources: resources.mapValues { $0.filter { _ in true } })
+                        if snapshot.consistencyProblems().isEmpty {
+                            do { try cache.set(node, snapshot) } catch { logger.warning("\(error)") }
+                        }
                     }
-                    send.yield(ack)
-                    nacks.record(type, nonce: message.nonce, version: message.versionInfo, names: ack.resourceNames)
-                    // Publish once the set is consistent (clusters' endpoints and listeners' routes are all here).
-                    let snapshot = Snapshot(resources: resources.mapValues { $0.filter { _ in true } })
-                    if snapshot.consistencyProblems().isEmpty {
-                        do { try cache.set(node, snapshot) } catch { logger.warning("\(error)") }
-                    }
-                }
-            })
+                })
         }
     }
 
@@ -145,7 +178,8 @@ public final class UpstreamRelay: SnapshotSource {
         case .listener: return (try? Envoy_Config_Listener_V3_Listener(serializedBytes: bytes))?.name
         case .cluster: return (try? Envoy_Config_Cluster_V3_Cluster(serializedBytes: bytes))?.name
         case .route: return (try? Envoy_Config_Route_V3_RouteConfiguration(serializedBytes: bytes))?.name
-        case .endpoint: return (try? Envoy_Config_Endpoint_V3_ClusterLoadAssignment(serializedBytes: bytes))?.clusterName
+        case .endpoint:
+            return (try? Envoy_Config_Endpoint_V3_ClusterLoadAssignment(serializedBytes: bytes))?.clusterName
         }
     }
 }
@@ -153,12 +187,18 @@ public final class UpstreamRelay: SnapshotSource {
 /// Per type, what the upstream last sent a node (to answer on its nonce), and the current session's request sink,
 /// so a local sidecar's NACK is forwarded upstream.
 final class NackBox: Sendable {
-    struct TypeState: Sendable { var nonce: String; var ackedVersion: String; var names: [String] }
+    struct TypeState: Sendable {
+        var nonce: String
+        var ackedVersion: String
+        var names: [String]
+    }
     let states = Mutex<[ResourceType: TypeState]>([:])
     let sink = Mutex<AsyncStream<Envoy_Service_Discovery_V3_DiscoveryRequest>.Continuation?>(nil)
 
     func reset() { states.withLock { $0.removeAll() } }
-    func attach(_ s: AsyncStream<Envoy_Service_Discovery_V3_DiscoveryRequest>.Continuation?) { sink.withLock { $0 = s } }
+    func attach(_ s: AsyncStream<Envoy_Service_Discovery_V3_DiscoveryRequest>.Continuation?) {
+        sink.withLock { $0 = s }
+    }
     func state(_ t: ResourceType) -> TypeState? { states.withLock { $0[t] } }
     func record(_ t: ResourceType, nonce: String, version: String, names: [String]) {
         states.withLock { $0[t] = TypeState(nonce: nonce, ackedVersion: version, names: names) }
@@ -172,7 +212,7 @@ final class NackBox: Sendable {
         r.versionInfo = st.ackedVersion
         r.responseNonce = st.nonce
         r.resourceNames = st.names
-        r.errorDetail.code = 3 // INVALID_ARGUMENT, as Envoy reports a rejected config
+        r.errorDetail.code = 3  // INVALID_ARGUMENT, as Envoy reports a rejected config
         r.errorDetail.message = message
         sink.yield(r)
         logger.info("forwarded a local NACK upstream", metadata: ["node": "\(node)", "type": "\(type.shortName)"])

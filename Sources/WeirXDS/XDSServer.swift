@@ -15,9 +15,13 @@ public final class XDSServer: Sendable {
     let transport: ADSTransport
     let listener = Mutex<(any Channel)?>(nil)
 
-    public init(listen: XDSAddress, cache: SnapshotCache, logger: Logger = Logger(label: "weir.xds"),
-                onNack: (@Sendable (String, ResourceType, String) -> Void)? = nil) {
-        self.listen = listen; self.cache = cache; self.logger = logger
+    public init(
+        listen: XDSAddress, cache: SnapshotCache, logger: Logger = Logger(label: "weir.xds"),
+        onNack: (@Sendable (String, ResourceType, String) -> Void)? = nil
+    ) {
+        self.listen = listen
+        self.cache = cache
+        self.logger = logger
         self.service = ADSService(cache: cache, logger: logger, onNack: onNack)
         self.transport = ADSTransport(service: service)
     }
@@ -37,7 +41,13 @@ public final class XDSServer: Sendable {
     /// Stops listening and ends the connections: a sidecar never ends its ADS stream, so GOAWAY tells it to
     /// reconnect (to the next weir), then the connections close.
     public func stop() async {
-        guard let channel = listener.withLock({ c in let out = c; c = nil; return out }) else { return }
+        guard
+            let channel = listener.withLock({ c in
+                let out = c
+                c = nil
+                return out
+            })
+        else { return }
         await transport.stop(listener: channel)
     }
 

@@ -11,12 +11,15 @@ func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
 /// would blur millisecond timings). Its exit status.
 @discardableResult
 func run(_ args: [String], input: String? = nil) -> Int32 {
-    guard let r = try? Subprocess.run(args[0], Array(args.dropFirst()), input: input ?? "") else { fatalError("cannot run \(args[0])") }
+    guard let r = try? Subprocess.run(args[0], Array(args.dropFirst()), input: input ?? "") else {
+        fatalError("cannot run \(args[0])")
+    }
     return r.status
 }
 
 func which(_ name: String) -> String {
-    for d in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] where FileManager.default.isExecutableFile(atPath: "\(d)/\(name)") { return "\(d)/\(name)" }
+    for d in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+    where FileManager.default.isExecutableFile(atPath: "\(d)/\(name)") { return "\(d)/\(name)" }
     fatalError("\(name) not found")
 }
 
@@ -60,8 +63,11 @@ let count = arguments.count > 3 ? Int(arguments[3]) ?? 200 : 200
 
 // A realistic sidecar spec: proxy uid, a few exclusions, dual stack.
 var input = CaptureSpecInput()
-for (k, v) in [(CaptureSpecInput.Key.proxyUID, "1337"), (.proxyGID, "1337"), (.outboundExcludeCIDR, "169.254.169.254,fd00:ec2::254"),
-               (.outboundExcludePort, "22,15090"), (.inboundExcludePort, "15020,15021"), (.proxyPort, "15000")] {
+for (k, v) in [
+    (CaptureSpecInput.Key.proxyUID, "1337"), (.proxyGID, "1337"),
+    (.outboundExcludeCIDR, "169.254.169.254,fd00:ec2::254"),
+    (.outboundExcludePort, "22,15090"), (.inboundExcludePort, "15020,15021"), (.proxyPort, "15000"),
+] {
     input.add(k, v, from: "bench")
 }
 let spec = try input.validate()
@@ -74,7 +80,9 @@ let ip = which("ip")
 let nft = which("nft")
 let iptRestore = which("iptables-nft-restore")
 let ip6tRestore = which("ip6tables-nft-restore")
-print("weir bench rules: \(count) fresh namespaces per method, \(ruleCount) rules (dual stack, \(plan.chains.count) chains)")
+print(
+    "weir bench rules: \(count) fresh namespaces per method, \(ruleCount) rules (dual stack, \(plan.chains.count) chains)"
+)
 
 let inProcess = measure("weir in-process", count: count) { ns in
     (try? NetworkNamespace(path: "/run/netns/\(ns)").run { try NftablesBackend().apply(plan) }) != nil
@@ -87,9 +95,11 @@ let iptables = measure("ip netns exec iptables-restore", count: count) { ns in
         && run([ip, "netns", "exec", ns, ip6tRestore, "--noflush"], input: ipt6) == 0
 }
 let weirProcess = measure("weir init --netns", count: count) { ns in
-    run([weirBinary, "init", "--quiet", "--netns", "/run/netns/\(ns)", "--proxy-uid", "1337", "--proxy-gid", "1337",
-         "--outbound-exclude-cidr", "169.254.169.254,fd00:ec2::254", "--outbound-exclude-port", "22,15090",
-         "--inbound-exclude-port", "15020,15021", "--proxy-port", "15000"]) == 0
+    run([
+        weirBinary, "init", "--quiet", "--netns", "/run/netns/\(ns)", "--proxy-uid", "1337", "--proxy-gid", "1337",
+        "--outbound-exclude-cidr", "169.254.169.254,fd00:ec2::254", "--outbound-exclude-port", "22,15090",
+        "--inbound-exclude-port", "15020,15021", "--proxy-port", "15000",
+    ]) == 0
 }
 
 func row(_ name: String, _ xs: [UInt64]) {
@@ -104,4 +114,5 @@ let r2 = median(weirProcess) / median(nftFile)
 let r3 = median(iptables) / median(inProcess)
 print(String(format: "ratio: nft -f / weir in-process = %.1fx   (goal >= 10x: %@)", r1, r1 >= 10 ? "met" : "NOT met"))
 print(String(format: "ratio: iptables-restore / weir in-process = %.1fx", r3))
-print(String(format: "ratio: weir init process / nft -f = %.2f   (goal <= 1.00: %@)", r2, r2 <= 1.0 ? "met" : "NOT met"))
+print(
+    String(format: "ratio: weir init process / nft -f = %.2f   (goal <= 1.00: %@)", r2, r2 <= 1.0 ? "met" : "NOT met"))

@@ -16,11 +16,17 @@ struct BootstrapCommand: ParsableCommand {
 
     func run() throws {
         guard let address = XDSAddress.parse(xds) else {
-            throw CommandFailure(status: .badInput, message: "--xds '\(xds)': use unix:/absolute/path or HOST:PORT, for example 127.0.0.1:15010")
+            throw CommandFailure(
+                status: .badInput,
+                message: "--xds '\(xds)': use unix:/absolute/path or HOST:PORT, for example 127.0.0.1:15010")
         }
-        guard adminPort > 0 else { throw CommandFailure(status: .badInput, message: "--admin-port must be from 1 to 65535") }
+        guard adminPort > 0 else {
+            throw CommandFailure(status: .badInput, message: "--admin-port must be from 1 to 65535")
+        }
         do {
-            print(try EnvoyBootstrap(nodeID: node, xds: address, delta: delta, adminPort: adminPort).json(), terminator: "")
+            print(
+                try EnvoyBootstrap(nodeID: node, xds: address, delta: delta, adminPort: adminPort).json(),
+                terminator: "")
         } catch {
             throw CommandFailure(status: .badInput, message: "--node: \(error)")
         }

@@ -53,14 +53,25 @@ struct CaptureOptions: ParsableArguments {
         typealias K = CaptureSpecInput.Key
         func one(_ k: K, _ v: String?) { if let v { input.add(k, v, from: k.flag) } }
         func many(_ k: K, _ vs: [String]) { for v in vs { input.add(k, v, from: k.flag) } }
-        one(.outboundPort, outboundPort); one(.inboundPort, inboundPort)
-        many(.proxyUID, proxyUid); many(.proxyGID, proxyGid)
-        one(.bypassMark, bypassMark); one(.inboundPorts, inboundPorts)
-        many(.inboundExcludePort, inboundExcludePort); many(.inboundExcludeSource, inboundExcludeSource)
-        many(.outboundIncludeCIDR, outboundIncludeCidr); many(.outboundExcludeCIDR, outboundExcludeCidr)
-        many(.outboundIncludePort, outboundIncludePort); many(.outboundExcludePort, outboundExcludePort)
-        one(.mode, mode); one(.ipv6, ipv6); one(.dnsPort, dnsPort); many(.proxyPort, proxyPort)
-        one(.captureOwnAddress, captureOwnAddress); one(.tproxyMark, tproxyMark); one(.tproxyTable, tproxyTable)
+        one(.outboundPort, outboundPort)
+        one(.inboundPort, inboundPort)
+        many(.proxyUID, proxyUid)
+        many(.proxyGID, proxyGid)
+        one(.bypassMark, bypassMark)
+        one(.inboundPorts, inboundPorts)
+        many(.inboundExcludePort, inboundExcludePort)
+        many(.inboundExcludeSource, inboundExcludeSource)
+        many(.outboundIncludeCIDR, outboundIncludeCidr)
+        many(.outboundExcludeCIDR, outboundExcludeCidr)
+        many(.outboundIncludePort, outboundIncludePort)
+        many(.outboundExcludePort, outboundExcludePort)
+        one(.mode, mode)
+        one(.ipv6, ipv6)
+        one(.dnsPort, dnsPort)
+        many(.proxyPort, proxyPort)
+        one(.captureOwnAddress, captureOwnAddress)
+        one(.tproxyMark, tproxyMark)
+        one(.tproxyTable, tproxyTable)
         return input
     }
 
@@ -93,13 +104,19 @@ struct TargetOptions: ParsableArguments {
     /// nftables too: it would bite the day the backend changes).
     func backendChoice() throws -> BackendChoice {
         guard let mode = IptablesBackend.Mode(rawValue: iptablesMode.lowercased()) else {
-            throw CommandFailure(status: .badInput, message: "--iptables-mode '\(iptablesMode)' (or WEIR_IPTABLES_MODE): unknown mode. Use auto, nft or legacy.")
+            throw CommandFailure(
+                status: .badInput,
+                message:
+                    "--iptables-mode '\(iptablesMode)' (or WEIR_IPTABLES_MODE): unknown mode. Use auto, nft or legacy.")
         }
         switch backend.lowercased() {
         case "nftables", "nft": return .nftables
         case "iptables": return .iptables(mode)
         default:
-            throw CommandFailure(status: .badInput, message: "--backend '\(backend)' (or WEIR_BACKEND): unknown backend. Use nftables (default) or iptables.")
+            throw CommandFailure(
+                status: .badInput,
+                message:
+                    "--backend '\(backend)' (or WEIR_BACKEND): unknown backend. Use nftables (default) or iptables.")
         }
     }
 }

@@ -8,10 +8,10 @@ struct InitCommand: ParsableCommand {
         commandName: "init",
         abstract: "Validate a capture spec and install the redirect rules in one atomic transaction, then exit.",
         discussion: """
-        Run as an init container (or any privileged step) in the pod's network namespace, or with --netns from the host. \
-        Re-running replaces weir's rules with the new spec in the same transaction, so it is idempotent. \
-        Bad input exits 2 before anything is touched.
-        """
+            Run as an init container (or any privileged step) in the pod's network namespace, or with --netns from the host. \
+            Re-running replaces weir's rules with the new spec in the same transaction, so it is idempotent. \
+            Bad input exits 2 before anything is touched.
+            """
     )
 
     @OptionGroup var capture: CaptureOptions
@@ -29,11 +29,14 @@ struct InitCommand: ParsableCommand {
                 // The rules packets traverse (the spec chain only stores the spec); long lists are sets.
                 var what = "\(plan.chains.filter { $0.base != nil }.map(\.rules.count).reduce(0, +)) rules"
                 if case .iptables = backend {
-                    what = "\(spec.families.map { IptablesRendering.ruleCount(plan, family: $0) }.reduce(0, +)) iptables rules"
+                    what =
+                        "\(spec.families.map { IptablesRendering.ruleCount(plan, family: $0) }.reduce(0, +)) iptables rules"
                 } else if !plan.sets.isEmpty {
                     what += " and \(plan.sets.count) sets"
                 }
-                print("weir: installed \(what) in \(namespace) (\(target.backend), mode \(spec.mode.rawValue), outbound → \(spec.outboundPort), inbound → \(spec.inboundPort))")
+                print(
+                    "weir: installed \(what) in \(namespace) (\(target.backend), mode \(spec.mode.rawValue), outbound → \(spec.outboundPort), inbound → \(spec.inboundPort))"
+                )
             }
         } catch {
             throw failure(from: error)
@@ -44,7 +47,8 @@ struct InitCommand: ParsableCommand {
 struct CleanCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "clean",
-        abstract: "Remove exactly weir's rules, chains and policy routes, atomically. Succeeds when there is nothing to remove."
+        abstract:
+            "Remove exactly weir's rules, chains and policy routes, atomically. Succeeds when there is nothing to remove."
     )
 
     @OptionGroup var target: TargetOptions
@@ -84,7 +88,8 @@ struct PlanCommand: ParsableCommand {
                     print(IptablesRendering.render(plan, family: f), terminator: "")
                 }
             default:
-                throw CommandFailure(status: .badInput, message: "--format '\(format)': unknown format. Use nft or iptables.")
+                throw CommandFailure(
+                    status: .badInput, message: "--format '\(format)': unknown format. Use nft or iptables.")
             }
         } catch {
             throw failure(from: error)

@@ -24,7 +24,9 @@ struct MeshValidateCommand: ParsableCommand {
         let files = try Self.manifestFiles(directory)
         do {
             let m = try ManifestReader.read(files)
-            print("weir mesh: \(files.count) file(s) valid: \(m.meshes.count) mesh(es), \(m.virtualNodes.count) virtual node(s), \(m.virtualRouters.count) virtual router(s), \(m.virtualServices.count) virtual service(s), \(m.virtualGateways.count) virtual gateway(s), \(m.gatewayRoutes.count) gateway route(s)")
+            print(
+                "weir mesh: \(files.count) file(s) valid: \(m.meshes.count) mesh(es), \(m.virtualNodes.count) virtual node(s), \(m.virtualRouters.count) virtual router(s), \(m.virtualServices.count) virtual service(s), \(m.virtualGateways.count) virtual gateway(s), \(m.gatewayRoutes.count) gateway route(s)"
+            )
         } catch {
             throw CommandFailure(status: .badInput, message: "invalid App Mesh manifests:\n" + error.description)
         }
@@ -42,7 +44,8 @@ struct MeshRenderCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "render",
         abstract: "Print the Envoy resources (JSON) a node gets from a directory of App Mesh manifests.",
-        discussion: "The node id is App Mesh's (mesh/<mesh>/virtualNode/<name>, or its ARN) or <namespace>/<name>. Exit 2 on invalid manifests or an unknown node."
+        discussion:
+            "The node id is App Mesh's (mesh/<mesh>/virtualNode/<name>, or its ARN) or <namespace>/<name>. Exit 2 on invalid manifests or an unknown node."
     )
 
     @Argument(help: "Directory of .yaml/.yml manifests (read recursively).") var directory: String
@@ -61,7 +64,9 @@ struct MeshRenderCommand: ParsableCommand {
         do {
             let m = try ManifestReader.read(files)
             var options = MeshCompiler.Options()
-            options.ingressPort = ingressPort; options.egressPort = egressPort; options.sdsSocketPath = sdsSocket
+            options.ingressPort = ingressPort
+            options.egressPort = egressPort
+            options.sdsSocketPath = sdsSocket
             print(try MeshCompiler(m, options: options).compile(nodeID: node).json(), terminator: "")
         } catch {
             throw CommandFailure(status: .badInput, message: "cannot render node \(node):\n" + error.description)
@@ -72,8 +77,11 @@ struct MeshRenderCommand: ParsableCommand {
 /// The Envoy listener ports and SDS socket that `mesh render` and `xds` compile for, checked the same way in both.
 func validateEnvoyListeners(ingress: UInt16, egress: UInt16, sdsSocket: String) throws {
     if ingress == 0 || egress == 0 {
-        throw ValidationError("--ingress-port \(ingress) and --egress-port \(egress): a listener port is from 1 to 65535")
+        throw ValidationError(
+            "--ingress-port \(ingress) and --egress-port \(egress): a listener port is from 1 to 65535")
     }
-    if ingress == egress { throw ValidationError("--ingress-port and --egress-port are both \(ingress): give two different ports") }
+    if ingress == egress {
+        throw ValidationError("--ingress-port and --egress-port are both \(ingress): give two different ports")
+    }
     if !sdsSocket.hasPrefix("/") { throw ValidationError("--sds-socket '\(sdsSocket)': give an absolute path") }
 }

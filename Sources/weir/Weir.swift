@@ -9,7 +9,10 @@ import WeirNetns
 
 /// Exit codes, documented in README.md.
 enum ExitStatus: Int32 {
-    case ok = 0, runtimeFailure = 1, badInput = 2, checkFoundProblems = 3
+    case ok = 0
+    case runtimeFailure = 1
+    case badInput = 2
+    case checkFoundProblems = 3
 }
 
 /// An error that already says what to do, with its exit status.
@@ -22,14 +25,18 @@ struct CommandFailure: Error {
 struct Weir: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "weir",
-        abstract: "Node-level service-mesh network agent: capture a pod's TCP into a local proxy, and check that it works.",
+        abstract:
+            "Node-level service-mesh network agent: capture a pod's TCP into a local proxy, and check that it works.",
         discussion: """
-        weir installs nftables rules (over netlink, one atomic transaction; iptables-restore as fallback) into a \
-        network namespace so the pod's inbound and outbound TCP reaches a local proxy.
+            weir installs nftables rules (over netlink, one atomic transaction; iptables-restore as fallback) into a \
+            network namespace so the pod's inbound and outbound TCP reaches a local proxy.
 
-        Exit codes: 0 ok, 1 runtime failure, 2 bad input (nothing was changed), 3 check found a problem.
-        """,
-        subcommands: [InitCommand.self, CheckCommand.self, CleanCommand.self, PlanCommand.self, ForwardCommand.self, MeshCommand.self, BootstrapCommand.self, XDSCommand.self]
+            Exit codes: 0 ok, 1 runtime failure, 2 bad input (nothing was changed), 3 check found a problem.
+            """,
+        subcommands: [
+            InitCommand.self, CheckCommand.self, CleanCommand.self, PlanCommand.self, ForwardCommand.self,
+            MeshCommand.self, BootstrapCommand.self, XDSCommand.self,
+        ]
     )
 
     /// The process-wide registry of metrics (swift-metrics over Prometheus), shown by admin endpoints' `/metrics`.
@@ -96,7 +103,9 @@ enum ProcessEnvironment {
             throw CommandFailure(status: .badInput, message: "\(p.option)=\(p.value): \(p.problem). \(p.fix)")
         }
         if let level = env["WEIR_LOG_LEVEL"], Logger.Level(rawValue: level) == nil {
-            throw CommandFailure(status: .badInput, message: "WEIR_LOG_LEVEL=\(level): not a log level. Use one of \(levels.joined(separator: ", ")).")
+            throw CommandFailure(
+                status: .badInput,
+                message: "WEIR_LOG_LEVEL=\(level): not a log level. Use one of \(levels.joined(separator: ", ")).")
         }
         var seen = Set<String>()
         for arg in arguments {
@@ -105,7 +114,8 @@ enum ProcessEnvironment {
             let name = String(arg.split(separator: "=", maxSplits: 1)[0])
             if repeatable.contains(name) { continue }
             if !seen.insert(name).inserted {
-                throw CommandFailure(status: .badInput, message: "\(name) is given twice; it takes one value (give it once)")
+                throw CommandFailure(
+                    status: .badInput, message: "\(name) is given twice; it takes one value (give it once)")
             }
         }
     }

@@ -20,7 +20,8 @@ let listen = ["--listen", "unix:\(scratch)/ads.sock"]
 
 let badInputs: [BadInput] = [
     BadInput(args: ["xds", "--listen", "0.0.0.0:19000", "--state", "\(scratch)/state"], mentions: "--allow-remote"),
-    BadInput(args: ["xds", "--listen", "[::]:19000", "--state", "\(scratch)/state"], mentions: "not a loopback address"),
+    BadInput(
+        args: ["xds", "--listen", "[::]:19000", "--state", "\(scratch)/state"], mentions: "not a loopback address"),
     BadInput(args: ["init", "--netns", "/proc/self/ns/mnt"], mentions: "not a network namespace"),
     BadInput(args: ["check", "--netns", "/proc/self/ns/mnt"], mentions: "not a network namespace"),
     BadInput(args: ["forward", "--netns", "/proc/self/ns/mnt"], mentions: "not a network namespace"),
@@ -28,14 +29,18 @@ let badInputs: [BadInput] = [
     BadInput(args: ["forward", "--admin", "localhost"], mentions: "--admin 'localhost'"),
     BadInput(args: ["xds"] + listen + ["--mesh", scratch, "--admin", "unix:"], mentions: "--admin 'unix:'"),
     BadInput(args: ["forward"], environment: ["WEIR_PROXYUID": "1337"], mentions: "WEIR_PROXYUID"),
-    BadInput(args: ["init", "--netns", absent], environment: ["WEIR_OUTBOUND_PORTT": "1"], mentions: "WEIR_OUTBOUND_PORTT"),
-    BadInput(args: ["check", "--netns", absent], environment: ["WEIR_INBOUND_PORTZ": "1"], mentions: "WEIR_INBOUND_PORTZ"),
-    BadInput(args: ["xds", "--listen", "unix:\(scratch)/a.sock", "--listen", "unix:\(scratch)/b.sock", "--mesh", scratch],
-             mentions: "--listen is given twice"),
+    BadInput(
+        args: ["init", "--netns", absent], environment: ["WEIR_OUTBOUND_PORTT": "1"], mentions: "WEIR_OUTBOUND_PORTT"),
+    BadInput(
+        args: ["check", "--netns", absent], environment: ["WEIR_INBOUND_PORTZ": "1"], mentions: "WEIR_INBOUND_PORTZ"),
+    BadInput(
+        args: ["xds", "--listen", "unix:\(scratch)/a.sock", "--listen", "unix:\(scratch)/b.sock", "--mesh", scratch],
+        mentions: "--listen is given twice"),
     BadInput(args: ["forward", "--mode", "redirect", "--mode", "tproxy"], mentions: "--mode is given twice"),
     BadInput(args: ["xds"] + listen + ["--mesh", "/nonexistent"], mentions: "--mesh /nonexistent: no such directory"),
     BadInput(args: ["xds"] + listen + ["--mesh", aFile], mentions: "not a directory"),
-    BadInput(args: ["xds"] + listen + ["--envoy-resources", "/nonexistent"], mentions: "--envoy-resources /nonexistent"),
+    BadInput(
+        args: ["xds"] + listen + ["--envoy-resources", "/nonexistent"], mentions: "--envoy-resources /nonexistent"),
     BadInput(args: ["xds"] + listen + ["--envoy-resources", aFile], mentions: "not a directory"),
     BadInput(args: ["xds"] + listen + ["--mesh", scratch, "--state", aFile], mentions: "--state \(aFile)"),
     BadInput(args: ["xds"] + listen + ["--mesh", scratch, "--ingress-port", "0"], mentions: "from 1 to 65535"),
@@ -44,11 +49,15 @@ let badInputs: [BadInput] = [
     BadInput(args: ["init", "--netns", absent, "--iptables-mode", "bogus"], mentions: "'bogus'"),
     BadInput(args: ["clean", "--netns", absent, "--iptables-mode", "bogus"], mentions: "'bogus'"),
     BadInput(args: ["clean", "--netns", absent], environment: ["WEIR_IPTABLES_MODE": "bogus"], mentions: "'bogus'"),
-    BadInput(args: ["xds"] + listen + ["--mesh", scratch], environment: ["WEIR_LOG_LEVEL": "bogus"], mentions: "WEIR_LOG_LEVEL=bogus"),
+    BadInput(
+        args: ["xds"] + listen + ["--mesh", scratch], environment: ["WEIR_LOG_LEVEL": "bogus"],
+        mentions: "WEIR_LOG_LEVEL=bogus"),
     BadInput(args: ["forward"], environment: ["WEIR_LOG_LEVEL": "loud"], mentions: "WEIR_LOG_LEVEL=loud"),
 ]
 
-@Suite("bad input is exit 2, says what is wrong, and changes nothing", .enabled(if: canRunNamespaceTests, "needs root (namespaces)"))
+@Suite(
+    "bad input is exit 2, says what is wrong, and changes nothing",
+    .enabled(if: canRunNamespaceTests, "needs root (namespaces)"))
 struct BadInputTests {
     init() throws {
         try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
@@ -68,11 +77,14 @@ struct BadInputTests {
     @Test("--allow-remote is the explicit way to serve ADS beyond loopback")
     func allowRemote() throws {
         // Inside a throwaway namespace: nothing listens beyond loopback on the machine itself.
-        let ns = "weir-t-remote-\(getpid())"
+        let ns = "weirt-remote-\(getpid())"
         try sh("ip", "netns", "add", ns)
         defer { _ = try? sh(["ip", "netns", "del", ns], allowFailure: true) }
-        let r = try sh(["ip", "netns", "exec", ns, "timeout", "-s", "TERM", "2", weirBinary, "xds", "--listen", "0.0.0.0:19000",
-                        "--allow-remote", "--state", "\(scratch)/state"], allowFailure: true)
+        let r = try sh(
+            [
+                "ip", "netns", "exec", ns, "timeout", "-s", "TERM", "2", weirBinary, "xds", "--listen", "0.0.0.0:19000",
+                "--allow-remote", "--state", "\(scratch)/state",
+            ], allowFailure: true)
         // It ran (and was ended by the timeout), serving on a port the kernel chose.
         #expect(r.status == 0 || r.status == 124, "exit \(r.status): \(r.output.prefix(400))")
         #expect(r.output.contains("serving ADS on 0.0.0.0:19000"), "\(r.output.prefix(400))")
@@ -87,13 +99,19 @@ struct BadInputTests {
         sin.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
         var len = socklen_t(MemoryLayout<sockaddr_in>.size)
         _ = withUnsafeMutablePointer(to: &sin) { p in
-            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, len) == 0 && getsockname(listener, $0, &len) == 0 }
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(listener, $0, len) == 0 && getsockname(listener, $0, &len) == 0
+            }
         }
         #expect(Glibc.listen(listener, 1) == 0)
         let port = UInt16(bigEndian: sin.sin_port)
-        let r = try sh(["timeout", "10", weirBinary, "xds", "--listen", "127.0.0.1:\(port)", "--mesh", scratch], allowFailure: true)
+        let r = try sh(
+            ["timeout", "10", weirBinary, "xds", "--listen", "127.0.0.1:\(port)", "--mesh", scratch], allowFailure: true
+        )
         #expect(r.status == 1, "exit \(r.status): \(r.output.prefix(400))")
-        #expect(r.output.contains("127.0.0.1:\(port)") && r.output.contains("Address already in use"), "\(r.output.prefix(400))")
+        #expect(
+            r.output.contains("127.0.0.1:\(port)") && r.output.contains("Address already in use"),
+            "\(r.output.prefix(400))")
         #expect(!r.output.contains("bind(descriptor:"), "\(r.output.prefix(400))")
     }
 }

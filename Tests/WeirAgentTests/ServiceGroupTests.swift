@@ -39,10 +39,14 @@ let http2Preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8) + [0, 0, 0, 4,
 
 @Suite("services under one group")
 struct ServiceGroupTests {
-    @Test("a graceful shutdown of the group, without a signal: ADS says GOAWAY and closes, the watcher and the writer end")
+    @Test(
+        "a graceful shutdown of the group, without a signal: ADS says GOAWAY and closes, the watcher and the writer end"
+    )
     func xdsShutdown() async throws {
-        let root = FileManager.default.temporaryDirectory.appendingPathComponent("weir-group-\(UUID().uuidString.prefix(8))")
-        let mesh = root.appendingPathComponent("mesh"), state = root.appendingPathComponent("state")
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "weir-group-\(UUID().uuidString.prefix(8))")
+        let mesh = root.appendingPathComponent("mesh")
+        let state = root.appendingPathComponent("state")
         try FileManager.default.createDirectory(at: mesh, withIntermediateDirectories: true)
         try FileManager.default.createDirectory(at: state, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: root) }
@@ -55,15 +59,22 @@ struct ServiceGroupTests {
         let server = XDSServer(listen: .unix(path: socketPath), cache: cache, logger: logger)
         let (listening, announce) = AsyncStream<String>.makeStream()
         let watchersBefore = threadNames().filter { $0 == "weir-xds-watch" }.count
-        let group = serviceGroup([SnapshotPersistenceService(cache: cache), ConfigWatchService(sources: sources),
-                                  XDSService(server: server) { announce.yield($0) }],
-                                 logger: logger, deadline: .seconds(10), signals: [])
+        let group = serviceGroup(
+            [
+                SnapshotPersistenceService(cache: cache), ConfigWatchService(sources: sources),
+                XDSService(server: server) { announce.yield($0) },
+            ],
+            logger: logger, deadline: .seconds(10), signals: [])
         let running = Task { try await group.run() }
         var it = listening.makeAsyncIterator()
         #expect(await it.next() == "unix:\(socketPath)")
         #expect(threadNames().filter { $0 == "weir-xds-watch" }.count == watchersBefore + 1, "\(threadNames())")
 
-        guard let fd = unixConnect(socketPath) else { Issue.record("cannot connect to ADS"); running.cancel(); return }
+        guard let fd = unixConnect(socketPath) else {
+            Issue.record("cannot connect to ADS")
+            running.cancel()
+            return
+        }
         defer { close(fd) }
         sendBytes(fd, http2Preface)
         // The server's SETTINGS first: the connection is established before the shutdown starts.
@@ -77,14 +88,16 @@ struct ServiceGroupTests {
         #expect(closed)
         #expect(await finishes(within: 10, running), "the group did not end after its graceful shutdown")
         #expect((try? await running.value) != nil, "the group ended with an error")
-        #expect(threadNames().filter { $0 == "weir-xds-watch" }.count == watchersBefore, "the watcher outlived the group")
-        #expect(!FileManager.default.fileExists(atPath: socketPath) || unixConnect(socketPath) == nil, "ADS still accepts")
+        #expect(
+            threadNames().filter { $0 == "weir-xds-watch" }.count == watchersBefore, "the watcher outlived the group")
+        #expect(
+            !FileManager.default.fileExists(atPath: socketPath) || unixConnect(socketPath) == nil, "ADS still accepts")
     }
 
     @Test("a service that fails ends the group and the others shut down with it")
     func failureEndsGroup() async throws {
         let file = "/tmp/weir-group-file-\(getpid())"
-        FileManager.default.createFile(atPath: file, contents: Data("x".utf8))
+        _ = FileManager.default.createFile(atPath: file, contents: Data("x".utf8))
         defer { unlink(file) }
         let socketPath = "/tmp/weir-group-admin-\(UUID().uuidString.prefix(8)).sock"
         defer { unlink(socketPath) }

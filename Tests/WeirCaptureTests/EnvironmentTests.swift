@@ -3,7 +3,9 @@ import Testing
 
 @Suite("Environment: WEIR_* and the App Mesh proxy route manager's APPMESH_*")
 struct EnvironmentTests {
-    @Test("App Mesh defaults: ingress 15000, egress 15001, metadata IP and port 22 ignored, no app ports means no inbound capture")
+    @Test(
+        "App Mesh defaults: ingress 15000, egress 15001, metadata IP and port 22 ignored, no app ports means no inbound capture"
+    )
     func appMeshDefaults() throws {
         let spec = try CaptureSpecInput.resolve(flags: .init(), environment: ["APPMESH_IGNORE_UID": "1337"])
         #expect(spec.inboundPort == 15000)
@@ -20,7 +22,8 @@ struct EnvironmentTests {
         let env = [
             "APPMESH_IGNORE_UID": "1337", "APPMESH_IGNORE_GID": "1338", "APPMESH_APP_PORTS": "8080,9090",
             "APPMESH_ENVOY_INGRESS_PORT": "15100", "APPMESH_ENVOY_EGRESS_PORT": "15101",
-            "APPMESH_EGRESS_IGNORED_IP": "169.254.169.254,169.254.170.2,fd00:ec2::254", "APPMESH_EGRESS_IGNORED_PORTS": "5432",
+            "APPMESH_EGRESS_IGNORED_IP": "169.254.169.254,169.254.170.2,fd00:ec2::254",
+            "APPMESH_EGRESS_IGNORED_PORTS": "5432",
             "APPMESH_ENABLE_IPV6": "0", "APPMESH_VIRTUAL_NODE_NAME": "mesh/m/virtualNode/n",
         ]
         var e = env
@@ -52,10 +55,12 @@ struct EnvironmentTests {
     func precedence() throws {
         var flags = CaptureSpecInput()
         flags.add(.outboundPort, "16001", from: "--outbound-port")
-        let spec = try CaptureSpecInput.resolve(flags: flags, environment: [
-            "APPMESH_ENVOY_EGRESS_PORT": "15101", "WEIR_OUTBOUND_PORT": "17001",
-            "APPMESH_ENVOY_INGRESS_PORT": "15100", "WEIR_INBOUND_PORT": "17006",
-        ])
+        let spec = try CaptureSpecInput.resolve(
+            flags: flags,
+            environment: [
+                "APPMESH_ENVOY_EGRESS_PORT": "15101", "WEIR_OUTBOUND_PORT": "17001",
+                "APPMESH_ENVOY_INGRESS_PORT": "15100", "WEIR_INBOUND_PORT": "17006",
+            ])
         #expect(spec.outboundPort == 16001)
         #expect(spec.inboundPort == 17006)
     }

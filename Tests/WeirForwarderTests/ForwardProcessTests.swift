@@ -34,7 +34,11 @@ final class ForwardProcess {
     func waitExit(seconds: Double) -> Int32? {
         let deadline = Date().addingTimeInterval(seconds)
         while process.isRunning && Date() < deadline { usleep(20_000) }
-        if process.isRunning { kill(process.processIdentifier, SIGKILL); process.waitUntilExit(); return nil }
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+            return nil
+        }
         return process.terminationStatus
     }
 }
@@ -54,7 +58,9 @@ struct ForwardProcessTests {
     func drain() throws {
         try TestNetwork.with { net in
             try net.installer(.nftables).install(RedirectPlan(spec: try CaptureSpecInput().validate()))
-            let fwd = try ForwardProcess(["--netns", "/run/netns/\(net.pod)", "--admin", admin.description, "--drain-timeout", "5000"])
+            let fwd = try ForwardProcess([
+                "--netns", "/run/netns/\(net.pod)", "--admin", admin.description, "--drain-timeout", "5000",
+            ])
             defer { _ = fwd.waitExit(seconds: 0) }
             try fwd.waitReady(net.podNamespace, admin: admin)
             let r = try Relayed.outbound(net)
@@ -70,7 +76,8 @@ struct ForwardProcessTests {
             sendAll(server, "reply")
             #expect(recv(client, &buf, buf.count, 0) == 5)
             #expect(fwd.process.isRunning)
-            shutdown(client, Int32(SHUT_WR)); shutdown(server, Int32(SHUT_WR))
+            shutdown(client, Int32(SHUT_WR))
+            shutdown(server, Int32(SHUT_WR))
             #expect(fwd.waitExit(seconds: 4) == 0)
         }
     }
@@ -80,37 +87,68 @@ struct ForwardProcessTests {
         try TestNetwork.with { net in
             try net.installer(.nftables).install(RedirectPlan(spec: try CaptureSpecInput().validate()))
             // 48 descriptors: the listeners, epoll and a few others leave room for about 15 relayed connections.
-            let fwd = try ForwardProcess(["--netns", "/run/netns/\(net.pod)", "--admin", admin.description, "--workers", "1"],
-                                         prefix: ["/usr/bin/prlimit", "--nofile=48:48", "--"])
-            defer { fwd.terminate(); _ = fwd.waitExit(seconds: 5) }
+            let fwd = try ForwardProcess(
+                ["--netns", "/run/netns/\(net.pod)", "--admin", admin.description, "--workers", "1"],
+                prefix: ["/usr/bin/prlimit", "--nofile=48:48", "--"])
+            defer {
+                fwd.terminate()
+                _ = fwd.waitExit(seconds: 5)
+            }
             try fwd.waitReady(net.podNamespace, admin: admin)
             let listener = try TestSockets.listen(net.serverNamespace, .ipv4, port: 9000)
             defer { close(listener) }
             var open: [(Int32, Int32)] = []
-            defer { for (c, s) in open { close(c); close(s) } }
+            defer {
+                for (c, s) in open {
+                    close(c)
+                    close(s)
+                }
+            }
             var refused = 0
             for _ in 0..<40 {
-                guard let c = try? blockingSocket(net.podNamespace, connectTo: server4) else { refused += 1; continue }
-                if let s = acceptOne(listener, timeoutMilliseconds: 300) { open.append((c, s)) } else { close(c); refused += 1 }
+                guard let c = try? blockingSocket(net.podNamespace, connectTo: server4) else {
+                    refused += 1
+                    continue
+                }
+                if let s = acceptOne(listener, timeoutMilliseconds: 300) {
+                    open.append((c, s))
+                } else {
+                    close(c)
+                    refused += 1
+                }
             }
             #expect(open.count >= 5 && open.count < 40, "relayed \(open.count)")
             #expect(refused > 0, "every connection was relayed; the limit was not reached")
             let metrics = try httpGet(net.podNamespace, admin, "/metrics")
-            let paused = metrics.split(separator: "\n")
-                .first { $0.hasPrefix("weir_forward_accept_paused_total ") }.flatMap { Double($0.split(separator: " ")[1]) } ?? 0
-            let descriptors = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(fwd.process.processIdentifier)/fd"))?.count ?? -1
-            #expect(paused > 0, "open \(open.count), refused \(refused), descriptors \(descriptors): \(metrics.split(separator: "\n").filter { $0.hasPrefix("weir_forward") && !$0.contains("bucket") })")
+            let paused =
+                metrics.split(separator: "\n")
+                .first { $0.hasPrefix("weir_forward_accept_paused_total ") }.flatMap {
+                    Double($0.split(separator: " ")[1])
+                } ?? 0
+            let descriptors =
+                (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(fwd.process.processIdentifier)/fd"))?
+                .count ?? -1
+            #expect(
+                paused > 0,
+                "open \(open.count), refused \(refused), descriptors \(descriptors): \(metrics.split(separator: "\n").filter { $0.hasPrefix("weir_forward") && !$0.contains("bucket") })"
+            )
             // The relayed ones still work.
             sendAll(open[0].0, "ping")
             var buf = [UInt8](repeating: 0, count: 16)
             #expect(recv(open[0].1, &buf, buf.count, 0) == 4)
-            for (c, s) in open { close(c); close(s) }
+            for (c, s) in open {
+                close(c)
+                close(s)
+            }
             open.removeAll()
             usleep(300_000)
             // The clients given up on above sat in the forwarder's backlog; once accept resumes they are
             // relayed too, each ending with the EOF of its closed client. Their upstream halves wait in
             // this listener and hold the forwarder's descriptors until they are taken and closed.
-            for _ in 0..<200 { guard let stale = acceptOne(listener, timeoutMilliseconds: 300) else { break }; close(stale) }
+            for _ in 0..<200 {
+                guard let stale = acceptOne(listener, timeoutMilliseconds: 300) else { break }
+                close(stale)
+            }
             // Descriptors are free again: a new connection is relayed. A stale relay that still arrives
             // ends in EOF without a byte; the new one carries the client's bytes.
             let c = try blockingSocket(net.podNamespace, connectTo: server4)
@@ -120,7 +158,10 @@ struct ForwardProcessTests {
             for _ in 0..<50 {
                 guard let s = acceptOne(listener, timeoutMilliseconds: 3000) else { break }
                 defer { close(s) }
-                if recv(s, &buf, buf.count, 0) == 5 { relayed = String(decoding: buf[0..<5], as: UTF8.self) == "again"; break }
+                if recv(s, &buf, buf.count, 0) == 5 {
+                    relayed = String(decoding: buf[0..<5], as: UTF8.self) == "again"
+                    break
+                }
             }
             #expect(relayed, "no relayed connection carried the new client's bytes")
         }
@@ -132,8 +173,13 @@ struct ForwardProcessTests {
             try net.installer(.nftables).install(RedirectPlan(spec: try CaptureSpecInput().validate()))
             let log = FileManager.default.temporaryDirectory.appendingPathComponent("weir-access-\(net.pod).jsonl")
             defer { try? FileManager.default.removeItem(at: log) }
-            let fwd = try ForwardProcess(["--netns", "/run/netns/\(net.pod)", "--admin", admin.description, "--access-log", log.path])
-            defer { fwd.terminate(); _ = fwd.waitExit(seconds: 5) }
+            let fwd = try ForwardProcess([
+                "--netns", "/run/netns/\(net.pod)", "--admin", admin.description, "--access-log", log.path,
+            ])
+            defer {
+                fwd.terminate()
+                _ = fwd.waitExit(seconds: 5)
+            }
             try fwd.waitReady(net.podNamespace, admin: admin)
             let r = try Relayed.outbound(net)
             #expect(r.exchange("12345", "abc") == (5, 3))
@@ -153,22 +199,34 @@ struct ForwardProcessTests {
         }
     }
 
-    @Test("weir init --mode tproxy && weir forward --mode tproxy: inbound reaches the application", arguments: IPFamily.allCases)
+    @Test(
+        "weir init --mode tproxy && weir forward --mode tproxy: inbound reaches the application",
+        arguments: IPFamily.allCases)
     func tproxyCLI(_ family: IPFamily) throws {
         try TestNetwork.with { net in
             let ns = "/run/netns/\(net.pod)"
             #expect(try sh(weirBinary, "init", "--netns", ns, "--mode", "tproxy").status == 0)
             let fwd = try ForwardProcess(["--netns", ns, "--mode", "tproxy", "--admin", admin.description])
-            defer { fwd.terminate(); _ = fwd.waitExit(seconds: 5) }
+            defer {
+                fwd.terminate()
+                _ = fwd.waitExit(seconds: 5)
+            }
             try fwd.waitReady(net.podNamespace, admin: admin)
             let r = try Relayed.inbound(net, family)
             defer { r.close() }
             #expect(r.exchange("tproxied", "ok") == (8, 2))
-            #expect(try httpGet(net.podNamespace, admin, "/metrics").contains("weir_forward_connections_total{direction=\"inbound\"} 1"))
+            #expect(
+                try httpGet(net.podNamespace, admin, "/metrics").contains(
+                    "weir_forward_connections_total{direction=\"inbound\"} 1"))
         }
     }
 
-    @Test("bad flags exit 2", arguments: [["--mode", "nat"], ["--upstream", "nowhere"], ["--proxy-protocol", "v2"], ["--bypass-mark", "0"], ["--admin", "somewhere"]])
+    @Test(
+        "bad flags exit 2",
+        arguments: [
+            ["--mode", "nat"], ["--upstream", "nowhere"], ["--proxy-protocol", "v2"], ["--bypass-mark", "0"],
+            ["--admin", "somewhere"],
+        ])
     func badFlags(_ args: [String]) throws {
         let r = try sh([weirBinary, "forward"] + args, allowFailure: true)
         #expect(r.status == 2, "\(r.output)")

@@ -17,8 +17,9 @@ struct ForwarderNamespaceTests {
     @Test("a namespace its threads cannot enter makes Forwarder.start throw, and nothing is left running or listening")
     func unenterable() async throws {
         // /dev/null passes for a handle here, and every setns on it fails, as for a namespace weir may not enter.
-        let handle = NamespaceHandle(descriptor: try FileDescriptor.open("/dev/null", O_RDONLY),
-                                     identity: NamespaceIdentity(device: 0, inode: 0), path: "/dev/null")
+        let handle = NamespaceHandle(
+            descriptor: try FileDescriptor.open("/dev/null", O_RDONLY),
+            identity: NamespaceIdentity(device: 0, inode: 0), path: "/dev/null")
         var config = ForwarderConfig()
         config.workers = 2
         let forwarder = Forwarder(config: config)
@@ -32,7 +33,7 @@ struct ForwarderNamespaceTests {
 
     @Test("listeners and every worker are in the one namespace opened at start, even if its path is reused")
     func oneNamespace() async throws {
-        let name = "weir-t-fwd-\(getpid())"
+        let name = "weirt-fwd-\(getpid())"
         defer { _ = try? sh(["ip", "netns", "del", name], allowFailure: true) }
         try sh("ip", "netns", "add", name)
         try sh("ip", "-n", name, "link", "set", "lo", "up")
@@ -52,7 +53,9 @@ struct ForwarderNamespaceTests {
             sin.sin_port = UInt16(15001).bigEndian
             sin.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
             return withUnsafePointer(to: &sin) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
             } == 0
         }
         #expect(listening, "the forwarder's outbound listener is not in the namespace it was started in")
@@ -62,7 +65,9 @@ struct ForwarderNamespaceTests {
 
 @Suite("the forwarder as a service", .enabled(if: canRunNamespaceTests, "needs root (namespaces, nftables)"))
 struct ForwarderServiceTests {
-    @Test("the group's graceful shutdown, without a signal: no new connections, the open one finishes, then the group ends")
+    @Test(
+        "the group's graceful shutdown, without a signal: no new connections, the open one finishes, then the group ends"
+    )
     func gracefulShutdown() async throws {
         _ = testMetrics
         try await TestNetwork.withAsync { net in
@@ -73,9 +78,11 @@ struct ForwarderServiceTests {
             let forwarder = Forwarder(config: config)
             let (started, announce) = AsyncStream<Int>.makeStream()
             let (draining, announceDrain) = AsyncStream<Int>.makeStream()
-            let service = ForwarderService(forwarder: forwarder, namespace: net.podNamespace,
-                                           onStarted: { announce.yield(1) }, onDraining: { announceDrain.yield($0) })
-            let group = serviceGroup([service], logger: Logger(label: "weir.test.fwd"), deadline: .seconds(30), signals: [])
+            let service = ForwarderService(
+                forwarder: forwarder, namespace: net.podNamespace,
+                onStarted: { announce.yield(1) }, onDraining: { announceDrain.yield($0) })
+            let group = serviceGroup(
+                [service], logger: Logger(label: "weir.test.fwd"), deadline: .seconds(30), signals: [])
             let running = Task { try await group.run() }
             var it = started.makeAsyncIterator()
             _ = await it.next()
@@ -89,7 +96,8 @@ struct ForwarderServiceTests {
             // The open connection still carries data both ways, and the group waits for it.
             #expect(r.exchange("after shutdown", "reply") == (14, 5))
             #expect(!(await finishes(within: 0.5, running)), "the group ended while a connection was open")
-            shutdown(r.client, Int32(SHUT_WR)); shutdown(r.server, Int32(SHUT_WR))
+            shutdown(r.client, Int32(SHUT_WR))
+            shutdown(r.server, Int32(SHUT_WR))
             #expect(await finishes(within: 10, running), "the group did not end once the connection closed")
             #expect(forwarder.activeConnections == 0)
         }

@@ -17,7 +17,9 @@ struct Pattern: Sendable {
         var x = seed | 1
         var b = [UInt8](repeating: 0, count: Self.blockSize)
         for i in stride(from: 0, to: Self.blockSize, by: 8) {
-            x ^= x << 13; x ^= x >> 7; x ^= x << 17
+            x ^= x << 13
+            x ^= x >> 7
+            x ^= x << 17
             withUnsafeBytes(of: x) { b.replaceSubrange(i..<i + 8, with: $0) }
         }
         block = b
@@ -47,22 +49,28 @@ func sendPattern(_ fd: Int32, _ p: Pattern, megabytes: Int) -> Bool {
 /// Receives until EOF, checking every byte against the pattern; returns the byte count, or -1 on a mismatch.
 func receivePattern(_ fd: Int32, _ p: Pattern) -> Int {
     var block = [UInt8](repeating: 0, count: Pattern.blockSize)
-    var filled = 0, total = 0, index = 0
+    var filled = 0
+    var total = 0
+    var index = 0
     while true {
         let n = block.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + filled, Pattern.blockSize - filled, 0) }
         if n < 0 { return -2 }
         if n == 0 { return filled == 0 ? total : -1 }
-        filled += n; total += n
+        filled += n
+        total += n
         if filled == Pattern.blockSize {
             if block != p.chunk(index) { return -1 }
-            index += 1; filled = 0
+            index += 1
+            filled = 0
         }
     }
 }
 
 /// A network with weir's rules and an in-process forwarder in the pod.
-func withForwarder<T>(spec flags: [(CaptureSpecInput.Key, String)] = [], _ configure: (inout ForwarderConfig) -> Void = { _ in },
-                      _ body: (TestNetwork, Forwarder) throws -> T) async throws -> T {
+func withForwarder<T>(
+    spec flags: [(CaptureSpecInput.Key, String)] = [], _ configure: (inout ForwarderConfig) -> Void = { _ in },
+    _ body: (TestNetwork, Forwarder) throws -> T
+) async throws -> T {
     _ = testMetrics
     let net = try TestNetwork()
     defer { net.close() }
@@ -92,13 +100,19 @@ final class Relayed {
     let listener: Int32, client: Int32, server: Int32
     private var owned: Set<Int32>
 
-    init(listenIn: NetworkNamespace, port: UInt16, family: IPFamily, dialFrom: NetworkNamespace, target: Endpoint) throws {
+    init(listenIn: NetworkNamespace, port: UInt16, family: IPFamily, dialFrom: NetworkNamespace, target: Endpoint)
+        throws
+    {
         listener = try TestSockets.listen(listenIn, family, port: port)
         do {
             client = try blockingSocket(dialFrom, connectTo: target)
-        } catch { Glibc.close(listener); throw error }
+        } catch {
+            Glibc.close(listener)
+            throw error
+        }
         guard let s = acceptOne(listener) else {
-            Glibc.close(client); Glibc.close(listener)
+            Glibc.close(client)
+            Glibc.close(listener)
             throw CommandError(description: "nothing arrived at the listener for \(target)")
         }
         server = s
@@ -107,13 +121,16 @@ final class Relayed {
 
     /// Outbound: the pod dials the server namespace on port 9000.
     static func outbound(_ net: TestNetwork, _ family: IPFamily = .ipv4) throws -> Relayed {
-        try Relayed(listenIn: net.serverNamespace, port: 9000, family: family, dialFrom: net.podNamespace, target: family == .ipv4 ? server4 : server6)
+        try Relayed(
+            listenIn: net.serverNamespace, port: 9000, family: family, dialFrom: net.podNamespace,
+            target: family == .ipv4 ? server4 : server6)
     }
 
     /// Inbound: the server namespace dials the pod's application on port 9080.
     static func inbound(_ net: TestNetwork, _ family: IPFamily) throws -> Relayed {
-        try Relayed(listenIn: net.podNamespace, port: 9080, family: family, dialFrom: net.serverNamespace,
-                    target: Endpoint(family: family, address: TestNetwork.podAddress(family), port: 9080))
+        try Relayed(
+            listenIn: net.podNamespace, port: 9080, family: family, dialFrom: net.serverNamespace,
+            target: Endpoint(family: family, address: TestNetwork.podAddress(family), port: 9080))
     }
 
     /// The test closes `fd` itself.
@@ -129,7 +146,10 @@ final class Relayed {
         return (atServer, atClient)
     }
 
-    func close() { owned.forEach { Glibc.close($0) }; owned = [] }
+    func close() {
+        owned.forEach { Glibc.close($0) }
+        owned = []
+    }
 }
 
 let server4 = Endpoint(family: .ipv4, address: TestNetwork.serverV4, port: 9000)
@@ -185,13 +205,18 @@ struct ForwarderTests {
     }
 
     func exchange(client: Int32, server: Int32) throws {
-        let a = Pattern(seed: 0x5745_4952), b = Pattern(seed: 0xC0FFEE)
+        let a = Pattern(seed: 0x5745_4952)
+        let b = Pattern(seed: 0xC0FFEE)
         let group = DispatchGroup()
         let results = ResultBox()
         let mb = Self.megabytes
-        DispatchQueue.global().async(group: group) { results.set("clientSent", sendPattern(client, a, megabytes: mb) ? 1 : 0) }
+        DispatchQueue.global().async(group: group) {
+            results.set("clientSent", sendPattern(client, a, megabytes: mb) ? 1 : 0)
+        }
         DispatchQueue.global().async(group: group) { results.set("serverGot", receivePattern(server, a)) }
-        DispatchQueue.global().async(group: group) { results.set("serverSent", sendPattern(server, b, megabytes: mb) ? 1 : 0) }
+        DispatchQueue.global().async(group: group) {
+            results.set("serverSent", sendPattern(server, b, megabytes: mb) ? 1 : 0)
+        }
         DispatchQueue.global().async(group: group) { results.set("clientGot", receivePattern(client, b)) }
         #expect(group.wait(timeout: .now() + 120) == .success)
         #expect(results.get("clientSent") == 1 && results.get("serverSent") == 1)
@@ -246,7 +271,8 @@ struct ForwarderTests {
     func closedPort() async throws {
         try await withForwarder { net, _ in
             let before = metricLine("weir_forward_connect_failures_total{reason=\"refused\"}")
-            let client = try blockingSocket(net.podNamespace, connectTo: Endpoint(family: .ipv4, address: TestNetwork.serverV4, port: 9999))
+            let client = try blockingSocket(
+                net.podNamespace, connectTo: Endpoint(family: .ipv4, address: TestNetwork.serverV4, port: 9999))
             defer { close(client) }
             #expect(readAll(client).reset)
             // The failed connect is counted by its reason, which the kernel gave (SO_ERROR).
@@ -254,12 +280,14 @@ struct ForwarderTests {
         }
     }
 
-    @Test("a connection made straight to the capture port is refused as a loop, and counted",
-          arguments: [[UInt8]([127, 0, 0, 1]), TestNetwork.podV4])
+    @Test(
+        "a connection made straight to the capture port is refused as a loop, and counted",
+        arguments: [[UInt8]([127, 0, 0, 1]), TestNetwork.podV4])
     func loop(address: [UInt8]) async throws {
         try await withForwarder { net, _ in
             let before = metric("weir_forward_refused_loops_total")
-            let client = try blockingSocket(net.podNamespace, connectTo: Endpoint(family: .ipv4, address: address, port: 15001))
+            let client = try blockingSocket(
+                net.podNamespace, connectTo: Endpoint(family: .ipv4, address: address, port: 15001))
             defer { close(client) }
             #expect(readAll(client).reset)
             #expect(metric("weir_forward_refused_loops_total") == before + 1)
@@ -268,7 +296,10 @@ struct ForwarderTests {
 
     @Test("beyond the connection limit new connections are reset and existing ones are unharmed")
     func maxConnections() async throws {
-        try await withForwarder({ $0.maxConnections = 2; $0.workers = 1 }) { net, _ in
+        try await withForwarder({
+            $0.maxConnections = 2
+            $0.workers = 1
+        }) { net, _ in
             let listener = try TestSockets.listen(net.serverNamespace, .ipv4, port: 9000)
             defer { close(listener) }
             let c1 = try blockingSocket(net.podNamespace, connectTo: server4)
@@ -314,7 +345,9 @@ struct ForwarderTests {
             defer { r.close() }
             var peer = sockaddr_storage()
             var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-            _ = withUnsafeMutablePointer(to: &peer) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(r.server, $0, &len) } }
+            _ = withUnsafeMutablePointer(to: &peer) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(r.server, $0, &len) }
+            }
             #expect(SocketAddress.endpoint(SocketAddressBytes(storage: peer, length: len))?.host == "fd00:0:0:1::1")
         }
     }
@@ -341,8 +374,16 @@ final class ResultBox: @unchecked Sendable {
     // Guarded by `lock`.
     private var values: [String: Int] = [:]
     private let lock = NSLock()
-    func set(_ k: String, _ v: Int) { lock.lock(); values[k] = v; lock.unlock() }
-    func get(_ k: String) -> Int? { lock.lock(); defer { lock.unlock() }; return values[k] }
+    func set(_ k: String, _ v: Int) {
+        lock.lock()
+        values[k] = v
+        lock.unlock()
+    }
+    func get(_ k: String) -> Int? {
+        lock.lock()
+        defer { lock.unlock() }
+        return values[k]
+    }
 }
 
 @Suite("check --probe beside a running forwarder", .enabled(if: canRunNamespaceTests))
@@ -354,9 +395,14 @@ struct ProbeWithForwarderTests {
             #expect(report.healthy, "\(report.problems) \(String(describing: report.probe))")
             let outbound = report.probe?.checks.filter { $0.name.hasPrefix("outbound") } ?? []
             #expect(outbound.count == 2)
-            #expect(outbound.allSatisfy { $0.outcome == "passed" && $0.detail.contains("held by a running proxy") }, "\(outbound)")
+            #expect(
+                outbound.allSatisfy { $0.outcome == "passed" && $0.detail.contains("held by a running proxy") },
+                "\(outbound)")
             let inbound = report.probe?.checks.filter { $0.name.hasPrefix("inbound") } ?? []
-            #expect(inbound.count == 2 && inbound.allSatisfy { $0.outcome == "passed" && $0.detail.contains("held by a running proxy") }, "\(inbound)")
+            #expect(
+                inbound.count == 2
+                    && inbound.allSatisfy { $0.outcome == "passed" && $0.detail.contains("held by a running proxy") },
+                "\(inbound)")
         }
     }
 }
@@ -364,14 +410,19 @@ struct ProbeWithForwarderTests {
 /// What the relay engine takes from the kernel without asking each time; no namespace needed.
 @Suite("kernel behaviour the relay engine relies on")
 struct KernelFactsTests {
-    @Test("the loop guard's locality test: loopback is local, an unassigned address is not, an unprovable one counts as local")
+    @Test(
+        "the loop guard's locality test: loopback is local, an unassigned address is not, an unprovable one counts as local"
+    )
     func locality() {
         #expect(SocketAddress.isLocal(Endpoint(family: .ipv4, address: [127, 0, 0, 1], port: 15001)))
-        #expect(SocketAddress.isLocal(Endpoint(family: .ipv6, address: Array(repeating: 0, count: 15) + [1], port: 15001)))
+        #expect(
+            SocketAddress.isLocal(Endpoint(family: .ipv6, address: Array(repeating: 0, count: 15) + [1], port: 15001)))
         // TEST-NET-2 (RFC 5737) is assigned nowhere: the bind fails with EADDRNOTAVAIL.
         #expect(!SocketAddress.isLocal(Endpoint(family: .ipv4, address: [198, 51, 100, 7], port: 15001)))
         // A link-local address without its interface cannot be bound (EINVAL): not provably foreign, so local.
-        #expect(SocketAddress.isLocal(Endpoint(family: .ipv6, address: [0xfe, 0x80] + Array(repeating: 0, count: 13) + [1], port: 15001)))
+        #expect(
+            SocketAddress.isLocal(
+                Endpoint(family: .ipv6, address: [0xfe, 0x80] + Array(repeating: 0, count: 13) + [1], port: 15001)))
     }
 
     @Test("accepted sockets inherit TCP_NODELAY from their listener (the forwarder sets it once, on the listener)")
@@ -380,16 +431,23 @@ struct KernelFactsTests {
         defer { close(listener) }
         #expect(weir_set_nodelay(listener) == 0)
         let any = SocketAddressBytes.ipv4([127, 0, 0, 1], port: 0)
-        let bound = withUnsafeBytes(of: any.storage) { bind(listener, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), any.length) }
+        let bound = withUnsafeBytes(of: any.storage) {
+            bind(listener, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), any.length)
+        }
         #expect(bound == 0 && listen(listener, 4) == 0)
         var ss = sockaddr_storage()
         var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        _ = withUnsafeMutablePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listener, $0, &len) } }
+        _ = withUnsafeMutablePointer(to: &ss) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listener, $0, &len) }
+        }
         let port = try #require(SocketAddressBytes(storage: ss, length: len).ip).port
         let client = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(client) }
         let target = SocketAddressBytes.ipv4([127, 0, 0, 1], port: port)
-        #expect(withUnsafeBytes(of: target.storage) { connect(client, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), target.length) } == 0)
+        #expect(
+            withUnsafeBytes(of: target.storage) {
+                connect(client, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), target.length)
+            } == 0)
         let accepted = accept(listener, nil, nil)
         defer { close(accepted) }
         var value: Int32 = 0

@@ -10,11 +10,14 @@ struct ProxyProtocolTests {
 
     @Test("v1 is one text line")
     func v1() {
-        #expect(String(decoding: ProxyProtocolHeader.encode(.v1, source: v4s, destination: v4d), as: UTF8.self)
+        #expect(
+            String(decoding: ProxyProtocolHeader.encode(.v1, source: v4s, destination: v4d), as: UTF8.self)
                 == "PROXY TCP4 198.18.0.1 198.18.0.2 40000 80\r\n")
         let s6 = Endpoint(family: .ipv6, address: IPAddressText.parseIPv6("fd00::1")!, port: 1)
         let d6 = Endpoint(family: .ipv6, address: IPAddressText.parseIPv6("fd00::2")!, port: 2)
-        #expect(String(decoding: ProxyProtocolHeader.encode(.v1, source: s6, destination: d6), as: UTF8.self) == "PROXY TCP6 fd00::1 fd00::2 1 2\r\n")
+        #expect(
+            String(decoding: ProxyProtocolHeader.encode(.v1, source: s6, destination: d6), as: UTF8.self)
+                == "PROXY TCP6 fd00::1 fd00::2 1 2\r\n")
     }
 
     @Test("v2 is the signature, PROXY command, family, length and addresses")

@@ -7,14 +7,16 @@ import Testing
 @Suite("App Mesh compiler goldens")
 struct CompilerGoldenTests {
     static let goldens = Bundle.module.resourceURL!.appendingPathComponent("Goldens")
-    static let sourceGoldens = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Goldens")
+    static let sourceGoldens = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent(
+        "Goldens")
 
     static func manifests(_ dir: String) throws -> MeshManifests {
         let url = goldens.appendingPathComponent(dir).appendingPathComponent("mesh.yaml")
         return try ManifestReader.read([(url.lastPathComponent, try String(contentsOf: url, encoding: .utf8))])
     }
 
-    @Test("every node of the DROP_ALL and ALLOW_ALL meshes renders as its golden", arguments: ["mesh-drop", "mesh-allow"])
+    @Test(
+        "every node of the DROP_ALL and ALLOW_ALL meshes renders as its golden", arguments: ["mesh-drop", "mesh-allow"])
     func golden(_ dir: String) throws {
         let m = try Self.manifests(dir)
         let compiler = MeshCompiler(m)
@@ -24,7 +26,9 @@ struct CompilerGoldenTests {
             try json.write(to: Self.sourceGoldens.appendingPathComponent(name), atomically: true, encoding: .utf8)
         }
         let expected = try String(contentsOf: Self.goldens.appendingPathComponent(name), encoding: .utf8)
-        #expect(json == expected, "\(name) differs; inspect with weir mesh render, then regenerate with WEIR_UPDATE_GOLDENS=1")
+        #expect(
+            json == expected,
+            "\(name) differs; inspect with weir mesh render, then regenerate with WEIR_UPDATE_GOLDENS=1")
     }
 
     @Test("canary weights, header/method/query/regex matches, retries and timeouts land where Envoy reads them")
@@ -33,7 +37,10 @@ struct CompilerGoldenTests {
         let egress = try #require(r.routes.first { $0.name == "egress_9080" })
         let host = try #require(egress.virtualHosts.first)
         #expect(host.domains == ["catalog.shop", "catalog.shop:9080"])
-        #expect(host.routes.map(\.name) == ["catalog_shop/beta-testers", "catalog_shop/items-by-id", "catalog_shop/canary"], "ordered by priority")
+        #expect(
+            host.routes.map(\.name) == [
+                "catalog_shop/beta-testers", "catalog_shop/items-by-id", "catalog_shop/canary",
+            ], "ordered by priority")
         let beta = host.routes[0]
         #expect(beta.match.prefix == "/api")
         #expect(beta.match.headers.map(\.name) == [":method", "x-beta", "x-debug"])
@@ -41,9 +48,14 @@ struct CompilerGoldenTests {
         #expect(beta.match.queryParameters.first?.stringMatch.exact == "gold")
         let items = host.routes[1]
         #expect(items.match.safeRegex.regex == "/items/[0-9]+")
-        #expect(items.route.timeout.nanos == 500_000_000 && items.route.timeout.seconds == 1 && items.route.idleTimeout.seconds == 60)
+        #expect(
+            items.route.timeout.nanos == 500_000_000 && items.route.timeout.seconds == 1
+                && items.route.idleTimeout.seconds == 60)
         let canary = host.routes[2]
-        #expect(canary.route.weightedClusters.clusters.map { "\($0.name)=\($0.weight.value)" } == ["vn_catalog-v1_shop_9080=90", "vn_catalog-v2_shop_9080=10"])
+        #expect(
+            canary.route.weightedClusters.clusters.map { "\($0.name)=\($0.weight.value)" } == [
+                "vn_catalog-v1_shop_9080=90", "vn_catalog-v2_shop_9080=10",
+            ])
         #expect(canary.route.retryPolicy.retryOn == "5xx,gateway-error,connect-failure,reset")
         #expect(canary.route.retryPolicy.numRetries.value == 2)
         let grpc = try #require(r.routes.first { $0.name == "egress_7070" }?.virtualHosts.first?.routes.first)
@@ -51,7 +63,9 @@ struct CompilerGoldenTests {
         #expect(grpc.route.retryPolicy.retryOn == "unavailable,deadline-exceeded")
     }
 
-    @Test("DROP_ALL has no passthrough; ALLOW_ALL adds an ORIGINAL_DST cluster, a catch-all virtual host and a default chain")
+    @Test(
+        "DROP_ALL has no passthrough; ALLOW_ALL adds an ORIGINAL_DST cluster, a catch-all virtual host and a default chain"
+    )
     func egressFilter() throws {
         let drop = try MeshCompiler(Self.manifests("mesh-drop")).compile(nodeID: "shop/web")
         let allow = try MeshCompiler(Self.manifests("mesh-allow")).compile(nodeID: "shop/web")
@@ -63,48 +77,73 @@ struct CompilerGoldenTests {
         #expect(allow.routes.first { $0.name == "egress_9080" }?.virtualHosts.last?.domains == ["*"])
     }
 
-    @Test("the TCP route is a tcp_proxy on its port; a DNS hostname with ENDPOINTS is a STRICT_DNS cluster, an IP literal an EDS one")
+    @Test(
+        "the TCP route is a tcp_proxy on its port; a DNS hostname with ENDPOINTS is a STRICT_DNS cluster, an IP literal an EDS one"
+    )
     func tcpAndDiscovery() throws {
         let r = try MeshCompiler(Self.manifests("mesh-drop")).compile(nodeID: "shop/web")
         let egress = try #require(r.listeners.first { $0.name == "egress" })
         let chain = try #require(egress.filterChains.first { $0.filterChainMatch.destinationPort.value == 5432 })
         #expect(chain.filters.first?.name == "envoy.filters.network.tcp_proxy")
-        let tcp = try Envoy_Extensions_Filters_Network_TcpProxy_V3_TcpProxy(serializedBytes: chain.filters[0].typedConfig.value)
+        let tcp = try Envoy_Extensions_Filters_Network_TcpProxy_V3_TcpProxy(
+            serializedBytes: chain.filters[0].typedConfig.value)
         #expect(tcp.cluster == "vn_postgres_shop_5432" && tcp.idleTimeout.seconds == 600)
         #expect(r.clusters.first { $0.name == "vn_catalog-v2_shop_9080" }?.type == .strictDns)
         #expect(r.clusters.first { $0.name == "vn_catalog-v1_shop_9080" }?.type == .eds)
         #expect(r.endpoints.map(\.clusterName).contains("vn_catalog-v1_shop_9080"))
         let v1 = try #require(r.clusters.first { $0.name == "vn_catalog-v1_shop_9080" })
-        #expect(v1.healthChecks.first?.httpHealthCheck.path == "/healthz" && v1.outlierDetection.consecutive5Xx.value == 5)
-        #expect(r.clusters.first { $0.name == "local_app_8080" }?.circuitBreakers.thresholds.first?.maxConnections.value == 100)
-        #expect(r.namedOnly == ["catalog.shop:9080", "prices.shop:7070", "vn_catalog-v2_shop_9080_logical_dns"],
-                "api_listeners for proxyless gRPC (not for TCP), and the LOGICAL_DNS cluster their routes use")
+        #expect(
+            v1.healthChecks.first?.httpHealthCheck.path == "/healthz" && v1.outlierDetection.consecutive5Xx.value == 5)
+        #expect(
+            r.clusters.first { $0.name == "local_app_8080" }?.circuitBreakers.thresholds.first?.maxConnections.value
+                == 100)
+        #expect(
+            r.namedOnly == ["catalog.shop:9080", "prices.shop:7070", "vn_catalog-v2_shop_9080_logical_dns"],
+            "api_listeners for proxyless gRPC (not for TCP), and the LOGICAL_DNS cluster their routes use")
     }
 
-    @Test("proxyless routes send a DNS-hostname target to a LOGICAL_DNS twin (gRPC takes no STRICT_DNS); Envoy's routes keep STRICT_DNS")
+    @Test(
+        "proxyless routes send a DNS-hostname target to a LOGICAL_DNS twin (gRPC takes no STRICT_DNS); Envoy's routes keep STRICT_DNS"
+    )
     func proxylessDNSTargets() throws {
         let r = try MeshCompiler(Self.manifests("mesh-drop")).compile(nodeID: "shop/web")
-        let envoyCanary = try #require(r.routes.first { $0.name == "egress_9080" }?.virtualHosts.first?.routes.first { $0.name == "catalog_shop/canary" })
-        #expect(envoyCanary.route.weightedClusters.clusters.map(\.name) == ["vn_catalog-v1_shop_9080", "vn_catalog-v2_shop_9080"])
+        let envoyCanary = try #require(
+            r.routes.first { $0.name == "egress_9080" }?.virtualHosts.first?.routes.first {
+                $0.name == "catalog_shop/canary"
+            })
+        #expect(
+            envoyCanary.route.weightedClusters.clusters.map(\.name) == [
+                "vn_catalog-v1_shop_9080", "vn_catalog-v2_shop_9080",
+            ])
         let proxyless = try #require(r.routes.first { $0.name == "catalog.shop:9080" }?.virtualHosts.first)
-        #expect(proxyless.routes.map(\.name) == ["catalog_shop/beta-testers", "catalog_shop/items-by-id", "catalog_shop/canary"])
+        #expect(
+            proxyless.routes.map(\.name) == [
+                "catalog_shop/beta-testers", "catalog_shop/items-by-id", "catalog_shop/canary",
+            ])
         let canary = try #require(proxyless.routes.last)
-        #expect(canary.route.weightedClusters.clusters.map { "\($0.name)=\($0.weight.value)" }
-                == ["vn_catalog-v1_shop_9080=90", "vn_catalog-v2_shop_9080_logical_dns=10"], "the EDS target stays, the DNS one is the twin")
+        #expect(
+            canary.route.weightedClusters.clusters.map { "\($0.name)=\($0.weight.value)" }
+                == ["vn_catalog-v1_shop_9080=90", "vn_catalog-v2_shop_9080_logical_dns=10"],
+            "the EDS target stays, the DNS one is the twin")
         #expect(canary.route.retryPolicy == envoyCanary.route.retryPolicy, "only the cluster names differ")
         let strict = try #require(r.clusters.first { $0.name == "vn_catalog-v2_shop_9080" })
         let twin = try #require(r.clusters.first { $0.name == "vn_catalog-v2_shop_9080_logical_dns" })
         #expect(strict.type == .strictDns && twin.type == .logicalDns)
         #expect(twin.loadAssignment.clusterName == twin.name)
-        #expect(twin.loadAssignment.endpoints.flatMap(\.lbEndpoints).map(\.endpoint.address.socketAddress.address)
+        #expect(
+            twin.loadAssignment.endpoints.flatMap(\.lbEndpoints).map(\.endpoint.address.socketAddress.address)
                 == strict.loadAssignment.endpoints.flatMap(\.lbEndpoints).map(\.endpoint.address.socketAddress.address))
-        #expect(twin.loadAssignment.endpoints.count == 1 && twin.loadAssignment.endpoints[0].lbEndpoints.count == 1, "LOGICAL_DNS takes exactly one endpoint")
+        #expect(
+            twin.loadAssignment.endpoints.count == 1 && twin.loadAssignment.endpoints[0].lbEndpoints.count == 1,
+            "LOGICAL_DNS takes exactly one endpoint")
         #expect(r.clusters.filter { $0.type == .logicalDns }.count == 1, "one twin however many routes use it")
     }
 
     @Test("an unknown node id is an error naming it")
     func unknownNode() throws {
-        #expect(throws: MeshError.self) { try MeshCompiler(Self.manifests("mesh-drop")).compile(nodeID: "mesh/shop/virtualNode/nobody") }
+        #expect(throws: MeshError.self) {
+            try MeshCompiler(Self.manifests("mesh-drop")).compile(nodeID: "mesh/shop/virtualNode/nobody")
+        }
         do { _ = try MeshCompiler(Self.manifests("mesh-drop")).compile(nodeID: "mesh/shop/virtualNode/nobody") } catch {
             #expect("\(error)".contains("nobody"))
         }

@@ -3,76 +3,78 @@ import Testing
 @testable import WeirMesh
 
 let canary = """
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: Mesh
-metadata:
-  name: shop
-spec:
-  egressFilter:
-    type: DROP_ALL
----
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: VirtualNode
-metadata:
-  name: front
-  namespace: shop
-spec:
-  listeners:
-    - portMapping: {port: 8080, protocol: http}
-  serviceDiscovery:
-    dns: {hostname: front.shop.svc.cluster.local}
-  backends:
-    - virtualService:
-        virtualServiceRef: {name: cart}
-  logging:
-    accessLog:
-      file: {path: /dev/stdout}
----
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: VirtualNode
-metadata: {name: cart-v1, namespace: shop}
-spec:
-  listeners: [{portMapping: {port: 9080, protocol: http}}]
-  serviceDiscovery: {dns: {hostname: cart-v1.shop.svc.cluster.local}}
----
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: VirtualNode
-metadata: {name: cart-v2, namespace: shop}
-spec:
-  listeners: [{portMapping: {port: 9080, protocol: http}}]
-  serviceDiscovery: {dns: {hostname: cart-v2.shop.svc.cluster.local}}
----
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: VirtualRouter
-metadata: {name: cart-router, namespace: shop}
-spec:
-  listeners: [{portMapping: {port: 9080, protocol: http}}]
-  routes:
-    - name: canary
-      httpRoute:
-        match: {prefix: /}
-        action:
-          weightedTargets:
-            - {virtualNodeRef: {name: cart-v1}, weight: 90}
-            - {virtualNodeRef: {name: cart-v2}, weight: 10}
----
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: VirtualService
-metadata: {name: cart, namespace: shop}
-spec:
-  provider:
-    virtualRouter:
-      virtualRouterRef: {name: cart-router}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: not-app-mesh}
-"""
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: Mesh
+    metadata:
+      name: shop
+    spec:
+      egressFilter:
+        type: DROP_ALL
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: VirtualNode
+    metadata:
+      name: front
+      namespace: shop
+    spec:
+      listeners:
+        - portMapping: {port: 8080, protocol: http}
+      serviceDiscovery:
+        dns: {hostname: front.shop.svc.cluster.local}
+      backends:
+        - virtualService:
+            virtualServiceRef: {name: cart}
+      logging:
+        accessLog:
+          file: {path: /dev/stdout}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: VirtualNode
+    metadata: {name: cart-v1, namespace: shop}
+    spec:
+      listeners: [{portMapping: {port: 9080, protocol: http}}]
+      serviceDiscovery: {dns: {hostname: cart-v1.shop.svc.cluster.local}}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: VirtualNode
+    metadata: {name: cart-v2, namespace: shop}
+    spec:
+      listeners: [{portMapping: {port: 9080, protocol: http}}]
+      serviceDiscovery: {dns: {hostname: cart-v2.shop.svc.cluster.local}}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: VirtualRouter
+    metadata: {name: cart-router, namespace: shop}
+    spec:
+      listeners: [{portMapping: {port: 9080, protocol: http}}]
+      routes:
+        - name: canary
+          httpRoute:
+            match: {prefix: /}
+            action:
+              weightedTargets:
+                - {virtualNodeRef: {name: cart-v1}, weight: 90}
+                - {virtualNodeRef: {name: cart-v2}, weight: 10}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: VirtualService
+    metadata: {name: cart, namespace: shop}
+    spec:
+      provider:
+        virtualRouter:
+          virtualRouterRef: {name: cart-router}
+    ---
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: not-app-mesh}
+    """
 
 /// Changes `from` to `to` in `fixture`, expects the read to be refused, and expects a problem on a field ending
 /// in `field` whose message mentions `mentions`, on a real line.
-func expectRefused(_ fixture: String, _ from: String, _ to: String, field: String, mentions: String,
-                   at here: Testing.SourceLocation = #_sourceLocation) {
+func expectRefused(
+    _ fixture: String, _ from: String, _ to: String, field: String, mentions: String,
+    at here: Testing.SourceLocation = #_sourceLocation
+) {
     #expect(fixture.contains(from), "fixture text not found", sourceLocation: here)
     let error = #expect(throws: MeshError.self, "accepted \(to)", sourceLocation: here) {
         try ManifestReader.read([("mesh.yaml", fixture.replacingOccurrences(of: from, with: to))])
@@ -97,7 +99,8 @@ struct ManifestReaderTests {
         #expect(route.kind == .http && route.prefix == "/")
         #expect(route.targets.map(\.weight) == [90, 10])
         #expect(m.virtualServices.first?.awsName == "cart.shop")
-        #expect(m.virtualServices.first?.provider == .virtualRouter(ResourceRef(name: "cart-router", namespace: "shop")))
+        #expect(
+            m.virtualServices.first?.provider == .virtualRouter(ResourceRef(name: "cart-router", namespace: "shop")))
     }
 
     struct Broken: Sendable, CustomTestStringConvertible {
@@ -111,20 +114,44 @@ struct ManifestReaderTests {
     }
 
     static let broken: [Broken] = [
-        .init(name: "port out of range", from: "port: 9080, protocol: http}}]\n  serviceDiscovery: {dns: {hostname: cart-v1", to: "port: 99999, protocol: http}}]\n  serviceDiscovery: {dns: {hostname: cart-v1",
-              line: 30, field: "spec.listeners[0].portMapping.port", mentions: "1 to 65535"),
-        .init(name: "unknown protocol", from: "{port: 8080, protocol: http}", to: "{port: 8080, protocol: https}",
-              line: 16, field: "spec.listeners[0].portMapping.protocol", mentions: "must be one of grpc, http, http2, tcp"),
-        .init(name: "weight above 100", from: "weight: 90", to: "weight: 190", line: 51, field: "spec.routes[0].httpRoute.action.weightedTargets[0].weight", mentions: "0 to 100"),
-        .init(name: "missing target node", from: "{name: cart-v2}, weight: 10", to: "{name: cart-v3}, weight: 10", line: 52, field: "weightedTargets[1]", mentions: "shop/cart-v3 does not exist"),
-        .init(name: "missing backend service", from: "virtualServiceRef: {name: cart}", to: "virtualServiceRef: {name: basket}", line: 21, field: "spec.backends[0].virtualService.virtualServiceRef", mentions: "shop/basket does not exist"),
-        .init(name: "missing router", from: "virtualRouterRef: {name: cart-router}", to: "virtualRouterRef: {name: router}", line: 60, field: "spec.provider.virtualRouter.virtualRouterRef", mentions: "shop/router does not exist"),
-        .init(name: "bad egress filter", from: "type: DROP_ALL", to: "type: DENY", line: 7, field: "spec.egressFilter.type", mentions: "must be one of ALLOW_ALL, DROP_ALL"),
-        .init(name: "two route kinds", from: "      httpRoute:\n", to: "      tcpRoute: {action: {weightedTargets: [{virtualNodeRef: {name: cart-v1}, weight: 1}]}}\n      httpRoute:\n",
-              line: 46, field: "spec.routes[0]", mentions: "exactly one of"),
-        .init(name: "wrong apiVersion on an App Mesh kind", from: "apiVersion: appmesh.k8s.aws/v1beta2\nkind: Mesh", to: "apiVersion: appmesh.k8s.aws/v1beta1\nkind: Mesh",
-              line: 1, field: "apiVersion", mentions: "must be appmesh.k8s.aws/v1beta2"),
-        .init(name: "not YAML", from: "kind: Mesh\nmetadata:\n  name: shop", to: "kind: Mesh\nmetadata:\n  name: \"shop", line: 0, field: "(yaml)", mentions: "not valid YAML"),
+        .init(
+            name: "port out of range",
+            from: "port: 9080, protocol: http}}]\n  serviceDiscovery: {dns: {hostname: cart-v1",
+            to: "port: 99999, protocol: http}}]\n  serviceDiscovery: {dns: {hostname: cart-v1",
+            line: 30, field: "spec.listeners[0].portMapping.port", mentions: "1 to 65535"),
+        .init(
+            name: "unknown protocol", from: "{port: 8080, protocol: http}", to: "{port: 8080, protocol: https}",
+            line: 16, field: "spec.listeners[0].portMapping.protocol", mentions: "must be one of grpc, http, http2, tcp"
+        ),
+        .init(
+            name: "weight above 100", from: "weight: 90", to: "weight: 190", line: 51,
+            field: "spec.routes[0].httpRoute.action.weightedTargets[0].weight", mentions: "0 to 100"),
+        .init(
+            name: "missing target node", from: "{name: cart-v2}, weight: 10", to: "{name: cart-v3}, weight: 10",
+            line: 52, field: "weightedTargets[1]", mentions: "shop/cart-v3 does not exist"),
+        .init(
+            name: "missing backend service", from: "virtualServiceRef: {name: cart}",
+            to: "virtualServiceRef: {name: basket}", line: 21,
+            field: "spec.backends[0].virtualService.virtualServiceRef", mentions: "shop/basket does not exist"),
+        .init(
+            name: "missing router", from: "virtualRouterRef: {name: cart-router}",
+            to: "virtualRouterRef: {name: router}", line: 60, field: "spec.provider.virtualRouter.virtualRouterRef",
+            mentions: "shop/router does not exist"),
+        .init(
+            name: "bad egress filter", from: "type: DROP_ALL", to: "type: DENY", line: 7,
+            field: "spec.egressFilter.type", mentions: "must be one of ALLOW_ALL, DROP_ALL"),
+        .init(
+            name: "two route kinds", from: "      httpRoute:\n",
+            to:
+                "      tcpRoute: {action: {weightedTargets: [{virtualNodeRef: {name: cart-v1}, weight: 1}]}}\n      httpRoute:\n",
+            line: 46, field: "spec.routes[0]", mentions: "exactly one of"),
+        .init(
+            name: "wrong apiVersion on an App Mesh kind", from: "apiVersion: appmesh.k8s.aws/v1beta2\nkind: Mesh",
+            to: "apiVersion: appmesh.k8s.aws/v1beta1\nkind: Mesh",
+            line: 1, field: "apiVersion", mentions: "must be appmesh.k8s.aws/v1beta2"),
+        .init(
+            name: "not YAML", from: "kind: Mesh\nmetadata:\n  name: shop", to: "kind: Mesh\nmetadata:\n  name: \"shop",
+            line: 0, field: "(yaml)", mentions: "not valid YAML"),
     ]
 
     @Test("each broken manifest is refused with file, line, field and what is wrong", arguments: broken)
@@ -148,7 +175,10 @@ struct ManifestReaderTests {
         let error = #expect(throws: MeshError.self) {
             try ManifestReader.read([("a.yaml", canary), ("b.yaml", canary)])
         }
-        let twice = error?.problems.filter { $0.message.contains("is defined twice (first at a.yaml:") && $0.location.file == "b.yaml" } ?? []
+        let twice =
+            error?.problems.filter {
+                $0.message.contains("is defined twice (first at a.yaml:") && $0.location.file == "b.yaml"
+            } ?? []
         #expect(twice.contains { $0.message.hasPrefix("Mesh shop ") }, "\(String(describing: error?.problems))")
         #expect(twice.contains { $0.message.hasPrefix("VirtualNode ") })
     }

@@ -4,7 +4,9 @@ import Testing
 
 /// A manifest value the walk edits, and writes back as JSON (which is YAML).
 indirect enum Val: Equatable, CustomStringConvertible {
-    case s(String), i(Int), b(Bool)
+    case s(String)
+    case i(Int)
+    case b(Bool)
     case m([(String, Val)])
     case l([Val])
 
@@ -54,245 +56,255 @@ indirect enum Val: Equatable, CustomStringConvertible {
 
 /// Values that give the same Envoy config on purpose, with why.
 let sameOnPurpose: [(suffix: String, values: Set<String>, why: String)] = [
-    ("portMapping.protocol", ["grpc", "http2"], "gRPC is HTTP/2 to Envoy: both get HTTP/2 filter chains and clusters; the protocol decides which routes (grpcRoute, http2Route) and health checks apply"),
+    (
+        "portMapping.protocol", ["grpc", "http2"],
+        "gRPC is HTTP/2 to Envoy: both get HTTP/2 filter chains and clusters; the protocol decides which routes (grpcRoute, http2Route) and health checks apply"
+    )
 ]
 
 /// A mesh in which every field of every kind has something to change: two meshes, a client calling a service of each
 /// provider kind (a node; routers for http, http2, grpc and tcp), and a gateway with a route of each kind.
 let walkMesh = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop, labels: {mesh: shop}}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: lab, labels: {mesh: lab}}
----
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: Mesh
-metadata: {name: shop, uid: shop-uid}
-spec: {namespaceSelector: {matchLabels: {mesh: shop}}}
----
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: Mesh
-metadata: {name: lab, uid: lab-uid}
-spec: {namespaceSelector: {matchLabels: {mesh: lab}}, egressFilter: {type: ALLOW_ALL}}
----
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: VirtualNode
-metadata: {name: client, namespace: shop}
-spec:
-  listeners: [{portMapping: {port: 8080, protocol: http}}]
-  serviceDiscovery: {dns: {hostname: client.shop.svc.cluster.local}}
-  backends:
-    - virtualService: {virtualServiceRef: {name: svc-web}}
-    - virtualService: {virtualServiceRef: {name: svc-h2}}
-    - virtualService: {virtualServiceRef: {name: svc-grpc}}
-    - virtualService: {virtualServiceRef: {name: svc-tcp}}
----
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: VirtualNode
-metadata: {name: loner, namespace: shop}
-spec:
-  listeners: [{portMapping: {port: 8080, protocol: http}}]
----
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: VirtualNode
-metadata: {name: web-v1, namespace: shop}
-spec:
-  listeners: [{portMapping: {port: 9080, protocol: http}}]
-  serviceDiscovery: {dns: {hostname: web-v1.shop.svc.cluster.local}}
----
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: VirtualNode
-metadata: {name: web-v2, namespace: shop}
-spec:
-  listeners: [{portMapping: {port: 9080, protocol: http}}]
-  serviceDiscovery: {dns: {hostname: 10.0.0.2}}
----
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: VirtualNode
-metadata: {name: h2, namespace: shop}
-spec:
-  listeners: [{portMapping: {port: 9090, protocol: http2}}]
-  serviceDiscovery: {dns: {hostname: h2.shop.svc.cluster.local}}
----
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: VirtualNode
-metadata: {name: h2-b, namespace: shop}
-spec:
-  listeners: [{portMapping: {port: 9090, protocol: http2}}]
-  serviceDiscovery: {dns: {hostname: h2-b.shop.svc.cluster.local}}
----
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: VirtualNode
-metadata: {name: grpc, namespace: shop}
-spec:
-  listeners: [{portMapping: {port: 7070, protocol: grpc}}]
-  serviceDiscovery: {dns: {hostname: grpc.shop.svc.cluster.local}}
----
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: VirtualNode
-metadata: {name: grpc-b, namespace: shop}
-spec:
-  listeners: [{portMapping: {port: 7070, protocol: grpc}}]
-  serviceDiscovery: {dns: {hostname: grpc-b.shop.svc.cluster.local}}
----
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: VirtualNode
-metadata: {name: tcp, namespace: shop}
-spec:
-  listeners: [{portMapping: {port: 5432, protocol: tcp}}]
-  serviceDiscovery: {dns: {hostname: tcp.shop.svc.cluster.local}}
----
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: VirtualNode
-metadata: {name: tcp-b, namespace: shop}
-spec:
-  listeners: [{portMapping: {port: 5432, protocol: tcp}}]
-  serviceDiscovery: {dns: {hostname: tcp-b.shop.svc.cluster.local}}
----
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: VirtualNode
-metadata: {name: lab-node, namespace: lab}
-spec:
-  listeners: [{portMapping: {port: 8080, protocol: http}}]
-  serviceDiscovery: {dns: {hostname: lab-node.lab.svc.cluster.local}}
----
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: VirtualRouter
-metadata: {name: web, namespace: shop}
-spec:
-  listeners: [{portMapping: {port: 9080, protocol: http}}]
-  routes:
-    - name: a
+    apiVersion: v1
+    kind: Namespace
+    metadata: {name: shop, labels: {mesh: shop}}
+    ---
+    apiVersion: v1
+    kind: Namespace
+    metadata: {name: lab, labels: {mesh: lab}}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: Mesh
+    metadata: {name: shop, uid: shop-uid}
+    spec: {namespaceSelector: {matchLabels: {mesh: shop}}}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: Mesh
+    metadata: {name: lab, uid: lab-uid}
+    spec: {namespaceSelector: {matchLabels: {mesh: lab}}, egressFilter: {type: ALLOW_ALL}}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: VirtualNode
+    metadata: {name: client, namespace: shop}
+    spec:
+      listeners: [{portMapping: {port: 8080, protocol: http}}]
+      serviceDiscovery: {dns: {hostname: client.shop.svc.cluster.local}}
+      backends:
+        - virtualService: {virtualServiceRef: {name: svc-web}}
+        - virtualService: {virtualServiceRef: {name: svc-h2}}
+        - virtualService: {virtualServiceRef: {name: svc-grpc}}
+        - virtualService: {virtualServiceRef: {name: svc-tcp}}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: VirtualNode
+    metadata: {name: loner, namespace: shop}
+    spec:
+      listeners: [{portMapping: {port: 8080, protocol: http}}]
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: VirtualNode
+    metadata: {name: web-v1, namespace: shop}
+    spec:
+      listeners: [{portMapping: {port: 9080, protocol: http}}]
+      serviceDiscovery: {dns: {hostname: web-v1.shop.svc.cluster.local}}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: VirtualNode
+    metadata: {name: web-v2, namespace: shop}
+    spec:
+      listeners: [{portMapping: {port: 9080, protocol: http}}]
+      serviceDiscovery: {dns: {hostname: 10.0.0.2}}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: VirtualNode
+    metadata: {name: h2, namespace: shop}
+    spec:
+      listeners: [{portMapping: {port: 9090, protocol: http2}}]
+      serviceDiscovery: {dns: {hostname: h2.shop.svc.cluster.local}}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: VirtualNode
+    metadata: {name: h2-b, namespace: shop}
+    spec:
+      listeners: [{portMapping: {port: 9090, protocol: http2}}]
+      serviceDiscovery: {dns: {hostname: h2-b.shop.svc.cluster.local}}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: VirtualNode
+    metadata: {name: grpc, namespace: shop}
+    spec:
+      listeners: [{portMapping: {port: 7070, protocol: grpc}}]
+      serviceDiscovery: {dns: {hostname: grpc.shop.svc.cluster.local}}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: VirtualNode
+    metadata: {name: grpc-b, namespace: shop}
+    spec:
+      listeners: [{portMapping: {port: 7070, protocol: grpc}}]
+      serviceDiscovery: {dns: {hostname: grpc-b.shop.svc.cluster.local}}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: VirtualNode
+    metadata: {name: tcp, namespace: shop}
+    spec:
+      listeners: [{portMapping: {port: 5432, protocol: tcp}}]
+      serviceDiscovery: {dns: {hostname: tcp.shop.svc.cluster.local}}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: VirtualNode
+    metadata: {name: tcp-b, namespace: shop}
+    spec:
+      listeners: [{portMapping: {port: 5432, protocol: tcp}}]
+      serviceDiscovery: {dns: {hostname: tcp-b.shop.svc.cluster.local}}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: VirtualNode
+    metadata: {name: lab-node, namespace: lab}
+    spec:
+      listeners: [{portMapping: {port: 8080, protocol: http}}]
+      serviceDiscovery: {dns: {hostname: lab-node.lab.svc.cluster.local}}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: VirtualRouter
+    metadata: {name: web, namespace: shop}
+    spec:
+      listeners: [{portMapping: {port: 9080, protocol: http}}]
+      routes:
+        - name: a
+          priority: 10
+          httpRoute:
+            match: {prefix: /a}
+            action: {weightedTargets: [{virtualNodeRef: {name: web-v1}, weight: 50}, {virtualNodeRef: {name: web-v2}, weight: 50}]}
+        - name: b
+          priority: 20
+          httpRoute:
+            match: {prefix: /}
+            action: {weightedTargets: [{virtualNodeRef: {name: web-v2}, weight: 1}]}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: VirtualRouter
+    metadata: {name: h2, namespace: shop}
+    spec:
+      listeners: [{portMapping: {port: 9090, protocol: http2}}]
+      routes:
+        - name: a
+          http2Route:
+            match: {prefix: /}
+            action: {weightedTargets: [{virtualNodeRef: {name: h2}, weight: 1}, {virtualNodeRef: {name: h2-b}, weight: 1}]}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: VirtualRouter
+    metadata: {name: grpc, namespace: shop}
+    spec:
+      listeners: [{portMapping: {port: 7070, protocol: grpc}}]
+      routes:
+        - name: a
+          grpcRoute:
+            match: {serviceName: walk.Svc}
+            action: {weightedTargets: [{virtualNodeRef: {name: grpc}, weight: 1}, {virtualNodeRef: {name: grpc-b}, weight: 1}]}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: VirtualRouter
+    metadata: {name: tcp, namespace: shop}
+    spec:
+      listeners: [{portMapping: {port: 5432, protocol: tcp}}]
+      routes:
+        - name: a
+          tcpRoute:
+            action: {weightedTargets: [{virtualNodeRef: {name: tcp}, weight: 1}, {virtualNodeRef: {name: tcp-b}, weight: 1}]}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: VirtualService
+    metadata: {name: svc-web, namespace: shop}
+    spec: {provider: {virtualRouter: {virtualRouterRef: {name: web}}}}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: VirtualService
+    metadata: {name: svc-h2, namespace: shop}
+    spec: {provider: {virtualRouter: {virtualRouterRef: {name: h2}}}}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: VirtualService
+    metadata: {name: svc-grpc, namespace: shop}
+    spec: {provider: {virtualRouter: {virtualRouterRef: {name: grpc}}}}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: VirtualService
+    metadata: {name: svc-tcp, namespace: shop}
+    spec: {provider: {virtualRouter: {virtualRouterRef: {name: tcp}}}}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: VirtualService
+    metadata: {name: svc-direct, namespace: shop}
+    spec: {provider: {virtualNode: {virtualNodeRef: {name: web-v1}}}}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: VirtualGateway
+    metadata: {name: gw, namespace: shop, uid: gw-uid}
+    spec:
+      namespaceSelector: {matchLabels: {mesh: shop}}
+      listeners:
+        - portMapping: {port: 8088, protocol: http}
+        - portMapping: {port: 8087, protocol: http}
+        - portMapping: {port: 8089, protocol: http2}
+        - portMapping: {port: 8090, protocol: grpc}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: GatewayRoute
+    metadata: {name: gr-http, namespace: shop}
+    spec:
+      httpRoute:
+        match: {prefix: /shop}
+        action: {target: {virtualService: {virtualServiceRef: {name: svc-web}}}}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: GatewayRoute
+    metadata: {name: gr-h2, namespace: shop}
+    spec:
+      http2Route:
+        match: {prefix: /h2}
+        action: {target: {virtualService: {virtualServiceRef: {name: svc-h2}}}}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: GatewayRoute
+    metadata: {name: gr-other, namespace: shop}
+    spec:
       priority: 10
       httpRoute:
-        match: {prefix: /a}
-        action: {weightedTargets: [{virtualNodeRef: {name: web-v1}, weight: 50}, {virtualNodeRef: {name: web-v2}, weight: 50}]}
-    - name: b
-      priority: 20
-      httpRoute:
-        match: {prefix: /}
-        action: {weightedTargets: [{virtualNodeRef: {name: web-v2}, weight: 1}]}
----
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: VirtualRouter
-metadata: {name: h2, namespace: shop}
-spec:
-  listeners: [{portMapping: {port: 9090, protocol: http2}}]
-  routes:
-    - name: a
-      http2Route:
-        match: {prefix: /}
-        action: {weightedTargets: [{virtualNodeRef: {name: h2}, weight: 1}, {virtualNodeRef: {name: h2-b}, weight: 1}]}
----
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: VirtualRouter
-metadata: {name: grpc, namespace: shop}
-spec:
-  listeners: [{portMapping: {port: 7070, protocol: grpc}}]
-  routes:
-    - name: a
+        match: {prefix: /other}
+        action: {target: {virtualService: {virtualServiceRef: {name: svc-direct}}}}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: GatewayRoute
+    metadata: {name: gr-grpc, namespace: shop}
+    spec:
       grpcRoute:
         match: {serviceName: walk.Svc}
-        action: {weightedTargets: [{virtualNodeRef: {name: grpc}, weight: 1}, {virtualNodeRef: {name: grpc-b}, weight: 1}]}
----
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: VirtualRouter
-metadata: {name: tcp, namespace: shop}
-spec:
-  listeners: [{portMapping: {port: 5432, protocol: tcp}}]
-  routes:
-    - name: a
-      tcpRoute:
-        action: {weightedTargets: [{virtualNodeRef: {name: tcp}, weight: 1}, {virtualNodeRef: {name: tcp-b}, weight: 1}]}
----
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: VirtualService
-metadata: {name: svc-web, namespace: shop}
-spec: {provider: {virtualRouter: {virtualRouterRef: {name: web}}}}
----
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: VirtualService
-metadata: {name: svc-h2, namespace: shop}
-spec: {provider: {virtualRouter: {virtualRouterRef: {name: h2}}}}
----
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: VirtualService
-metadata: {name: svc-grpc, namespace: shop}
-spec: {provider: {virtualRouter: {virtualRouterRef: {name: grpc}}}}
----
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: VirtualService
-metadata: {name: svc-tcp, namespace: shop}
-spec: {provider: {virtualRouter: {virtualRouterRef: {name: tcp}}}}
----
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: VirtualService
-metadata: {name: svc-direct, namespace: shop}
-spec: {provider: {virtualNode: {virtualNodeRef: {name: web-v1}}}}
----
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: VirtualGateway
-metadata: {name: gw, namespace: shop, uid: gw-uid}
-spec:
-  namespaceSelector: {matchLabels: {mesh: shop}}
-  listeners:
-    - portMapping: {port: 8088, protocol: http}
-    - portMapping: {port: 8087, protocol: http}
-    - portMapping: {port: 8089, protocol: http2}
-    - portMapping: {port: 8090, protocol: grpc}
----
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: GatewayRoute
-metadata: {name: gr-http, namespace: shop}
-spec:
-  httpRoute:
-    match: {prefix: /shop}
-    action: {target: {virtualService: {virtualServiceRef: {name: svc-web}}}}
----
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: GatewayRoute
-metadata: {name: gr-h2, namespace: shop}
-spec:
-  http2Route:
-    match: {prefix: /h2}
-    action: {target: {virtualService: {virtualServiceRef: {name: svc-h2}}}}
----
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: GatewayRoute
-metadata: {name: gr-other, namespace: shop}
-spec:
-  priority: 10
-  httpRoute:
-    match: {prefix: /other}
-    action: {target: {virtualService: {virtualServiceRef: {name: svc-direct}}}}
----
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: GatewayRoute
-metadata: {name: gr-grpc, namespace: shop}
-spec:
-  grpcRoute:
-    match: {serviceName: walk.Svc}
-    action: {target: {virtualService: {virtualServiceRef: {name: svc-grpc}}}}
-"""
+        action: {target: {virtualService: {virtualServiceRef: {name: svc-grpc}}}}
+    """
 
 /// For every leaf field of every kind's v1beta2 schema: a manifest that sets it, compiled against one that sets it
 /// otherwise (another value; every value, for an enum), must give other Envoy resources, or be refused with a
 /// message naming the field. Fields weir refuses must be refused by name; meta fields are the short list's.
 @Suite("App Mesh schema walk: every field changes Envoy's config or is refused by name")
 struct SchemaWalkTests {
-    struct Doc { var kind: String; var name: String; var namespace: String; var value: Val }
+    struct Doc {
+        var kind: String
+        var name: String
+        var namespace: String
+        var value: Val
+    }
 
     static let docs: [Doc] = {
         var limits = YAMLLimits()
         limits.maxDepth = 64
         return (try! YAMLNode.documents(walkMesh, limits: limits)).map { node in
             let v = Val(node)
-            return Doc(kind: v["kind"]!.description.trimmingCharacters(in: ["\""]),
-                       name: v["metadata"]!["name"]!.description.trimmingCharacters(in: ["\""]),
-                       namespace: (v["metadata"]!["namespace"]?.description ?? "\"\"").trimmingCharacters(in: ["\""]), value: v)
+            return Doc(
+                kind: v["kind"]!.description.trimmingCharacters(in: ["\""]),
+                name: v["metadata"]!["name"]!.description.trimmingCharacters(in: ["\""]),
+                namespace: (v["metadata"]!["namespace"]?.description ?? "\"\"").trimmingCharacters(in: ["\""]), value: v
+            )
         }
     }()
 
@@ -304,7 +316,8 @@ struct SchemaWalkTests {
         case "VirtualNode":
             if under("spec.meshRef") { return "loner" }
             if under("spec.backends") || under("spec.backendDefaults") { return "client" }
-            for (proto, node) in [("grpc", "grpc"), ("http2", "h2"), ("tcp", "tcp")] where under("spec.listeners[].timeout.\(proto)") || under("spec.listeners[].connectionPool.\(proto)") {
+            for (proto, node) in [("grpc", "grpc"), ("http2", "h2"), ("tcp", "tcp")]
+            where under("spec.listeners[].timeout.\(proto)") || under("spec.listeners[].connectionPool.\(proto)") {
                 return node
             }
             return "web-v1"
@@ -324,9 +337,11 @@ struct SchemaWalkTests {
 
     /// Sibling fields of which a manifest gives one: setting one drops the others.
     static let exclusive: [Set<String>] = [
-        ["virtualServiceRef", "virtualServiceARN"], ["virtualNodeRef", "virtualNodeARN"], ["virtualRouterRef", "virtualRouterARN"],
+        ["virtualServiceRef", "virtualServiceARN"], ["virtualNodeRef", "virtualNodeARN"],
+        ["virtualRouterRef", "virtualRouterARN"],
         ["file", "sds", "acm"], ["exact", "prefix", "suffix", "regex", "range"], ["prefix", "path"],
-        ["httpRoute", "http2Route", "grpcRoute", "tcpRoute"], ["virtualNode", "virtualRouter"], ["text", "json"], ["dns", "awsCloudMap"],
+        ["httpRoute", "http2Route", "grpcRoute", "tcpRoute"], ["virtualNode", "virtualRouter"], ["text", "json"],
+        ["dns", "awsCloudMap"],
     ]
 
     /// Values for a leaf, by the end of its path, where a generic value would not do; two or more, compiled against
@@ -340,12 +355,18 @@ struct SchemaWalkTests {
         "virtualNodeRef.namespace": [.s("shop"), .s("lab")],
         "virtualRouterRef.name": [.s("web"), .s("h2")],
         "virtualRouterRef.namespace": [.s("shop"), .s("lab")],
-        "virtualServiceARN": [.s("arn:aws:appmesh:us-west-2:111122223333:mesh/shop/virtualService/svc-web.shop"),
-                              .s("arn:aws:appmesh:us-west-2:111122223333:mesh/shop/virtualService/svc-direct.shop")],
-        "virtualNodeARN": [.s("arn:aws:appmesh:us-west-2:111122223333:mesh/shop/virtualNode/web-v1_shop"),
-                           .s("arn:aws:appmesh:us-west-2:111122223333:mesh/shop/virtualNode/web-v2_shop")],
-        "virtualRouterARN": [.s("arn:aws:appmesh:us-west-2:111122223333:mesh/shop/virtualRouter/web_shop"),
-                             .s("arn:aws:appmesh:us-west-2:111122223333:mesh/shop/virtualRouter/h2_shop")],
+        "virtualServiceARN": [
+            .s("arn:aws:appmesh:us-west-2:111122223333:mesh/shop/virtualService/svc-web.shop"),
+            .s("arn:aws:appmesh:us-west-2:111122223333:mesh/shop/virtualService/svc-direct.shop"),
+        ],
+        "virtualNodeARN": [
+            .s("arn:aws:appmesh:us-west-2:111122223333:mesh/shop/virtualNode/web-v1_shop"),
+            .s("arn:aws:appmesh:us-west-2:111122223333:mesh/shop/virtualNode/web-v2_shop"),
+        ],
+        "virtualRouterARN": [
+            .s("arn:aws:appmesh:us-west-2:111122223333:mesh/shop/virtualRouter/web_shop"),
+            .s("arn:aws:appmesh:us-west-2:111122223333:mesh/shop/virtualRouter/h2_shop"),
+        ],
         "certificateChain": [.s("/certs/a.pem"), .s("/certs/b.pem")],
         "privateKey": [.s("/certs/a-key.pem"), .s("/certs/b-key.pem")],
         "secretName": [.s("spiffe://walk/a"), .s("spiffe://walk/b")],
@@ -400,11 +421,16 @@ struct SchemaWalkTests {
 
     /// Required fields a created object needs, by the end of their path, where the generic value would not do.
     static let fills: [String: Val] = [
-        "healthCheck": .m([("protocol", .s("http")), ("path", .s("/health")), ("healthyThreshold", .i(2)), ("unhealthyThreshold", .i(2)),
-                           ("intervalMillis", .i(5000)), ("timeoutMillis", .i(2000))]),
+        "healthCheck": .m([
+            ("protocol", .s("http")), ("path", .s("/health")), ("healthyThreshold", .i(2)),
+            ("unhealthyThreshold", .i(2)),
+            ("intervalMillis", .i(5000)), ("timeoutMillis", .i(2000)),
+        ]),
         "json[].key": .s("start"), "json[].value": .s("%START_TIME%"),
-        "retryPolicy": .m([("maxRetries", .i(1)), ("perRetryTimeout", .m([("unit", .s("s")), ("value", .i(1))])),
-                           ("httpRetryEvents", .l([.s("server-error")]))]),
+        "retryPolicy": .m([
+            ("maxRetries", .i(1)), ("perRetryTimeout", .m([("unit", .s("s")), ("value", .i(1))])),
+            ("httpRetryEvents", .l([.s("server-error")])),
+        ]),
         "tcpRoute.match": .m([]),
         "grpcRoute.match": .m([("serviceName", .s("walk.Svc"))]),
         "virtualGatewayRef.name": .s("gw"),
@@ -412,11 +438,14 @@ struct SchemaWalkTests {
         "healthCheck.protocol": .s("http"),
         "unit": .s("s"), "value": .i(5),
         "trust": .m([("file", .m([("certificateChain", .s("/certs/ca.pem"))]))]),
-        "certificate": .m([("file", .m([("certificateChain", .s("/certs/c.pem")), ("privateKey", .s("/certs/c-key.pem"))]))]),
+        "certificate": .m([
+            ("file", .m([("certificateChain", .s("/certs/c.pem")), ("privateKey", .s("/certs/c-key.pem"))]))
+        ]),
         "mode": .s("STRICT"),
         "weightedTargets": .l([.m([("virtualNodeRef", .m([("name", .s("web-v1"))])), ("weight", .i(1))])]),
         "virtualService": .m([("virtualServiceRef", .m([("name", .s("svc-direct"))]))]),
-        "action": .m([("target", .m([("virtualService", .m([("virtualServiceRef", .m([("name", .s("svc-web"))]))]))]))]),
+        "action": .m([("target", .m([("virtualService", .m([("virtualServiceRef", .m([("name", .s("svc-web"))]))]))]))]
+        ),
         "match": .m([("prefix", .s("/"))]),
         "match.exact[]": .l([.s("spiffe://walk/a")]),
         "maxRetries": .i(1),
@@ -433,9 +462,13 @@ struct SchemaWalkTests {
     /// Parent objects given whole for leaves whose valid values depend on their siblings.
     static let parents: [String: [Val]] = [
         "healthCheck.protocol": ["grpc", "http", "http2", "tcp"].map { p in
-            .m([("protocol", .s(p)), ("healthyThreshold", .i(2)), ("unhealthyThreshold", .i(2)), ("intervalMillis", .i(5000)), ("timeoutMillis", .i(2000))]
-               + (p == "http" || p == "http2" ? [("path", .s("/health"))] : []))
-        },
+            .m(
+                [
+                    ("protocol", .s(p)), ("healthyThreshold", .i(2)), ("unhealthyThreshold", .i(2)),
+                    ("intervalMillis", .i(5000)), ("timeoutMillis", .i(2000)),
+                ]
+                    + (p == "http" || p == "http2" ? [("path", .s("/health"))] : []))
+        }
     ]
 
     static func lookup<T>(_ table: [String: T], _ path: String) -> T? {
@@ -473,7 +506,9 @@ struct SchemaWalkTests {
         switch leaf.type {
         case .string(let values?, _, _): return values.map(Val.s)
         case .string: return [.s("walk-a"), .s("walk-b")]
-        case .integer(let minimum, _): let lo = Int(max(minimum ?? 1, 1)); return [.i(lo), .i(lo + 1)]
+        case .integer(let minimum, _):
+            let lo = Int(max(minimum ?? 1, 1))
+            return [.i(lo), .i(lo + 1)]
         case .boolean: return [.b(true), .b(false)]
         case .stringMap: return [.m([("walk", .s("a"))]), .m([("walk", .s("b"))])]
         default: return []
@@ -482,8 +517,12 @@ struct SchemaWalkTests {
 
     /// `doc` with the leaf at `path` (in the schema `type`) set to `value`; containers created as needed, with their
     /// required fields.
-    static func put(_ value: Val?, at segments: ArraySlice<String>, in v: Val, type: SchemaType, path: String, parentVariant: Val?) -> Val {
-        guard let name = segments.first, case .object(let fields) = type, let f = fields.first(where: { $0.name == name.replacingOccurrences(of: "[]", with: "") }) else {
+    static func put(
+        _ value: Val?, at segments: ArraySlice<String>, in v: Val, type: SchemaType, path: String, parentVariant: Val?
+    ) -> Val {
+        guard let name = segments.first, case .object(let fields) = type,
+            let f = fields.first(where: { $0.name == name.replacingOccurrences(of: "[]", with: "") })
+        else {
             return value ?? v
         }
         var object = v
@@ -508,10 +547,13 @@ struct SchemaWalkTests {
             var list: [Val] = []
             if case .l(let existing) = child { list = existing }
             if list.isEmpty { list = [fill(items, here + "[]")] }
-            list[0] = put(value, at: segments.dropFirst(), in: list[0], type: childType, path: here + "[]", parentVariant: parentVariant)
+            list[0] = put(
+                value, at: segments.dropFirst(), in: list[0], type: childType, path: here + "[]",
+                parentVariant: parentVariant)
             child = .l(list)
         } else {
-            child = put(value, at: segments.dropFirst(), in: child, type: childType, path: here, parentVariant: parentVariant)
+            child = put(
+                value, at: segments.dropFirst(), in: child, type: childType, path: here, parentVariant: parentVariant)
         }
         object[key] = child
         return object
@@ -529,7 +571,10 @@ struct SchemaWalkTests {
         } catch let e as MeshError {
             return .failure(e)
         } catch {
-            return .failure(MeshError(problems: [MeshProblem(location: SourceLocation(file: "?", line: 0, field: "?"), message: "\(error)")]))
+            return .failure(
+                MeshError(problems: [
+                    MeshProblem(location: SourceLocation(file: "?", line: 0, field: "?"), message: "\(error)")
+                ]))
         }
     }
 
@@ -551,7 +596,9 @@ struct SchemaWalkTests {
     }
 
     static func isRequired(_ path: String, in type: SchemaType) -> Bool {
-        let parts = path.split(separator: ".").dropFirst().map { Substring($0.replacingOccurrences(of: "[]", with: "")) }
+        let parts = path.split(separator: ".").dropFirst().map {
+            Substring($0.replacingOccurrences(of: "[]", with: ""))
+        }
         return type.field(at: parts)?.required ?? false
     }
 
@@ -567,51 +614,74 @@ struct SchemaWalkTests {
     @Test("every leaf of the kind's spec", arguments: AppMeshSchema.kinds)
     func walk(_ kind: String) throws {
         guard case .success(let base) = Self.compile(Self.docs), let spec = AppMeshSchema.spec(kind) else {
-            Issue.record("the fixture does not compile"); return
+            Issue.record("the fixture does not compile")
+            return
         }
         var failures: [String] = []
         for leaf in AppMeshSchema.specLeaves(kind) {
             if case .meta = leaf.use { continue }
             let subject = Self.subject(kind, leaf.path)
             guard let index = Self.docs.firstIndex(where: { $0.kind == kind && $0.name == subject }) else {
-                failures.append("\(leaf.path): no subject \(subject)"); continue
+                failures.append("\(leaf.path): no subject \(subject)")
+                continue
             }
             let segments = leaf.path.split(separator: ".").dropFirst().map(String.init)
             let parents = Self.lookup(Self.parents, leaf.path)
             let values = Self.choices(leaf)
-            var variants: [(Val?, Val?)] = parents.map { ps in ps.map { (values.first ?? .s(""), $0) } } ?? values.map { ($0, nil) }
+            var variants: [(Val?, Val?)] =
+                parents.map { ps in ps.map { (values.first ?? .s(""), $0) } } ?? values.map { ($0, nil) }
             // One value only (an enum of one): compare it with the field left out.
             if variants.count == 1 && !Self.isRequired(leaf.path, in: spec) { variants.append((nil, nil)) }
-            guard variants.count >= 2 else { failures.append("\(leaf.path): fewer than two values to compare"); continue }
+            guard variants.count >= 2 else {
+                failures.append("\(leaf.path): fewer than two values to compare")
+                continue
+            }
             var outputs: [String] = []
             var refusedByName = false
             var wrongRefusal: String?
             for (value, parent) in variants {
                 var docs = Self.docs
                 let spec0 = docs[index].value["spec"] ?? .m([])
-                docs[index].value["spec"] = Self.put(value, at: segments[...], in: spec0, type: spec, path: "spec", parentVariant: parent)
+                docs[index].value["spec"] = Self.put(
+                    value, at: segments[...], in: spec0, type: spec, path: "spec", parentVariant: parent)
                 switch Self.compile(docs) {
                 case .success(let out):
-                    outputs.append(out.sorted { $0.key < $1.key }.map { "\($0.key)\n\($0.value)" }.joined(separator: "\n"))
+                    outputs.append(
+                        out.sorted { $0.key < $1.key }.map { "\($0.key)\n\($0.value)" }.joined(separator: "\n"))
                 case .failure(let e):
-                    if Self.namesField(e, leaf.path) { refusedByName = true } else { wrongRefusal = "\(value.map(\.description) ?? "(left out)"): \(e)" }
+                    if Self.namesField(e, leaf.path) {
+                        refusedByName = true
+                    } else {
+                        wrongRefusal = "\(value.map(\.description) ?? "(left out)"): \(e)"
+                    }
                 }
             }
             switch leaf.use {
             case .refused:
-                if !refusedByName { failures.append("\(leaf.path): weir refuses it, but a manifest setting it was not refused by name (\(wrongRefusal ?? "accepted"))") }
+                if !refusedByName {
+                    failures.append(
+                        "\(leaf.path): weir refuses it, but a manifest setting it was not refused by name (\(wrongRefusal ?? "accepted"))"
+                    )
+                }
             default:
-                if let wrongRefusal { failures.append("\(leaf.path): refused without naming the field: \(wrongRefusal)"); continue }
+                if let wrongRefusal {
+                    failures.append("\(leaf.path): refused without naming the field: \(wrongRefusal)")
+                    continue
+                }
                 if refusedByName { continue }
                 // Pairs of values with the same resources, unless sameOnPurpose says why.
                 let names = variants.map { $0.0.map { $0.description.trimmingCharacters(in: ["\""]) } ?? "(left out)" }
                 let equivalent = sameOnPurpose.first { leaf.path.hasSuffix($0.suffix) }?.values ?? []
                 var same = false
-                for i in outputs.indices { for j in outputs.indices where i < j && outputs[i] == outputs[j] {
-                    if !(equivalent.contains(names[i]) && equivalent.contains(names[j])) { same = true }
-                } }
+                for i in outputs.indices {
+                    for j in outputs.indices where i < j && outputs[i] == outputs[j] {
+                        if !(equivalent.contains(names[i]) && equivalent.contains(names[j])) { same = true }
+                    }
+                }
                 if same {
-                    failures.append("\(leaf.path): two values (of \(variants.map { "\($0.1 ?? $0.0)" })) give the same Envoy resources")
+                    failures.append(
+                        "\(leaf.path): two values (of \(variants.map { "\($0.1 ?? $0.0)" })) give the same Envoy resources"
+                    )
                 }
             }
         }

@@ -5,9 +5,13 @@ import WeirTestSupport
 
 @Suite("bounded YAML reading")
 struct YAMLLimitsTests {
-    @Test("each hostile shape is refused with file, line and the limit, as a manifest and as an Envoy resource file", arguments: HostileYAML.shapes)
+    @Test(
+        "each hostile shape is refused with file, line and the limit, as a manifest and as an Envoy resource file",
+        arguments: HostileYAML.shapes)
     func refused(_ shape: HostileYAML.Shape) {
-        let error = #expect(throws: MeshError.self, "accepted \(shape.name)") { try ManifestReader.read([("hostile.yaml", shape.mesh)]) }
+        let error = #expect(throws: MeshError.self, "accepted \(shape.name)") {
+            try ManifestReader.read([("hostile.yaml", shape.mesh)])
+        }
         let p = error?.problems.first
         #expect(p?.location.file == "hostile.yaml" && (p?.location.line ?? 0) > 0, "\(String(describing: error))")
         #expect(p?.message.contains(shape.mentions) == true, "\(String(describing: error))")
@@ -23,14 +27,21 @@ struct YAMLLimitsTests {
         #expect(doc["use"]?.sequence?.count == 2 && doc["use"]?.sequence?[1]["y"]?.sequence?.count == 2)
         var small = YAMLLimits()
         small.maxNodes = 20
-        #expect(throws: YAMLFailure.self) { try YAMLNode.documents("a: &a [1, 2, 3, 4]\nb: [*a, *a, *a, *a]\n", limits: small) }
+        #expect(throws: YAMLFailure.self) {
+            try YAMLNode.documents("a: &a [1, 2, 3, 4]\nb: [*a, *a, *a, *a]\n", limits: small)
+        }
     }
 
-    @Test("scalars resolve as Kubernetes' YAML 1.1 reader resolves them", arguments: [
-        ("1", YAMLNode.Resolved.int(1)), ("0x1F", .int(31)), ("010", .int(8)), ("1_000", .int(1000)), ("-7", .int(-7)),
-        ("1.5", .float(1.5)), ("yes", .bool(true)), ("off", .bool(false)), ("y", .bool(true)), ("~", .null), ("", .null),
-        ("null", .null), ("2001-12-14", .string), ("\"1\"", .string), ("!!str 1", .string), ("1.2.3", .string), ("abc", .string),
-    ])
+    @Test(
+        "scalars resolve as Kubernetes' YAML 1.1 reader resolves them",
+        arguments: [
+            ("1", YAMLNode.Resolved.int(1)), ("0x1F", .int(31)), ("010", .int(8)), ("1_000", .int(1000)),
+            ("-7", .int(-7)),
+            ("1.5", .float(1.5)), ("yes", .bool(true)), ("off", .bool(false)), ("y", .bool(true)), ("~", .null),
+            ("", .null),
+            ("null", .null), ("2001-12-14", .string), ("\"1\"", .string), ("!!str 1", .string), ("1.2.3", .string),
+            ("abc", .string),
+        ])
     func resolution(_ text: String, _ expected: YAMLNode.Resolved) throws {
         let doc = try #require(try YAMLNode.documents("v: \(text)\n").first)
         let v = try #require(doc.mapping?.first?.value)
@@ -40,7 +51,9 @@ struct YAMLLimitsTests {
     @Test("not YAML: the parser's complaint with its line")
     func invalid() {
         let error = #expect(throws: YAMLFailure.self) { try YAMLNode.documents("a: 1\nb: [2, 3\nc: 4\n") }
-        #expect(error?.message.contains("not valid YAML") == true && (error?.line ?? 0) >= 2, "\(String(describing: error))")
+        #expect(
+            error?.message.contains("not valid YAML") == true && (error?.line ?? 0) >= 2, "\(String(describing: error))"
+        )
     }
 
     @Test("JSON from YAML: scalars typed, keys given twice refused")

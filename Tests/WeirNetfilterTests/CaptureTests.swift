@@ -17,24 +17,32 @@ let bothBackends: [BackendChoice] = [.nftables, .iptables(.nft)]
 /// Real TCP through weir's rules, in throwaway namespaces, on both backends.
 @Suite("Capture in namespaces", .enabled(if: canRunNamespaceTests))
 struct CaptureTests {
-    @Test("outbound TCP lands on the outbound port with its original destination", arguments: bothBackends, IPFamily.allCases)
+    @Test(
+        "outbound TCP lands on the outbound port with its original destination", arguments: bothBackends,
+        IPFamily.allCases)
     func outbound(_ backend: BackendChoice, _ family: IPFamily) throws {
         try TestNetwork.with { net in
             try net.installer(backend).install(RedirectPlan(spec: try spec()))
             let capture = try TestSockets.listen(net.podNamespace, family, port: 15001)
             defer { close(capture) }
-            let landing = try TestSockets.connect(from: net.podNamespace, family, to: TestNetwork.serverAddress(family), port: 8080, capture: capture, server: nil)
+            let landing = try TestSockets.connect(
+                from: net.podNamespace, family, to: TestNetwork.serverAddress(family), port: 8080, capture: capture,
+                server: nil)
             #expect(landing == .captured(address: TestNetwork.serverAddress(family), port: 8080))
         }
     }
 
-    @Test("inbound TCP lands on the inbound port with its original destination", arguments: bothBackends, IPFamily.allCases)
+    @Test(
+        "inbound TCP lands on the inbound port with its original destination", arguments: bothBackends,
+        IPFamily.allCases)
     func inbound(_ backend: BackendChoice, _ family: IPFamily) throws {
         try TestNetwork.with { net in
             try net.installer(backend).install(RedirectPlan(spec: try spec()))
             let capture = try TestSockets.listen(net.podNamespace, family, port: 15006)
             defer { close(capture) }
-            let landing = try TestSockets.connect(from: net.serverNamespace, family, to: TestNetwork.podAddress(family), port: 9080, capture: capture, server: nil)
+            let landing = try TestSockets.connect(
+                from: net.serverNamespace, family, to: TestNetwork.podAddress(family), port: 9080, capture: capture,
+                server: nil)
             #expect(landing == .captured(address: TestNetwork.podAddress(family), port: 9080))
         }
     }
@@ -60,17 +68,31 @@ struct CaptureTests {
         .init(name: "bypass mark", flags: [(.bypassMark, "0x77")], port: 8080, mark: 0x77),
         .init(name: "a capture port itself", flags: [], port: 15006),
         // Eight or more entries make a set: the same exclusions, looked up instead of matched rule by rule.
-        .init(name: "excluded ports (a set)", flags: [(.outboundExcludePort, "7000-7010,7100,7200,7300,7400,7500,7600,7700")], port: 7005),
-        .init(name: "excluded CIDRs (sets)", flags: [(.outboundExcludeCIDR, LongLists.networks(containing: ["198.18.0.0/24", "fd00:0:0:1::/64"]))],
-              port: 8080),
-        .init(name: "not an included CIDR (sets)", flags: [(.outboundIncludeCIDR, LongLists.networks(containing: ["10.0.0.0/8", "fd00:9::/32"]))],
-              port: 8080),
-        .init(name: "not an included port (a set)", flags: [(.outboundIncludePort, "443,444,445,446,447,448,449,450")], port: 8080),
-        .init(name: "proxy uid (a set)", flags: [(.proxyUID, "1330,1331,1332,1333,1334,1335,1336,1337")], port: 8080, uid: 1337),
-        .init(name: "proxy gid (a set)", flags: [(.proxyGID, "1338,1339,1340,1341,1342,1343,1344,1345")], port: 8080, uid: 4242, gid: 1338),
+        .init(
+            name: "excluded ports (a set)",
+            flags: [(.outboundExcludePort, "7000-7010,7100,7200,7300,7400,7500,7600,7700")], port: 7005),
+        .init(
+            name: "excluded CIDRs (sets)",
+            flags: [(.outboundExcludeCIDR, LongLists.networks(containing: ["198.18.0.0/24", "fd00:0:0:1::/64"]))],
+            port: 8080),
+        .init(
+            name: "not an included CIDR (sets)",
+            flags: [(.outboundIncludeCIDR, LongLists.networks(containing: ["10.0.0.0/8", "fd00:9::/32"]))],
+            port: 8080),
+        .init(
+            name: "not an included port (a set)", flags: [(.outboundIncludePort, "443,444,445,446,447,448,449,450")],
+            port: 8080),
+        .init(
+            name: "proxy uid (a set)", flags: [(.proxyUID, "1330,1331,1332,1333,1334,1335,1336,1337")], port: 8080,
+            uid: 1337),
+        .init(
+            name: "proxy gid (a set)", flags: [(.proxyGID, "1338,1339,1340,1341,1342,1343,1344,1345")], port: 8080,
+            uid: 4242, gid: 1338),
     ]
 
-    @Test("long include lists (sets) capture what they include and nothing else", arguments: bothBackends, IPFamily.allCases)
+    @Test(
+        "long include lists (sets) capture what they include and nothing else", arguments: bothBackends,
+        IPFamily.allCases)
     func includeSets(_ backend: BackendChoice, _ family: IPFamily) throws {
         let flags: [(CaptureSpecInput.Key, String)] = [
             (.outboundIncludeCIDR, LongLists.networks(containing: ["198.18.0.0/24", "fd00:0:0:1::/64"])),
@@ -85,9 +107,12 @@ struct CaptureTests {
             for (port, captured) in [(UInt16(8083), true), (9999, false)] {
                 let server = try TestSockets.listen(net.serverNamespace, family, port: port)
                 defer { close(server) }
-                let landing = try TestSockets.connect(from: net.podNamespace, family, to: TestNetwork.serverAddress(family), port: port,
-                                                      capture: capture, server: server)
-                #expect(landing == (captured ? .captured(address: TestNetwork.serverAddress(family), port: port) : .direct), "port \(port)")
+                let landing = try TestSockets.connect(
+                    from: net.podNamespace, family, to: TestNetwork.serverAddress(family), port: port,
+                    capture: capture, server: server)
+                #expect(
+                    landing == (captured ? .captured(address: TestNetwork.serverAddress(family), port: port) : .direct),
+                    "port \(port)")
             }
         }
     }
@@ -101,14 +126,19 @@ struct CaptureTests {
                 defer { close(capture) }
                 let server = try TestSockets.listen(net.serverNamespace, family, port: x.port)
                 defer { close(server) }
-                let landing = try TestSockets.connect(from: net.podNamespace, family, to: TestNetwork.serverAddress(family), port: x.port,
-                                                      capture: capture, server: server, uid: x.uid, gid: x.gid, mark: x.mark)
+                let landing = try TestSockets.connect(
+                    from: net.podNamespace, family, to: TestNetwork.serverAddress(family), port: x.port,
+                    capture: capture, server: server, uid: x.uid, gid: x.gid, mark: x.mark)
                 #expect(landing == .direct, "\(family)")
                 // The same connection from an ordinary process, without the mark, is captured (so the test can fail).
                 if x.uid != nil || x.mark != nil {
-                    let other = try TestSockets.connect(from: net.podNamespace, family, to: TestNetwork.serverAddress(family), port: x.port,
-                                                        capture: capture, server: server, uid: x.uid == nil ? nil : 4000, gid: x.uid == nil ? nil : 4000)
-                    #expect(other == .captured(address: TestNetwork.serverAddress(family), port: x.port), "\(family) control")
+                    let other = try TestSockets.connect(
+                        from: net.podNamespace, family, to: TestNetwork.serverAddress(family), port: x.port,
+                        capture: capture, server: server, uid: x.uid == nil ? nil : 4000, gid: x.uid == nil ? nil : 4000
+                    )
+                    #expect(
+                        other == .captured(address: TestNetwork.serverAddress(family), port: x.port),
+                        "\(family) control")
                 }
             }
         }
@@ -117,34 +147,46 @@ struct CaptureTests {
     @Test("inbound exclusions (port, source) go direct", arguments: bothBackends)
     func inboundExclusions(_ backend: BackendChoice) throws {
         try TestNetwork.with { net in
-            try net.installer(backend).install(RedirectPlan(spec: try spec([(.inboundExcludePort, "9443"), (.inboundPorts, "*")])))
+            try net.installer(backend).install(
+                RedirectPlan(spec: try spec([(.inboundExcludePort, "9443"), (.inboundPorts, "*")])))
             for family in IPFamily.allCases {
                 let capture = try TestSockets.listen(net.podNamespace, family, port: 15006)
                 defer { close(capture) }
                 let app = try TestSockets.listen(net.podNamespace, family, port: 9443)
                 defer { close(app) }
-                #expect(try TestSockets.connect(from: net.serverNamespace, family, to: TestNetwork.podAddress(family), port: 9443, capture: capture, server: app) == .direct)
+                #expect(
+                    try TestSockets.connect(
+                        from: net.serverNamespace, family, to: TestNetwork.podAddress(family), port: 9443,
+                        capture: capture, server: app) == .direct)
             }
         }
         try TestNetwork.with { net in
-            try net.installer(backend).install(RedirectPlan(spec: try spec([(.inboundExcludeSource, "198.18.0.2/32,fd00:0:0:1::2/128")])))
+            try net.installer(backend).install(
+                RedirectPlan(spec: try spec([(.inboundExcludeSource, "198.18.0.2/32,fd00:0:0:1::2/128")])))
             for family in IPFamily.allCases {
                 let capture = try TestSockets.listen(net.podNamespace, family, port: 15006)
                 defer { close(capture) }
                 let app = try TestSockets.listen(net.podNamespace, family, port: 9080)
                 defer { close(app) }
-                #expect(try TestSockets.connect(from: net.serverNamespace, family, to: TestNetwork.podAddress(family), port: 9080, capture: capture, server: app) == .direct)
+                #expect(
+                    try TestSockets.connect(
+                        from: net.serverNamespace, family, to: TestNetwork.podAddress(family), port: 9080,
+                        capture: capture, server: app) == .direct)
             }
         }
     }
 
-    @Test("TPROXY delivers inbound with the original destination as the local address", arguments: bothBackends, IPFamily.allCases)
+    @Test(
+        "TPROXY delivers inbound with the original destination as the local address", arguments: bothBackends,
+        IPFamily.allCases)
     func tproxy(_ backend: BackendChoice, _ family: IPFamily) throws {
         try TestNetwork.with { net in
             try net.installer(backend).install(RedirectPlan(spec: try spec([(.mode, "tproxy")])))
             let capture = try TestSockets.listen(net.podNamespace, family, port: 15006, transparent: true)
             defer { close(capture) }
-            let landing = try TestSockets.connect(from: net.serverNamespace, family, to: TestNetwork.podAddress(family), port: 9080, capture: capture, server: nil, tproxy: true)
+            let landing = try TestSockets.connect(
+                from: net.serverNamespace, family, to: TestNetwork.podAddress(family), port: 9080, capture: capture,
+                server: nil, tproxy: true)
             #expect(landing == .captured(address: TestNetwork.podAddress(family), port: 9080))
         }
     }
@@ -152,25 +194,37 @@ struct CaptureTests {
     @Test("DNS capture sends UDP and TCP port 53 to the DNS port, except the proxy's own")
     func dns() throws {
         try TestNetwork.with { net in
-            try net.installer(.nftables).install(RedirectPlan(spec: try spec([(.dnsPort, "15053"), (.proxyUID, "1337")])))
+            try net.installer(.nftables).install(
+                RedirectPlan(spec: try spec([(.dnsPort, "15053"), (.proxyUID, "1337")])))
             let capture = try TestSockets.listen(net.podNamespace, .ipv4, port: 15053)
             defer { close(capture) }
-            #expect(try TestSockets.connect(from: net.podNamespace, .ipv4, to: TestNetwork.serverV4, port: 53, capture: capture, server: nil)
+            #expect(
+                try TestSockets.connect(
+                    from: net.podNamespace, .ipv4, to: TestNetwork.serverV4, port: 53, capture: capture, server: nil)
                     == .captured(address: TestNetwork.serverV4, port: 53))
             let server = try TestSockets.listen(net.serverNamespace, .ipv4, port: 53)
             defer { close(server) }
-            #expect(try TestSockets.connect(from: net.podNamespace, .ipv4, to: TestNetwork.serverV4, port: 53, capture: capture, server: server, uid: 1337) == .direct)
+            #expect(
+                try TestSockets.connect(
+                    from: net.podNamespace, .ipv4, to: TestNetwork.serverV4, port: 53, capture: capture, server: server,
+                    uid: 1337) == .direct)
             // UDP: a datagram to the server's port 53 arrives at the DNS port in the pod.
             let received: Bool = try net.podNamespace.run {
                 let rx = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
                 defer { close(rx) }
                 let addr = SocketAddressBytes.ipv4([0, 0, 0, 0], port: 15053)
-                _ = withUnsafeBytes(of: addr.storage) { bind(rx, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), addr.length) }
+                _ = withUnsafeBytes(of: addr.storage) {
+                    bind(rx, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), addr.length)
+                }
                 let tx = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
                 defer { close(tx) }
                 let dst = SocketAddressBytes.ipv4(TestNetwork.serverV4, port: 53)
                 let payload: [UInt8] = Array("weir-dns-probe".utf8)
-                _ = withUnsafeBytes(of: dst.storage) { sendto(tx, payload, payload.count, 0, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), dst.length) }
+                _ = withUnsafeBytes(of: dst.storage) {
+                    sendto(
+                        tx, payload, payload.count, 0, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self),
+                        dst.length)
+                }
                 var p = pollfd(fd: rx, events: Int16(POLLIN), revents: 0)
                 guard poll(&p, 1, 2000) == 1 else { return false }
                 var buf = [UInt8](repeating: 0, count: 64)
@@ -184,14 +238,18 @@ struct CaptureTests {
     @Test("iptables auto mode installs into the variant that already holds rules (legacy here), and it works")
     func legacyAuto() throws {
         try TestNetwork.with { net in
-            try sh("ip", "netns", "exec", net.pod, "iptables-legacy", "-t", "nat", "-A", "POSTROUTING", "-o", "lo", "-j", "RETURN")
+            try sh(
+                "ip", "netns", "exec", net.pod, "iptables-legacy", "-t", "nat", "-A", "POSTROUTING", "-o", "lo", "-j",
+                "RETURN")
             try net.installer(.iptables(.auto)).install(RedirectPlan(spec: try spec()))
             let legacy = try sh("ip", "netns", "exec", net.pod, "iptables-legacy-save", "-t", "nat").output
             #expect(legacy.contains("-A WEIR_OUTPUT"))
             #expect(!(try net.iptablesSave()).contains("WEIR_OUTPUT"))
             let capture = try TestSockets.listen(net.podNamespace, .ipv4, port: 15001)
             defer { close(capture) }
-            #expect(try TestSockets.connect(from: net.podNamespace, .ipv4, to: TestNetwork.serverV4, port: 8080, capture: capture, server: nil)
+            #expect(
+                try TestSockets.connect(
+                    from: net.podNamespace, .ipv4, to: TestNetwork.serverV4, port: 8080, capture: capture, server: nil)
                     == .captured(address: TestNetwork.serverV4, port: 8080))
             let report = try net.installer(.iptables(.auto)).check(spec: nil, probe: false)
             #expect(report.backend == "iptables-legacy")
@@ -199,7 +257,8 @@ struct CaptureTests {
             #expect(report.problems.map(\.kind) == [.legacyRules], "\(report.problems)")
             #expect(report.problems.first?.detail.contains("1 nat rule") == true)
             #expect(try net.installer(.iptables(.auto)).clean())
-            #expect(!(try sh("ip", "netns", "exec", net.pod, "iptables-legacy-save", "-t", "nat").output.contains("WEIR")))
+            #expect(
+                !(try sh("ip", "netns", "exec", net.pod, "iptables-legacy-save", "-t", "nat").output.contains("WEIR")))
         }
     }
 
@@ -211,7 +270,10 @@ struct CaptureTests {
             defer { close(capture) }
             let server = try TestSockets.listen(net.serverNamespace, .ipv6, port: 8080)
             defer { close(server) }
-            #expect(try TestSockets.connect(from: net.podNamespace, .ipv6, to: TestNetwork.serverV6, port: 8080, capture: capture, server: server) == .direct)
+            #expect(
+                try TestSockets.connect(
+                    from: net.podNamespace, .ipv6, to: TestNetwork.serverV6, port: 8080, capture: capture,
+                    server: server) == .direct)
         }
     }
 }
@@ -250,7 +312,9 @@ struct LifecycleTests {
             let next = RedirectPlan(spec: try spec([(.proxyUID, "1337"), (.outboundPort, "16001")]))
             var batch = NftablesBackend().transaction(for: next, replacing: NetfilterFamily.weirFamilies)
             // After the fourth rule of the new table: the deletes, the table, its chains and some rules came first.
-            let fourthRule = batch.messages.indices.filter { batch.messages[$0].type == UInt8(NFT_MSG_NEWRULE.rawValue) }[3]
+            let fourthRule = batch.messages.indices.filter {
+                batch.messages[$0].type == UInt8(NFT_MSG_NEWRULE.rawValue)
+            }[3]
             batch.insert(failingRule(next, chain: "output"), at: fourthRule + 1)
             let refused = batch
             #expect {
@@ -276,35 +340,50 @@ struct LifecycleTests {
         }
     }
 
-    @Test("long lists become sets: 1,000 networks, 1,000 ports and 100 ids apply, re-apply and check healthy", arguments: [true, false])
+    @Test(
+        "long lists become sets: 1,000 networks, 1,000 ports and 100 ids apply, re-apply and check healthy",
+        arguments: [true, false])
     func longLists(_ ipv6: Bool) throws {
         let args = LongLists.arguments(ipv6: ipv6)
         let plan = RedirectPlan(spec: try spec(args))
-        #expect(plan.sets.map(\.name).sorted() == (ipv6 ? ["in_exclude_v4", "out_exclude_ports", "out_exclude_v4", "out_exclude_v6", "proxy_uids"]
-                                                       : ["in_exclude_v4", "out_exclude_ports", "out_exclude_v4", "proxy_uids"]))
+        #expect(
+            plan.sets.map(\.name).sorted()
+                == (ipv6
+                    ? ["in_exclude_v4", "out_exclude_ports", "out_exclude_v4", "out_exclude_v6", "proxy_uids"]
+                    : ["in_exclude_v4", "out_exclude_ports", "out_exclude_v4", "proxy_uids"]))
         let flags = args.map { "\($0.0.flag)=\($0.1)" }
         try TestNetwork.with { net in
             for _ in 0..<2 {
-                let installed = try sh([weirBinary, "init", "--netns", "/run/netns/\(net.pod)"] + flags, allowFailure: true)
+                let installed = try sh(
+                    [weirBinary, "init", "--netns", "/run/netns/\(net.pod)"] + flags, allowFailure: true)
                 #expect(installed.status == 0, "\(installed.output)")
                 let checked = try sh([weirBinary, "check", "--netns", "/run/netns/\(net.pod)"], allowFailure: true)
                 #expect(checked.status == 0, "\(checked.output.prefix(2000))")
             }
             // One lookup per list: the rule count does not grow with the lists.
-            let rules = try net.podNamespace.run { try NftablesBackend().readRuleset() }.rules.filter { $0.table == "weir" && $0.chain != "spec" }
+            let rules = try net.podNamespace.run { try NftablesBackend().readRuleset() }.rules.filter {
+                $0.table == "weir" && $0.chain != "spec"
+            }
             #expect(rules.count < 40, "\(rules.count) rules")
             // nft itself reads the sets back with their types and elements.
             let family = ipv6 ? "inet" : "ip"
-            let listed = try sh("ip", "netns", "exec", net.pod, "nft", "list", "set", family, "weir", "out_exclude_v4").output
-            #expect(listed.contains("type ipv4_addr") && listed.contains("flags interval") && listed.contains("10.0.4.0/24"), "\(listed.prefix(400))")
-            let ports = try sh("ip", "netns", "exec", net.pod, "nft", "list", "set", family, "weir", "out_exclude_ports").output
+            let listed = try sh("ip", "netns", "exec", net.pod, "nft", "list", "set", family, "weir", "out_exclude_v4")
+                .output
+            #expect(
+                listed.contains("type ipv4_addr") && listed.contains("flags interval")
+                    && listed.contains("10.0.4.0/24"), "\(listed.prefix(400))")
+            let ports = try sh(
+                "ip", "netns", "exec", net.pod, "nft", "list", "set", family, "weir", "out_exclude_ports"
+            ).output
             #expect(ports.contains("type inet_service") && ports.contains("21998"), "\(ports.prefix(400))")
             let uids = try sh("ip", "netns", "exec", net.pod, "nft", "list", "set", family, "weir", "proxy_uids").output
             #expect(uids.contains("type uid") && uids.contains("1099"), "\(uids.prefix(400))")
             // An element removed behind weir's back is found.
             try sh("ip", "netns", "exec", net.pod, "nft", "delete", "element", family, "weir", "proxy_uids", "{ 1042 }")
             let report = try net.installer(.nftables).check(spec: nil, probe: false)
-            #expect(report.problems.map(\.kind) == [.alteredSet] && report.problems[0].detail.contains("1042"), "\(report.problems)")
+            #expect(
+                report.problems.map(\.kind) == [.alteredSet] && report.problems[0].detail.contains("1042"),
+                "\(report.problems)")
         }
     }
 
@@ -335,10 +414,13 @@ struct LifecycleTests {
         }
     }
 
-    @Test("bad input exits 2 and leaves the ruleset byte-for-byte unchanged", arguments: [
-        ["--outbound-port", "0"], ["--proxy-uid", "envoy"], ["--mode", "nat"], ["--outbound-exclude-cidr", "10.0.0.1/8"],
-        ["--inbound-port", "15001"], ["--backend", "ebpf"], ["--netns", "/nonexistent"],
-    ])
+    @Test(
+        "bad input exits 2 and leaves the ruleset byte-for-byte unchanged",
+        arguments: [
+            ["--outbound-port", "0"], ["--proxy-uid", "envoy"], ["--mode", "nat"],
+            ["--outbound-exclude-cidr", "10.0.0.1/8"],
+            ["--inbound-port", "15001"], ["--backend", "ebpf"], ["--netns", "/nonexistent"],
+        ])
     func badInput(_ args: [String]) throws {
         try TestNetwork.with { net in
             try net.installer(.nftables).install(RedirectPlan(spec: try spec([(.proxyUID, "1337")])))
@@ -351,16 +433,27 @@ struct LifecycleTests {
         }
     }
 
-    @Test("the nft text rendering installs the same rules as the netlink backend", arguments: ["", "tproxy", "rich", "sets"])
+    @Test(
+        "the nft text rendering installs the same rules as the netlink backend",
+        arguments: ["", "tproxy", "rich", "sets"])
     func nftTextMatchesNetlink(_ variant: String) throws {
-        let flags: [(CaptureSpecInput.Key, String)] = switch variant {
-        case "tproxy": [(.mode, "tproxy"), (.inboundPorts, "8080,9000-9100"), (.inboundExcludeSource, "198.18.7.0/24")]
-        case "sets": LongLists.arguments(ipv6: true) + [(.outboundIncludePort, "80,81,82,83,84,85,86,8000-8100"),
-                                                        (.inboundPorts, "8080,8081,8082,8083,8084,8085,8086,9000-9100")]
-        case "rich": [(.proxyUID, "1337"), (.outboundIncludeCIDR, "10.0.0.0/8,fd00::/8"), (.outboundExcludeCIDR, "10.96.0.1"),
-                      (.outboundIncludePort, "80,8000-8100"), (.dnsPort, "15053"), (.bypassMark, "0x10")]
-        default: []
-        }
+        let flags: [(CaptureSpecInput.Key, String)] =
+            switch variant {
+            case "tproxy":
+                [(.mode, "tproxy"), (.inboundPorts, "8080,9000-9100"), (.inboundExcludeSource, "198.18.7.0/24")]
+            case "sets":
+                LongLists.arguments(ipv6: true) + [
+                    (.outboundIncludePort, "80,81,82,83,84,85,86,8000-8100"),
+                    (.inboundPorts, "8080,8081,8082,8083,8084,8085,8086,9000-9100"),
+                ]
+            case "rich":
+                [
+                    (.proxyUID, "1337"), (.outboundIncludeCIDR, "10.0.0.0/8,fd00::/8"),
+                    (.outboundExcludeCIDR, "10.96.0.1"),
+                    (.outboundIncludePort, "80,8000-8100"), (.dnsPort, "15053"), (.bypassMark, "0x10"),
+                ]
+            default: []
+            }
         try TestNetwork.with { net in
             let plan = RedirectPlan(spec: try spec(flags))
             try sh("ip", "netns", "exec", net.pod, "nft", "-f", "-", input: NftRendering.render(plan))
@@ -383,8 +476,10 @@ func failingRule(_ plan: RedirectPlan, chain: String) -> NftMessage {
     nftnl_expr_set_str(e, UInt16(NFTNL_EXPR_IMM_CHAIN), "no-such-chain")
     nftnl_rule_add_expr(rule, e)
     var batch = NftTransaction()
-    batch.add(NFT_MSG_NEWRULE, family: NftablesObjects.family(plan), flags: NLM_F_CREATE | NLM_F_APPEND,
-              what: "a rule jumping to a missing chain") { nftnl_rule_nlmsg_build_payload($0, rule) }
+    batch.add(
+        NFT_MSG_NEWRULE, family: NftablesObjects.family(plan), flags: NLM_F_CREATE | NLM_F_APPEND,
+        what: "a rule jumping to a missing chain"
+    ) { nftnl_rule_nlmsg_build_payload($0, rule) }
     return batch.messages[0]
 }
 
@@ -392,7 +487,8 @@ func failingRule(_ plan: RedirectPlan, chain: String) -> NftMessage {
 enum LongLists {
     /// Eight networks or more (a set): `extra` and filler from 203.0.113.0/24 and 2001:db8::/32.
     static func networks(containing extra: [String]) -> String {
-        (extra + (0..<4).map { "203.0.113.\($0 * 16)/28" } + (0..<4).map { "2001:db8:\($0)::/48" }).joined(separator: ",")
+        (extra + (0..<4).map { "203.0.113.\($0 * 16)/28" } + (0..<4).map { "2001:db8:\($0)::/48" }).joined(
+            separator: ",")
     }
 
     static func arguments(ipv6: Bool) -> [(CaptureSpecInput.Key, String)] {

@@ -7,14 +7,20 @@ import WeirTestSupport
 /// causes it, against the ruleset a clean install leaves.
 @Suite("check decides from a LiveRuleset")
 struct CheckDecisionTests {
-    static func installed(_ flags: [(CaptureSpecInput.Key, String)] = [(.proxyUID, "1337")]) throws -> (RedirectPlan, LiveRuleset) {
+    static func installed(_ flags: [(CaptureSpecInput.Key, String)] = [(.proxyUID, "1337")]) throws -> (
+        RedirectPlan, LiveRuleset
+    ) {
         let plan = RedirectPlan(spec: try spec(flags))
         return (plan, RulesetCheck.expectedRuleset(plan))
     }
 
-    static func decide(_ ruleset: LiveRuleset, legacy: [IPFamily: [String]] = [:], routes: [PolicyRouteEntry] = [],
-                       spec: CaptureSpec? = nil) -> CheckReport {
-        RulesetCheck.decide(CheckInput(namespace: "test", ruleset: ruleset, legacyNatRules: legacy, policyRoutes: routes), spec: spec).report
+    static func decide(
+        _ ruleset: LiveRuleset, legacy: [IPFamily: [String]] = [:], routes: [PolicyRouteEntry] = [],
+        spec: CaptureSpec? = nil
+    ) -> CheckReport {
+        RulesetCheck.decide(
+            CheckInput(namespace: "test", ruleset: ruleset, legacyNatRules: legacy, policyRoutes: routes), spec: spec
+        ).report
     }
 
     static func kinds(_ r: CheckReport) -> [CheckFinding.Kind] { r.problems.map(\.kind) }
@@ -26,7 +32,8 @@ struct CheckDecisionTests {
         let (plan, live) = try Self.installed()
         let report = Self.decide(live)
         #expect(report.healthy, "\(report.problems)")
-        #expect(report.spec == plan.spec.encodedTokens && report.specSource == "live table" && report.backend == "nftables")
+        #expect(
+            report.spec == plan.spec.encodedTokens && report.specSource == "live table" && report.backend == "nftables")
     }
 
     @Test("no table is not-installed; a table without its spec is spec-unreadable")
@@ -47,15 +54,18 @@ struct CheckDecisionTests {
 
         var extra = live
         let first = extra.rules.first { $0.chain == "output" }!
-        extra.rules.append(LiveRule(family: first.family, table: "weir", chain: "output", handle: 999, comment: "someone else's",
-                                    expressions: [RuleExpression(name: "immediate", text: "reg 0 accept")]))
+        extra.rules.append(
+            LiveRule(
+                family: first.family, table: "weir", chain: "output", handle: 999, comment: "someone else's",
+                expressions: [RuleExpression(name: "immediate", text: "reg 0 accept")]))
         #expect(Self.kinds(Self.decide(extra)) == [.extraRule])
 
         var altered = live
         let i = altered.rules.firstIndex { $0.comment == Self.capture }!
         let r = altered.rules[i]
-        altered.rules[i] = LiveRule(family: r.family, table: r.table, chain: r.chain, handle: r.handle, comment: r.comment,
-                                    expressions: r.expressions.dropLast() + [RuleExpression(name: "redir", text: "proto_min reg 2")])
+        altered.rules[i] = LiveRule(
+            family: r.family, table: r.table, chain: r.chain, handle: r.handle, comment: r.comment,
+            expressions: r.expressions.dropLast() + [RuleExpression(name: "redir", text: "proto_min reg 2")])
         let a = Self.decide(altered)
         #expect(Self.kinds(a) == [.alteredRule] && a.problems[0].detail.contains("redir"), "\(a.problems)")
 
@@ -71,8 +81,9 @@ struct CheckDecisionTests {
         var altered = live
         let i = altered.chains.firstIndex { $0.name == "output" }!
         let c = altered.chains[i]
-        altered.chains[i] = LiveChain(family: c.family, table: c.table, name: c.name,
-                                      base: .init(hook: .output, priority: 0, type: "nat", policy: .accept))
+        altered.chains[i] = LiveChain(
+            family: c.family, table: c.table, name: c.name,
+            base: .init(hook: .output, priority: 0, type: "nat", policy: .accept))
         let a = Self.decide(altered)
         #expect(Self.kinds(a) == [.alteredChain] && a.problems[0].detail.contains("priority 0"), "\(a.problems)")
 
@@ -86,15 +97,22 @@ struct CheckDecisionTests {
         #expect(Self.kinds(Self.decide(extra)) == [.extraChain])
     }
 
-    @Test("a chain of another table before weir that NATs or drops is a bypass; one that accepts is a warning; one after is neither")
+    @Test(
+        "a chain of another table before weir that NATs or drops is a bypass; one that accepts is a warning; one after is neither"
+    )
     func bypass() throws {
         let (_, live) = try Self.installed()
         func with(priority: Int32, policy: ChainPolicy = .accept, _ expressions: [RuleExpression]) -> CheckReport {
             var r = live
             r.tables.append(LiveTable(family: .ip, name: "sneaky"))
-            r.chains.append(LiveChain(family: .ip, table: "sneaky", name: "out", base: .init(hook: .output, priority: priority, type: "nat", policy: policy)))
+            r.chains.append(
+                LiveChain(
+                    family: .ip, table: "sneaky", name: "out",
+                    base: .init(hook: .output, priority: priority, type: "nat", policy: policy)))
             if !expressions.isEmpty {
-                r.rules.append(LiveRule(family: .ip, table: "sneaky", chain: "out", handle: 1, comment: nil, expressions: expressions))
+                r.rules.append(
+                    LiveRule(
+                        family: .ip, table: "sneaky", chain: "out", handle: 1, comment: nil, expressions: expressions))
             }
             return Self.decide(r)
         }
@@ -112,8 +130,14 @@ struct CheckDecisionTests {
     func legacy() throws {
         let (_, live) = try Self.installed()
         let foreign = Self.decide(live, legacy: [.ipv4: ["-A OUTPUT -p tcp -j DNAT --to-destination 198.18.0.9"]])
-        #expect(Self.kinds(foreign) == [.legacyRules] && foreign.problems[0].detail.contains("iptables-legacy"), "\(foreign.problems)")
-        let own = Self.decide(live, legacy: [.ipv6: ["-A WEIR_OUTPUT -j RETURN", "-A OUTPUT -m comment --comment \"weir: capture\" -j WEIR_OUTPUT"]])
+        #expect(
+            Self.kinds(foreign) == [.legacyRules] && foreign.problems[0].detail.contains("iptables-legacy"),
+            "\(foreign.problems)")
+        let own = Self.decide(
+            live,
+            legacy: [
+                .ipv6: ["-A WEIR_OUTPUT -j RETURN", "-A OUTPUT -m comment --comment \"weir: capture\" -j WEIR_OUTPUT"]
+            ])
         #expect(own.healthy, "\(own.problems)")
     }
 
@@ -130,15 +154,18 @@ struct CheckDecisionTests {
 
         var altered = live
         let s = altered.sets[0]
-        altered.sets[0] = LiveSet(family: s.family, table: s.table, name: s.name, keyLength: s.keyLength, isInterval: true,
-                                  intervals: Array(s.intervals.dropFirst()) + [KeyInterval(first: [0x1F, 0x90], last: [0x1F, 0x90])])
+        altered.sets[0] = LiveSet(
+            family: s.family, table: s.table, name: s.name, keyLength: s.keyLength, isInterval: true,
+            intervals: Array(s.intervals.dropFirst()) + [KeyInterval(first: [0x1F, 0x90], last: [0x1F, 0x90])])
         let a = Self.decide(altered)
         #expect(Self.kinds(a) == [.alteredSet], "\(a.problems)")
-        #expect(a.problems.first?.detail.contains("1 of weir's elements missing (first: 7000)") == true
+        #expect(
+            a.problems.first?.detail.contains("1 of weir's elements missing (first: 7000)") == true
                 && a.problems.first?.detail.contains("(first: 8080)") == true, "\(a.problems)")
 
         var extra = live
-        extra.sets.append(LiveSet(family: s.family, table: "weir", name: "other", keyLength: 4, isInterval: false, intervals: []))
+        extra.sets.append(
+            LiveSet(family: s.family, table: "weir", name: "other", keyLength: 4, isInterval: false, intervals: []))
         #expect(Self.kinds(Self.decide(extra)) == [.extraSet])
     }
 
@@ -148,7 +175,10 @@ struct CheckDecisionTests {
         let route = try #require(plan.policyRoute)
         #expect(Self.kinds(Self.decide(live)) == Array(repeating: .missingPolicyRoute, count: 4))
         let all = IPFamily.allCases.flatMap { f in
-            [PolicyRouteEntry(family: f, kind: .rule, table: route.table, mark: route.mark), PolicyRouteEntry(family: f, kind: .route, table: route.table)]
+            [
+                PolicyRouteEntry(family: f, kind: .rule, table: route.table, mark: route.mark),
+                PolicyRouteEntry(family: f, kind: .route, table: route.table),
+            ]
         }
         #expect(Self.decide(live, routes: all).healthy)
         #expect(Self.kinds(Self.decide(live, routes: Array(all.dropFirst()))) == [.missingPolicyRoute])
@@ -167,11 +197,16 @@ struct CheckDecisionTests {
         let plan = RedirectPlan(spec: try spec([(.proxyUID, "1337")]))
         var chains: [IPFamily: [String: [String: [String]]]] = [:]
         for f in plan.spec.families {
-            chains[f] = IptablesBackend.weirChains(IptablesRendering.render(plan, family: f).replacingOccurrences(of: "-I OUTPUT 1 ", with: "-A OUTPUT ")
-                .replacingOccurrences(of: "-I PREROUTING 1 ", with: "-A PREROUTING "))
+            chains[f] = IptablesBackend.weirChains(
+                IptablesRendering.render(plan, family: f).replacingOccurrences(of: "-I OUTPUT 1 ", with: "-A OUTPUT ")
+                    .replacingOccurrences(of: "-I PREROUTING 1 ", with: "-A PREROUTING "))
         }
         func decide(_ c: [IPFamily: [String: [String: [String]]]]) -> CheckReport {
-            RulesetCheck.decide(CheckInput(namespace: "test", ruleset: LiveRuleset(), iptables: IptablesState(variant: .nft, chains: c)), spec: nil).report
+            RulesetCheck.decide(
+                CheckInput(
+                    namespace: "test", ruleset: LiveRuleset(), iptables: IptablesState(variant: .nft, chains: c)),
+                spec: nil
+            ).report
         }
         let healthy = decide(chains)
         #expect(healthy.healthy && healthy.backend == "iptables-nft", "\(healthy.problems)")
@@ -216,26 +251,31 @@ struct InMemoryBackendTests {
 @Suite("set elements")
 struct SetElementTests {
     static func roundTrip(_ set: PlanSet) -> [KeyInterval] {
-        NftablesObjects.intervals(fromElements: NftablesObjects.elementKeys(set), interval: set.isInterval,
-                                        hostOrder: !set.isInterval)
+        NftablesObjects.intervals(
+            fromElements: NftablesObjects.elementKeys(set), interval: set.isInterval,
+            hostOrder: !set.isInterval)
     }
 
     @Test("networks merge when they overlap or touch, and come back from start and end elements, edges included")
     func networks() throws {
-        let cidrs = ["10.0.0.0/24", "10.0.1.0/24", "10.0.0.128/25", "192.0.2.7", "255.255.255.255", "0.0.0.0/8"].map { try! CIDR.parse($0).get() }
+        let cidrs = ["10.0.0.0/24", "10.0.1.0/24", "10.0.0.128/25", "192.0.2.7", "255.255.255.255", "0.0.0.0/8"].map {
+            try! CIDR.parse($0).get()
+        }
         let set = PlanSet(name: "n", field: .destination(.ipv4), elements: .networks(cidrs))
         #expect(set.intervals.map(set.text(of:)) == ["0.0.0.0/8", "10.0.0.0/23", "192.0.2.7", "255.255.255.255"])
         #expect(Self.roundTrip(set) == set.intervals)
         // Starting at zero needs no leading end element; ending at the top needs no trailing one.
-        #expect(NftablesObjects.elementKeys(set).first?.end == false && NftablesObjects.elementKeys(set).last?.end == false)
+        #expect(
+            NftablesObjects.elementKeys(set).first?.end == false && NftablesObjects.elementKeys(set).last?.end == false)
         let whole = PlanSet(name: "w", field: .source(.ipv6), elements: .networks([try CIDR.parse("::/0").get()]))
         #expect(Self.roundTrip(whole) == whole.intervals && whole.intervals.map(whole.text(of:)) == ["::/0"])
     }
 
     @Test("ports and ids")
     func portsAndIDs() {
-        let ports = PlanSet(name: "p", field: .destinationPort(.tcp),
-                            elements: .ports([PortRange(80), PortRange(first: 81, last: 90), PortRange(65535), PortRange(1)]))
+        let ports = PlanSet(
+            name: "p", field: .destinationPort(.tcp),
+            elements: .ports([PortRange(80), PortRange(first: 81, last: 90), PortRange(65535), PortRange(1)]))
         #expect(ports.intervals.map(ports.text(of:)) == ["1", "80-90", "65535"])
         #expect(Self.roundTrip(ports) == ports.intervals)
         let ids = PlanSet(name: "u", field: .socketUID, elements: .ids([1337, 0, 1337, 4_000_000_000]))

@@ -10,12 +10,16 @@ struct CheckTests {
     @Test("a clean install is healthy, and the probe proves it with real connections", arguments: bothBackends)
     func healthy(_ backend: BackendChoice) throws {
         try TestNetwork.with { net in
-            try net.installer(backend).install(RedirectPlan(spec: try spec([(.proxyUID, "1337"), (.outboundExcludePort, "22")])))
+            try net.installer(backend).install(
+                RedirectPlan(spec: try spec([(.proxyUID, "1337"), (.outboundExcludePort, "22")])))
             let report = try net.installer(backend).check(spec: nil, probe: true)
             #expect(report.problems.isEmpty, "\(report.problems)")
             #expect(report.spec == ["proxy-uid=1337", "outbound-exclude-port=22"])
-            #expect(report.probe?.checks.map(\.name) == ["outbound ipv4", "outbound ipv6", "inbound ipv4", "inbound ipv6"])
-            #expect(report.probe?.checks.allSatisfy { $0.outcome == "passed" } == true, "\(String(describing: report.probe))")
+            #expect(
+                report.probe?.checks.map(\.name) == ["outbound ipv4", "outbound ipv6", "inbound ipv4", "inbound ipv6"])
+            #expect(
+                report.probe?.checks.allSatisfy { $0.outcome == "passed" } == true,
+                "\(String(describing: report.probe))")
             #expect(report.healthy)
         }
     }
@@ -35,7 +39,8 @@ struct CheckTests {
                 }
             }
             let bad = try net.installer(backend).check(spec: nil, probe: true)
-            #expect(bad.probe?.problems.map(\.name) == ["inbound ipv4", "inbound ipv6"], "\(String(describing: bad.probe))")
+            #expect(
+                bad.probe?.problems.map(\.name) == ["inbound ipv4", "inbound ipv6"], "\(String(describing: bad.probe))")
             #expect(!bad.healthy)
             // The probe leaves no link behind.
             #expect(!(try sh("ip", "-n", net.pod, "link").output.contains("wprobe")))
@@ -55,11 +60,17 @@ struct CheckTests {
         try TestNetwork.with { net in
             try net.installer(.nftables).install(RedirectPlan(spec: try spec()))
             let handle = try net.podNamespace.run {
-                try NftablesBackend().readRuleset().rules.first { $0.comment == "weir: out: capture all tcp to port 15001" }!.handle
+                try NftablesBackend().readRuleset().rules.first {
+                    $0.comment == "weir: out: capture all tcp to port 15001"
+                }!.handle
             }
-            try sh("ip", "netns", "exec", net.pod, "nft", "delete", "rule", "inet", "weir", "output", "handle", "\(handle)")
+            try sh(
+                "ip", "netns", "exec", net.pod, "nft", "delete", "rule", "inet", "weir", "output", "handle", "\(handle)"
+            )
             let report = try net.installer(.nftables).check(spec: nil, probe: true)
-            #expect(report.problems.contains { $0.kind == .missingRule && $0.detail.contains("capture all tcp") }, "\(report.problems)")
+            #expect(
+                report.problems.contains { $0.kind == .missingRule && $0.detail.contains("capture all tcp") },
+                "\(report.problems)")
             #expect(report.probe?.problems.count == 2)
             #expect(!report.healthy)
         }
@@ -70,10 +81,15 @@ struct CheckTests {
         try TestNetwork.with { net in
             try net.installer(.nftables).install(RedirectPlan(spec: try spec()))
             let handle = try net.podNamespace.run {
-                try NftablesBackend().readRuleset().rules.first { $0.comment == "weir: out: capture all tcp to port 15001" }!.handle
+                try NftablesBackend().readRuleset().rules.first {
+                    $0.comment == "weir: out: capture all tcp to port 15001"
+                }!.handle
             }
-            try sh("ip", "netns", "exec", net.pod, "nft", "replace", "rule", "inet", "weir", "output", "handle", "\(handle)",
-                   "meta", "l4proto", "tcp", "redirect", "to", ":15999", "comment", "\"weir: out: capture all tcp to port 15001\"")
+            try sh(
+                "ip", "netns", "exec", net.pod, "nft", "replace", "rule", "inet", "weir", "output", "handle",
+                "\(handle)",
+                "meta", "l4proto", "tcp", "redirect", "to", ":15999", "comment",
+                "\"weir: out: capture all tcp to port 15001\"")
             let report = try net.installer(.nftables).check(spec: nil, probe: false)
             #expect(report.problems.map(\.kind) == [.alteredRule], "\(report.problems)")
         }
@@ -83,13 +99,16 @@ struct CheckTests {
     func foreignBypass() throws {
         try TestNetwork.with { net in
             try net.installer(.nftables).install(RedirectPlan(spec: try spec()))
-            try sh("ip", "netns", "exec", net.pod, "nft", "-f", "-", input: """
-                table ip sneaky {
-                    chain out { type nat hook output priority -150; policy accept; tcp dport 80 dnat to 198.18.0.2:8080; }
-                }
-                """)
+            try sh(
+                "ip", "netns", "exec", net.pod, "nft", "-f", "-",
+                input: """
+                    table ip sneaky {
+                        chain out { type nat hook output priority -150; policy accept; tcp dport 80 dnat to 198.18.0.2:8080; }
+                    }
+                    """)
             let report = try net.installer(.nftables).check(spec: nil, probe: false)
-            #expect(report.problems.contains { $0.kind == .bypass && $0.detail.contains("sneaky") }, "\(report.problems)")
+            #expect(
+                report.problems.contains { $0.kind == .bypass && $0.detail.contains("sneaky") }, "\(report.problems)")
         }
     }
 
@@ -97,15 +116,21 @@ struct CheckTests {
     func foreignBypassIptables() throws {
         try TestNetwork.with { net in
             try net.installer(.iptables(.nft)).install(RedirectPlan(spec: try spec()))
-            try sh("ip", "netns", "exec", net.pod, "nft", "-f", "-", input: """
-                table ip sneaky {
-                    chain out { type nat hook output priority -105; policy accept; tcp dport 80 dnat to 198.18.0.2:8080; }
-                }
-                """)
+            try sh(
+                "ip", "netns", "exec", net.pod, "nft", "-f", "-",
+                input: """
+                    table ip sneaky {
+                        chain out { type nat hook output priority -105; policy accept; tcp dport 80 dnat to 198.18.0.2:8080; }
+                    }
+                    """)
             let report = try net.installer(.iptables(.nft)).check(spec: nil, probe: false)
             #expect(report.backend == "iptables-nft")
-            #expect(report.problems.contains { $0.kind == .bypass && $0.detail.contains("sneaky") }, "\(report.problems)")
-            #expect(!report.problems.contains { $0.detail.contains("chain ip nat ") || $0.detail.contains("chain ip6 nat ") }, "iptables' own chains flagged: \(report.problems)")
+            #expect(
+                report.problems.contains { $0.kind == .bypass && $0.detail.contains("sneaky") }, "\(report.problems)")
+            #expect(
+                !report.problems.contains {
+                    $0.detail.contains("chain ip nat ") || $0.detail.contains("chain ip6 nat ")
+                }, "iptables' own chains flagged: \(report.problems)")
         }
     }
 
@@ -113,11 +138,13 @@ struct CheckTests {
     func foreignAfter() throws {
         try TestNetwork.with { net in
             try net.installer(.nftables).install(RedirectPlan(spec: try spec()))
-            try sh("ip", "netns", "exec", net.pod, "nft", "-f", "-", input: """
-                table ip later {
-                    chain out { type nat hook output priority 0; policy accept; tcp dport 80 dnat to 198.18.0.2:8080; }
-                }
-                """)
+            try sh(
+                "ip", "netns", "exec", net.pod, "nft", "-f", "-",
+                input: """
+                    table ip later {
+                        chain out { type nat hook output priority 0; policy accept; tcp dport 80 dnat to 198.18.0.2:8080; }
+                    }
+                    """)
             #expect(try net.installer(.nftables).check(spec: nil, probe: false).problems.isEmpty)
         }
     }
@@ -126,7 +153,9 @@ struct CheckTests {
     func legacyRules() throws {
         try TestNetwork.with { net in
             try net.installer(.nftables).install(RedirectPlan(spec: try spec()))
-            try sh("ip", "netns", "exec", net.pod, "iptables-legacy", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", "9999", "-j", "RETURN")
+            try sh(
+                "ip", "netns", "exec", net.pod, "iptables-legacy", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport",
+                "9999", "-j", "RETURN")
             let report = try net.installer(.nftables).check(spec: nil, probe: false)
             #expect(report.problems.contains { $0.kind == .legacyRules }, "\(report.problems)")
         }
@@ -136,13 +165,21 @@ struct CheckTests {
     func iptablesDrift() throws {
         try TestNetwork.with { net in
             try net.installer(.iptables(.nft)).install(RedirectPlan(spec: try spec([(.proxyUID, "1337")])))
-            try sh("ip", "netns", "exec", net.pod, "iptables-nft", "-t", "nat", "-D", "WEIR_OUTPUT", "-m", "owner", "--uid-owner", "1337",
-                   "-m", "comment", "--comment", "weir: out: never capture proxy uid 1337", "-j", "RETURN")
-            try sh("ip", "netns", "exec", net.pod, "ip6tables-nft", "-t", "nat", "-D", "OUTPUT", "-m", "comment", "--comment", "weir: capture", "-j", "WEIR_OUTPUT")
+            try sh(
+                "ip", "netns", "exec", net.pod, "iptables-nft", "-t", "nat", "-D", "WEIR_OUTPUT", "-m", "owner",
+                "--uid-owner", "1337",
+                "-m", "comment", "--comment", "weir: out: never capture proxy uid 1337", "-j", "RETURN")
+            try sh(
+                "ip", "netns", "exec", net.pod, "ip6tables-nft", "-t", "nat", "-D", "OUTPUT", "-m", "comment",
+                "--comment", "weir: capture", "-j", "WEIR_OUTPUT")
             let report = try net.installer(.iptables(.auto)).check(spec: nil, probe: false)
             #expect(report.backend == "iptables-nft")
-            #expect(report.problems.contains { $0.kind == .missingRule && $0.detail.contains("uid 1337") }, "\(report.problems)")
-            #expect(report.problems.contains { $0.kind == .missingJump && $0.detail.contains("ip6tables") }, "\(report.problems)")
+            #expect(
+                report.problems.contains { $0.kind == .missingRule && $0.detail.contains("uid 1337") },
+                "\(report.problems)")
+            #expect(
+                report.problems.contains { $0.kind == .missingJump && $0.detail.contains("ip6tables") },
+                "\(report.problems)")
         }
     }
 

@@ -9,15 +9,18 @@ import WeirTestSupport
 /// A handle whose descriptor is not a namespace (`/dev/null`): every `setns` on it fails with EINVAL, as it would
 /// for a namespace the process may not enter.
 func unenterableHandle() throws -> NamespaceHandle {
-    NamespaceHandle(descriptor: try FileDescriptor.open("/dev/null", O_RDONLY),
-                    identity: NamespaceIdentity(device: 0, inode: 0), path: "/dev/null")
+    NamespaceHandle(
+        descriptor: try FileDescriptor.open("/dev/null", O_RDONLY),
+        identity: NamespaceIdentity(device: 0, inode: 0), path: "/dev/null")
 }
 
 @Suite("namespace handles", .enabled(if: canRunNamespaceTests, "needs root (setns)"))
 struct NamespaceHandleTests {
     /// The blocking `run` (an async caller would pick the async one).
-    static func runSync<T: Sendable>(_ handle: NamespaceHandle, name: String = "weir-t-run",
-                                     _ body: @escaping @Sendable () throws -> T) throws -> T {
+    static func runSync<T: Sendable>(
+        _ handle: NamespaceHandle, name: String = "weir-t-run",
+        _ body: @escaping @Sendable () throws -> T
+    ) throws -> T {
         try handle.run(name: name, body)
     }
 
@@ -74,7 +77,7 @@ struct NamespaceHandleTests {
 
     @Test("a namespace recreated at the same path is a different namespace; a held handle keeps the old one")
     func identityAcrossRecreation() throws {
-        let name = "weir-t-id-\(getpid())"
+        let name = "weirt-id-\(getpid())"
         defer { _ = try? sh(["ip", "netns", "del", name], allowFailure: true) }
         try sh("ip", "netns", "add", name)
         let first = try NamespaceHandle.open("/run/netns/\(name)")

@@ -8,10 +8,17 @@ import WeirNetns
 /// A blocking TCP connection made from inside `ns`, with a 20 s receive timeout.
 public func blockingSocket(_ ns: NetworkNamespace, connectTo ep: Endpoint) throws -> Int32 {
     try ns.run {
-        let fd = socket(ep.family == .ipv4 ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let fd = socket(
+            ep.family == .ipv4 ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         let a = SocketAddress.make(ep)
-        let rc = withUnsafeBytes(of: a.storage) { Glibc.connect(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), a.length) }
-        if rc != 0 { let e = SystemCallError.last("connect \(ep)"); close(fd); throw e }
+        let rc = withUnsafeBytes(of: a.storage) {
+            Glibc.connect(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), a.length)
+        }
+        if rc != 0 {
+            let e = SystemCallError.last("connect \(ep)")
+            close(fd)
+            throw e
+        }
         var tv = timeval(tv_sec: 20, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         return fd
@@ -35,7 +42,10 @@ public func readAll(_ fd: Int32) -> (bytes: [UInt8], reset: Bool) {
     var buf = [UInt8](repeating: 0, count: 65536)
     while true {
         let n = recv(fd, &buf, buf.count, 0)
-        if n > 0 { out += buf[0..<n]; continue }
+        if n > 0 {
+            out += buf[0..<n]
+            continue
+        }
         return (out, n < 0 && weir_errno() == ECONNRESET)
     }
 }
@@ -51,11 +61,19 @@ public func unixConnect(_ path: String) -> Int32? {
     sun.sun_family = sa_family_t(AF_UNIX)
     var bytes = Array(path.utf8)
     if bytes.first == UInt8(ascii: "@") { bytes[0] = 0 }
-    guard bytes.count < MemoryLayout.size(ofValue: sun.sun_path) else { close(fd); return nil }
+    guard bytes.count < MemoryLayout.size(ofValue: sun.sun_path) else {
+        close(fd)
+        return nil
+    }
     withUnsafeMutableBytes(of: &sun.sun_path) { raw in for (i, b) in bytes.enumerated() { raw[i] = b } }
     let length = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count + (bytes.first == 0 ? 0 : 1))
-    let rc = withUnsafePointer(to: &sun) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, length) } }
-    guard rc == 0 else { close(fd); return nil }
+    let rc = withUnsafePointer(to: &sun) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, length) }
+    }
+    guard rc == 0 else {
+        close(fd)
+        return nil
+    }
     var tv = timeval(tv_sec: 20, tv_usec: 0)
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     return fd

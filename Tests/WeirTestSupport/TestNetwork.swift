@@ -31,12 +31,16 @@ public struct CommandError: Error, CustomStringConvertible {
 
 /// Runs a command to completion; throws with its output when it fails.
 @discardableResult
-public func sh(_ args: String..., input: String? = nil, allowFailure: Bool = false) throws -> (status: Int32, output: String) {
+public func sh(_ args: String..., input: String? = nil, allowFailure: Bool = false) throws -> (
+    status: Int32, output: String
+) {
     try sh(args, input: input, allowFailure: allowFailure)
 }
 
 @discardableResult
-public func sh(_ args: [String], input: String? = nil, allowFailure: Bool = false) throws -> (status: Int32, output: String) {
+public func sh(_ args: [String], input: String? = nil, allowFailure: Bool = false) throws -> (
+    status: Int32, output: String
+) {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
     p.arguments = args
@@ -59,7 +63,8 @@ public func sh(_ args: [String], input: String? = nil, allowFailure: Bool = fals
 
 /// The weir executable built beside the tests.
 public let weirBinary: String = {
-    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
     return root.appendingPathComponent(".build/debug/weir").path
 }()
 
@@ -89,9 +94,12 @@ public final class TestNetwork: @unchecked Sendable {
         do {
             try sh("ip", "netns", "add", pod)
             try sh("ip", "netns", "add", server)
-            let vp = "wp\(id.suffix(6))", vs = "ws\(id.suffix(6))"
+            let vp = "wp\(id.suffix(6))"
+            let vs = "ws\(id.suffix(6))"
             try sh("ip", "link", "add", vp, "netns", pod, "type", "veth", "peer", "name", vs, "netns", server)
-            for (ns, dev, v4, v6) in [(pod, vp, "198.18.0.1/24", "fd00:0:0:1::1/64"), (server, vs, "198.18.0.2/24", "fd00:0:0:1::2/64")] {
+            for (ns, dev, v4, v6) in [
+                (pod, vp, "198.18.0.1/24", "fd00:0:0:1::1/64"), (server, vs, "198.18.0.2/24", "fd00:0:0:1::2/64"),
+            ] {
                 try sh("ip", "-n", ns, "link", "set", "lo", "up")
                 try sh("ip", "-n", ns, "link", "set", dev, "up")
                 try sh("ip", "-n", ns, "addr", "add", v4, "dev", dev)
@@ -127,7 +135,9 @@ public final class TestNetwork: @unchecked Sendable {
         return try await body(net)
     }
 
-    public func installer(_ backend: BackendChoice) -> CaptureInstaller { CaptureInstaller(namespace: podNamespace, backend: backend) }
+    public func installer(_ backend: BackendChoice) -> CaptureInstaller {
+        CaptureInstaller(namespace: podNamespace, backend: backend)
+    }
 
     /// weir's table as comparable text: chains with hooks, rules with comments and expressions (handles left out).
     public func weirRuleset() throws -> [String] {
@@ -136,8 +146,12 @@ public final class TestNetwork: @unchecked Sendable {
             let chains = live.chains.filter { $0.table == "weir" }.map { c in
                 "chain \(c.family) \(c.name) " + (c.base.map { "\($0.hook) \($0.priority) \($0.type)" } ?? "regular")
             }
-            let rules = live.rules.filter { $0.table == "weir" }.map { "rule \($0.family) \($0.chain) \($0.comment ?? "") \($0.expressions.map(\.description).joined(separator: " "))" }
-            let sets = live.sets.filter { $0.table == "weir" }.map { "set \($0.family) \($0.name) \($0.intervals.map(\.description).joined(separator: ","))" }
+            let rules = live.rules.filter { $0.table == "weir" }.map {
+                "rule \($0.family) \($0.chain) \($0.comment ?? "") \($0.expressions.map(\.description).joined(separator: " "))"
+            }
+            let sets = live.sets.filter { $0.table == "weir" }.map {
+                "set \($0.family) \($0.name) \($0.intervals.map(\.description).joined(separator: ","))"
+            }
             return chains + rules + sets
         }
     }
@@ -157,7 +171,8 @@ public enum Landing: Equatable, CustomStringConvertible {
     case nowhere(String)
     public var description: String {
         switch self {
-        case .captured(let a, let p): return "captured(\(a.count == 4 ? IPAddressText.formatIPv4(a) : IPAddressText.formatIPv6(a)):\(p))"
+        case .captured(let a, let p):
+            return "captured(\(a.count == 4 ? IPAddressText.formatIPv4(a) : IPAddressText.formatIPv6(a)):\(p))"
         case .direct: return "direct"
         case .nowhere(let why): return "nowhere(\(why))"
         }
@@ -170,31 +185,53 @@ public enum TestSockets {
         family == .ipv4 ? .ipv4(address, port: port) : .ipv6(address, port: port)
     }
 
-    public static func listen(_ ns: NetworkNamespace, _ family: IPFamily, port: UInt16, transparent: Bool = false) throws -> Int32 {
+    public static func listen(_ ns: NetworkNamespace, _ family: IPFamily, port: UInt16, transparent: Bool = false)
+        throws -> Int32
+    {
         try ns.run {
-            let fd = socket(family == .ipv4 ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            let fd = socket(
+                family == .ipv4 ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             guard fd >= 0 else { throw SystemCallError.last("socket") }
             var one: Int32 = 1
             setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, 4)
             if family == .ipv6 { setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, 4) }
-            if transparent { guard weir_set_transparent(fd, family == .ipv4 ? AF_INET : AF_INET6) == 0 else { throw SystemCallError.last("setsockopt(IP_TRANSPARENT)") } }
+            if transparent {
+                guard weir_set_transparent(fd, family == .ipv4 ? AF_INET : AF_INET6) == 0 else {
+                    throw SystemCallError.last("setsockopt(IP_TRANSPARENT)")
+                }
+            }
             let a = address(family, Array(repeating: 0, count: family == .ipv4 ? 4 : 16), port)
-            let rc = withUnsafeBytes(of: a.storage) { bind(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), a.length) }
+            let rc = withUnsafeBytes(of: a.storage) {
+                bind(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), a.length)
+            }
             guard rc == 0, Glibc.listen(fd, 64) == 0 else { throw SystemCallError.last("bind/listen port \(port)") }
             return fd
         }
     }
 
     /// A connection within the timeout, or the error.
-    static func connect(_ family: IPFamily, _ address: [UInt8], _ port: UInt16, mark: UInt32?) -> Result<Int32, SystemCallError> {
-        let fd = socket(family == .ipv4 ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    static func connect(_ family: IPFamily, _ address: [UInt8], _ port: UInt16, mark: UInt32?) -> Result<
+        Int32, SystemCallError
+    > {
+        let fd = socket(
+            family == .ipv4 ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return .failure(.last("socket")) }
         var tv = timeval(tv_sec: 2, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        if let mark, weir_set_mark(fd, mark) != 0 { let e = SystemCallError.last("setsockopt(SO_MARK)"); close(fd); return .failure(e) }
+        if let mark, weir_set_mark(fd, mark) != 0 {
+            let e = SystemCallError.last("setsockopt(SO_MARK)")
+            close(fd)
+            return .failure(e)
+        }
         let a = Self.address(family, address, port)
-        let rc = withUnsafeBytes(of: a.storage) { Glibc.connect(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), a.length) }
-        if rc != 0 { let e = SystemCallError.last("connect"); close(fd); return .failure(e) }
+        let rc = withUnsafeBytes(of: a.storage) {
+            Glibc.connect(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), a.length)
+        }
+        if rc != 0 {
+            let e = SystemCallError.last("connect")
+            close(fd)
+            return .failure(e)
+        }
         return .success(fd)
     }
 
@@ -215,11 +252,15 @@ public enum TestSockets {
     }
 
     /// Connects from `ns`, optionally as another uid/gid or with a socket mark, and reports where it landed.
-    public static func connect(from ns: NetworkNamespace, _ family: IPFamily, to address: [UInt8], port: UInt16,
-                        capture: Int32?, server: Int32?, uid: UInt32? = nil, gid: UInt32? = nil, mark: UInt32? = nil,
-                        tproxy: Bool = false) throws -> Landing {
+    public static func connect(
+        from ns: NetworkNamespace, _ family: IPFamily, to address: [UInt8], port: UInt16,
+        capture: Int32?, server: Int32?, uid: UInt32? = nil, gid: UInt32? = nil, mark: UInt32? = nil,
+        tproxy: Bool = false
+    ) throws -> Landing {
         let client: Result<Int32, SystemCallError> = try ns.run {
-            if let uid { guard weir_thread_set_ids(uid, gid ?? uid) == 0 else { throw SystemCallError.last("setresuid") } }
+            if let uid {
+                guard weir_thread_set_ids(uid, gid ?? uid) == 0 else { throw SystemCallError.last("setresuid") }
+            }
             return connect(family, address, port, mark: mark)
         }
         guard case .success(let fd) = client else {
@@ -232,8 +273,12 @@ public enum TestSockets {
             if tproxy {
                 var ss = sockaddr_storage()
                 var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-                _ = withUnsafeMutablePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(a, $0, &len) } }
-                guard let local = SocketAddressBytes(storage: ss, length: len).ip else { return .nowhere("no local address") }
+                _ = withUnsafeMutablePointer(to: &ss) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(a, $0, &len) }
+                }
+                guard let local = SocketAddressBytes(storage: ss, length: len).ip else {
+                    return .nowhere("no local address")
+                }
                 return .captured(address: local.address, port: local.port)
             }
             guard let o = originalDestination(a, family: family) else { return .nowhere("no original destination") }
@@ -249,16 +294,17 @@ public enum TestSockets {
 
 /// Envoy 1.40 from the project's .venv (scripts/install-deps installs it).
 public let envoyBinary: String? = {
-    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
     let lib = root.appendingPathComponent(".venv/lib")
     let pythons = (try? FileManager.default.contentsOfDirectory(atPath: lib.path)) ?? []
     return pythons.map { lib.appendingPathComponent("\($0)/site-packages/envoy/_bin/envoy").path }
         .first { FileManager.default.isExecutableFile(atPath: $0) }
 }()
 
-
 /// The project's root directory (for scripts and test helpers).
-public let projectRoot: URL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+public let projectRoot: URL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent()
 
 /// The project's Python (with grpcio and xds-protos; scripts/install-deps makes it).
 public let venvPython: String = projectRoot.appendingPathComponent(".venv/bin/python").path
@@ -273,7 +319,10 @@ public final class Spawned: @unchecked Sendable {
     public let process = Process()
     public let log: URL
 
-    public init(_ args: [String], namespace: String? = nil, asProxyUser: Bool = false, environment: [String: String] = [:], log: URL) throws {
+    public init(
+        _ args: [String], namespace: String? = nil, asProxyUser: Bool = false, environment: [String: String] = [:],
+        log: URL
+    ) throws {
         self.log = log
         _ = FileManager.default.createFile(atPath: log.path, contents: nil)
         var argv = args
@@ -311,8 +360,14 @@ public func eventually(_ seconds: Double = 10, _ condition: () -> Bool) -> Bool 
 /// Whether `task` ends within `seconds` (it is left running otherwise; the caller records the failure).
 public func finishes(within seconds: Double, _ task: Task<Void, any Error>) async -> Bool {
     await withTaskGroup(of: Bool.self) { group in
-        group.addTask { _ = await task.result; return true }
-        group.addTask { try? await Task.sleep(for: .seconds(seconds)); return false }
+        group.addTask {
+            _ = await task.result
+            return true
+        }
+        group.addTask {
+            try? await Task.sleep(for: .seconds(seconds))
+            return false
+        }
         let first = await group.next() ?? false
         group.cancelAll()
         return first
@@ -321,8 +376,11 @@ public func finishes(within seconds: Double, _ task: Task<Void, any Error>) asyn
 
 /// `GET http://host:port/path` from inside a namespace, with curl-free Python; nil on any failure.
 public func httpText(_ namespace: String, _ url: String) -> String? {
-    let code = "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
-    guard let r = try? sh(["ip", "netns", "exec", namespace, "python3", "-c", code, url], allowFailure: true), r.status == 0 else { return nil }
+    let code =
+        "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+    guard let r = try? sh(["ip", "netns", "exec", namespace, "python3", "-c", code, url], allowFailure: true),
+        r.status == 0
+    else { return nil }
     return r.output
 }
 
@@ -338,10 +396,16 @@ public func unixHTTPGet(_ socketPath: String, _ target: String) -> String? {
     let bytes = Array(socketPath.utf8)
     guard bytes.count < MemoryLayout.size(ofValue: sun.sun_path) else { return nil }
     withUnsafeMutableBytes(of: &sun.sun_path) { raw in for (i, b) in bytes.enumerated() { raw[i] = b } }
-    let rc = withUnsafePointer(to: &sun) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+    let rc = withUnsafePointer(to: &sun) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+        }
+    }
     guard rc == 0 else { return nil }
     let request = Array("GET \(target) HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n".utf8)
-    guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count else { return nil }
+    guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count else {
+        return nil
+    }
     var response: [UInt8] = []
     var buffer = [UInt8](repeating: 0, count: 65536)
     while true {

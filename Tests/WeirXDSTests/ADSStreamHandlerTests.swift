@@ -23,9 +23,14 @@ struct HandlerRig {
         try cache.set("n1", snap([.cluster: ["a": "1"], .listener: ["l": "1"]]), checked: true)
     }
 
-    static func headers(path: String = ADSTransport.sotwPath, method: String = "POST", contentType: String = "application/grpc",
-                        extra: [(String, String)] = []) -> HPACKHeaders {
-        var h: HPACKHeaders = [":method": method, ":scheme": "http", ":path": path, ":authority": "weir", "content-type": contentType, "te": "trailers"]
+    static func headers(
+        path: String = ADSTransport.sotwPath, method: String = "POST", contentType: String = "application/grpc",
+        extra: [(String, String)] = []
+    ) -> HPACKHeaders {
+        var h: HPACKHeaders = [
+            ":method": method, ":scheme": "http", ":path": path, ":authority": "weir", "content-type": contentType,
+            "te": "trailers",
+        ]
         for (k, v) in extra { h.add(name: k, value: v) }
         return h
     }
@@ -35,7 +40,8 @@ struct HandlerRig {
     }
 
     func send(_ bytes: [UInt8], endStream: Bool = false) throws {
-        try channel.writeInbound(HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(ByteBuffer(bytes: bytes)), endStream: endStream)))
+        try channel.writeInbound(
+            HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(ByteBuffer(bytes: bytes)), endStream: endStream)))
     }
 
     /// Every frame written so far.
@@ -60,12 +66,16 @@ func describe(_ frames: [HTTP2Frame.FramePayload]) -> [String] {
     frames.map { f in
         switch f {
         case .headers(let h):
-            if let status = h.headers.first(name: "grpc-status") { return "trailers \(status)" + (h.endStream ? "" : " (open)") }
+            if let status = h.headers.first(name: "grpc-status") {
+                return "trailers \(status)" + (h.endStream ? "" : " (open)")
+            }
             return "headers \(h.headers.first(name: ":status") ?? "?")" + (h.endStream ? " end" : "")
         case .data(let d):
             guard case .byteBuffer(let b) = d.data,
-                  let r = try? Envoy_Service_Discovery_V3_DiscoveryResponse(serializedBytes: Array(b.readableBytesView.dropFirst(5))),
-                  let t = ResourceType(rawValue: r.typeURL) else { return "data ?" }
+                let r = try? Envoy_Service_Discovery_V3_DiscoveryResponse(
+                    serializedBytes: Array(b.readableBytesView.dropFirst(5))),
+                let t = ResourceType(rawValue: r.typeURL)
+            else { return "data ?" }
             return t.shortName
         case .rstStream(let code): return code == .noError ? "rst noError" : "rst \(code)"
         default: return "other"
@@ -80,7 +90,9 @@ func trailerMessage(_ frames: [HTTP2Frame.FramePayload]) -> String? {
 
 @Suite("ADS stream handler: gRPC framing and call endings, frame by frame")
 struct ADSStreamHandlerTests {
-    @Test("messages split across DATA frames byte by byte, and two in one frame, are each decoded in order; no read bytes are kept")
+    @Test(
+        "messages split across DATA frames byte by byte, and two in one frame, are each decoded in order; no read bytes are kept"
+    )
     func framing() throws {
         let rig = try HandlerRig()
         defer { rig.finish() }
@@ -93,7 +105,9 @@ struct ADSStreamHandlerTests {
         // Two messages in one frame, then a third split across it and the next frame.
         var later = [request(.listener), request(.route, names: ["r"]), request(.endpoint, names: ["e"])]
         for i in later.indices { later[i].clearNode() }
-        let lds = try grpcFramed(later[0]), rds = try grpcFramed(later[1]), eds = try grpcFramed(later[2])
+        let lds = try grpcFramed(later[0])
+        let rds = try grpcFramed(later[1])
+        let eds = try grpcFramed(later[2])
         try rig.send(lds + rds + eds.prefix(3))
         let answered = describe(try rig.written())
         #expect(answered == ["LDS", "RDS"], "both whole messages answered, in order")
@@ -106,7 +120,9 @@ struct ADSStreamHandlerTests {
         #expect(rig.service.status.first?.types["EDS"]?.pendingNames == ["e"], "the EDS request arrived whole")
     }
 
-    @Test("END_STREAM on an empty DATA frame ends the call with OK after what is queued; a change queued before it is written first")
+    @Test(
+        "END_STREAM on an empty DATA frame ends the call with OK after what is queued; a change queued before it is written first"
+    )
     func halfClose() throws {
         let rig = try HandlerRig()
         defer { rig.finish() }
@@ -133,14 +149,18 @@ struct ADSStreamHandlerTests {
         #expect(trailerMessage(frames) == "the request stream ended inside a message")
     }
 
-    @Test("what is not a gRPC call to ADS gets HTTP 405 or 415, or a trailers-only UNIMPLEMENTED, and the stream is reset",
-          arguments: [
+    @Test(
+        "what is not a gRPC call to ADS gets HTTP 405 or 415, or a trailers-only UNIMPLEMENTED, and the stream is reset",
+        arguments: [
             (HandlerRig.headers(method: "GET"), ["headers 405 end", "rst noError"]),
             (HandlerRig.headers(contentType: "application/grpc-web"), ["headers 415 end", "rst noError"]),
             (HandlerRig.headers(contentType: "application/json"), ["headers 415 end", "rst noError"]),
-            (HandlerRig.headers(path: "/envoy.service.discovery.v3.AggregatedDiscoveryService/Nope"), ["trailers 12", "rst noError"]),
+            (
+                HandlerRig.headers(path: "/envoy.service.discovery.v3.AggregatedDiscoveryService/Nope"),
+                ["trailers 12", "rst noError"]
+            ),
             (HandlerRig.headers(extra: [("grpc-encoding", "gzip")]), ["trailers 12", "rst noError"]),
-          ])
+        ])
     func notADS(headers: HPACKHeaders, expected: [String]) throws {
         let rig = try HandlerRig()
         defer { rig.finish() }
@@ -158,7 +178,9 @@ struct ADSStreamHandlerTests {
         #expect(!ADSStreamHandler.isGRPC(contentType: "text/plain"))
     }
 
-    @Test("a compressed message is INTERNAL, a length over 16 MiB RESOURCE_EXHAUSTED, a first request without node INVALID_ARGUMENT")
+    @Test(
+        "a compressed message is INTERNAL, a length over 16 MiB RESOURCE_EXHAUSTED, a first request without node INVALID_ARGUMENT"
+    )
     func badMessages() throws {
         let compressed = try HandlerRig()
         defer { compressed.finish() }
@@ -185,7 +207,8 @@ struct ADSStreamHandlerTests {
         #expect(noNode.service.streams.withLock { $0.isEmpty })
     }
 
-    @Test("grpc-timeout ends the call with DEADLINE_EXCEEDED when it expires and not before; a malformed one is INTERNAL")
+    @Test(
+        "grpc-timeout ends the call with DEADLINE_EXCEEDED when it expires and not before; a malformed one is INTERNAL")
     func deadline() throws {
         let rig = try HandlerRig()
         defer { rig.finish() }
@@ -232,10 +255,13 @@ struct ADSStreamHandlerTests {
         }
     }
 
-    @Test("grpc-timeout units, and a timeout too long for 64 bits of nanoseconds", arguments: [
-        ("2H", Int64(7_200_000_000_000)), ("3M", 180_000_000_000), ("12345678S", 12_345_678_000_000_000), ("7m", 7_000_000),
-        ("7u", 7_000), ("99999999n", 99_999_999), ("0n", 0), ("99999999H", Int64.max),
-    ])
+    @Test(
+        "grpc-timeout units, and a timeout too long for 64 bits of nanoseconds",
+        arguments: [
+            ("2H", Int64(7_200_000_000_000)), ("3M", 180_000_000_000), ("12345678S", 12_345_678_000_000_000),
+            ("7m", 7_000_000),
+            ("7u", 7_000), ("99999999n", 99_999_999), ("0n", 0), ("99999999H", Int64.max),
+        ])
     func timeoutUnits(_ text: String, _ nanoseconds: Int64) {
         #expect(ADSStreamHandler.timeoutNanoseconds(text) == nanoseconds)
     }

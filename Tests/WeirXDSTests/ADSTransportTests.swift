@@ -19,14 +19,16 @@ typealias ADSClient = Envoy_Service_Discovery_V3_AggregatedDiscoveryService.Clie
 
 /// weir's xDS server in this process, on a Unix socket of its own, and a grpc-swift-2 client connected to it (one
 /// HTTP/2 connection). The server stops when `body` returns. (Loopback TCP is what the Envoy tests use.)
-func withServedADS<T: Sendable>(_ body: @Sendable (SnapshotCache, XDSServer, ADSClient, GRPCClient<HTTP2ClientTransport.Posix>) async throws -> T) async throws -> T {
+func withServedADS<T: Sendable>(
+    _ body: @Sendable (SnapshotCache, XDSServer, ADSClient, GRPCClient<HTTP2ClientTransport.Posix>) async throws -> T
+) async throws -> T {
     let cache = SnapshotCache(stateDirectory: nil)
     let path = "/tmp/weir-ads-test-\(UUID().uuidString.prefix(8)).sock"
     defer { unlink(path) }
     let server = XDSServer(listen: .unix(path: path), cache: cache)
     let (bound, announce) = AsyncStream<String>.makeStream()
     let serving = Task {
-        defer { announce.finish() } // a server that fails to bind ends the wait below
+        defer { announce.finish() }  // a server that fails to bind ends the wait below
         try await server.serve { announce.yield($0) }
     }
     var addresses = bound.makeAsyncIterator()
@@ -37,10 +39,12 @@ func withServedADS<T: Sendable>(_ body: @Sendable (SnapshotCache, XDSServer, ADS
     #expect(address == "unix:\(path)")
     let result: Result<T, any Error>
     do {
-        let transport = try HTTP2ClientTransport.Posix(target: .unixDomainSocket(path: path), transportSecurity: .plaintext)
-        result = .success(try await withGRPCClient(transport: transport) { client in
-            try await body(cache, server, ADSClient(wrapping: client), client)
-        })
+        let transport = try HTTP2ClientTransport.Posix(
+            target: .unixDomainSocket(path: path), transportSecurity: .plaintext)
+        result = .success(
+            try await withGRPCClient(transport: transport) { client in
+                try await body(cache, server, ADSClient(wrapping: client), client)
+            })
     } catch {
         result = .failure(error)
     }
@@ -72,8 +76,10 @@ func until(_ seconds: Double, _ condition: () -> Bool) async -> Bool {
 
 /// A StreamAggregatedResources call that sends `first` and keeps its request stream open. Returns the error the server
 /// ended it with, and whether it ended while the client was still sending (the server did not wait for a half-close).
-func sendAndHold<Message: Sendable, S: MessageSerializer>(_ client: GRPCClient<HTTP2ClientTransport.Posix>, _ first: Message, _ serializer: S,
-                                                         at here: Testing.SourceLocation = #_sourceLocation) async -> (RPCError?, Bool) where S.Message == Message {
+func sendAndHold<Message: Sendable, S: MessageSerializer>(
+    _ client: GRPCClient<HTTP2ClientTransport.Posix>, _ first: Message, _ serializer: S,
+    at here: Testing.SourceLocation = #_sourceLocation
+) async -> (RPCError?, Bool) where S.Message == Message {
     let stillSending = Flag()
     let error = await #expect(throws: RPCError.self, sourceLocation: here) {
         try await client.bidirectionalStreaming(
@@ -82,7 +88,8 @@ func sendAndHold<Message: Sendable, S: MessageSerializer>(_ client: GRPCClient<H
                 // The server ends the call without waiting for the client's half-close, which cancels this.
                 do { try await Task.sleep(for: .seconds(30)) } catch { stillSending.set() }
             },
-            descriptor: Envoy_Service_Discovery_V3_AggregatedDiscoveryService.Method.StreamAggregatedResources.descriptor,
+            descriptor: Envoy_Service_Discovery_V3_AggregatedDiscoveryService.Method.StreamAggregatedResources
+                .descriptor,
             serializer: serializer, deserializer: ProtobufDeserializer<Response>(), options: .defaults
         ) { response in
             for try await _ in response.messages {}
@@ -130,7 +137,9 @@ func plainHTTP2Requests(unixPath: String, _ requests: [HPACKHeaders]) async thro
             let done = loop.makePromise(of: [HPACKHeaders].self)
             let stream = try await channel.pipeline.handler(type: HTTP2StreamMultiplexer.self).flatMap { multiplexer in
                 let stream = loop.makePromise(of: Channel.self)
-                multiplexer.createStreamChannel(promise: stream) { $0.pipeline.addHandler(ResponseCollector(done: done)) }
+                multiplexer.createStreamChannel(promise: stream) {
+                    $0.pipeline.addHandler(ResponseCollector(done: done))
+                }
                 return stream.futureResult
             }.get()
             try await stream.writeAndFlush(HTTP2Frame.FramePayload.headers(.init(headers: request, endStream: true)))
@@ -149,31 +158,40 @@ func plainHTTP2Requests(unixPath: String, _ requests: [HPACKHeaders]) async thro
 
 @Suite("ADS over gRPC: weir's HTTP/2 transport with a real gRPC client")
 struct ADSTransportTests {
-    @Test("a SotW stream gets the config, its ACK gets no answer, a change is pushed, and the client's half-close ends the call with OK")
+    @Test(
+        "a SotW stream gets the config, its ACK gets no answer, a change is pushed, and the client's half-close ends the call with OK"
+    )
     func sotwOverTheWire() async throws {
         try await withServedADS { cache, server, ads, _ in
             try cache.set("n1", snap([.cluster: ["a": "1"]]), checked: true)
             let (requests, send) = AsyncStream<Request>.makeStream()
             send.yield(request(.cluster))
-            try await ads.streamAggregatedResources(requestProducer: { w in
-                for await r in requests { try await w.write(r) }
-            }, onResponse: { response in
-                var messages = response.messages.makeAsyncIterator()
-                let first = try #require(try await messages.next())
-                #expect(first.typeURL == ResourceType.cluster.rawValue)
-                #expect(first.resources.map { Array($0.value) } == [Array("a=1".utf8)])
-                #expect(first.controlPlane.identifier == "weir")
-                send.yield(request(.cluster, nonce: first.nonce, version: first.versionInfo))
-                #expect(await until(5) { server.service.status.first?.types["CDS"]?.lastAckedVersion == first.versionInfo },
+            try await ads.streamAggregatedResources(
+                requestProducer: { w in
+                    for await r in requests { try await w.write(r) }
+                },
+                onResponse: { response in
+                    var messages = response.messages.makeAsyncIterator()
+                    let first = try #require(try await messages.next())
+                    #expect(first.typeURL == ResourceType.cluster.rawValue)
+                    #expect(first.resources.map { Array($0.value) } == [Array("a=1".utf8)])
+                    #expect(first.controlPlane.identifier == "weir")
+                    send.yield(request(.cluster, nonce: first.nonce, version: first.versionInfo))
+                    #expect(
+                        await until(5) {
+                            server.service.status.first?.types["CDS"]?.lastAckedVersion == first.versionInfo
+                        },
                         "\(server.service.status)")
-                #expect(server.service.status.first?.peer == "unix:", "a Unix socket client has no address")
-                try cache.set("n1", snap([.cluster: ["a": "1", "b": "2"]]), checked: true)
-                let second = try #require(try await messages.next())
-                #expect(second.resources.count == 2, "the change is the next message: the ACK got no response of its own")
-                #expect(second.versionInfo != first.versionInfo)
-                send.finish()
-                #expect(try await messages.next() == nil, "the call ends, with OK (an error status would throw)")
-            })
+                    #expect(server.service.status.first?.peer == "unix:", "a Unix socket client has no address")
+                    try cache.set("n1", snap([.cluster: ["a": "1", "b": "2"]]), checked: true)
+                    let second = try #require(try await messages.next())
+                    #expect(
+                        second.resources.count == 2,
+                        "the change is the next message: the ACK got no response of its own")
+                    #expect(second.versionInfo != first.versionInfo)
+                    send.finish()
+                    #expect(try await messages.next() == nil, "the call ends, with OK (an error status would throw)")
+                })
             #expect(await noStreamsLeft(server, cache), "the ended stream is gone, and its watch")
         }
     }
@@ -184,32 +202,47 @@ struct ADSTransportTests {
             try cache.set("n1", snap([.cluster: ["a": "1"]]), checked: true)
             let (requests, send) = AsyncStream<DeltaRequest>.makeStream()
             send.yield(delta(.cluster, subscribe: ["a", "ghost"]))
-            try await ads.deltaAggregatedResources(requestProducer: { w in
-                for await r in requests { try await w.write(r) }
-            }, onResponse: { response in
-                var messages = response.messages.makeAsyncIterator()
-                let first = try #require(try await messages.next())
-                #expect(first.resources.map(\.name) == ["a"])
-                #expect(first.removedResources == ["ghost"])
-                send.finish()
-                #expect(try await messages.next() == nil)
-            })
+            try await ads.deltaAggregatedResources(
+                requestProducer: { w in
+                    for await r in requests { try await w.write(r) }
+                },
+                onResponse: { response in
+                    var messages = response.messages.makeAsyncIterator()
+                    let first = try #require(try await messages.next())
+                    #expect(first.resources.map(\.name) == ["a"])
+                    #expect(first.removedResources == ["ghost"])
+                    send.finish()
+                    #expect(try await messages.next() == nil)
+                })
         }
     }
 
-    @Test("over a real connection, a GET is HTTP 405 and a JSON request 415, and the connection then serves a gRPC call")
+    @Test(
+        "over a real connection, a GET is HTTP 405 and a JSON request 415, and the connection then serves a gRPC call")
     func notGRPCOverTheWire() async throws {
         try await withServedADS { cache, server, _, _ in
-            guard case .unix(let path) = server.listen else { Issue.record("not a unix socket"); return }
-            func request(_ method: String, _ contentType: String) -> HPACKHeaders {
-                [":method": method, ":scheme": "http", ":path": ADSTransport.sotwPath, ":authority": "weir", "content-type": contentType]
+            guard case .unix(let path) = server.listen else {
+                Issue.record("not a unix socket")
+                return
             }
-            let r = try await plainHTTP2Requests(unixPath: path, [request("GET", "application/grpc"), request("POST", "application/json"),
-                                                                  request("POST", "application/grpc")])
+            func request(_ method: String, _ contentType: String) -> HPACKHeaders {
+                [
+                    ":method": method, ":scheme": "http", ":path": ADSTransport.sotwPath, ":authority": "weir",
+                    "content-type": contentType,
+                ]
+            }
+            let r = try await plainHTTP2Requests(
+                unixPath: path,
+                [
+                    request("GET", "application/grpc"), request("POST", "application/json"),
+                    request("POST", "application/grpc"),
+                ])
             #expect(r.count == 3)
             #expect(r.first?.map { $0.first(name: ":status") } == ["405"], "\(r)")
             #expect(r.dropFirst().first?.map { $0.first(name: ":status") } == ["415"], "\(r)")
-            #expect(r.last?.first?.first(name: ":status") == "200", "a gRPC call after them on the same connection is served: \(r)")
+            #expect(
+                r.last?.first?.first(name: ":status") == "200",
+                "a gRPC call after them on the same connection is served: \(r)")
             #expect(r.last?.last?.first(name: "grpc-status") == "0", "\(r)")
             #expect(await noStreamsLeft(server, cache))
         }
@@ -235,8 +268,11 @@ struct ADSTransportTests {
             let unknown = await #expect(throws: RPCError.self) {
                 try await client.unary(
                     request: ClientRequest(message: Request()),
-                    descriptor: MethodDescriptor(fullyQualifiedService: "envoy.service.discovery.v3.AggregatedDiscoveryService", method: "FetchEverything"),
-                    serializer: ProtobufSerializer<Request>(), deserializer: ProtobufDeserializer<Response>(), options: .defaults
+                    descriptor: MethodDescriptor(
+                        fullyQualifiedService: "envoy.service.discovery.v3.AggregatedDiscoveryService",
+                        method: "FetchEverything"),
+                    serializer: ProtobufSerializer<Request>(), deserializer: ProtobufDeserializer<Response>(),
+                    options: .defaults
                 ) { try $0.message }
             }
             #expect(unknown?.code == .unimplemented)
@@ -251,22 +287,31 @@ struct ADSTransportTests {
         }
     }
 
-    @Test("300 streams cancelled at once on one grpcio connection do not cost the connection: its other stream still gets pushes")
+    @Test(
+        "300 streams cancelled at once on one grpcio connection do not cost the connection: its other stream still gets pushes"
+    )
     func cancellationStorm() async throws {
         try await withServedADS { cache, server, _, _ in
             try cache.set("n1", snap([.cluster: ["a": "1"]]), checked: true)
-            guard case .unix(let socket) = server.listen else { Issue.record("not on a Unix socket"); return }
+            guard case .unix(let socket) = server.listen else {
+                Issue.record("not on a Unix socket")
+                return
+            }
             // grpcio (C core, as in proxyless clients): grpc-swift's own client ends a connection that receives frames
             // for more than 32 streams it reset, so it cannot be the peer here.
             let p = Process()
             p.executableURL = URL(fileURLWithPath: venvPython)
             p.arguments = [helperScript("ads_storm.py"), socket, "300"]
-            let out = Pipe(), go = Pipe()
+            let out = Pipe()
+            let go = Pipe()
             p.standardOutput = out
             p.standardError = out
             p.standardInput = go
             try p.run()
-            defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) }; p.waitUntilExit() }
+            defer {
+                if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+                p.waitUntilExit()
+            }
             let output = { String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self) }
             guard await until(30, { server.service.status.count == 301 }) else {
                 if p.isRunning { kill(p.processIdentifier, SIGKILL) }
@@ -286,7 +331,8 @@ struct ADSTransportTests {
         }
     }
 
-    @Test("the listen path: a file is refused and left as it is, a served socket is refused, a stale socket is replaced")
+    @Test(
+        "the listen path: a file is refused and left as it is, a served socket is refused, a stale socket is replaced")
     func listenPath() async throws {
         let path = "/tmp/weir-ads-path-\(UUID().uuidString.prefix(8))"
         defer { unlink(path) }
@@ -304,7 +350,11 @@ struct ADSTransportTests {
         var sun = sockaddr_un()
         sun.sun_family = sa_family_t(AF_UNIX)
         withUnsafeMutableBytes(of: &sun.sun_path) { $0.copyBytes(from: Array(path.utf8) + [0]) }
-        let rc = withUnsafePointer(to: &sun) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        let rc = withUnsafePointer(to: &sun) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
         #expect(rc == 0)
         close(fd)
 

@@ -122,9 +122,13 @@ final class MeshLab: @unchecked Sendable {
                 input.add(.outboundPort, "15001", from: "--outbound-port")
                 try net.installer(.nftables).install(RedirectPlan(spec: try input.validate()))
             }
-            for (port, name, extra) in [(9081, "blue", [String]()), (9082, "green", []), (9083, "flaky", ["--fail-first", "2"])] {
-                processes.append(try Spawned(["/usr/bin/python3", helperScript("http_backend.py"), "198.18.0.2", "\(port)", name] + extra,
-                                             namespace: net.server, log: dir.appendingPathComponent("\(name).log")))
+            for (port, name, extra) in [
+                (9081, "blue", [String]()), (9082, "green", []), (9083, "flaky", ["--fail-first", "2"]),
+            ] {
+                processes.append(
+                    try Spawned(
+                        ["/usr/bin/python3", helperScript("http_backend.py"), "198.18.0.2", "\(port)", name] + extra,
+                        namespace: net.server, log: dir.appendingPathComponent("\(name).log")))
             }
         } catch {
             close()
@@ -136,7 +140,7 @@ final class MeshLab: @unchecked Sendable {
         // Write beside and rename, as a deploy tool would: the watcher sees one complete file.
         let tmp = dir.appendingPathComponent(".\(file).tmp")
         try text.write(to: tmp, atomically: false, encoding: .utf8)
-        try FileManager.default.moveItem(atPath: tmp.path, toPath: meshDir.appendingPathComponent(file).path) 
+        try FileManager.default.moveItem(atPath: tmp.path, toPath: meshDir.appendingPathComponent(file).path)
     }
 
     func replaceMesh(_ text: String, file: String = "mesh.yaml") throws {
@@ -144,11 +148,16 @@ final class MeshLab: @unchecked Sendable {
         try writeMesh(text, file: file)
     }
 
-    func startWeir(_ args: [String], listen: String = "127.0.0.1:15010", admin: String = "127.0.0.1:15902", name: String = "weir") throws -> Spawned {
-        let p = try Spawned([weirBinary, "xds", "--listen", listen, "--admin", admin] + args, namespace: net.pod,
-                            log: dir.appendingPathComponent("\(name).log"))
+    func startWeir(
+        _ args: [String], listen: String = "127.0.0.1:15010", admin: String = "127.0.0.1:15902", name: String = "weir"
+    ) throws -> Spawned {
+        let p = try Spawned(
+            [weirBinary, "xds", "--listen", listen, "--admin", admin] + args, namespace: net.pod,
+            log: dir.appendingPathComponent("\(name).log"))
         processes.append(p)
-        #expect(eventually(10) { httpText(net.pod, "http://\(admin)/ready") == "ready\n" }, "weir xds did not start: \(p.output)")
+        #expect(
+            eventually(10) { httpText(net.pod, "http://\(admin)/ready") == "ready\n" },
+            "weir xds did not start: \(p.output)")
         return p
     }
 
@@ -160,15 +169,23 @@ final class MeshLab: @unchecked Sendable {
         let path = dir.appendingPathComponent("\(name)-bootstrap.json")
         try bootstrap.write(to: path, atomically: true, encoding: .utf8)
         try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: path.path)
-        let p = try Spawned([envoy, "-c", path.path, "--disable-hot-restart", "-l", "warning", "--concurrency", "1"],
-                            namespace: net.pod, asProxyUser: true, log: dir.appendingPathComponent("\(name).log"))
+        let p = try Spawned(
+            [envoy, "-c", path.path, "--disable-hot-restart", "-l", "warning", "--concurrency", "1"],
+            namespace: net.pod, asProxyUser: true, log: dir.appendingPathComponent("\(name).log"))
         processes.append(p)
         return p
     }
 
     /// Sends `n` requests to the `color` (or another) virtual service through the pod's redirect and Envoy.
-    func requests(_ n: Int, host: String = "color.apps.svc.cluster.local", headers: [String] = []) throws -> [String: Int] {
-        let out = try sh(["ip", "netns", "exec", net.pod, "python3", helperScript("http_client.py"), "198.18.0.2", "8080", host, "\(n)"] + headers).output
+    func requests(_ n: Int, host: String = "color.apps.svc.cluster.local", headers: [String] = []) throws -> [String:
+        Int]
+    {
+        let out = try sh(
+            [
+                "ip", "netns", "exec", net.pod, "python3", helperScript("http_client.py"), "198.18.0.2", "8080", host,
+                "\(n)",
+            ] + headers
+        ).output
         let object = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Int]
         return try #require(object, "client printed \(out)")
     }
@@ -186,8 +203,9 @@ final class MeshLab: @unchecked Sendable {
     /// weir's per-stream state for the one Envoy stream: type → its TypeStatus fields.
     func streamTypes(admin: String = "127.0.0.1:15902") -> [String: [String: Any]] {
         guard let text = httpText(net.pod, "http://\(admin)/streams"),
-              let streams = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [[String: Any]],
-              let first = streams.first, let types = first["types"] as? [String: [String: Any]] else { return [:] }
+            let streams = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [[String: Any]],
+            let first = streams.first, let types = first["types"] as? [String: [String: Any]]
+        else { return [:] }
         return types
     }
 
@@ -211,16 +229,18 @@ final class MeshLab: @unchecked Sendable {
 
 @Suite("weir xds serving real Envoys", .enabled(if: canRunNamespaceTests), .serialized)
 struct EnvoyMeshTests {
-    @Test("an Envoy started from weir bootstrap gets the mesh, splits 90/10, follows header routes and retries, takes weight changes live, survives bad manifests and NACKs, and restarts from disk",
-          arguments: [false, true])
+    @Test(
+        "an Envoy started from weir bootstrap gets the mesh, splits 90/10, follows header routes and retries, takes weight changes live, survives bad manifests and NACKs, and restarts from disk",
+        arguments: [false, true])
     func envoyServesTheMesh(delta: Bool) throws {
         let lab = try MeshLab()
         defer { lab.close() }
         try lab.writeMesh(colorMesh(blue: 90, green: 10))
         _ = try lab.startWeir(["--mesh", lab.meshDir.path, "--state", lab.stateDir.path])
         _ = try lab.startEnvoy(delta: delta)
-        #expect(eventually(15) { (try? lab.requests(1))?["blue"] != nil || (try? lab.requests(1))?["green"] != nil },
-                "Envoy never routed a request: \(lab.processes.last?.output ?? "")")
+        #expect(
+            eventually(15) { (try? lab.requests(1))?["blue"] != nil || (try? lab.requests(1))?["green"] != nil },
+            "Envoy never routed a request: \(lab.processes.last?.output ?? "")")
         #expect(lab.streamTypes()["LDS"]?["lastAckedVersion"] as? String == lab.sentVersion("LDS"))
 
         // 90/10 within ±3 points over 1000 requests.
@@ -233,7 +253,9 @@ struct EnvoyMeshTests {
 
         // Retries: the flaky backend fails twice, the route retries on server errors.
         #expect(try lab.requests(1, host: "flaky.apps.svc.cluster.local") == ["flaky": 1])
-        #expect(httpText(lab.net.server, "http://198.18.0.2:9083/hits") == "3", "the flaky backend should see 1 request + 2 retries")
+        #expect(
+            httpText(lab.net.server, "http://198.18.0.2:9083/hits") == "3",
+            "the flaky backend should see 1 request + 2 retries")
 
         // A weight change in the manifest reaches the running Envoy and shifts traffic.
         var before = lab.sentVersion()
@@ -244,9 +266,12 @@ struct EnvoyMeshTests {
 
         // An invalid manifest is refused as a whole; Envoy keeps what it had.
         before = lab.sentVersion()
-        try lab.writeMesh("apiVersion: appmesh.k8s.aws/v1beta2\nkind: VirtualNode\nmetadata: {name: broken, namespace: apps}\nspec:\n  listeners: [{portMapping: {port: 99999, protocol: http}}]\n", file: "broken.yaml")
-        #expect(eventually(5) { httpText(lab.net.pod, "http://127.0.0.1:15902/snapshots")?.contains("99999") == true },
-                "weir did not report the broken manifest")
+        try lab.writeMesh(
+            "apiVersion: appmesh.k8s.aws/v1beta2\nkind: VirtualNode\nmetadata: {name: broken, namespace: apps}\nspec:\n  listeners: [{portMapping: {port: 99999, protocol: http}}]\n",
+            file: "broken.yaml")
+        #expect(
+            eventually(5) { httpText(lab.net.pod, "http://127.0.0.1:15902/snapshots")?.contains("99999") == true },
+            "weir did not report the broken manifest")
         #expect(lab.sentVersion() == before)
         #expect((try lab.requests(100))["green"].map { $0 > 70 } == true)
         try FileManager.default.removeItem(at: lab.meshDir.appendingPathComponent("broken.yaml"))
@@ -254,11 +279,13 @@ struct EnvoyMeshTests {
         // A config Envoy rejects (an invalid regex) is a NACK with Envoy's message; the old routes stay in force.
         before = lab.sentVersion()
         try lab.replaceMesh(colorMesh(blue: 10, green: 90, brokenRegex: true))
-        #expect(eventually(10) { (lab.streamTypes()["RDS"]?["lastNackMessage"] as? String)?.isEmpty == false },
-                "no NACK recorded: \(lab.streamTypes()["RDS"] ?? [:])")
+        #expect(
+            eventually(10) { (lab.streamTypes()["RDS"]?["lastNackMessage"] as? String)?.isEmpty == false },
+            "no NACK recorded: \(lab.streamTypes()["RDS"] ?? [:])")
         let nack = lab.streamTypes()["RDS"]?["lastNackMessage"] as? String ?? ""
         #expect(nack.contains("missing ]"), "NACK text should be RE2's complaint as Envoy reports it: \(nack)")
-        #expect(try lab.requests(20, headers: ["x-canary:yes"]) == ["green": 20], "the old header route should still work")
+        #expect(
+            try lab.requests(20, headers: ["x-canary:yes"]) == ["green": 20], "the old header route should still work")
         try lab.replaceMesh(colorMesh(blue: 10, green: 90))
 
         // weir stopped, its sources gone: a newly started Envoy still gets the last good config from disk. SIGTERM, as
@@ -274,8 +301,9 @@ struct EnvoyMeshTests {
         // The mesh directory is gone: --mesh would refuse to start (exit 2), so only the state is given.
         _ = try lab.startWeir(["--state", lab.stateDir.path], name: "weir-restarted")
         _ = try lab.startEnvoy(delta: delta, name: "envoy-restarted")
-        #expect(eventually(15) { ((try? lab.requests(1)) ?? [:]).keys.contains { $0 == "blue" || $0 == "green" } },
-                "the restarted Envoy got no config from weir's disk state")
+        #expect(
+            eventually(15) { ((try? lab.requests(1)) ?? [:]).keys.contains { $0 == "blue" || $0 == "green" } },
+            "the restarted Envoy got no config from weir's disk state")
         let fromDisk = try lab.requests(200)
         #expect((fromDisk["green"] ?? 0) > 150, "config from disk routed \(fromDisk)")
     }
@@ -285,7 +313,8 @@ struct EnvoyMeshTests {
         let lab = try MeshLab()
         defer { lab.close() }
         try lab.writeMesh(colorMesh(blue: 100, green: 0))
-        let upstream = try lab.startWeir(["--mesh", lab.meshDir.path], listen: "127.0.0.1:15020", admin: "127.0.0.1:15903", name: "weir-upstream")
+        let upstream = try lab.startWeir(
+            ["--mesh", lab.meshDir.path], listen: "127.0.0.1:15020", admin: "127.0.0.1:15903", name: "weir-upstream")
         let relay = try lab.startWeir(["--upstream", "127.0.0.1:15020", "--state", lab.stateDir.path])
         _ = try lab.startEnvoy(delta: false)
         #expect(eventually(15) { (try? lab.requests(1)) == ["blue": 1] }, "no config through the relay")
@@ -295,86 +324,108 @@ struct EnvoyMeshTests {
         upstream.stop()
         #expect(try lab.requests(20) == ["blue": 20])
         try lab.replaceMesh(colorMesh(blue: 0, green: 100))
-        _ = try lab.startWeir(["--mesh", lab.meshDir.path], listen: "127.0.0.1:15020", admin: "127.0.0.1:15903", name: "weir-upstream-2")
-        #expect(eventually(20) { (try? lab.requests(5)) == ["green": 5] }, "the relay did not pass on the restarted upstream's config")
+        _ = try lab.startWeir(
+            ["--mesh", lab.meshDir.path], listen: "127.0.0.1:15020", admin: "127.0.0.1:15903", name: "weir-upstream-2")
+        #expect(
+            eventually(20) { (try? lab.requests(5)) == ["green": 5] },
+            "the relay did not pass on the restarted upstream's config")
 
         // A config the local Envoy rejects: its NACK is forwarded upstream, where it shows on the relay's stream.
         try lab.replaceMesh(colorMesh(blue: 0, green: 100, brokenRegex: true))
-        #expect(eventually(20) {
-            (lab.streamTypes(admin: "127.0.0.1:15903")["RDS"]?["lastNackMessage"] as? String)?.contains("missing ]") == true
-        }, "the upstream did not see the local NACK: \(lab.streamTypes(admin: "127.0.0.1:15903")["RDS"] ?? [:])")
+        #expect(
+            eventually(20) {
+                (lab.streamTypes(admin: "127.0.0.1:15903")["RDS"]?["lastNackMessage"] as? String)?.contains("missing ]")
+                    == true
+            }, "the upstream did not see the local NACK: \(lab.streamTypes(admin: "127.0.0.1:15903")["RDS"] ?? [:])")
         #expect(try lab.requests(5) == ["green": 5], "Envoy keeps its last good routes")
 
         // SIGTERM ends weir promptly and cleanly even though a sidecar keeps its ADS stream open.
         kill(relay.process.processIdentifier, SIGTERM)
         #expect(eventually(6) { !relay.process.isRunning }, "weir xds did not exit on SIGTERM")
-        if !relay.process.isRunning { #expect(relay.process.terminationStatus == 0 && relay.process.terminationReason == .exit) }
+        if !relay.process.isRunning {
+            #expect(relay.process.terminationStatus == 0 && relay.process.terminationReason == .exit)
+        }
     }
 }
 
 @Suite("proxyless gRPC through weir", .enabled(if: canRunNamespaceTests))
 struct ProxylessGRPCTests {
-    @Test("a grpcio client with an xds:/// target calls a server through weir's config, found by IP literal (EDS) and by DNS hostname (LOGICAL_DNS)")
+    @Test(
+        "a grpcio client with an xds:/// target calls a server through weir's config, found by IP literal (EDS) and by DNS hostname (LOGICAL_DNS)"
+    )
     func grpcioThroughXDS() throws {
         let lab = try MeshLab(capture: false)
         defer { lab.close() }
-        try lab.writeMesh("""
-        apiVersion: appmesh.k8s.aws/v1beta2
-        kind: Mesh
-        metadata: {name: colors}
-        ---
-        apiVersion: appmesh.k8s.aws/v1beta2
-        kind: VirtualNode
-        metadata: {name: front, namespace: apps}
-        spec:
-          backends: [{virtualService: {virtualServiceRef: {name: echo}}}, {virtualService: {virtualServiceRef: {name: echo-dns}}}]
-        ---
-        apiVersion: appmesh.k8s.aws/v1beta2
-        kind: VirtualNode
-        metadata: {name: echo, namespace: apps}
-        spec:
-          listeners: [{portMapping: {port: 7070, protocol: grpc}}]
-          serviceDiscovery: {dns: {hostname: 127.0.0.1}}
-        ---
-        apiVersion: appmesh.k8s.aws/v1beta2
-        kind: VirtualService
-        metadata: {name: echo, namespace: apps}
-        spec:
-          awsName: echo.apps.svc.cluster.local
-          provider: {virtualNode: {virtualNodeRef: {name: echo}}}
-        ---
-        apiVersion: appmesh.k8s.aws/v1beta2
-        kind: VirtualNode
-        metadata: {name: echo-dns, namespace: apps}
-        spec:
-          listeners: [{portMapping: {port: 7071, protocol: grpc}}]
-          serviceDiscovery: {dns: {hostname: localhost}}
-        ---
-        apiVersion: appmesh.k8s.aws/v1beta2
-        kind: VirtualService
-        metadata: {name: echo-dns, namespace: apps}
-        spec:
-          awsName: echo-dns.apps.svc.cluster.local
-          provider: {virtualNode: {virtualNodeRef: {name: echo-dns}}}
-        """)
+        try lab.writeMesh(
+            """
+            apiVersion: appmesh.k8s.aws/v1beta2
+            kind: Mesh
+            metadata: {name: colors}
+            ---
+            apiVersion: appmesh.k8s.aws/v1beta2
+            kind: VirtualNode
+            metadata: {name: front, namespace: apps}
+            spec:
+              backends: [{virtualService: {virtualServiceRef: {name: echo}}}, {virtualService: {virtualServiceRef: {name: echo-dns}}}]
+            ---
+            apiVersion: appmesh.k8s.aws/v1beta2
+            kind: VirtualNode
+            metadata: {name: echo, namespace: apps}
+            spec:
+              listeners: [{portMapping: {port: 7070, protocol: grpc}}]
+              serviceDiscovery: {dns: {hostname: 127.0.0.1}}
+            ---
+            apiVersion: appmesh.k8s.aws/v1beta2
+            kind: VirtualService
+            metadata: {name: echo, namespace: apps}
+            spec:
+              awsName: echo.apps.svc.cluster.local
+              provider: {virtualNode: {virtualNodeRef: {name: echo}}}
+            ---
+            apiVersion: appmesh.k8s.aws/v1beta2
+            kind: VirtualNode
+            metadata: {name: echo-dns, namespace: apps}
+            spec:
+              listeners: [{portMapping: {port: 7071, protocol: grpc}}]
+              serviceDiscovery: {dns: {hostname: localhost}}
+            ---
+            apiVersion: appmesh.k8s.aws/v1beta2
+            kind: VirtualService
+            metadata: {name: echo-dns, namespace: apps}
+            spec:
+              awsName: echo-dns.apps.svc.cluster.local
+              provider: {virtualNode: {virtualNodeRef: {name: echo-dns}}}
+            """)
         let socket = lab.dir.appendingPathComponent("xds.sock").path
         _ = try lab.startWeir(["--mesh", lab.meshDir.path], listen: "unix:\(socket)")
-        lab.processes.append(try Spawned([venvPython, helperScript("grpc_echo.py"), "server", "127.0.0.1:7070", "echo-server"],
-                                         namespace: lab.net.pod, log: lab.dir.appendingPathComponent("grpc-server.log")))
-        lab.processes.append(try Spawned([venvPython, helperScript("grpc_echo.py"), "server", "127.0.0.1:7071", "echo-dns-server"],
-                                         namespace: lab.net.pod, log: lab.dir.appendingPathComponent("grpc-server-dns.log")))
+        lab.processes.append(
+            try Spawned(
+                [venvPython, helperScript("grpc_echo.py"), "server", "127.0.0.1:7070", "echo-server"],
+                namespace: lab.net.pod, log: lab.dir.appendingPathComponent("grpc-server.log")))
+        lab.processes.append(
+            try Spawned(
+                [venvPython, helperScript("grpc_echo.py"), "server", "127.0.0.1:7071", "echo-dns-server"],
+                namespace: lab.net.pod, log: lab.dir.appendingPathComponent("grpc-server-dns.log")))
         let bootstrap = """
-        {"xds_servers": [{"server_uri": "unix://\(socket)", "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
-         "node": {"id": "\(lab.node)", "cluster": "front"}}
-        """
+            {"xds_servers": [{"server_uri": "unix://\(socket)", "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
+             "node": {"id": "\(lab.node)", "cluster": "front"}}
+            """
         let path = lab.dir.appendingPathComponent("grpc-bootstrap.json")
         try bootstrap.write(to: path, atomically: true, encoding: .utf8)
-        let r = try sh(["ip", "netns", "exec", lab.net.pod, "env", "GRPC_XDS_BOOTSTRAP=\(path.path)", venvPython, helperScript("grpc_echo.py"),
-                        "client", "xds:///echo.apps.svc.cluster.local:7070"], allowFailure: true)
+        let r = try sh(
+            [
+                "ip", "netns", "exec", lab.net.pod, "env", "GRPC_XDS_BOOTSTRAP=\(path.path)", venvPython,
+                helperScript("grpc_echo.py"),
+                "client", "xds:///echo.apps.svc.cluster.local:7070",
+            ], allowFailure: true)
         #expect(r.status == 0 && r.output.contains("echo-server:hello"), "grpc client: \(r.output)")
         // A hostname target is a STRICT_DNS cluster for Envoy, which gRPC refuses; the proxyless route uses its LOGICAL_DNS twin.
-        let d = try sh(["ip", "netns", "exec", lab.net.pod, "env", "GRPC_XDS_BOOTSTRAP=\(path.path)", venvPython, helperScript("grpc_echo.py"),
-                        "client", "xds:///echo-dns.apps.svc.cluster.local:7071"], allowFailure: true)
+        let d = try sh(
+            [
+                "ip", "netns", "exec", lab.net.pod, "env", "GRPC_XDS_BOOTSTRAP=\(path.path)", venvPython,
+                helperScript("grpc_echo.py"),
+                "client", "xds:///echo-dns.apps.svc.cluster.local:7071",
+            ], allowFailure: true)
         #expect(d.status == 0 && d.output.contains("echo-dns-server:hello"), "grpc client: \(d.output)")
     }
 }

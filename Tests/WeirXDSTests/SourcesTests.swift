@@ -8,25 +8,25 @@ import WeirMesh
 @Suite("config sources")
 struct SourcesTests {
     static let envoyFile = """
-    resources:
-    - "@type": type.googleapis.com/envoy.config.cluster.v3.Cluster
-      name: legacy
-      type: STATIC
-      connect_timeout: 2s
-      load_assignment:
-        cluster_name: legacy
-        endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 10.9.9.9, port_value: 80}}}}]}]
-    - "@type": type.googleapis.com/envoy.config.listener.v3.Listener
-      name: legacy_in
-      address: {socket_address: {address: 0.0.0.0, port_value: 9000}}
-      filter_chains:
-      - filters:
-        - name: envoy.filters.network.tcp_proxy
-          typed_config:
-            "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-            stat_prefix: legacy
-            cluster: legacy
-    """
+        resources:
+        - "@type": type.googleapis.com/envoy.config.cluster.v3.Cluster
+          name: legacy
+          type: STATIC
+          connect_timeout: 2s
+          load_assignment:
+            cluster_name: legacy
+            endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 10.9.9.9, port_value: 80}}}}]}]
+        - "@type": type.googleapis.com/envoy.config.listener.v3.Listener
+          name: legacy_in
+          address: {socket_address: {address: 0.0.0.0, port_value: 9000}}
+          filter_chains:
+          - filters:
+            - name: envoy.filters.network.tcp_proxy
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+                stat_prefix: legacy
+                cluster: legacy
+        """
 
     @Test("Envoy-native files in Envoy's shape decode into typed resources")
     func envoyNative() throws {
@@ -36,10 +36,12 @@ struct SourcesTests {
         #expect(try Snapshot(r).consistencyProblems().isEmpty)
     }
 
-    @Test("a field outside weir's subset, or an unknown type, is an error naming the file, line and resource", arguments: [
-        ("connect_timeout: 2s", "connect_timeot: 2s", "resources[0]"),
-        ("envoy.config.cluster.v3.Cluster", "envoy.config.cluster.v3.Clusterr", "resources[0].@type"),
-    ])
+    @Test(
+        "a field outside weir's subset, or an unknown type, is an error naming the file, line and resource",
+        arguments: [
+            ("connect_timeout: 2s", "connect_timeot: 2s", "resources[0]"),
+            ("envoy.config.cluster.v3.Cluster", "envoy.config.cluster.v3.Clusterr", "resources[0].@type"),
+        ])
     func envoyNativeErrors(_ from: String, _ to: String, _ field: String) throws {
         do {
             _ = try EnvoyResourceFiles.read([("legacy.yaml", Self.envoyFile.replacingOccurrences(of: from, with: to))])
@@ -50,10 +52,13 @@ struct SourcesTests {
         }
     }
 
-    @Test("an invalid change is refused as a whole and the last good snapshots stay; Envoy-native resources reach every node")
+    @Test(
+        "an invalid change is refused as a whole and the last good snapshots stay; Envoy-native resources reach every node"
+    )
     func refusedChange() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("weir-sources-\(UUID().uuidString)")
-        let mesh = dir.appendingPathComponent("mesh"), envoy = dir.appendingPathComponent("envoy")
+        let mesh = dir.appendingPathComponent("mesh")
+        let envoy = dir.appendingPathComponent("envoy")
         try FileManager.default.createDirectory(at: mesh, withIntermediateDirectories: true)
         try FileManager.default.createDirectory(at: envoy, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -66,7 +71,8 @@ struct SourcesTests {
         let good = try #require(cache.snapshot(for: node))
         #expect(good.resources[.cluster]?["legacy"] != nil && good.resources[.cluster]?["vn_blue_apps_9081"] != nil)
 
-        try meshFixture.replacingOccurrences(of: "port: 9081", with: "port: 0").write(to: mesh.appendingPathComponent("m.yaml"), atomically: true, encoding: .utf8)
+        try meshFixture.replacingOccurrences(of: "port: 9081", with: "port: 0").write(
+            to: mesh.appendingPathComponent("m.yaml"), atomically: true, encoding: .utf8)
         let problems = try #require(sources.reload())
         #expect(problems.contains("m.yaml") && problems.contains("spec.listeners[0].portMapping.port"), "\(problems)")
         #expect(cache.snapshot(for: node) == good)
@@ -80,7 +86,9 @@ struct SourcesTests {
         return try #require(cache.snapshot(for: "mesh/colors/virtualNode/front_apps"))
     }
 
-    @Test("reloads reuse what did not change and rebuild what did: a target's health check reaches its cluster, the same config gives the same bytes")
+    @Test(
+        "reloads reuse what did not change and rebuild what did: a target's health check reaches its cluster, the same config gives the same bytes"
+    )
     func memoizedReloads() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("weir-memo-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
@@ -94,16 +102,20 @@ struct SourcesTests {
         #expect(try Envoy_Config_Cluster_V3_Cluster(serializedBytes: cluster.bytes).healthChecks.isEmpty)
 
         // The target virtual node changes: its cluster (compiled once, shared by every node that calls it) must follow.
-        let withCheck = meshFixture.replacingOccurrences(of: "listeners: [{portMapping: {port: 9081, protocol: http}}]", with: """
-        listeners:
-            - portMapping: {port: 9081, protocol: http}
-              healthCheck: {protocol: http, path: /ping, healthyThreshold: 2, unhealthyThreshold: 3, timeoutMillis: 2000, intervalMillis: 5000}
-        """)
+        let withCheck = meshFixture.replacingOccurrences(
+            of: "listeners: [{portMapping: {port: 9081, protocol: http}}]",
+            with: """
+                listeners:
+                    - portMapping: {port: 9081, protocol: http}
+                      healthCheck: {protocol: http, path: /ping, healthyThreshold: 2, unhealthyThreshold: 3, timeoutMillis: 2000, intervalMillis: 5000}
+                """)
         #expect(withCheck != meshFixture)
         let second = try reloaded(sources, cache, file, withCheck)
         let changed = try #require(second.resources[.cluster]?["vn_blue_apps_9081"])
         #expect(changed.version != cluster.version)
-        #expect(try Envoy_Config_Cluster_V3_Cluster(serializedBytes: changed.bytes).healthChecks.first?.httpHealthCheck.path == "/ping")
+        #expect(
+            try Envoy_Config_Cluster_V3_Cluster(serializedBytes: changed.bytes).healthChecks.first?.httpHealthCheck.path
+                == "/ping")
         // What did not change is the very same resource.
         #expect(second.resources[.listener] == first.resources[.listener])
 
@@ -111,8 +123,11 @@ struct SourcesTests {
         let third = try reloaded(sources, cache, file, meshFixture)
         #expect(third == first)
         let manifests = try ManifestReader.read([(file.path, meshFixture)])
-        let fresh = try #require(try ConfigSources.build("mesh/colors/virtualNode/front_apps", manifests: manifests, envoy: nil,
-                                                         options: MeshCompiler.Options(), memo: ResourceMemo(), compileMemo: CompileMemo()).get())
+        let fresh = try #require(
+            try ConfigSources.build(
+                "mesh/colors/virtualNode/front_apps", manifests: manifests, envoy: nil,
+                options: MeshCompiler.Options(), memo: ResourceMemo(), compileMemo: CompileMemo()
+            ).get())
         #expect(fresh == third)
     }
 
@@ -134,7 +149,7 @@ struct SourcesTests {
         l.filterChains = [chain]
         r.listeners = [l]
         let memo = ResourceMemo()
-        for _ in 0..<2 { // the second time from the memo
+        for _ in 0..<2 {  // the second time from the memo
             let (_, problems) = try memo.snapshot(node: "n", r)
             #expect(problems == ["listener in uses route configuration missing, which the snapshot lacks"])
         }

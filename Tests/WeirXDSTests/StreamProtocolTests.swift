@@ -10,24 +10,36 @@ typealias DeltaRequest = Envoy_Service_Discovery_V3_DeltaDiscoveryRequest
 
 /// A snapshot from raw names: the bytes are the name plus a tag, so versions differ when the tag does.
 func snap(_ entries: [ResourceType: [String: String]]) -> Snapshot {
-    Snapshot(resources: entries.mapValues { byName in
-        byName.reduce(into: [:]) { $0[$1.key] = VersionedResource(name: $1.key, bytes: Array("\($1.key)=\($1.value)".utf8)) }
-    })
+    Snapshot(
+        resources: entries.mapValues { byName in
+            byName.reduce(into: [:]) {
+                $0[$1.key] = VersionedResource(name: $1.key, bytes: Array("\($1.key)=\($1.value)".utf8))
+            }
+        })
 }
 
-func request(_ type: ResourceType, names: [String] = [], nonce: String = "", version: String = "", error: String? = nil, node: String = "n1") -> Request {
+func request(
+    _ type: ResourceType, names: [String] = [], nonce: String = "", version: String = "", error: String? = nil,
+    node: String = "n1"
+) -> Request {
     var r = Request()
     r.typeURL = type.rawValue
     r.resourceNames = names
     r.responseNonce = nonce
     r.versionInfo = version
     r.node.id = node
-    if let error { r.errorDetail.code = 3; r.errorDetail.message = error }
+    if let error {
+        r.errorDetail.code = 3
+        r.errorDetail.message = error
+    }
     return r
 }
 
-func delta(_ type: ResourceType, subscribe: [String] = [], unsubscribe: [String] = [], nonce: String = "", error: String? = nil,
-           initial: [String: String] = [:]) -> DeltaRequest {
+func delta(
+    _ type: ResourceType, subscribe: [String] = [], unsubscribe: [String] = [], nonce: String = "",
+    error: String? = nil,
+    initial: [String: String] = [:]
+) -> DeltaRequest {
     var r = DeltaRequest()
     r.typeURL = type.rawValue
     r.resourceNamesSubscribe = subscribe
@@ -35,7 +47,10 @@ func delta(_ type: ResourceType, subscribe: [String] = [], unsubscribe: [String]
     r.responseNonce = nonce
     r.initialResourceVersions = initial
     r.node.id = "n1"
-    if let error { r.errorDetail.code = 3; r.errorDetail.message = error }
+    if let error {
+        r.errorDetail.code = 3
+        r.errorDetail.message = error
+    }
     return r
 }
 
@@ -43,7 +58,9 @@ func delta(_ type: ResourceType, subscribe: [String] = [], unsubscribe: [String]
 struct SotWProtocolTests {
     let s1 = snap([.cluster: ["a": "1", "b": "1"], .endpoint: ["a": "1"], .listener: ["l": "1"], .route: ["r": "1"]])
 
-    @Test("the node comes from the first request; a wildcard (legacy empty) CDS request gets every cluster; the ACK is recorded")
+    @Test(
+        "the node comes from the first request; a wildcard (legacy empty) CDS request gets every cluster; the ACK is recorded"
+    )
     func firstRequestAndAck() throws {
         var s = SotWStream()
         let out = s.receive(request(.cluster), snapshot: s1)
@@ -61,7 +78,9 @@ struct SotWProtocolTests {
         let r = try #require(s.receive(request(.cluster), snapshot: s1).first)
         #expect(s.receive(request(.cluster, nonce: r.nonce, version: r.version), snapshot: s1).isEmpty)
         #expect(s.update(s1).isEmpty)
-        #expect(s.update(snap([.cluster: ["a": "1", "b": "1"], .endpoint: ["a": "1"]])).isEmpty, "same clusters, same version")
+        #expect(
+            s.update(snap([.cluster: ["a": "1", "b": "1"], .endpoint: ["a": "1"]])).isEmpty,
+            "same clusters, same version")
     }
 
     @Test("a NACK keeps its error text, and the NACKed version is not pushed again until the config changes")
@@ -102,25 +121,36 @@ struct SotWProtocolTests {
     func resubscribe() throws {
         var s = SotWStream()
         let r1 = try #require(s.receive(request(.route, names: ["r"]), snapshot: s1).first)
-        #expect(s.receive(request(.route, names: ["r"], nonce: r1.nonce, version: r1.version), snapshot: s1).isEmpty, "an ACK")
-        let dropped = try #require(s.receive(request(.route, names: [], nonce: r1.nonce, version: r1.version), snapshot: s1).first)
+        #expect(
+            s.receive(request(.route, names: ["r"], nonce: r1.nonce, version: r1.version), snapshot: s1).isEmpty,
+            "an ACK")
+        let dropped = try #require(
+            s.receive(request(.route, names: [], nonce: r1.nonce, version: r1.version), snapshot: s1).first)
         #expect(dropped.resourceNames == [])
-        let again = s.receive(request(.route, names: ["r"], nonce: dropped.nonce, version: dropped.version), snapshot: s1)
+        let again = s.receive(
+            request(.route, names: ["r"], nonce: dropped.nonce, version: dropped.version), snapshot: s1)
         #expect(again.first?.resourceNames == ["r"])
     }
 
     @Test("'*' subscribes to everything, explicit names add to it; named-only resources go only to those who name them")
     func wildcardAndNamedOnly() throws {
         var s = SotWStream()
-        var snapshot = Snapshot(resources: [.listener: [
-            "egress": VersionedResource(name: "egress", bytes: [1]),
-            "svc:80": VersionedResource(name: "svc:80", bytes: [2], namedOnly: true),
-        ]])
+        var snapshot = Snapshot(resources: [
+            .listener: [
+                "egress": VersionedResource(name: "egress", bytes: [1]),
+                "svc:80": VersionedResource(name: "svc:80", bytes: [2], namedOnly: true),
+            ]
+        ])
         #expect(s.receive(request(.listener, names: ["*"]), snapshot: snapshot).first?.resourceNames == ["egress"])
         var grpc = SotWStream()
-        #expect(grpc.receive(request(.listener, names: ["svc:80"]), snapshot: snapshot).first?.resourceNames == ["svc:80"])
+        #expect(
+            grpc.receive(request(.listener, names: ["svc:80"]), snapshot: snapshot).first?.resourceNames == ["svc:80"])
         snapshot = Snapshot(resources: snapshot.resources)
-        #expect(s.receive(request(.listener, names: ["*", "svc:80"], nonce: s.status(snapshot: nil)[.listener]!.lastSentNonce!), snapshot: snapshot)
+        #expect(
+            s.receive(
+                request(.listener, names: ["*", "svc:80"], nonce: s.status(snapshot: nil)[.listener]!.lastSentNonce!),
+                snapshot: snapshot
+            )
             .first?.resourceNames == ["egress", "svc:80"])
     }
 
@@ -132,7 +162,9 @@ struct SotWProtocolTests {
             let r = try #require(s.receive(request(t, names: names), snapshot: s1).first)
             _ = s.receive(request(t, names: names, nonce: r.nonce, version: r.version), snapshot: s1)
         }
-        let s2 = snap([.cluster: ["a": "1", "c": "1"], .endpoint: ["a": "2"], .listener: ["l": "2"], .route: ["r": "2"]])
+        let s2 = snap([
+            .cluster: ["a": "1", "c": "1"], .endpoint: ["a": "2"], .listener: ["l": "2"], .route: ["r": "2"],
+        ])
         let out = s.update(s2)
         #expect(out.map(\.type) == [.cluster, .endpoint, .listener, .route, .cluster])
         #expect(out.first?.resourceNames == ["a", "b", "c"], "the stale cluster b stays until routes moved")
@@ -195,7 +227,8 @@ struct SnapshotTests {
     @Test("the same response is serialized once and shared by every stream")
     func sharedEncoding() throws {
         let s = snap([.cluster: ["shared-a": "1"]])
-        var a = SotWStream(), b = SotWStream()
+        var a = SotWStream()
+        var b = SotWStream()
         let ra = try #require(a.receive(request(.cluster), snapshot: s).first)
         let rb = try #require(b.receive(request(.cluster, node: "n2"), snapshot: s).first)
         #expect(ra == rb, "two streams of the same config get the same response (and nonce)")
@@ -204,7 +237,9 @@ struct SnapshotTests {
         #expect(ResponseEncoder.shared.bytes(rb) == bytes)
         #expect(ResponseEncoder.shared.encodedCount == count, "the second stream reused the first encoding")
         let decoded = try Envoy_Service_Discovery_V3_DiscoveryResponse(serializedBytes: bytes)
-        #expect(decoded.nonce == ra.nonce && decoded.resources.count == 1 && decoded.typeURL == ResourceType.cluster.rawValue)
+        #expect(
+            decoded.nonce == ra.nonce && decoded.resources.count == 1
+                && decoded.typeURL == ResourceType.cluster.rawValue)
     }
 
     @Test("versions are content hashes: the same config has the same version in any process")
@@ -228,7 +263,9 @@ struct SnapshotTests {
         #expect(cache.snapshot(for: "n")?.version == good.version)
     }
 
-    @Test("a published change reaches every node before the work its watchers defer runs; outside a publish it runs at once")
+    @Test(
+        "a published change reaches every node before the work its watchers defer runs; outside a publish it runs at once"
+    )
     func publishThenWrite() throws {
         let cache = SnapshotCache(stateDirectory: nil)
         let seen = Mutex<[String]>([])
@@ -249,7 +286,9 @@ struct SnapshotTests {
         #expect(ranNow.withLock { $0 })
     }
 
-    @Test("with the per-type decision shortcut, unchanged types still send nothing and a changed type or subscription is still answered")
+    @Test(
+        "with the per-type decision shortcut, unchanged types still send nothing and a changed type or subscription is still answered"
+    )
     func unchangedTypesCostNothing() throws {
         var s = SotWStream()
         let first = snap([.cluster: ["c": "1"], .route: ["r": "1"]])
@@ -258,22 +297,31 @@ struct SnapshotTests {
         #expect(s.receive(request(.cluster, nonce: c.nonce, version: c.version), snapshot: first).isEmpty)
         #expect(s.receive(request(.route, names: ["r"], nonce: r.nonce, version: r.version), snapshot: first).isEmpty)
         let second = snap([.cluster: ["c": "1"], .route: ["r": "2"]])
-        #expect(first.typeVersions[.cluster] == second.typeVersions[.cluster] && first.typeVersions[.route] != second.typeVersions[.route])
+        #expect(
+            first.typeVersions[.cluster] == second.typeVersions[.cluster]
+                && first.typeVersions[.route] != second.typeVersions[.route])
         #expect(s.update(second).map(\.type) == [.route])
         // The subscription changes while the resources do not: the stream is answered again.
         let third = snap([.cluster: ["c": "1"], .route: ["r": "2", "q": "1"]])
         _ = s.update(third)
-        #expect(s.receive(request(.route, names: ["r", "q"], nonce: r.nonce), snapshot: third).isEmpty, "a stale nonce is ignored")
+        #expect(
+            s.receive(request(.route, names: ["r", "q"], nonce: r.nonce), snapshot: third).isEmpty,
+            "a stale nonce is ignored")
         let latest = try #require(s.status(snapshot: third)[.route]?.lastSentNonce)
         let again = s.receive(request(.route, names: ["r", "q"], nonce: latest), snapshot: third)
         #expect(again.first?.resourceNames.sorted() == ["q", "r"])
     }
 
-    @Test("streams that subscribe alike share one selection of a snapshot; distinct subscriptions are kept up to the bound, and still answered right past it")
+    @Test(
+        "streams that subscribe alike share one selection of a snapshot; distinct subscriptions are kept up to the bound, and still answered right past it"
+    )
     func sharedSelections() throws {
         let names = (0..<300).map { "r\($0)" }
-        let snapshot = snap([.cluster: ["a": "1", "b": "1"], .route: Dictionary(uniqueKeysWithValues: names.map { ($0, "1") })])
-        var one = SotWStream(), two = SotWStream()
+        let snapshot = snap([
+            .cluster: ["a": "1", "b": "1"], .route: Dictionary(uniqueKeysWithValues: names.map { ($0, "1") }),
+        ])
+        var one = SotWStream()
+        var two = SotWStream()
         let c1 = try #require(one.receive(request(.cluster), snapshot: snapshot).first)
         let c2 = try #require(two.receive(request(.cluster), snapshot: snapshot).first)
         #expect(c1 == c2 && c1.resourceNames == ["a", "b"])
@@ -305,12 +353,18 @@ struct SnapshotTests {
         let lines = Mutex<[String]>([])
     }
 
-    @Test("changes made while a write is under way are written once, as the last one; flush waits for them, or gives up at its deadline")
+    @Test(
+        "changes made while a write is under way are written once, as the last one; flush waits for them, or gives up at its deadline"
+    )
     func writerCoalesces() {
-        let gate = DispatchSemaphore(value: 0), started = DispatchSemaphore(value: 0)
+        let gate = DispatchSemaphore(value: 0)
+        let started = DispatchSemaphore(value: 0)
         let log = WriteLog()
         let writer = SnapshotWriter { node, snapshot in
-            if log.lines.withLock({ $0.isEmpty }) { started.signal(); gate.wait() }  // the first write hangs until let go
+            if log.lines.withLock({ $0.isEmpty }) {
+                started.signal()
+                gate.wait()
+            }  // the first write hangs until let go
             log.lines.withLock { $0.append("\(node) \(snapshot.version)") }
         }
         let v = (1...4).map { snap([.cluster: ["a": "\($0)"]]) }
@@ -343,7 +397,8 @@ struct SnapshotTests {
         #expect(cache.snapshot(for: "n1") == versions[4])
         cache.rejected("n1")
         cache.flush()
-        #expect(SnapshotCache(stateDirectory: dir).snapshot(for: "n1") == versions[3], "the one before the rejected one")
+        #expect(
+            SnapshotCache(stateDirectory: dir).snapshot(for: "n1") == versions[3], "the one before the rejected one")
         #expect(cache.snapshot(for: "n1") == versions[4], "still served: Envoy keeps its last good config anyway")
         let files = try FileManager.default.contentsOfDirectory(atPath: dir.path)
         #expect(files.count == 1 && files[0].hasSuffix(".snapshot.json"), "no temporary file left: \(files)")
@@ -351,28 +406,28 @@ struct SnapshotTests {
 }
 
 let meshFixture = """
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: Mesh
-metadata: {name: colors}
----
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: VirtualNode
-metadata: {name: front, namespace: apps}
-spec:
-  listeners: [{portMapping: {port: 8080, protocol: http}}]
-  backends: [{virtualService: {virtualServiceRef: {name: color}}}]
----
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: VirtualNode
-metadata: {name: blue, namespace: apps}
-spec:
-  listeners: [{portMapping: {port: 9081, protocol: http}}]
-  serviceDiscovery: {dns: {hostname: 198.18.0.2}}
----
-apiVersion: appmesh.k8s.aws/v1beta2
-kind: VirtualService
-metadata: {name: color, namespace: apps}
-spec:
-  awsName: color.apps.svc.cluster.local
-  provider: {virtualNode: {virtualNodeRef: {name: blue}}}
-"""
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: Mesh
+    metadata: {name: colors}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: VirtualNode
+    metadata: {name: front, namespace: apps}
+    spec:
+      listeners: [{portMapping: {port: 8080, protocol: http}}]
+      backends: [{virtualService: {virtualServiceRef: {name: color}}}]
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: VirtualNode
+    metadata: {name: blue, namespace: apps}
+    spec:
+      listeners: [{portMapping: {port: 9081, protocol: http}}]
+      serviceDiscovery: {dns: {hostname: 198.18.0.2}}
+    ---
+    apiVersion: appmesh.k8s.aws/v1beta2
+    kind: VirtualService
+    metadata: {name: color, namespace: apps}
+    spec:
+      awsName: color.apps.svc.cluster.local
+      provider: {virtualNode: {virtualNodeRef: {name: blue}}}
+    """

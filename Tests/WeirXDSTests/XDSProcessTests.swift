@@ -6,7 +6,8 @@ import WeirTestSupport
 /// CPU seconds (user + system) a process has used, from /proc/PID/stat.
 func cpuSeconds(_ pid: Int32) -> Double? {
     guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-          let close = stat.lastIndex(of: ")") else { return nil }
+        let close = stat.lastIndex(of: ")")
+    else { return nil }
     // Fields after the command name: state is field 3, utime 14, stime 15.
     let fields = stat[stat.index(after: close)...].split(separator: " ")
     guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
@@ -32,9 +33,13 @@ final class XDSProcess {
 
     init(prefix: [String] = []) throws {
         root = URL(fileURLWithPath: "/tmp/weir-xdsproc-\(getpid())-\(UInt32.random(in: 0..<1_000_000))")
-        try FileManager.default.createDirectory(at: root.appendingPathComponent("mesh"), withIntermediateDirectories: true)
-        let args = prefix + [weirBinary, "xds", "--listen", "unix:\(root.path)/ads.sock", "--admin", "unix:\(root.path)/admin.sock",
-                             "--mesh", root.appendingPathComponent("mesh").path]
+        try FileManager.default.createDirectory(
+            at: root.appendingPathComponent("mesh"), withIntermediateDirectories: true)
+        let args =
+            prefix + [
+                weirBinary, "xds", "--listen", "unix:\(root.path)/ads.sock", "--admin", "unix:\(root.path)/admin.sock",
+                "--mesh", root.appendingPathComponent("mesh").path,
+            ]
         process = try Spawned(args, log: root.appendingPathComponent("weir.log"))
         guard eventually(15, { unixHTTPGet(admin, "/ready") == "ready\n" }) else {
             process.stop()
@@ -50,7 +55,9 @@ final class XDSProcess {
 
 @Suite("weir xds as a process under pressure")
 struct XDSProcessTests {
-    @Test("out of descriptors, ADS and the admin endpoint pause accepting without spinning, and both answer again once descriptors are free")
+    @Test(
+        "out of descriptors, ADS and the admin endpoint pause accepting without spinning, and both answer again once descriptors are free"
+    )
     func descriptorExhaustion() throws {
         let xds = try XDSProcess(prefix: ["/usr/bin/prlimit", "--nofile=48:48", "--"])
         defer { xds.close() }
@@ -72,17 +79,22 @@ struct XDSProcessTests {
         #expect(xds.process.process.isRunning, "weir xds ended: \(xds.process.output.suffix(2000))")
         for fd in clients { Glibc.close(fd) }
         clients.removeAll()
-        #expect(eventually(15) { unixHTTPGet(xds.admin, "/ready") == "ready\n" }, "the admin endpoint never answered again")
+        #expect(
+            eventually(15) { unixHTTPGet(xds.admin, "/ready") == "ready\n" }, "the admin endpoint never answered again")
         #expect(eventually(15) { firstFrameType(xds.ads) == 4 }, "ADS never answered again")
     }
 
-    @Test("a connection that breaks the HTTP/2 protocol is closed at its first error, and the warnings are rate-limited")
+    @Test(
+        "a connection that breaks the HTTP/2 protocol is closed at its first error, and the warnings are rate-limited")
     func garbageFrames() throws {
         let xds = try XDSProcess()
         defer { xds.close() }
         // A DATA frame on stream 0 is a connection error; 4 KiB of more junk follows it on each of 32 connections.
         let junk = [UInt8](repeating: 0xAB, count: 4096)
-        let bad: [UInt8] = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8) + [0, 0, 0, 4, 0, 0, 0, 0, 0] + [0, 0, 4, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4] + junk
+        let bad: [UInt8] =
+            Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8) + [0, 0, 0, 4, 0, 0, 0, 0, 0] + [
+                0, 0, 4, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4,
+            ] + junk
         var closed = 0
         for _ in 0..<32 {
             guard let fd = unixConnect(xds.ads) else { continue }
