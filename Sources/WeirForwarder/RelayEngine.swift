@@ -28,33 +28,26 @@ final class ForwarderState: Sendable {
     let onListenersClosed = Mutex<(@Sendable () -> Void)?>(nil)
 
     func workerEnded() {
-        if running.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
-            onAllEnded.withLock { f in
-                let call = f
-                f = nil
-                return call
-            }?()
-        }
+        if running.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 { Self.callOnce(onAllEnded) }
+    }
+
+    /// Takes the callback out of its slot and calls it: whoever gets there first calls it, once.
+    static func callOnce(_ slot: borrowing Mutex<(@Sendable () -> Void)?>) {
+        slot.withLock { f in
+            let call = f
+            f = nil
+            return call
+        }?()
     }
 
     /// Called once per worker: when it has closed its listeners, or when it ends with them.
     func listenersClosed() {
-        if accepting.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
-            onListenersClosed.withLock { f in
-                let call = f
-                f = nil
-                return call
-            }?()
-        }
+        if accepting.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 { Self.callOnce(onListenersClosed) }
     }
 
     func connectionClosed() {
         if active.subtract(1, ordering: .relaxed).newValue == 0 && draining.load(ordering: .relaxed) {
-            onDrained.withLock { f in
-                let call = f
-                f = nil
-                return call
-            }?()
+            Self.callOnce(onDrained)
         }
     }
 }
