@@ -377,8 +377,9 @@ public final class ConfigWatcher: Sendable {
                 if stopping { return }
                 guard changed else { continue }
                 _ = inotify.drain()
-                // Let an editor or `kubectl cp` finish its burst of writes, then read everything once.
-                usleep(10_000)
+                // Let an editor or `kubectl cp` finish its burst of writes (10 ms), then read everything once;
+                // a stop meanwhile ends the wait.
+                if (try? wake.wait(timeout: 10)) == true { return }
                 _ = inotify.drain()
                 addWatches()  // new subdirectories, or a root made again
                 onChange()

@@ -61,7 +61,7 @@ let badInputs: [BadInput] = [
 struct BadInputTests {
     init() throws {
         try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
-        FileManager.default.createFile(atPath: aFile, contents: Data("keep\n".utf8))
+        _ = FileManager.default.createFile(atPath: aFile, contents: Data("keep\n".utf8))
     }
 
     @Test("each bad input", arguments: badInputs)
