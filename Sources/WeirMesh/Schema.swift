@@ -160,7 +160,7 @@ struct SchemaChecker {
             if let values, !values.contains(s.text) {
                 problem(
                     node.line, path,
-                    "must be one of \(values.joined(separator: ", ")); found '\(s.text)'\(Self.suggestion(s.text, values))"
+                    "must be one of \(values.joined(separator: ", ")); found '\(s.text)'\(NearestName.suggestion(s.text, values))"
                 )
             }
             let n = s.text.count
@@ -252,7 +252,7 @@ struct SchemaChecker {
                     let names = fields.map(\.name)
                     problem(
                         p.key.line, path.isEmpty ? key : "\(path).\(key)",
-                        "unknown field '\(key)'\(Self.suggestion(key, names, always: true))")
+                        "unknown field '\(key)'\(NearestName.suggestion(key, names, always: true))")
                     continue
                 }
                 if p.value.isNull { continue }
@@ -277,9 +277,12 @@ struct SchemaChecker {
             }
         }
     }
+}
 
+/// The nearest of a set of names to a misspelt one, for messages that say what was meant.
+public enum NearestName {
     /// "; did you mean 'x'?" for the nearest of `names`, or (with `always`) the names there are.
-    static func suggestion(_ key: String, _ names: [String], always: Bool = false) -> String {
+    public static func suggestion(_ key: String, _ names: [String], always: Bool = false) -> String {
         let scored = names.map { ($0, editDistance(key.lowercased(), $0.lowercased())) }.min { $0.1 < $1.1 }
         if let (name, d) = scored, d <= max(2, key.count / 3) { return "; did you mean '\(name)'?" }
         return always && !names.isEmpty ? "; the fields here are \(names.joined(separator: ", "))" : ""
