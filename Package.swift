@@ -90,7 +90,7 @@ let package = Package(
         .target(
             name: "WeirAgent",
             dependencies: [
-                "WeirSystem", "WeirNetns", "WeirCapture", "WeirForwarder", "WeirMesh", "WeirXDS",
+                "WeirSystem", "WeirNetns", "WeirCapture", "WeirNetfilter", "WeirForwarder", "WeirMesh", "WeirXDS",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -159,7 +159,8 @@ let package = Package(
         .testTarget(
             name: "WeirAgentTests",
             dependencies: [
-                "WeirAgent", "WeirXDS", "WeirForwarder", "WeirNetns", "WeirSystem", "WeirTestSupport",
+                "WeirAgent", "WeirXDS", "WeirForwarder", "WeirNetns", "WeirSystem", "WeirCapture", "WeirNetfilter",
+                "WeirTestSupport",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
