@@ -29,14 +29,20 @@ struct Boom: Error, CustomStringConvertible { var description: String { "netlink
 
 @Suite("the reconciler runs the registry's actions against a capture backend")
 struct PodReconcilerTests {
-    @Test("enroll returns once the rules are installed; a tampered pod is repaired on the next check")
-    func enrollAndRepair() async throws {
+    /// A reconciler with two pods enrolled.
+    static func twoPods() async throws -> (Pods, PodReconciler, Enrollment, Enrollment) {
         let pods = Pods()
         let r = pods.reconciler()
         let a = pod(1)
         let b = pod(2)
         try await r.enroll(a)
         try await r.enroll(b)
+        return (pods, r, a, b)
+    }
+
+    @Test("enroll returns once the rules are installed; a tampered pod is repaired on the next check")
+    func enrollAndRepair() async throws {
+        let (pods, r, a, b) = try await Self.twoPods()
         #expect(pods.backend(a).installs == 1 && pods.backend(b).installs == 1)
         #expect(await r.registry.allProtected)
         pods.backend(b).tamper { $0.rules.removeFirst() }
@@ -60,12 +66,7 @@ struct PodReconcilerTests {
 
     @Test("unenroll removes the rules; after a restart, right rules are adopted without a rewrite")
     func unenrollAndAdopt() async throws {
-        let pods = Pods()
-        let r = pods.reconciler()
-        let a = pod(1)
-        let b = pod(2)
-        try await r.enroll(a)
-        try await r.enroll(b)
+        let (pods, r, a, b) = try await Self.twoPods()
         try await r.unenroll(a.identity)
         #expect(try pods.backend(a).observe().ruleset.tables.isEmpty)
         // A new daemon over the same namespaces: b's rules are right, c's were flushed while it was down.
