@@ -46,6 +46,16 @@ struct XDSCommand: AsyncParsableCommand {
         guard let address = XDSAddress.parse(listen) else {
             throw ValidationError("--listen '\(listen)': use unix:/absolute/path or HOST:PORT")
         }
+        // The flag only lifts the loopback rule: given where there is no rule to lift, it would be ignored.
+        if allowRemote {
+            switch address {
+            case .tcp(let e) where !e.isLoopback: break
+            default:
+                throw ValidationError(
+                    "--allow-remote is for a --listen address beyond loopback; \(listen) is local already. Leave it out."
+                )
+            }
+        }
         if case .tcp(let e) = address, !e.isLoopback, !allowRemote {
             throw ValidationError(
                 "--listen \(listen) is not a loopback address: every node's configuration would be served to the network. Listen on 127.0.0.1 or a Unix socket, or give --allow-remote if that is what you want."

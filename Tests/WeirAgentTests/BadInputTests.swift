@@ -22,6 +22,9 @@ let badInputs: [BadInput] = [
     BadInput(args: ["xds", "--listen", "0.0.0.0:19000", "--state", "\(scratch)/state"], mentions: "--allow-remote"),
     BadInput(
         args: ["xds", "--listen", "[::]:19000", "--state", "\(scratch)/state"], mentions: "not a loopback address"),
+    BadInput(args: ["xds"] + listen + ["--allow-remote", "--mesh", scratch], mentions: "--allow-remote is for"),
+    BadInput(
+        args: ["xds", "--listen", "127.0.0.1:19001", "--allow-remote", "--mesh", scratch], mentions: "local already"),
     BadInput(args: ["init", "--netns", "/proc/self/ns/mnt"], mentions: "not a network namespace"),
     BadInput(args: ["check", "--netns", "/proc/self/ns/mnt"], mentions: "not a network namespace"),
     BadInput(args: ["forward", "--netns", "/proc/self/ns/mnt"], mentions: "not a network namespace"),

@@ -34,9 +34,6 @@ func frameTypes(_ fd: Int32) -> (types: [UInt8], closed: Bool) {
     return (types, false)
 }
 
-/// The client connection preface and an empty SETTINGS frame.
-let http2Preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8) + [0, 0, 0, 4, 0, 0, 0, 0, 0]
-
 @Suite("services under one group")
 struct ServiceGroupTests {
     @Test(

@@ -90,3 +90,6 @@ public func sendBytes(_ fd: Int32, _ bytes: [UInt8]) -> Int {
     }
     return sent
 }
+
+/// An HTTP/2 client's connection preface followed by an empty SETTINGS frame.
+public let http2Preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8) + [0, 0, 0, 4, 0, 0, 0, 0, 0]

@@ -386,22 +386,10 @@ public func httpText(_ namespace: String, _ url: String) -> String? {
 
 /// `GET target` over HTTP/1.1 on a Unix socket (an admin endpoint); the body, or nil on any failure.
 public func unixHTTPGet(_ socketPath: String, _ target: String) -> String? {
-    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-    guard fd >= 0 else { return nil }
+    guard let fd = unixConnect(socketPath) else { return nil }
     defer { close(fd) }
     var tv = timeval(tv_sec: 5, tv_usec: 0)
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-    var sun = sockaddr_un()
-    sun.sun_family = sa_family_t(AF_UNIX)
-    let bytes = Array(socketPath.utf8)
-    guard bytes.count < MemoryLayout.size(ofValue: sun.sun_path) else { return nil }
-    withUnsafeMutableBytes(of: &sun.sun_path) { raw in for (i, b) in bytes.enumerated() { raw[i] = b } }
-    let rc = withUnsafePointer(to: &sun) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-            connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-        }
-    }
-    guard rc == 0 else { return nil }
     let request = Array("GET \(target) HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n".utf8)
     guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count else {
         return nil

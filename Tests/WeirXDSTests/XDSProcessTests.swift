@@ -18,7 +18,7 @@ func cpuSeconds(_ pid: Int32) -> Double? {
 func firstFrameType(_ socketPath: String) -> UInt8? {
     guard let fd = unixConnect(socketPath) else { return nil }
     defer { close(fd) }
-    sendBytes(fd, Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8) + [0, 0, 0, 4, 0, 0, 0, 0, 0])
+    sendBytes(fd, http2Preface)
     var head = [UInt8](repeating: 0, count: 9)
     guard recv(fd, &head, 9, Int32(MSG_WAITALL)) == 9 else { return nil }
     return head[3]
@@ -92,7 +92,7 @@ struct XDSProcessTests {
         // A DATA frame on stream 0 is a connection error; 4 KiB of more junk follows it on each of 32 connections.
         let junk = [UInt8](repeating: 0xAB, count: 4096)
         let bad: [UInt8] =
-            Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8) + [0, 0, 0, 4, 0, 0, 0, 0, 0] + [
+            http2Preface + [
                 0, 0, 4, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4,
             ] + junk
         var closed = 0
