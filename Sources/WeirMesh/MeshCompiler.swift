@@ -44,6 +44,7 @@ public struct MeshCompiler: Sendable {
         return out
     }
 
+    static let blackholeCluster = "blackhole"
     static let ingressListener = "ingress", egressListener = "egress", passthroughCluster = "passthrough",
         sdsCluster = "weir_sds"
     static let adsSource: Envoy_Config_Core_V3_ConfigSource = {
@@ -355,6 +356,23 @@ public struct MeshCompiler: Sendable {
                 var tcp = Envoy_Extensions_Filters_Network_TcpProxy_V3_TcpProxy()
                 tcp.statPrefix = "passthrough"
                 tcp.cluster = MeshCompiler.passthroughCluster
+                chain.filters = [filter("envoy.filters.network.tcp_proxy", tcp)]
+                listener.defaultFilterChain = chain
+            } else if listener.filterChains.isEmpty {
+                // DROP_ALL and no backends: every outbound connection is refused. Envoy rejects a listener with no
+                // filter chain, so the one chain sends everything to a cluster with no endpoints (reset at once).
+                var c = Envoy_Config_Cluster_V3_Cluster()
+                c.name = MeshCompiler.blackholeCluster
+                c.type = .static
+                c.connectTimeout = duration(milliseconds: 1000)
+                c.loadAssignment.clusterName = c.name
+                out.clusters.append(c)
+                clusterNames.insert(c.name)
+                var chain = Envoy_Config_Listener_V3_FilterChain()
+                chain.name = "drop_all"
+                var tcp = Envoy_Extensions_Filters_Network_TcpProxy_V3_TcpProxy()
+                tcp.statPrefix = "drop_all"
+                tcp.cluster = MeshCompiler.blackholeCluster
                 chain.filters = [filter("envoy.filters.network.tcp_proxy", tcp)]
                 listener.defaultFilterChain = chain
             }
