@@ -215,6 +215,8 @@ public struct RuleExpression: Sendable, Hashable, CustomStringConvertible {
     public var rewritesDestination: Bool { ["nat", "redir", "tproxy", "masq"].contains(name) }
     /// Whether it ends the packet (a drop verdict or a reject).
     public var drops: Bool { name == "reject" || (name == "immediate" && text.hasSuffix("reg 0 drop")) }
+    /// Whether it sets the packet's mark (a mark carrying weir's bypass mark skips weir's capture).
+    public var setsMark: Bool { name == "meta" && text.contains("set mark") }
     /// Whether it accepts the packet.
     public var accepts: Bool { name == "immediate" && text.hasSuffix("reg 0 accept") }
 }

@@ -484,6 +484,13 @@ public enum RulesetCheck {
                             detail:
                                 "chain \(name) runs before weir and rewrites destinations (\(text)); weir's redirect will not apply to those connections"
                         ))
+                } else if r.expressions.contains(where: \.setsMark) {
+                    out.append(
+                        .init(
+                            kind: .bypass,
+                            detail:
+                                "chain \(name) runs before weir and sets packet marks (\(text)); a mark that carries weir's bypass mark skips the capture"
+                        ))
                 } else if r.expressions.contains(where: \.drops) {
                     out.append(
                         .init(kind: .bypass, detail: "chain \(name) runs before weir and drops traffic (\(text))"))

@@ -173,8 +173,8 @@ public struct NetworkNamespace: Sendable, CustomStringConvertible {
         return try NamespaceHandle.open(path ?? "/proc/self/ns/net")
     }
 
-    /// The path, or "current network namespace", for messages.
-    public var description: String { path ?? "current network namespace" }
+    /// The path, or "current network namespace", for messages (a held namespace by the path it was opened from).
+    public var description: String { pinned?.path ?? path ?? "current network namespace" }
 
     /// Checks that the path names a network namespace, before any work starts.
     public func validate() throws(NamespaceError) {
