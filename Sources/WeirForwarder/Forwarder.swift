@@ -15,6 +15,11 @@ public final class Forwarder: Sendable {
     let logger: Logger
     let state = ForwarderState()
     let threads = Mutex<[OSThread]>([])
+    /// The workers' inboxes, in a shared forwarder (empty otherwise).
+    let inboxes = Mutex<[WorkerInbox]>([])
+    let metrics = ForwarderMetrics()
+    /// Pods served, in a shared forwarder: scope id to its ports.
+    let scopes = Mutex<[UInt64: ListenerScope]>([:])
 
     /// A forwarder for `config`; nothing listens until `start(in:)`.
     public init(config: ForwarderConfig, logger: Logger = Logger(label: "weir.forward")) {
@@ -34,18 +39,69 @@ public final class Forwarder: Sendable {
         // Opened once: every listener and worker is in this one namespace, even if its path is reused meanwhile.
         let namespace = given.path == nil ? given : NetworkNamespace(handle: try given.open())
         let config = self.config
+        var handoffs: [ListenerHandoff] = []
+        for _ in 0..<max(1, config.workers) {
+            handoffs.append(
+                ListenerHandoff(
+                    try namespace.run {
+                        try Self.openListeners(
+                            config, ports: (config.outboundPort, config.inboundPort), mode: config.mode, scope: nil)
+                    }))
+        }
+        try startWorkers(in: namespace, handoffs: handoffs, shared: false)
+        logger.info(
+            "forwarding",
+            metadata: [
+                "outbound": "\(config.outboundPort)", "inbound": "\(config.inboundPort)",
+                "mode": "\(config.mode.rawValue)",
+            ])
+    }
+
+    /// Starts the workers of a shared forwarder, in the calling process's namespace, with no listeners: pods'
+    /// listeners come and go with `attach` and `detach`, served by these same threads (none per pod).
+    public func startShared() throws {
+        var handoffs: [ListenerHandoff] = []
+        for _ in 0..<max(1, config.workers) { handoffs.append(ListenerHandoff([])) }
+        try startWorkers(in: .current, handoffs: handoffs, shared: true)
+    }
+
+    /// Opens a pod's listeners inside its namespace (one SO_REUSEPORT set per worker) and hands them to the shared
+    /// workers. Returns once they listen: the kernel queues connections from then on.
+    public func attach(_ scope: ListenerScope) async throws {
+        let boxes = inboxes.withLock { $0 }
+        precondition(!boxes.isEmpty, "attach needs startShared")
+        let config = self.config
+        let sets = try await scope.namespace.run(name: "weir-fwd-listen") {
+            try boxes.map { _ in
+                ListenerHandoff(
+                    try Self.openListeners(
+                        config, ports: (scope.outboundPort, scope.inboundPort), mode: scope.mode, scope: scope))
+            }
+        }
+        scopes.withLock { $0[scope.id] = scope }
+        for (box, set) in zip(boxes, sets) { box.post(.add(set.take())) }
+    }
+
+    /// Closes a pod's listeners and resets its relayed connections (its namespace is gone, or it was unenrolled).
+    public func detach(scope id: UInt64) {
+        scopes.withLock { _ = $0.removeValue(forKey: id) }
+        for box in inboxes.withLock({ $0 }) { box.post(.remove(scope: id)) }
+    }
+
+    /// Pods whose listeners the shared forwarder serves.
+    public var servedPods: Int { scopes.withLock { $0.count } }
+
+    func startWorkers(in namespace: NetworkNamespace, handoffs: [ListenerHandoff], shared: Bool) throws {
+        let config = self.config
         let logger = self.logger
-        let metrics = ForwarderMetrics()
+        let metrics = self.metrics
         let accessLog = try config.accessLogPath.map { path throws(SystemCallError) in
             do throws(SystemCallError) { return try AccessLogFile(path: path) } catch {
                 throw error.context("opening the access log")
             }
         }
-        // Each worker gets its own SO_REUSEPORT listeners; the kernel spreads connections among them.
-        var handoffs: [ListenerHandoff] = []
-        for _ in 0..<max(1, config.workers) {
-            handoffs.append(ListenerHandoff(try namespace.run { try Self.openListeners(config) }))
-        }
+        let boxes = shared ? try handoffs.map { _ in try WorkerInbox() } : []
+        inboxes.withLock { $0 = boxes }
         let state = self.state
         state.running.store(handoffs.count, ordering: .relaxed)
         state.accepting.store(handoffs.count, ordering: .relaxed)
@@ -56,7 +112,7 @@ public final class Forwarder: Sendable {
                     do {
                         let worker = try Worker(
                             config: config, state: state, metrics: metrics, listeners: handoff.take(),
-                            accessLog: accessLog, logger: logger)
+                            accessLog: accessLog, inbox: boxes.isEmpty ? nil : boxes[i], logger: logger)
                         worker.run()
                     } catch {
                         // Its listeners (released here) would keep taking a share of new connections that nobody accepts.
@@ -80,17 +136,14 @@ public final class Forwarder: Sendable {
             join()
             throw error
         }
-        logger.info(
-            "forwarding",
-            metadata: [
-                "outbound": "\(config.outboundPort)", "inbound": "\(config.inboundPort)",
-                "mode": "\(config.mode.rawValue)",
-            ])
     }
 
-    static func openListeners(_ config: ForwarderConfig) throws -> [Listener] {
+    /// One listener per port and family; `scope` names the pod they serve in a shared forwarder.
+    static func openListeners(
+        _ config: ForwarderConfig, ports: (UInt16, UInt16), mode: CaptureMode, scope: ListenerScope?
+    ) throws -> [Listener] {
         var out: [Listener] = []
-        for (port, direction) in [(config.outboundPort, FlowDirection.outbound), (config.inboundPort, .inbound)] {
+        for (port, direction) in [(ports.0, FlowDirection.outbound), (ports.1, .inbound)] {
             for family in config.families {
                 let any = Endpoint(
                     family: family, address: Array(repeating: 0, count: family == .ipv4 ? 4 : 16), port: port)
@@ -100,10 +153,10 @@ public final class Forwarder: Sendable {
                     try fd.setReuse()
                     // Accepted sockets inherit TCP_NODELAY from their listener: set once here, not per connection.
                     try fd.setNoDelay()
-                    if config.mode == .tproxy && direction == .inbound { try fd.setTransparent(ipv6: family == .ipv6) }
+                    if mode == .tproxy && direction == .inbound { try fd.setTransparent(ipv6: family == .ipv6) }
                     try fd.bind(SocketAddress.make(any), describedAs: "\(any)")
                     try fd.listen(backlog: 4096)
-                    out.append(Listener(socket: fd, direction: direction, family: family))
+                    out.append(Listener(socket: fd, direction: direction, family: family, scope: scope))
                 } catch {
                     // Those opened so far close as `out` goes.
                     throw ForwarderError.listen(any, error)
@@ -154,6 +207,33 @@ public final class Forwarder: Sendable {
             return c
         }
         ts.forEach { $0.join() }
+    }
+}
+
+/// A pod served by a shared forwarder: its namespace (held open), capture ports, mode and bypass mark.
+public final class ListenerScope: Sendable {
+    /// Unique among the forwarder's pods.
+    public let id: UInt64
+    /// The pod's namespace: listeners are opened in it, and upstream sockets made in it.
+    public let namespace: NamespaceHandle
+    /// The pod's outbound and inbound capture ports.
+    public let outboundPort: UInt16, inboundPort: UInt16
+    /// How the pod's inbound traffic is captured (the original destination's source).
+    public let mode: CaptureMode
+    /// The mark on the pod's upstream sockets, which its rules never capture.
+    public let bypassMark: UInt32
+
+    /// A pod to serve.
+    public init(
+        id: UInt64, namespace: NamespaceHandle, outboundPort: UInt16, inboundPort: UInt16, mode: CaptureMode,
+        bypassMark: UInt32
+    ) {
+        self.id = id
+        self.namespace = namespace
+        self.outboundPort = outboundPort
+        self.inboundPort = inboundPort
+        self.mode = mode
+        self.bypassMark = bypassMark
     }
 }
 

@@ -109,6 +109,8 @@ final class Connection {
     let started: UInt64
     var lastActivity: UInt64
     var greeting: [UInt8] = []
+    /// The pod whose listener accepted it, in a shared forwarder (0: none).
+    var scope: UInt64 = 0
     /// This connection's byte counters, looked up once at accept rather than per event.
     let bytesUpstream: Counter
     let bytesDownstream: Counter
@@ -198,11 +200,38 @@ final class Listener: @unchecked Sendable {
     var socket: FileDescriptor
     let direction: FlowDirection
     let family: IPFamily
+    /// The pod it serves, in a shared forwarder (nil: the forwarder's own namespace and config).
+    let scope: ListenerScope?
     var paused = false
-    init(socket: consuming FileDescriptor, direction: FlowDirection, family: IPFamily) {
+    init(socket: consuming FileDescriptor, direction: FlowDirection, family: IPFamily, scope: ListenerScope? = nil) {
         self.socket = socket
         self.direction = direction
         self.family = family
+        self.scope = scope
+    }
+}
+
+/// Work for a worker from the control thread: a pod's listeners to serve, or a pod to let go.
+enum WorkerCommand {
+    case add([Listener])
+    case remove(scope: UInt64)
+}
+
+/// A worker's inbox: commands, and an eventfd in its epoll set that wakes it for them.
+final class WorkerInbox: Sendable {
+    let wake: FileDescriptor
+    let commands = Mutex<[WorkerCommand]>([])
+    init() throws(SystemCallError) { wake = try FileDescriptor.eventCounter() }
+    func post(_ command: WorkerCommand) {
+        commands.withLock { $0.append(command) }
+        wake.signalEvent()
+    }
+    func take() -> [WorkerCommand] {
+        commands.withLock { c in
+            let out = c
+            c = []
+            return out
+        }
     }
 }
 
@@ -214,7 +243,12 @@ final class Worker {
     let accessLog: AccessLogFile?
     let logger: Logger
     let epoll: Epoll
-    var listeners: [Listener]
+    /// By epoll tag index; a pod's listeners leave a hole when the pod goes, filled by the next pod's.
+    var listeners: [Listener?]
+    var freeListenerSlots: [Int] = []
+    let inbox: WorkerInbox?
+    /// The worker's own namespace, to come back to after making a pod's upstream socket inside the pod.
+    let home: FileDescriptor
     var slots: [Connection?] = []
     var freeSlots: [Int] = []
     var freedThisRound: [Int] = []
@@ -229,7 +263,7 @@ final class Worker {
 
     init(
         config: ForwarderConfig, state: ForwarderState, metrics: ForwarderMetrics, listeners: [Listener],
-        accessLog: AccessLogFile?,
+        accessLog: AccessLogFile?, inbox: WorkerInbox? = nil,
         logger: Logger
     ) throws(SystemCallError) {
         self.config = config
@@ -237,7 +271,9 @@ final class Worker {
         self.metrics = metrics
         self.listeners = listeners
         self.accessLog = accessLog
+        self.inbox = inbox
         self.logger = logger
+        home = try FileDescriptor.open("/proc/thread-self/ns/net", O_RDONLY)
         epoll = try Epoll()
         // The loop sleeps in epoll_wait without a timeout and wakes for this timer instead: a timeout
         // arms and cancels a kernel timer around every wait, which in a virtual machine added about
@@ -247,6 +283,50 @@ final class Worker {
         buffer = UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: 64)
         for (i, l) in listeners.enumerated() {
             try epoll.add(l.socket, events: Epoll.readable, tag: UInt64(i) << 2 | Self.kindListener)
+        }
+        if let inbox { try epoll.add(inbox.wake, events: Epoll.readable, tag: 1 << 2 | Self.kindTicker) }
+    }
+
+    /// Runs the control thread's commands: a pod's listeners join the epoll set, or a pod's listeners and
+    /// connections go.
+    func runCommands() {
+        guard let inbox else { return }
+        inbox.wake.acknowledgeTimer()
+        for command in inbox.take() {
+            switch command {
+            case .add(let added):
+                for l in added {
+                    if state.draining.load(ordering: .relaxed) {
+                        l.socket = .closed
+                        continue
+                    }
+                    let i =
+                        freeListenerSlots.popLast()
+                        ?? {
+                            listeners.append(nil)
+                            return listeners.count - 1
+                        }()
+                    listeners[i] = l
+                    if (try? epoll.add(l.socket, events: Epoll.readable, tag: UInt64(i) << 2 | Self.kindListener))
+                        == nil
+                    {
+                        logger.error("cannot watch a pod's listener; it is closed")
+                        l.socket = .closed
+                        listeners[i] = nil
+                        freeListenerSlots.append(i)
+                    }
+                }
+            case .remove(let scope):
+                for (i, l) in listeners.enumerated() where l?.scope?.id == scope {
+                    if !l!.paused { epoll.remove(l!.socket) }
+                    l!.socket = .closed
+                    listeners[i] = nil
+                    freeListenerSlots.append(i)
+                }
+                for (i, c) in slots.enumerated() where c?.scope == scope {
+                    finish(c!, slot: i, reason: .shutdown, reset: true)
+                }
+            }
         }
     }
 
@@ -282,7 +362,7 @@ final class Worker {
                 let kind = data[i] & 3
                 let index = Int(data[i] >> 2)
                 if kind == Self.kindTicker {
-                    tick = true
+                    if index == 1 { runCommands() } else { tick = true }
                 } else if kind == Self.kindListener {
                     accept(index, budget: Int(n) / 2)
                 } else if index < slots.count, let c = slots[index] {
@@ -302,7 +382,7 @@ final class Worker {
             if state.draining.load(ordering: .relaxed) {
                 if !listenersClosed {
                     // Closed now (whoever else holds a listener): new connections are refused by the kernel.
-                    for l in listeners {
+                    for case let l? in listeners {
                         if !l.paused { epoll.remove(l.socket) }
                         l.socket = .closed
                     }
@@ -325,8 +405,7 @@ final class Worker {
     /// and skips the accept that would only fail with EAGAIN; a busy one takes new connections in proportion to the
     /// traffic it serves, so a burst does not overflow the backlog while open connections keep the rounds full.
     func accept(_ index: Int, budget: Int) {
-        guard index < listeners.count else { return }
-        let listener = listeners[index]
+        guard index < listeners.count, let listener = listeners[index] else { return }
         // Bounded: at most `budget` (≤ 128: half the events a round can hold); EAGAIN ends it sooner.
         for _ in 0..<max(1, budget) {
             switch listener.socket.accept() {
@@ -347,7 +426,7 @@ final class Worker {
     }
 
     func pauseAccepting() {
-        for l in listeners where !l.paused {
+        for case let l? in listeners where !l.paused {
             epoll.remove(l.socket)
             l.paused = true
         }
@@ -355,7 +434,8 @@ final class Worker {
     }
 
     func resumeAccepting() {
-        for (i, l) in listeners.enumerated() where l.paused {
+        for (i, l) in listeners.enumerated() where l?.paused == true {
+            let l = l!
             // Re-adding a listener with a full backlog reports it readable at once.
             if (try? epoll.add(l.socket, events: Epoll.readable, tag: UInt64(i) << 2 | Self.kindListener)) != nil {
                 l.paused = false
@@ -380,7 +460,8 @@ final class Worker {
         }
         // Outbound capture is nat REDIRECT in both modes; only inbound uses TPROXY in tproxy mode, where the
         // original destination is the accepted socket's own address.
-        let tproxied = config.mode == .tproxy && listener.direction == .inbound
+        let scope = listener.scope
+        let tproxied = (scope?.mode ?? config.mode) == .tproxy && listener.direction == .inbound
         let original =
             tproxied ? SocketAddress.local(fd) : SocketAddress.originalDestination(fd, family: listener.family)
         guard let destination = original else {
@@ -390,9 +471,8 @@ final class Worker {
         // A connection nobody redirected (made straight to a capture port) has its own local address as original
         // destination, and would be relayed to the forwarder itself; so would one redirected to a capture port
         // of this host. Both are a capture port on a local address.
-        if (destination.port == config.outboundPort || destination.port == config.inboundPort)
-            && SocketAddress.isLocal(destination)
-        {
+        let ports = scope.map { [$0.outboundPort, $0.inboundPort] } ?? [config.outboundPort, config.inboundPort]
+        if ports.contains(destination.port) && SocketAddress.isLocal(destination) {
             metrics.refusedLoops.increment()
             logger.notice(
                 "refused a connection whose original destination is the forwarder itself",
@@ -405,6 +485,7 @@ final class Worker {
         let c = Connection(
             client: fd, direction: listener.direction, source: source, destination: destination, now: now,
             metrics: metrics)
+        c.scope = scope?.id ?? 0
         let slot =
             freeSlots.popLast()
             ?? {
@@ -427,7 +508,7 @@ final class Worker {
             }
         }
         do {
-            c.upstream = try FileDescriptor.tcp(ipv6: target.family == .ipv6, nonBlocking: true)
+            c.upstream = try makeUpstreamSocket(ipv6: target.family == .ipv6, in: scope)
         } catch {
             if error.errno == EMFILE || error.errno == ENFILE {
                 // No descriptor for the upstream side: stop taking new connections until some close.
@@ -440,7 +521,7 @@ final class Worker {
             return
         }
         // The mark keeps weir's own rules from capturing the upstream connection again.
-        do { try c.upstream.setMark(config.bypassMark) } catch {
+        do { try c.upstream.setMark(scope?.bypassMark ?? config.bypassMark) } catch {
             metrics.connectFailed(SocketAddress.reason(error.errno))
             finish(c, slot: slot, reason: .connectFailed, reset: true)
             return
@@ -463,6 +544,19 @@ final class Worker {
             return
         }
         if case .connected = progress { connected(c, slot: slot) }
+    }
+
+    /// The upstream socket, made inside the pod's namespace for a pod's listener (a socket belongs to the
+    /// namespace it was made in): the thread enters the pod for the one `socket` call and comes back.
+    func makeUpstreamSocket(ipv6: Bool, in scope: ListenerScope?) throws(SystemCallError) -> FileDescriptor {
+        guard let scope else { return try FileDescriptor.tcp(ipv6: ipv6, nonBlocking: true) }
+        try NamespaceCalls.enter(scope.namespace.descriptor)
+        let made = Result { () throws(SystemCallError) in try FileDescriptor.tcp(ipv6: ipv6, nonBlocking: true) }
+        do { try NamespaceCalls.enter(home) } catch {
+            // A worker that cannot return would serve every other pod from inside this one.
+            fatalError("weir forwarder: cannot return to its own network namespace: \(error)")
+        }
+        return try made.get()
     }
 
     // MARK: relaying

@@ -164,7 +164,9 @@ struct ForwarderTests {
     func listenersNoDelay() throws {
         try TestNetwork.with { net in
             let values: [Int32] = try net.podNamespace.run {
-                let listeners = try Forwarder.openListeners(ForwarderConfig())
+                let c = ForwarderConfig()
+                let listeners = try Forwarder.openListeners(
+                    c, ports: (c.outboundPort, c.inboundPort), mode: c.mode, scope: nil)
                 return listeners.map { l in
                     var value: Int32 = 0
                     var size = socklen_t(4)
