@@ -12,6 +12,22 @@ public struct StreamStatus: Sendable, Codable, Equatable {
     public var `protocol`: String
     public var peer: String
     public var types: [String: TypeStatus]
+    /// The pod endpoint it arrived on (the daemon's per-pod endpoints); nil on the node-wide one.
+    public var endpoint: String?
+}
+
+/// A per-pod xDS endpoint's rule: streams that arrive on it may ask only for these node ids.
+public struct XDSEndpointScope: Sendable, Hashable {
+    /// The pod, for logs, status and the refusal count.
+    public var name: String
+    /// The node ids the pod's sidecar may ask for.
+    public var nodeIDs: Set<String>
+
+    /// A scope for pod `name`.
+    public init(name: String, nodeIDs: Set<String>) {
+        self.name = name
+        self.nodeIDs = nodeIDs
+    }
 }
 
 /// The ADS service: `StreamAggregatedResources` (state of the world) and `DeltaAggregatedResources`, fed by a
@@ -32,6 +48,8 @@ public final class ADSService: Sendable {
     let nextID = Atomic<UInt64>(0)
     /// Called with a stream's NACK (node, type, error message): the upstream relay forwards it.
     let onNack: (@Sendable (String, ResourceType, String) -> Void)?
+    /// Streams refused because they asked, on a pod's endpoint, for a node id that pod may not use; by pod.
+    let refusals = Mutex<[String: Int]>([:])
 
     public init(
         cache: SnapshotCache, logger: Logger = Logger(label: "weir.xds"),
@@ -46,6 +64,9 @@ public final class ADSService: Sendable {
     public var status: [StreamStatus] {
         streams.withLock { Array($0.values) }.compactMap { $0.status() }.sorted { $0.id < $1.id }
     }
+
+    /// Streams refused with PERMISSION_DENIED so far, by the pod endpoint they arrived on.
+    public var refusedByEndpoint: [String: Int] { refusals.withLock { $0 } }
 
     /// A new stream: visible in `status` from now on.
     func opened<M: StreamMachine>(_ session: StreamSession<M>) {
@@ -69,6 +90,21 @@ public final class ADSService: Sendable {
             guard let node = M.nodeID(of: r), !node.isEmpty else {
                 throw ADSCallFailure(
                     status: .invalidArgument, message: "the first request of an ADS stream must carry node.id")
+            }
+            if let scope = session.scope, !scope.nodeIDs.contains(node) {
+                // Identity comes from the namespace the stream arrived in: a pod may not read another's config.
+                refusals.withLock { $0[scope.name, default: 0] += 1 }
+                logger.warning(
+                    "refused an ADS stream asking for another pod's node id",
+                    metadata: [
+                        "endpoint": "\(scope.name)", "node": "\(node)",
+                        "allowed": "\(scope.nodeIDs.sorted().joined(separator: ","))",
+                    ])
+                throw ADSCallFailure(
+                    status: .permissionDenied,
+                    message:
+                        "node id '\(node)' is not one this pod may ask for on its xDS endpoint (\(scope.nodeIDs.sorted().joined(separator: ", ")))"
+                )
             }
             session.start(node: node, snapshot: cache.snapshot(for: node))
             logger.info(
@@ -94,6 +130,7 @@ struct ADSCallFailure: Error {
     enum Status: Int {
         case invalidArgument = 3
         case deadlineExceeded = 4
+        case permissionDenied = 7
         case resourceExhausted = 8
         case unimplemented = 12
         case `internal` = 13
@@ -124,10 +161,13 @@ final class StreamSession<M: StreamMachine>: StreamStatusSource, @unchecked Send
     // Set once, before anything else can see them.
     var id: UInt64 = 0
     var watchID: UInt64?
+    /// The pod endpoint the stream arrived on, whose node ids bound what it may ask for.
+    let scope: XDSEndpointScope?
 
-    init(machine: M, peer: String, wake: @escaping @Sendable () -> Void) {
+    init(machine: M, peer: String, scope: XDSEndpointScope? = nil, wake: @escaping @Sendable () -> Void) {
         state = Mutex(State(machine: machine))
         self.peer = peer
+        self.scope = scope
         self.wake = wake
     }
 
@@ -189,7 +229,8 @@ final class StreamSession<M: StreamMachine>: StreamStatusSource, @unchecked Send
             guard let node = s.node else { return nil }
             return StreamStatus(
                 id: id, nodeID: node, protocol: M.name, peer: peer,
-                types: s.machine.status(snapshot: s.snapshot).reduce(into: [:]) { $0[$1.key.shortName] = $1.value })
+                types: s.machine.status(snapshot: s.snapshot).reduce(into: [:]) { $0[$1.key.shortName] = $1.value },
+                endpoint: scope?.name)
         }
     }
 }

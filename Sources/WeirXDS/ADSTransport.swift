@@ -27,7 +27,7 @@ final class ADSTransport: Sendable {
     let service: ADSService
     let group: any EventLoopGroup
     /// Open connections, so a stop can say GOAWAY to each.
-    let connections = Mutex<[ObjectIdentifier: any Channel]>([:])
+    let connections = Mutex<[ObjectIdentifier: (channel: any Channel, scope: String?)]>([:])
 
     init(service: ADSService, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
         self.service = service
@@ -38,26 +38,7 @@ final class ADSTransport: Sendable {
     func bind(_ address: XDSAddress) async throws -> any Channel {
         let isTCP: Bool
         if case .tcp = address { isTCP = true } else { isTCP = false }
-        let bootstrap = ServerBootstrap(group: group)
-            // Out of descriptors, accept pauses for a second instead of spinning.
-            .serverChannelInitializer { [service] channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(AcceptPause(logger: service.logger))
-                }
-            }
-            .serverChannelOption(.backlog, value: 1024)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            // Small reads to start with: an ADS connection is mostly idle, and NIOHTTP2's frame parser keeps what it
-            // read until the frame is whole. NIO grows the buffer when reads fill it.
-            .childChannelOption(
-                .recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 1024, maximum: 65536)
-            )
-            .childChannelInitializer { [self] channel in
-                channel.eventLoop.makeCompletedFuture {
-                    if isTCP { try channel.syncOptions?.setOption(.socketOption(.tcp_nodelay), value: 1) }
-                    try self.configure(channel)
-                }
-            }
+        let bootstrap = self.bootstrap(isTCP: isTCP, scope: nil)
         do {
             switch address {
             case .unix(let path):
@@ -75,7 +56,36 @@ final class ADSTransport: Sendable {
         }
     }
 
-    func configure(_ channel: any Channel) throws {
+    /// Accepts on a socket already bound and listening (made inside a pod's namespace); NIO owns it from now on.
+    /// Streams arriving on it are held to `scope`.
+    func adopt(listening socket: Int32, isTCP: Bool, scope: XDSEndpointScope) async throws -> any Channel {
+        try await bootstrap(isTCP: isTCP, scope: scope).withBoundSocket(socket).get()
+    }
+
+    func bootstrap(isTCP: Bool, scope: XDSEndpointScope?) -> ServerBootstrap {
+        ServerBootstrap(group: group)
+            // Out of descriptors, accept pauses for a second instead of spinning.
+            .serverChannelInitializer { [service] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(AcceptPause(logger: service.logger))
+                }
+            }
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            // Small reads to start with: an ADS connection is mostly idle, and NIOHTTP2's frame parser keeps what it
+            // read until the frame is whole. NIO grows the buffer when reads fill it.
+            .childChannelOption(
+                .recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 1024, maximum: 65536)
+            )
+            .childChannelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    if isTCP { try channel.syncOptions?.setOption(.socketOption(.tcp_nodelay), value: 1) }
+                    try self.configure(channel, scope: scope)
+                }
+            }
+    }
+
+    func configure(_ channel: any Channel, scope: XDSEndpointScope? = nil) throws {
         var connection = NIOHTTP2Handler.ConnectionConfiguration()
         // Many proxyless clients (or a relay) multiplex their streams on one connection; NIO's own default is 100,
         // and a client that opens the 101st before it has read the server's SETTINGS is refused.
@@ -105,20 +115,21 @@ final class ADSTransport: Sendable {
             mode: .server, connectionConfiguration: connection, streamConfiguration: stream
         ) { [service] streamChannel in
             streamChannel.eventLoop.makeCompletedFuture {
-                try streamChannel.pipeline.syncOperations.addHandler(ADSStreamHandler(service: service, peer: peer))
+                try streamChannel.pipeline.syncOperations.addHandler(
+                    ADSStreamHandler(service: service, peer: peer, scope: scope))
             }
         }
         try channel.pipeline.syncOperations.addHandler(ConnectionErrorLogger(logger: service.logger, peer: peer))
         let id = ObjectIdentifier(channel)
-        connections.withLock { $0[id] = channel }
+        connections.withLock { $0[id] = (channel, scope?.name) }
         channel.closeFuture.whenComplete { [self] _ in self.connections.withLock { _ = $0.removeValue(forKey: id) } }
     }
 
     /// Stops listening, tells every connection GOAWAY, and closes them once the frames are out, or after 2 s for a
     /// client that does not read.
-    func stop(listener: any Channel) async {
+    func stop(listener: any Channel, scope: String? = nil, all: Bool = true) async {
         try? await listener.close()
-        let open = connections.withLock { Array($0.values) }
+        let open = connections.withLock { $0.values.filter { all || $0.scope == scope }.map(\.channel) }
         for c in open {
             let goAway = HTTP2Frame(
                 streamID: .rootStream, payload: .goAway(lastStreamID: .maxID, errorCode: .noError, opaqueData: nil))
@@ -236,6 +247,7 @@ final class ADSStreamHandler: ChannelInboundHandler {
 
     let service: ADSService
     let peer: String
+    let scope: XDSEndpointScope?
     var context: ChannelHandlerContext?
     var call: (any ADSCall)?
     /// Bytes of a request message not yet whole; `nil` between messages, so an idle stream holds no buffer.
@@ -254,9 +266,10 @@ final class ADSStreamHandler: ChannelInboundHandler {
     /// The end the client's `grpc-timeout` set, when it sent one.
     var deadline: Scheduled<Void>?
 
-    init(service: ADSService, peer: String) {
+    init(service: ADSService, peer: String, scope: XDSEndpointScope? = nil) {
         self.service = service
         self.peer = peer
+        self.scope = scope
     }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
@@ -331,9 +344,9 @@ final class ADSStreamHandler: ChannelInboundHandler {
         let wake = Self.waker(self, context)
         switch headers.first(name: ":path") {
         case ADSTransport.sotwPath?:
-            call = StreamSession(machine: SotWMachine(), peer: peer, wake: wake)
+            call = StreamSession(machine: SotWMachine(), peer: peer, scope: scope, wake: wake)
         case ADSTransport.deltaPath?:
-            call = StreamSession(machine: DeltaMachine(), peer: peer, wake: wake)
+            call = StreamSession(machine: DeltaMachine(), peer: peer, scope: scope, wake: wake)
         case let path:
             finish(
                 context, status: ADSCallFailure.Status.unimplemented.rawValue,

@@ -7,11 +7,13 @@ public enum XDSAddress: Sendable, Hashable, CustomStringConvertible {
     case unix(path: String)
     case tcp(Endpoint)
 
-    /// `unix:/run/weir/xds.sock` or `127.0.0.1:15010` / `[::1]:15010`.
-    public static func parse(_ text: String) -> XDSAddress? {
+    /// `unix:/run/weir/xds.sock` or `127.0.0.1:15010` / `[::1]:15010`; with `allowAbstract`, also `unix:@NAME` (an
+    /// abstract socket, such as the daemon's endpoint inside a pod: where a client connects, not where weir listens).
+    public static func parse(_ text: String, allowAbstract: Bool = false) -> XDSAddress? {
         if text.hasPrefix("unix:") {
             let path = String(text.dropFirst(5))
-            return path.hasPrefix("/") && path.utf8.count < 108 ? .unix(path: path) : nil
+            let abstract = allowAbstract && path.hasPrefix("@") && path.utf8.count > 1
+            return (path.hasPrefix("/") || abstract) && path.utf8.count < 108 ? .unix(path: path) : nil
         }
         return Endpoint.parse(text).map(XDSAddress.tcp)
     }

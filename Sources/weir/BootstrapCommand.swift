@@ -10,15 +10,17 @@ struct BootstrapCommand: ParsableCommand {
     )
 
     @Option(help: "Envoy node id.") var node: String
-    @Option(help: "weir's ADS address: unix:/path or 127.0.0.1:PORT.") var xds: String
+    @Option(help: "weir's ADS address: unix:/path, unix:@NAME (abstract, as inside a daemon's pod) or 127.0.0.1:PORT.")
+    var xds: String
     @Flag(help: "Use incremental (delta) xDS instead of state of the world.") var delta = false
     @Option(help: "Envoy admin port on 127.0.0.1.") var adminPort: UInt16 = 9901
 
     func run() throws {
-        guard let address = XDSAddress.parse(xds) else {
+        guard let address = XDSAddress.parse(xds, allowAbstract: true) else {
             throw CommandFailure(
                 status: .badInput,
-                message: "--xds '\(xds)': use unix:/absolute/path or HOST:PORT, for example 127.0.0.1:15010")
+                message: "--xds '\(xds)': use unix:/absolute/path, unix:@NAME or HOST:PORT, for example 127.0.0.1:15010"
+            )
         }
         guard adminPort > 0 else {
             throw CommandFailure(status: .badInput, message: "--admin-port must be from 1 to 65535")
