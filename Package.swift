@@ -91,6 +91,8 @@ let package = Package(
             name: "WeirAgent",
             dependencies: [
                 "WeirSystem", "WeirNetns", "WeirCapture", "WeirNetfilter", "WeirForwarder", "WeirMesh", "WeirXDS",
+                "EnvoyAPI", "CCapabilities",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -1,6 +1,7 @@
 import WeirCapture
 import WeirMesh
 import WeirNetns
+import WeirSystem
 
 /// A problem in the daemon's config file: where it is, the key's path, and what is wrong.
 public struct DaemonConfigProblem: Sendable, Hashable, CustomStringConvertible {
@@ -75,6 +76,10 @@ public struct DaemonConfig: Sendable, Hashable {
     public var selectors: [PodSelector] = []
     /// Pods enrolled at start.
     public var pods: [StaticPod] = []
+    /// Where a sidecar pod's xDS endpoint is opened inside the pod.
+    public var podXDS = PodXDSEndpoints()
+    /// The shared forwarder's worker threads (one per CPU by default).
+    public var workers: Int?
 
     /// The embedded defaults.
     public init() {}
@@ -82,7 +87,7 @@ public struct DaemonConfig: Sendable, Hashable {
     /// The top-level keys, as written in the file.
     static let keys = [
         "netnsDirectory", "select", "runtimeDirectory", "stateDirectory", "meshDirectory", "admin", "checkInterval",
-        "defaults", "selectors", "pods",
+        "defaults", "selectors", "pods", "podXDS", "workers",
     ]
     static let selectorKeys = ["netns", "labels", "mode", "nodeIDs", "capture"]
 
@@ -95,15 +100,57 @@ public struct DaemonConfig: Sendable, Hashable {
     }
 
     /// The settings for a pod named `name` with `labels`: the first matching selector over the defaults.
-    public func settings(name: String, labels: [String: String]) throws(CaptureSpecError) -> PodSettings {
+    public func settings(
+        name: String, labels: [String: String], request: PodRequest = PodRequest()
+    ) throws(CaptureSpecError) -> PodSettings {
         let chosen = selectors.first { $0.matches(name: name, labels: labels) }
-        var input = defaults.capture
+        let mode = request.mode ?? chosen?.mode ?? defaults.mode ?? .sidecar
+        // Lowest first: the mode's own ports, App Mesh's variables, the defaults, the selector, the request.
+        var input = Self.base(mode)
+        if let appMesh = request.appMesh { input = input.overlaid(by: appMesh) }
+        input = input.overlaid(by: defaults.capture)
         if let chosen { input = input.overlaid(by: chosen.capture) }
-        let mode = chosen?.mode ?? defaults.mode ?? .sidecar
-        let templates = chosen?.nodeIDs ?? defaults.nodeIDs ?? []
+        input = input.overlaid(by: request.capture)
+        let templates = request.nodeIDs ?? chosen?.nodeIDs ?? defaults.nodeIDs ?? []
         return PodSettings(
             mode: mode, nodeIDs: templates.map { $0.replacingOccurrences(of: "{netns}", with: name) },
             spec: try input.validate())
+    }
+
+    /// A sidecar pod's rules go to App Mesh's Envoy ports (15000 in, 15001 out) and let Envoy's own uid (1337, as
+    /// App Mesh's injector set APPMESH_IGNORE_UID) out uncaptured; a forwarder pod's go to weir's forwarder ports
+    /// (15006 in, 15001 out), whose upstream sockets carry the bypass mark instead.
+    static func base(_ mode: PodMode) -> CaptureSpecInput {
+        var input = CaptureSpecInput()
+        if mode == .sidecar {
+            input.add(.inboundPort, "15000", from: "sidecar mode (default)")
+            input.add(.outboundPort, "15001", from: "sidecar mode (default)")
+            input.add(.proxyUID, "1337", from: "sidecar mode (default)")
+        }
+        return input
+    }
+}
+
+/// What an enrollment request asks for beyond the selectors: each given field wins over them.
+public struct PodRequest: Sendable, Hashable {
+    /// The mode, or nil for the selector's.
+    public var mode: PodMode?
+    /// The node ids, or nil for the selector's.
+    public var nodeIDs: [String]?
+    /// Capture settings over the selector's, by `weir init` flag name.
+    public var capture = CaptureSpecInput()
+    /// The pod's `APPMESH_*` variables (as App Mesh's proxy route manager read them), under everything else.
+    public var appMesh: CaptureSpecInput?
+
+    /// An empty request: the selectors decide.
+    public init(
+        mode: PodMode? = nil, nodeIDs: [String]? = nil, capture: CaptureSpecInput = CaptureSpecInput(),
+        appMesh: CaptureSpecInput? = nil
+    ) {
+        self.mode = mode
+        self.nodeIDs = nodeIDs
+        self.capture = capture
+        self.appMesh = appMesh
     }
 }
 
@@ -173,6 +220,15 @@ struct Reader {
             case "stateDirectory": if let v = absolutePath(value, key) { config.stateDirectory = v }
             case "meshDirectory": if let v = absolutePath(value, key) { config.meshDirectory = v }
             case "admin": config.adminTCP = admin(value, key)
+            case "podXDS": if let v = podXDS(value, key) { config.podXDS = v }
+            case "workers":
+                if let t = string(value, key) {
+                    if let n = Int(t), n >= 1, n <= 64 {
+                        config.workers = n
+                    } else {
+                        problem(value, key, "'\(t)' must be a whole number of threads from 1 to 64")
+                    }
+                }
             case "checkInterval": if let v = seconds(value, key) { config.checkIntervalSeconds = v }
             case "defaults":
                 if var d = selector(value, key, allowMatch: false) {
@@ -298,6 +354,38 @@ struct Reader {
             out = e
         }
         return out
+    }
+
+    mutating func podXDS(_ node: YAMLNode, _ path: String) -> PodXDSEndpoints? {
+        guard let pairs = mapping(node, path) else { return nil }
+        var out = PodXDSEndpoints()
+        let before = problems.count
+        for (key, value) in pairs {
+            let sub = "\(path).\(key)"
+            switch key {
+            case "port":
+                guard let t = string(value, sub) else { continue }
+                if let p = UInt16(t) {
+                    out.port = p
+                } else {
+                    problem(value, sub, "'\(t)' must be a port from 0 (none) to 65535")
+                }
+            case "socket":
+                guard let t = string(value, sub) else { continue }
+                if t.isEmpty || (t.hasPrefix("@") && t.utf8.count > 1 && t.utf8.count <= SocketAddressBytes.maxUnixPath)
+                {
+                    out.socket = t
+                } else {
+                    problem(value, sub, "'\(t)' must be an abstract socket name such as @weir/xds (or empty for none)")
+                }
+            default:
+                problem(value, sub, "unknown key\(NearestName.suggestion(key, ["port", "socket"], always: true))")
+            }
+        }
+        if problems.count == before && out.port == 0 && out.socket.isEmpty {
+            problem(node, path, "a sidecar needs an xDS endpoint: give a port or a socket")
+        }
+        return problems.count == before ? out : nil
     }
 
     mutating func labels(_ node: YAMLNode, _ path: String) -> [String: String]? {

@@ -11,6 +11,7 @@ public actor PodReconciler {
     /// The registry, as it stands.
     public private(set) var registry: PodRegistry
     let backend: @Sendable (Enrollment) -> any CaptureBackend
+    let serving: (any PodServing)?
     let clock: @Sendable () -> UInt64
     let onPersist: @Sendable ([Enrollment]) -> Void
     var nextRequest: UInt64 = 0
@@ -19,11 +20,13 @@ public actor PodReconciler {
     /// A reconciler over `registry`; `backend` gives the capture of one pod's namespace.
     public init(
         registry: PodRegistry = PodRegistry(), backend: @escaping @Sendable (Enrollment) -> any CaptureBackend,
+        serving: (any PodServing)? = nil,
         clock: @escaping @Sendable () -> UInt64 = PodReconciler.monotonicNanoseconds,
         onPersist: @escaping @Sendable ([Enrollment]) -> Void = { _ in }
     ) {
         self.registry = registry
         self.backend = backend
+        self.serving = serving
         self.clock = clock
         self.onPersist = onPersist
     }
@@ -70,10 +73,13 @@ public actor PodReconciler {
     func perform(_ action: PodAction) async -> PodEvent? {
         switch action {
         case .install(let e):
+            // Listeners first: rules never send the pod's traffic to a port where nothing listens.
+            if let error = await openServing(e) { return .installed(e.identity, error: error) }
             let capture = backend(e)
             return .installed(
                 e.identity, error: await Self.off { try capture.install(RedirectPlan(spec: e.settings.spec)) })
         case .adopt(let e):
+            if let error = await openServing(e) { return .installed(e.identity, error: error) }
             // Rules that are already right are left as they are; only a pod whose rules differ is reinstalled.
             let capture = backend(e)
             let error = await Self.off {
@@ -96,13 +102,24 @@ public actor PodReconciler {
             }
         case .repair(let e):
             let capture = backend(e)
+            let spec = e.settings.spec
             return .repaired(
-                e.identity, error: await Self.off { try capture.install(RedirectPlan(spec: e.settings.spec)) })
+                e.identity,
+                error: await Self.off {
+                    try capture.install(RedirectPlan(spec: spec))
+                    // Some drift a reinstall cannot undo (another table's chain that runs first and bypasses weir):
+                    // the pod is then shown degraded with what is wrong, and retried after a back-off.
+                    if let still = Self.problem(try capture.observe(), spec: spec) {
+                        throw Failure(text: "reinstalled, but still: \(still)")
+                    }
+                })
         case .release(let id, let removeRules):
             if removeRules, let e = registry.pods[id]?.enrollment {
                 let capture = backend(e)
                 _ = await Self.off { try capture.clean() }
             }
+            // Rules gone first, then what they pointed at.
+            await serving?.close(id)
             return .released(id)
         case .reply(let request, let error):
             waiting.removeValue(forKey: request)?.resume(returning: error)
@@ -113,7 +130,20 @@ public actor PodReconciler {
         }
     }
 
-    struct Failure: Error { var text: String }
+    struct Failure: Error, CustomStringConvertible {
+        var text: String
+        var description: String { text }
+    }
+
+    func openServing(_ e: Enrollment) async -> String? {
+        guard let serving else { return nil }
+        do {
+            try await serving.open(e)
+            return nil
+        } catch {
+            return "\(error)"
+        }
+    }
 
     /// The first problem `check` finds in what was read, or nil when the rules are what `spec` plans.
     static func problem(_ input: CheckInput, spec: CaptureSpec) -> String? {
@@ -132,6 +162,14 @@ public actor PodReconciler {
             }
         }
     }
+}
+
+/// What serves a pod besides its rules: its forwarder listeners or its xDS endpoint, inside its namespace.
+public protocol PodServing: Sendable {
+    /// Opens what `e` needs (or keeps what is open, if it already fits `e`'s settings); throws what failed.
+    func open(_ e: Enrollment) async throws
+    /// Closes everything held for the pod, and lets its namespace go.
+    func close(_ id: NamespaceIdentity) async
 }
 
 /// An enrollment the daemon could not carry out, and why.

@@ -106,6 +106,8 @@ public enum PodEvent: Sendable, Hashable {
     case installed(NamespaceIdentity, error: String?)
     /// The rules changed under the pod (a netlink notification) or a check found them wrong.
     case drift(NamespaceIdentity, detail: String)
+    /// The pod's rules may have changed (an nftables notification from its namespace): check them now.
+    case changed(NamespaceIdentity)
     /// The result of a periodic `check`.
     case checked(NamespaceIdentity, problem: String?)
     /// The result of `repair`: nil when the rules are right again.
@@ -183,6 +185,9 @@ public struct PodRegistry: Sendable {
         case .restored(let list): return restored(list)
         case .installed(let id, let error): return installed(id, error: error, now: now)
         case .drift(let id, let detail): return drift(id, detail: detail, now: now)
+        case .changed(let id):
+            // Only a protected pod is checked: an install or repair in flight answers for the rules itself.
+            return pods[id]?.phase == .protected ? [.check(id)] : []
         case .checked(let id, let problem): return checked(id, problem: problem, now: now)
         case .repaired(let id, let error): return repaired(id, error: error, now: now)
         case .released(let id): return released(id)

@@ -212,3 +212,25 @@ public final class SharedDescriptor: Sendable {
     /// Takes ownership of `descriptor`; it closes when the last reference to this object goes.
     public init(_ descriptor: consuming FileDescriptor) { self.descriptor = descriptor }
 }
+
+extension FileSystem {
+    /// Replaces `path` with `bytes` so that a reader (or a restart after a crash) sees the old file or the new one,
+    /// never a torn one: written to a temporary file beside it, flushed to disk, renamed over it, directory flushed.
+    public static func writeAtomically(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o600) throws(SystemCallError) {
+        let tmp = path + ".tmp"
+        do {
+            let fd = try FileDescriptor.open(tmp, O_WRONLY | O_CREAT | O_TRUNC, mode: mode)
+            var failure: SystemCallError?
+            bytes.withUnsafeBytes { b in
+                do throws(SystemCallError) { try fd.write(b) } catch { failure = error }
+            }
+            if let failure { throw failure }
+            try Posix.call("fsync \(tmp)") { fsync(fd.raw) }
+        }
+        try Posix.call("rename \(tmp)") { rename(tmp, path) }
+        let directory = path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+        if let dir = try? FileDescriptor.open(directory.isEmpty ? "/" : directory, O_RDONLY | O_DIRECTORY) {
+            _ = Posix.attempt { fsync(dir.raw) }
+        }
+    }
+}

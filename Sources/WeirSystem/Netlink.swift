@@ -102,3 +102,41 @@ private final class DescriptorBox: @unchecked Sendable {
 private enum NetlinkCloser {
     static let queue = DispatchQueue(label: "weir.netlink.close")
 }
+
+extension FileDescriptor {
+    /// A non-blocking netlink socket on `bus` that receives the multicast `group`'s notifications (nftables'
+    /// changes are NETLINK_NETFILTER's group NFNLGRP_NFTABLES). Made in the namespace whose changes it hears.
+    public static func netlinkSubscriber(bus: Int32, group: UInt32) throws(SystemCallError) -> FileDescriptor {
+        let fd = try socket(AF_NETLINK, Int32(SOCK_RAW.rawValue), protocol: bus, nonBlocking: true)
+        var address = sockaddr_nl()
+        address.nl_family = sa_family_t(AF_NETLINK)
+        let length = socklen_t(MemoryLayout<sockaddr_nl>.size)
+        try Posix.call("bind netlink") {
+            withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd.raw, $0, length) }
+            }
+        }
+        // NETLINK_ADD_MEMBERSHIP (1) takes any group number; the bind mask only the first 32.
+        try fd.setInt(Int32(SOL_NETLINK), 1, Int32(group), "NETLINK_ADD_MEMBERSHIP")
+        return fd
+    }
+
+    /// Reads and discards what a subscriber holds; returns whether anything was there (an overrun, ENOBUFS, counts:
+    /// notifications were lost, so something changed).
+    public func drainNotifications() -> Bool {
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        var any = false
+        // Bounded: EAGAIN ends it once the queue is empty.
+        for _ in 0..<10_000 {
+            let outcome = Posix.attempt {
+                buffer.withUnsafeMutableBytes { Glibc.recv(raw, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+            }
+            switch outcome {
+            case .ok(let n) where n > 0: any = true
+            case .failed(let e) where e == ENOBUFS: any = true
+            default: return any
+            }
+        }
+        return any
+    }
+}

@@ -4,8 +4,30 @@ import WeirCapture
 import WeirNetfilter
 import WeirNetns
 
-/// The capture spec as flags. Every flag also reads from WEIR_<NAME> and, for App Mesh users, APPMESH_*.
+/// The capture spec as flags: the spec flags and `--mode`. Every flag also reads from WEIR_<NAME> and, for App Mesh
+/// users, APPMESH_*.
 struct CaptureOptions: ParsableArguments {
+    @OptionGroup var spec: SpecOptions
+    @Option(help: "redirect (nat REDIRECT, default) or tproxy (inbound by TPROXY with a fwmark policy route).")
+    var mode: String?
+
+    /// True when no capture flag was given (check then recovers the spec from the live table).
+    var isEmpty: Bool { flagInput().values.isEmpty }
+
+    func flagInput() -> CaptureSpecInput { spec.flagInput(mode: mode, modeFlag: "--mode") }
+
+    /// Flags over WEIR_* over APPMESH_* over defaults, validated before anything is touched.
+    func resolve() throws -> CaptureSpec {
+        do {
+            return try CaptureSpecInput.resolve(flags: flagInput(), environment: ProcessInfo.processInfo.environment)
+        } catch {
+            throw CommandFailure(status: .badInput, message: error.description)
+        }
+    }
+}
+
+/// The spec flags other than the capture mode (`weir enroll`'s `--mode` is the pod's; it takes `--capture-mode`).
+struct SpecOptions: ParsableArguments {
     @Option(help: "Port the proxy listens on for captured outbound TCP (default 15001).")
     var outboundPort: String?
     @Option(help: "Port the proxy listens on for captured inbound TCP (default 15006).")
@@ -30,8 +52,6 @@ struct CaptureOptions: ParsableArguments {
     var outboundIncludePort: [String] = []
     @Option(help: "Never capture outbound TCP to these ports or ranges.")
     var outboundExcludePort: [String] = []
-    @Option(help: "redirect (nat REDIRECT, default) or tproxy (inbound by TPROXY with a fwmark policy route).")
-    var mode: String?
     @Option(help: "Capture IPv6 too (true, default) or IPv4 only (false).")
     var ipv6: String?
     @Option(help: "Send DNS (UDP and TCP port 53) from non-proxy processes to this port.")
@@ -45,10 +65,7 @@ struct CaptureOptions: ParsableArguments {
     @Option(help: "TPROXY mode: routing table that delivers marked packets locally (default 133).")
     var tproxyTable: String?
 
-    /// True when no capture flag was given (check then recovers the spec from the live table).
-    var isEmpty: Bool { flagInput().values.isEmpty }
-
-    func flagInput() -> CaptureSpecInput {
+    func flagInput(mode: String?, modeFlag: String) -> CaptureSpecInput {
         var input = CaptureSpecInput()
         typealias K = CaptureSpecInput.Key
         func one(_ k: K, _ v: String?) { if let v { input.add(k, v, from: k.flag) } }
@@ -65,7 +82,7 @@ struct CaptureOptions: ParsableArguments {
         many(.outboundExcludeCIDR, outboundExcludeCidr)
         many(.outboundIncludePort, outboundIncludePort)
         many(.outboundExcludePort, outboundExcludePort)
-        one(.mode, mode)
+        if let mode { input.add(.mode, mode, from: modeFlag) }
         one(.ipv6, ipv6)
         one(.dnsPort, dnsPort)
         many(.proxyPort, proxyPort)
@@ -73,15 +90,6 @@ struct CaptureOptions: ParsableArguments {
         one(.tproxyMark, tproxyMark)
         one(.tproxyTable, tproxyTable)
         return input
-    }
-
-    /// Flags over WEIR_* over APPMESH_* over defaults, validated before anything is touched.
-    func resolve() throws -> CaptureSpec {
-        do {
-            return try CaptureSpecInput.resolve(flags: flagInput(), environment: ProcessInfo.processInfo.environment)
-        } catch {
-            throw CommandFailure(status: .badInput, message: error.description)
-        }
     }
 }
 

@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import Metrics
 import Prometheus
+import WeirAgent
 import WeirCapture
 import WeirNetfilter
 import WeirNetns
@@ -35,7 +36,8 @@ struct Weir: AsyncParsableCommand {
             """,
         subcommands: [
             InitCommand.self, CheckCommand.self, CleanCommand.self, PlanCommand.self, ForwardCommand.self,
-            MeshCommand.self, BootstrapCommand.self, XDSCommand.self,
+            MeshCommand.self, BootstrapCommand.self, XDSCommand.self, DaemonCommand.self, EnrollCommand.self,
+            UnenrollCommand.self, PodsCommand.self, StatusCommand.self,
         ]
     )
 
@@ -43,6 +45,14 @@ struct Weir: AsyncParsableCommand {
     static let metrics = PrometheusCollectorRegistry()
 
     static func main() async {
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        if arguments.first == "daemon" && !arguments.contains(where: { $0 == "--help" || $0 == "-h" }) {
+            // First, before any other thread exists (capabilities are per thread; later threads inherit them).
+            do { try Privileges.restrict() } catch {
+                FileHandle.standardError.write(Data("weir daemon: \(error)\n".utf8))
+                Foundation.exit(ExitStatus.runtimeFailure.rawValue)
+            }
+        }
         let environment = ProcessInfo.processInfo.environment
         do {
             try ProcessEnvironment.check(environment, arguments: Array(CommandLine.arguments.dropFirst()))
@@ -94,7 +104,8 @@ enum ProcessEnvironment {
     /// Options that take a list: they repeat.
     static let repeatable: Set<String> = [
         "--proxy-uid", "--proxy-gid", "--inbound-exclude-port", "--inbound-exclude-source", "--outbound-include-cidr",
-        "--outbound-exclude-cidr", "--outbound-include-port", "--outbound-exclude-port", "--proxy-port",
+        "--outbound-exclude-cidr", "--outbound-include-port", "--outbound-exclude-port", "--proxy-port", "--node-id",
+        "--label", "--appmesh-env",
     ]
 
     static func check(_ env: [String: String], arguments: [String]) throws {
