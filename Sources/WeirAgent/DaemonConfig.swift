@@ -372,11 +372,12 @@ struct Reader {
                 }
             case "socket":
                 guard let t = string(value, sub) else { continue }
-                if t.isEmpty || (t.hasPrefix("@") && t.utf8.count > 1 && t.utf8.count <= SocketAddressBytes.maxUnixPath)
-                {
+                if t == "none" {
+                    out.socket = ""
+                } else if t.hasPrefix("@") && t.utf8.count > 1 && t.utf8.count <= SocketAddressBytes.maxUnixPath {
                     out.socket = t
                 } else {
-                    problem(value, sub, "'\(t)' must be an abstract socket name such as @weir/xds (or empty for none)")
+                    problem(value, sub, "'\(t)' must be an abstract socket name such as @weir/xds, or none")
                 }
             default:
                 problem(value, sub, "unknown key\(NearestName.suggestion(key, ["port", "socket"], always: true))")

@@ -15,7 +15,8 @@ import WeirXDS
 public struct PodXDSEndpoints: Sendable, Hashable {
     /// The loopback TCP port (`127.0.0.1:PORT` in the pod); 0 for none.
     public var port: UInt16 = 15010
-    /// The abstract Unix socket name (`@weir/xds`: abstract names are per network namespace); empty for none.
+    /// The abstract Unix socket name (`@weir/xds`: abstract names are per network namespace); empty for none
+    /// (`none` in the config).
     public var socket: String = "@weir/xds"
 
     /// The defaults: 127.0.0.1:15010 and `@weir/xds`.

@@ -12,7 +12,12 @@ struct DaemonConfigTests {
         #expect(
             c.stateDirectory == "/var/lib/weir" && c.meshDirectory == "/etc/weir/mesh" && c.checkIntervalSeconds == 10)
         let settings = try c.settings(name: "web-1", labels: [:])
-        #expect(settings.mode == .sidecar && settings.nodeIDs == ["web-1"] && settings.spec == CaptureSpec())
+        // A sidecar pod's rules go to App Mesh's Envoy ports, and Envoy's uid (1337) is let out.
+        var sidecar = CaptureSpec()
+        sidecar.inboundPort = 15000
+        sidecar.outboundPort = 15001
+        sidecar.proxyUIDs = [1337]
+        #expect(settings.mode == .sidecar && settings.nodeIDs == ["web-1"] && settings.spec == sidecar)
     }
 
     @Test("every key read; the first matching selector wins over the defaults, key by key")

@@ -290,6 +290,8 @@ struct DaemonTests {
         #expect(scene.admin("/metrics")?.contains("weir_xds_refused_streams_total 1") == true)
 
         // A real Envoy sidecar, bootstrapped with weir bootstrap to the endpoint inside its pod, gets its config.
+        var sidecar: Spawned?
+        defer { sidecar?.stop() }
         if let envoy = envoyBinary {
             let boot = try sh(
                 weirBinary, "bootstrap", "--node", "mesh/colors/virtualNode/front_apps", "--xds", "unix:@weir/xds",
@@ -299,7 +301,7 @@ struct DaemonTests {
             let e = try Spawned(
                 [envoy, "-c", bootPath, "--base-id", "\(UInt32.random(in: 1000..<60000))", "-l", "warning"],
                 namespace: front, asProxyUser: true, log: URL(fileURLWithPath: scene.dir + "/envoy.log"))
-            defer { e.stop() }
+            sidecar = e
             #expect(
                 eventually(20) {
                     scene.view(front)?.sidecars.contains { $0.types["LDS"]?.lastAckedVersion != nil } == true
@@ -367,6 +369,18 @@ struct DaemonTests {
             try sh(["ip", "netns", "exec", leaving, "nft", "list", "table", "inet", "weir"], allowFailure: true).status
                 != 0)
         #expect(scene.view(leaving) == nil)
+
+        // SIGTERM: the daemon ends within its bound and leaves every pod's rules; the sidecar keeps its config.
+        kill(d.process.processIdentifier, SIGTERM)
+        #expect(eventually(25) { !d.process.isRunning }, "\(d.output.suffix(1000))")
+        #expect(d.process.terminationStatus == 0)
+        for n in [front, scene.name("cfg", .forwarder, 0), scene.name("dir", .sidecar, 7)] {
+            #expect(
+                try sh([weirBinary, "check", "--netns", "/run/netns/\(n)"], allowFailure: true).status == 0, "\(n)")
+        }
+        if sidecar != nil {
+            #expect(httpText(front, "http://127.0.0.1:15902/listeners")?.contains("15001") == true)
+        }
     }
 
     @Test("bad enrollment requests and bad config are refused by name, and change nothing")
