@@ -273,7 +273,8 @@ final class Worker {
         self.accessLog = accessLog
         self.inbox = inbox
         self.logger = logger
-        home = try FileDescriptor.open("/proc/thread-self/ns/net", O_RDONLY)
+        // Only a shared worker enters pods; a forwarder of one namespace spends no descriptor on it.
+        home = inbox == nil ? .closed : try FileDescriptor.open("/proc/thread-self/ns/net", O_RDONLY)
         epoll = try Epoll()
         // The loop sleeps in epoll_wait without a timeout and wakes for this timer instead: a timeout
         // arms and cancels a kernel timer around every wait, which in a virtual machine added about
