@@ -114,8 +114,10 @@ public final class Daemon: Sendable {
             restored.append(e)
         }
         if !restored.isEmpty { await reconciler.send(.restored(restored)) }
-        for pod in config.pods {
-            let path = pod.netns.hasPrefix("/") ? pod.netns : config.netnsDirectory + "/" + pod.netns
+        // Static pods in the netns directory are the scan's (so one whose namespace appears later is enrolled then);
+        // those elsewhere (a /proc path, another directory) are enrolled here.
+        for pod in config.pods where staticName(pod) == nil {
+            let path = pod.netns
             do {
                 try await enroll(path: path, labels: pod.labels, request: PodRequest(), source: .config)
             } catch {
@@ -201,7 +203,10 @@ public final class Daemon: Sendable {
                 await reconciler.send(.vanished(record.enrollment.identity))
             }
         }
-        let selected = names.filter { n in config.select.contains { Glob.matches($0, n) } }
+        var statics: [String: StaticPod] = [:]
+        for pod in config.pods { if let n = staticName(pod) { statics[n] = pod } }
+        let selected = names.filter { n in statics[n] != nil || config.select.contains { Glob.matches($0, n) } }
+        let enrolled = Set(await reconciler.registry.pods.keys)
         let known = directoryPods.withLock { s -> [String: NamespaceIdentity] in
             s.known = s.known.filter { present.contains($0.key) }
             s.retries = s.retries.filter { present.contains($0.key) }
@@ -212,14 +217,20 @@ public final class Daemon: Sendable {
                 let path = dir + "/" + name
                 let identity = try? NamespaceHandle.identity(of: path)
                 if let identity, known[name] == identity { continue }
-                guard identity != nil else {
+                guard let identity else {
                     directoryPods.withLock { $0.retries[name, default: 0] += 1 }
                     continue
                 }
+                // Enrolled already (by the API, or re-adopted from the state file): its settings stay.
+                if enrolled.contains(identity) {
+                    directoryPods.withLock { $0.known[name] = identity }
+                    continue
+                }
+                let source: EnrollmentSource = statics[name] != nil ? .config : .netnsDirectory
+                let labels = statics[name]?.labels ?? [:]
                 group.addTask { [self] in
                     do {
-                        let e = try await enroll(
-                            path: path, labels: [:], request: PodRequest(), source: .netnsDirectory)
+                        let e = try await enroll(path: path, labels: labels, request: PodRequest(), source: source)
                         directoryPods.withLock {
                             $0.known[name] = e.identity
                             $0.retries[name] = nil
@@ -234,6 +245,15 @@ public final class Daemon: Sendable {
                 }
             }
         }
+    }
+
+    /// The name in the netns directory of a static pod, or nil when it is a path elsewhere.
+    func staticName(_ pod: StaticPod) -> String? {
+        if !pod.netns.hasPrefix("/") { return pod.netns }
+        let prefix = config.netnsDirectory + "/"
+        guard pod.netns.hasPrefix(prefix) else { return nil }
+        let rest = String(pod.netns.dropFirst(prefix.count))
+        return rest.contains("/") ? nil : rest
     }
 
     /// Whether a name in the directory is waiting to become a namespace (scan again soon).

@@ -213,6 +213,12 @@ struct DaemonTests {
         metadata: {name: front, namespace: apps}
         spec:
           listeners: [{portMapping: {port: 8080, protocol: http}}]
+        ---
+        apiVersion: appmesh.k8s.aws/v1beta2
+        kind: VirtualNode
+        metadata: {name: back, namespace: apps}
+        spec:
+          listeners: [{portMapping: {port: 9080, protocol: http}}]
         """
 
     @Test("50 pods from each source are protected in both modes, served in their namespaces, repaired and released")
@@ -224,9 +230,10 @@ struct DaemonTests {
         // Config pods and half the directory's pods exist before the start; the rest appear while it runs.
         var staticPods = "pods:\n"
         for i in 0..<50 {
-            let n = try scene.addPod(scene.name("cfg", i % 2 == 0 ? .forwarder : .sidecar, i), forwarder: i % 2 == 0)
+            let n = scene.name("cfg", i % 2 == 0 ? .forwarder : .sidecar, i)
             staticPods += "  - netns: \(n)\n"
-            all.append(n)
+            // Two of them appear only after the start: enrolled then.
+            if i < 48 { all.append(try scene.addPod(n, forwarder: i % 2 == 0)) }
         }
         for i in 0..<25 {
             all.append(
@@ -238,14 +245,18 @@ struct DaemonTests {
             all.append(
                 try scene.addPod(scene.name("dir", i % 2 == 0 ? .forwarder : .sidecar, i), forwarder: i % 2 == 0))
         }
+        for i in 48..<50 {
+            all.append(
+                try scene.addPod(scene.name("cfg", i % 2 == 0 ? .forwarder : .sidecar, i), forwarder: i % 2 == 0))
+        }
         // API pods: enrolled with weir enroll, which returns once rules and listeners are in place.
         for i in 0..<50 {
             let n = try scene.addPod(scene.name("api", i % 2 == 0 ? .forwarder : .sidecar, i), forwarder: i % 2 == 0)
             all.append(n)
+            let node = i == 1 ? "front_apps" : i == 7 ? "back_apps" : nil
             let r =
-                i == 1
-                ? try scene.weir("enroll", n, "--node-id", "mesh/colors/virtualNode/front_apps")
-                : try scene.weir("enroll", n)
+                try node.map { try scene.weir("enroll", n, "--node-id", "mesh/colors/virtualNode/\($0)") }
+                ?? scene.weir("enroll", n)
             #expect(r.status == 0, "\(n): \(r.output)")
         }
         #expect(eventually(20) { scene.podViews().filter { $0.phase == "protected" }.count == 150 })
@@ -274,7 +285,9 @@ struct DaemonTests {
                 #expect(try scene.xdsEndpointOpen(n), "\(n) has no xDS endpoint")
             }
         }
-        #expect(Set(views.values.map(\.source)) == ["config", "netns-directory", "api"])
+        #expect(views.values.filter { $0.source == "config" }.count == 50)
+        #expect(views.values.filter { $0.source == "netns-directory" }.count == 50)
+        #expect(views.values.filter { $0.source == "api" }.count == 50)
 
         // Identity from the namespace: a pod's endpoint serves its own node id, and refuses another's.
         let front = scene.name("api", .sidecar, 1)
@@ -287,7 +300,13 @@ struct DaemonTests {
         let denied = adsOnce(pod: other, target: "unix-abstract:weir/xds", node: "mesh/colors/virtualNode/front_apps")
         #expect(denied.hasPrefix("ERROR PERMISSION_DENIED"), "\(denied)")
         #expect(scene.view(other)?.refusedStreams == 1)
-        #expect(scene.admin("/metrics")?.contains("weir_xds_refused_streams_total 1") == true)
+        let metrics = scene.admin("/metrics") ?? ""
+        #expect(metrics.contains("weir_xds_refused_streams_total 1"))
+        #expect(metrics.contains("weir_daemon_pods{phase=\"protected\"} 150"))
+        #expect(metrics.contains("weir_daemon_rule_apply_seconds_count "))
+        let json = try scene.weir("status", "--json")
+        let decoded = try JSONSerialization.jsonObject(with: Data(json.output.utf8)) as? [String: Any]
+        #expect(decoded?["ready"] as? Bool == true && (decoded?["pods"] as? [Any])?.count == 150)
 
         // A real Envoy sidecar, bootstrapped with weir bootstrap to the endpoint inside its pod, gets its config.
         var sidecar: Spawned?
@@ -302,10 +321,30 @@ struct DaemonTests {
                 [envoy, "-c", bootPath, "--base-id", "\(UInt32.random(in: 1000..<60000))", "-l", "warning"],
                 namespace: front, asProxyUser: true, log: URL(fileURLWithPath: scene.dir + "/envoy.log"))
             sidecar = e
+            // A second pod's Envoy on the loopback TCP endpoint, with its own node id.
+            let back = scene.name("api", .sidecar, 7)
+            let backBoot = try sh(
+                weirBinary, "bootstrap", "--node", "mesh/colors/virtualNode/back_apps", "--xds", "127.0.0.1:15010",
+                "--admin-port", "15903")
+            try backBoot.output.write(toFile: scene.dir + "/envoy-back.json", atomically: true, encoding: .utf8)
+            let e2 = try Spawned(
+                [envoy, "-c", scene.dir + "/envoy-back.json", "--base-id", "\(UInt32.random(in: 1000..<60000))"],
+                namespace: back, asProxyUser: true, log: URL(fileURLWithPath: scene.dir + "/envoy-back.log"))
+            defer { e2.stop() }
             #expect(
                 eventually(20) {
                     scene.view(front)?.sidecars.contains { $0.types["LDS"]?.lastAckedVersion != nil } == true
                 }, "\(e.output.suffix(1500))")
+            #expect(
+                eventually(20) {
+                    scene.view(back)?.sidecars.contains {
+                        $0.nodeID == "mesh/colors/virtualNode/back_apps" && $0.types["LDS"]?.lastAckedVersion != nil
+                    } == true
+                }, "\(e2.output.suffix(1500))")
+            // What the sidecar was sent, and what it ACKed, from the admin API.
+            let dump = scene.admin("/xds/config_dump?node=mesh/colors/virtualNode/front_apps") ?? ""
+            #expect(dump.contains("\"egress\"") && dump.contains("lastAckedVersion"), "\(dump.prefix(500))")
+            #expect(scene.admin("/xds/clients")?.contains("mesh/colors/virtualNode/back_apps") == true)
             let listeners = httpText(front, "http://127.0.0.1:15902/listeners") ?? ""
             #expect(listeners.contains("15000") || listeners.contains("15001"), "\(listeners)")
             let status = try scene.weir("status", front)
