@@ -77,7 +77,7 @@ public final class Daemon: Sendable {
         reconciler = PodReconciler(
             registry: PodRegistry(checkInterval: UInt64(config.checkIntervalSeconds) * PodRegistry.second),
             backend: { e in TimedCapture(inner: host.capture(e), histogram: latency) }, serving: host,
-            onPersist: { state.write($0) })
+            onPersist: { state.write($0) }, logger: logger)
         reconcilerRef.withLock { $0 = reconciler }
     }
 

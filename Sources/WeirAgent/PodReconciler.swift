@@ -1,4 +1,5 @@
 import Dispatch
+import Logging
 import WeirCapture
 import WeirNetfilter
 import WeirNetns
@@ -14,6 +15,7 @@ public actor PodReconciler {
     let serving: (any PodServing)?
     let clock: @Sendable () -> UInt64
     let onPersist: @Sendable ([Enrollment]) -> Void
+    let logger: Logger
     var nextRequest: UInt64 = 0
     var waiting: [UInt64: CheckedContinuation<String?, Never>] = [:]
 
@@ -22,8 +24,10 @@ public actor PodReconciler {
         registry: PodRegistry = PodRegistry(), backend: @escaping @Sendable (Enrollment) -> any CaptureBackend,
         serving: (any PodServing)? = nil,
         clock: @escaping @Sendable () -> UInt64 = PodReconciler.monotonicNanoseconds,
-        onPersist: @escaping @Sendable ([Enrollment]) -> Void = { _ in }
+        onPersist: @escaping @Sendable ([Enrollment]) -> Void = { _ in },
+        logger: Logger = Logger(label: "weir.daemon")
     ) {
+        self.logger = logger
         self.registry = registry
         self.backend = backend
         self.serving = serving
@@ -71,6 +75,43 @@ public actor PodReconciler {
     }
 
     func perform(_ action: PodAction) async -> PodEvent? {
+        let event = await effect(action)
+        log(action, outcome: event)
+        return event
+    }
+
+    /// Says what happened to a pod: enrolled, repaired (and why), degraded, released.
+    func log(_ action: PodAction, outcome: PodEvent?) {
+        switch (action, outcome) {
+        case (.install(let e), .installed(_, let error)?), (.adopt(let e), .installed(_, let error)?):
+            var meta: Logger.Metadata = ["netns": "\(e.path)", "mode": "\(e.settings.mode.rawValue)"]
+            if let error {
+                meta["error"] = "\(error)"
+                logger.warning("pod not protected", metadata: meta)
+            } else {
+                logger.info(action == .adopt(e) ? "pod re-adopted" : "pod protected", metadata: meta)
+            }
+        case (.repair(let e), .repaired(let id, let error)?):
+            var meta: Logger.Metadata = [
+                "netns": "\(e.path)", "drift": "\(registry.pods[id]?.lastProblem ?? "?")",
+                "repairs": "\(registry.pods[id]?.repairs ?? 0)",
+            ]
+            if let error {
+                meta["error"] = "\(error)"
+                logger.warning("repair failed; the pod is degraded and retried after a back-off", metadata: meta)
+            } else {
+                logger.notice("rules repaired", metadata: meta)
+            }
+        case (.release(let id, let removeRules), _):
+            logger.info(
+                removeRules ? "pod unenrolled" : "pod's namespace is gone; released",
+                metadata: ["netns": "\(registry.pods[id]?.enrollment.path ?? "\(id)")"])
+        default:
+            break
+        }
+    }
+
+    func effect(_ action: PodAction) async -> PodEvent? {
         switch action {
         case .install(let e):
             // Listeners first: rules never send the pod's traffic to a port where nothing listens.
