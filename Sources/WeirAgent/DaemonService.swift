@@ -21,13 +21,21 @@ import WeirXDS
 public struct DaemonService: Service {
     /// The daemon it runs.
     public let daemon: Daemon
+    let notifier: SystemdNotifier?
     let onStarted: @Sendable () -> Void
 
-    /// Runs `daemon`; `onStarted` once its start-up pods are taken in.
-    public init(daemon: Daemon, onStarted: @escaping @Sendable () -> Void = {}) {
+    /// Runs `daemon`; `onStarted` once its start-up pods are taken in. Under systemd (`notifier`), it says
+    /// `READY=1` once every pod is protected, keeps a `STATUS=` line current, pings the watchdog from the loop that
+    /// ticks the pods (a stuck daemon stops pinging), and says `STOPPING=1` at shutdown.
+    public init(daemon: Daemon, notifier: SystemdNotifier? = nil, onStarted: @escaping @Sendable () -> Void = {}) {
         self.daemon = daemon
+        self.notifier = notifier
         self.onStarted = onStarted
     }
+
+    /// How long start-up waits for every pod to be protected before it says READY=1 anyway, with the pods that
+    /// are degraded in its status (longer, and systemd would kill the agent that protects all the others).
+    public static let readyDeadline: UInt64 = 60 * PodRegistry.second
 
     public func run() async throws {
         let daemon = self.daemon
@@ -36,23 +44,74 @@ public struct DaemonService: Service {
             Task { await daemon.scanDirectory() }
         }
         onStarted()
+        let notifier = self.notifier
+        let started = PodReconciler.monotonicNanoseconds()
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 var ticks = 0
+                var ready = false
+                var lastStatus = ""
+                var lastPing: UInt64 = 0
                 // Ends when the group is cancelled at shutdown.
                 while !Task.isCancelled {
-                    try? await Task.sleep(for: .milliseconds(200))
                     ticks += 1
                     await daemon.reconciler.tick()
                     if daemon.directoryRetriesPending { await daemon.scanDirectory() }
                     if ticks % 10 == 0 { await daemon.checkPaths() }
+                    if let notifier {
+                        let now = PodReconciler.monotonicNanoseconds()
+                        let registry = await daemon.reconciler.registry
+                        let status = Self.status(registry, sidecars: daemon.xds.service.status.count)
+                        if !ready
+                            && (registry.allProtected
+                                || (now - started > Self.readyDeadline
+                                    && !registry.pods.values.contains { $0.phase == .enrolling }))
+                        {
+                            ready = true
+                            notifier.send("READY=1\nSTATUS=\(status)")
+                            lastStatus = status
+                        } else if status != lastStatus {
+                            notifier.send("STATUS=\(status)")
+                            lastStatus = status
+                        }
+                        // Pinged from this loop: if the pods' actor or this loop is stuck, systemd hears nothing.
+                        if let interval = notifier.watchdogNanoseconds, now - lastPing >= interval / 4 {
+                            notifier.send("WATCHDOG=1")
+                            lastPing = now
+                        }
+                    }
+                    try? await Task.sleep(for: .milliseconds(200))
                 }
             }
             try? await gracefulShutdown()
+            notifier?.send("STOPPING=1\nSTATUS=stopping: draining the forwarder; pods keep their rules")
             group.cancelAll()
         }
         directory.stop()
         await daemon.stop()
+    }
+}
+
+extension DaemonService {
+    /// The line `systemctl status` shows: pods by phase, repairs, connected sidecar streams.
+    static func status(_ registry: PodRegistry, sidecars: Int) -> String {
+        var phases: [String: Int] = [:]
+        for record in registry.pods.values {
+            let name: String
+            switch record.phase {
+            case .enrolling: name = "enrolling"
+            case .protected: name = "protected"
+            case .repairing: name = "repairing"
+            case .degraded: name = "degraded"
+            case .releasing: name = "releasing"
+            }
+            phases[name, default: 0] += 1
+        }
+        let order = ["protected", "degraded", "enrolling", "repairing", "releasing"]
+        let parts = order.compactMap { p in phases[p].map { "\($0) \(p)" } }
+        let repairs = registry.pods.values.map(\.repairs).reduce(0, +)
+        return "\(registry.pods.count) pods\(parts.isEmpty ? "" : " (" + parts.joined(separator: ", ") + ")"); "
+            + "\(repairs) repairs; \(sidecars) sidecar streams"
     }
 }
 

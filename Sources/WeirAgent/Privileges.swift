@@ -19,16 +19,23 @@ public enum Privileges {
     public static func restrict(to keep: [(name: String, value: cap_value_t)] = daemonKeeps) throws(PrivilegesError) {
         let kept = Set(keep.map(\.value))
         let last = cap_max_bits()
-        for cap in 0..<last where !kept.contains(cap) {
+        // Under systemd's CapabilityBoundingSet= the others are gone already (and CAP_SETPCAP with them).
+        for cap in 0..<last where !kept.contains(cap) && cap_get_bound(cap) == 1 {
             // Needs CAP_SETPCAP, which is still held here: the bounding set goes first.
             do throws(SystemCallError) { _ = try Posix.call("cap_drop_bound") { cap_drop_bound(cap) } } catch {
                 if error.errno == EINVAL { continue }
                 throw PrivilegesError(message: "cannot drop capability \(cap) from the bounding set: \(error.reason)")
             }
         }
-        do throws(SystemCallError) { _ = try Posix.call("cap_reset_ambient") { cap_reset_ambient() } } catch {
-            throw PrivilegesError(message: "cannot clear the ambient capabilities: \(error.reason)")
+        let ambient = (0..<last).contains { cap_get_ambient($0) == 1 }
+        if ambient {
+            do throws(SystemCallError) { _ = try Posix.call("cap_reset_ambient") { cap_reset_ambient() } } catch {
+                throw PrivilegesError(message: "cannot clear the ambient capabilities: \(error.reason)")
+            }
         }
+        // Already exactly so (systemd's CapabilityBoundingSet= did it): no capset, which the unit's system call
+        // filter refuses.
+        if holdsExactly(kept, last: last) { return }
         guard let caps = cap_init() else { throw PrivilegesError(message: "cap_init failed") }
         defer { cap_free(UnsafeMutableRawPointer(caps)) }
         var values = keep.map(\.value)
@@ -41,6 +48,22 @@ public enum Privileges {
             let names = keep.map(\.name).joined(separator: ", ")
             throw PrivilegesError(message: "cannot keep \(names): \(error.reason) (the daemon must start with them)")
         }
+    }
+
+    /// Whether the permitted and effective sets are `kept` and the inheritable set is empty.
+    static func holdsExactly(_ kept: Set<cap_value_t>, last: cap_value_t) -> Bool {
+        guard let caps = cap_get_proc() else { return false }
+        defer { cap_free(UnsafeMutableRawPointer(caps)) }
+        for cap in 0..<last {
+            for (flag, want) in [
+                (CAP_PERMITTED, kept.contains(cap)), (CAP_EFFECTIVE, kept.contains(cap)), (CAP_INHERITABLE, false),
+            ] {
+                var value = CAP_CLEAR
+                guard cap_get_flag(caps, cap, flag, &value) == 0 else { return false }
+                if (value == CAP_SET) != want { return false }
+            }
+        }
+        return true
     }
 
     /// Proves the kept capabilities do the work: a thread enters a namespace (CAP_SYS_ADMIN) and marks a socket

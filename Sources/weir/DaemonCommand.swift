@@ -33,6 +33,8 @@ struct DaemonCommand: AsyncParsableCommand {
                 throw CommandFailure(status: .badInput, message: "the config is refused:\n\(error.description)")
             }
         }
+        // Made here, on a thread in the host's namespace: an abstract NOTIFY_SOCKET exists only there.
+        let notifier = SystemdNotifier.fromEnvironment(ProcessInfo.processInfo.environment)
         do { try Privileges.verify() } catch {
             throw CommandFailure(status: .runtimeFailure, message: error.description)
         }
@@ -50,7 +52,7 @@ struct DaemonCommand: AsyncParsableCommand {
         services.append(XDSService(server: daemon.xds))
         let runtime = cfg.runtimeDirectory
         services.append(
-            DaemonService(daemon: daemon) {
+            DaemonService(daemon: daemon, notifier: notifier) {
                 FileHandle.standardError.write(
                     Data(
                         "weir daemon: started; enrollment on unix:\(runtime)/enroll.sock, admin on unix:\(runtime)/admin.sock\n"
