@@ -36,7 +36,6 @@ public final class Daemon: Sendable {
     let startedUp = Atomic<Bool>(false)
     let directoryPods = Mutex<DirectoryScan>(DirectoryScan())
     let applyLatency = LatencyHistogram()
-    let stopRequested = Atomic<Bool>(false)
 
     struct DirectoryScan {
         /// Names enrolled from the directory, with the namespace each had.
@@ -141,7 +140,6 @@ public final class Daemon: Sendable {
     /// Stops: the forwarder drains within its bound, the pods' endpoints close; rules stay in place, so sidecar pods
     /// keep working (Envoy keeps its config) and come back to this daemon's next start.
     public func stop() async {
-        stopRequested.store(true, ordering: .relaxed)
         await forwarder.drain()
         watcher.stop()
         await state.flush()

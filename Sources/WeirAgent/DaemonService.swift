@@ -95,20 +95,8 @@ public struct DaemonService: Service {
 extension DaemonService {
     /// The line `systemctl status` shows: pods by phase, repairs, connected sidecar streams.
     static func status(_ registry: PodRegistry, sidecars: Int) -> String {
-        var phases: [String: Int] = [:]
-        for record in registry.pods.values {
-            let name: String
-            switch record.phase {
-            case .enrolling: name = "enrolling"
-            case .protected: name = "protected"
-            case .repairing: name = "repairing"
-            case .degraded: name = "degraded"
-            case .releasing: name = "releasing"
-            }
-            phases[name, default: 0] += 1
-        }
-        let order = ["protected", "degraded", "enrolling", "repairing", "releasing"]
-        let parts = order.compactMap { p in phases[p].map { "\($0) \(p)" } }
+        let phases = Dictionary(grouping: registry.pods.values, by: \.phase.name).mapValues(\.count)
+        let parts = PodPhase.names.compactMap { p in phases[p].map { "\($0) \(p)" } }
         let repairs = registry.pods.values.map(\.repairs).reduce(0, +)
         return "\(registry.pods.count) pods\(parts.isEmpty ? "" : " (" + parts.joined(separator: ", ") + ")"); "
             + "\(repairs) repairs; \(sidecars) sidecar streams"
@@ -206,17 +194,7 @@ public enum DaemonAdmin {
 
     static func view(_ r: PodRecord, daemon: Daemon, streams: [StreamStatus], refused: [String: Int]) -> PodView {
         let e = r.enrollment
-        let phase: String
-        var reason: String?
-        switch r.phase {
-        case .enrolling: phase = "enrolling"
-        case .protected: phase = "protected"
-        case .repairing: phase = "repairing"
-        case .degraded(let why, _):
-            phase = "degraded"
-            reason = why
-        case .releasing: phase = "releasing"
-        }
+        let (phase, reason) = (r.phase.name, r.phase.reason)
         return PodView(
             name: e.name, netns: e.path, namespace: "\(e.identity)", source: e.source.rawValue,
             mode: e.settings.mode.rawValue, nodeIDs: e.settings.nodeIDs, phase: phase, reason: reason,
@@ -305,7 +283,7 @@ public enum DaemonAdmin {
     static func metrics(_ daemon: Daemon) async -> String {
         let views = await pods(daemon)
         var out = "# HELP weir_daemon_pods Enrolled pods by phase.\n# TYPE weir_daemon_pods gauge\n"
-        for phase in ["enrolling", "protected", "repairing", "degraded", "releasing"] {
+        for phase in PodPhase.names {
             out += "weir_daemon_pods{phase=\"\(phase)\"} \(views.filter { $0.phase == phase }.count)\n"
         }
         out += "# HELP weir_daemon_repairs_total Rule repairs (drift seen and put right).\n"
@@ -314,6 +292,10 @@ public enum DaemonAdmin {
         out += "# HELP weir_xds_refused_streams_total ADS streams refused for asking another pod's node id.\n"
         out += "# TYPE weir_xds_refused_streams_total counter\n"
         out += "weir_xds_refused_streams_total \(daemon.xds.service.refusedByEndpoint.values.reduce(0, +))\n"
+        out +=
+            "# HELP weir_daemon_watch_failures_total Pods whose nftables changes cannot be heard (checked on the timer only).\n"
+        out += "# TYPE weir_daemon_watch_failures_total counter\n"
+        out += "weir_daemon_watch_failures_total \(daemon.watcher.failures.load(ordering: .relaxed))\n"
         out += "# HELP weir_xds_streams Open ADS streams.\n# TYPE weir_xds_streams gauge\n"
         out += "weir_xds_streams \(daemon.xds.service.status.count)\n"
         out += "# HELP weir_forwarder_active_connections Connections the shared forwarder relays.\n"
@@ -447,19 +429,19 @@ public enum EnrollmentRequestBody {
             guard let env = a as? [String: String] else {
                 throw EnrollmentRefused(message: "appMesh: must map APPMESH_* variable names to string values")
             }
-            for key in env.keys.sorted() where !key.hasPrefix("APPMESH_") {
-                throw EnrollmentRefused(message: "appMesh: '\(key)' is not an APPMESH_ variable")
+            let known = CaptureSpecInput.appMeshVariables
+            for key in env.keys.sorted() where !known.contains(key) {
+                // Read nowhere: refused by name rather than dropped (APPMESH_RESOURCE_ARN and the like are Envoy's).
+                throw EnrollmentRefused(
+                    message:
+                        "appMesh: '\(key)' is not a variable the proxy route manager read\(NearestName.suggestion(key, known, always: true))"
+                )
             }
             if let (input, problems) = CaptureSpecInput.fromAppMeshEnvironment(env) {
                 if let p = problems.first {
                     throw EnrollmentRefused(message: "appMesh: \(p.option)=\(p.value): \(p.problem). \(p.fix)")
                 }
                 request.appMesh = input
-            } else if !env.isEmpty {
-                throw EnrollmentRefused(
-                    message:
-                        "appMesh: none of \(env.keys.sorted().joined(separator: ", ")) is a variable the proxy route manager read"
-                )
             }
         }
         return (path, labels, request)

@@ -70,6 +70,28 @@ public enum PodPhase: Sendable, Hashable {
     case releasing
 }
 
+extension PodPhase {
+    /// The phase's name, as the admin API, `weir status` and systemd's status line show it.
+    public var name: String {
+        switch self {
+        case .enrolling: return "enrolling"
+        case .protected: return "protected"
+        case .repairing: return "repairing"
+        case .degraded: return "degraded"
+        case .releasing: return "releasing"
+        }
+    }
+
+    /// Why a degraded pod is degraded.
+    public var reason: String? {
+        if case .degraded(let why, _) = self { return why }
+        return nil
+    }
+
+    /// Every phase's name, in the order a status line lists them.
+    public static let names = ["protected", "degraded", "enrolling", "repairing", "releasing"]
+}
+
 /// What the registry knows of one pod.
 public struct PodRecord: Sendable, Hashable {
     /// The enrollment in force.

@@ -113,15 +113,16 @@ public struct CaptureSpecInput: Sendable, Hashable {
         return (input, problems)
     }
 
+    /// The variables App Mesh's proxy route manager read.
+    public static let appMeshVariables = [
+        "APPMESH_IGNORE_UID", "APPMESH_IGNORE_GID", "APPMESH_APP_PORTS", "APPMESH_ENVOY_INGRESS_PORT",
+        "APPMESH_ENVOY_EGRESS_PORT", "APPMESH_EGRESS_IGNORED_IP", "APPMESH_EGRESS_IGNORED_PORTS", "APPMESH_ENABLE_IPV6",
+    ]
+
     /// The App Mesh proxy route manager's variables, with its defaults, so weir replaces it as is.
     /// Returns nil when no `APPMESH_` capture variable is set.
     public static func fromAppMeshEnvironment(_ env: [String: String]) -> (CaptureSpecInput, [CaptureSpecProblem])? {
-        let names = [
-            "APPMESH_IGNORE_UID", "APPMESH_IGNORE_GID", "APPMESH_APP_PORTS", "APPMESH_ENVOY_INGRESS_PORT",
-            "APPMESH_ENVOY_EGRESS_PORT", "APPMESH_EGRESS_IGNORED_IP", "APPMESH_EGRESS_IGNORED_PORTS",
-            "APPMESH_ENABLE_IPV6",
-        ]
-        guard names.contains(where: { env[$0] != nil }) else { return nil }
+        guard appMeshVariables.contains(where: { env[$0] != nil }) else { return nil }
         var input = CaptureSpecInput()
         var problems: [CaptureSpecProblem] = []
         func get(_ n: String) -> String? { env[n].map { $0.trimmingCharacters(in: .whitespaces) } }

@@ -29,7 +29,11 @@ struct DaemonUnitTests {
             (#"{"mode": "sidecar"}"#, "netns: give"),
             (#"{"netns": "a", "capture": {"outbound-prot": "1"}}"#, "did you mean 'outbound-port'?"),
             (#"{"netns": "a", "capture": {"outbound-port": ["1", "2"]}}"#, "capture.outbound-port: give a string"),
-            (#"{"netns": "a", "appMesh": {"PATH": "/bin"}}"#, "'PATH' is not an APPMESH_ variable"),
+            (#"{"netns": "a", "appMesh": {"PATH": "/bin"}}"#, "'PATH' is not a variable the proxy route manager read"),
+            (
+                #"{"netns": "a", "appMesh": {"APPMESH_APP_PORTS": "80", "APPMESH_APP_PORT": "81"}}"#,
+                "'APPMESH_APP_PORT' is not a variable the proxy route manager read; did you mean 'APPMESH_APP_PORTS'?"
+            ),
             (#"{"netns": "a", "nodeIDs": []}"#, "nodeIDs: must be a list"),
             ("[1]", "must be a JSON object"),
         ]
