@@ -13,6 +13,7 @@ Goals (issue 15): enrollment < 1 s, tamper-to-repair p99 <= 100 ms, <= 64 KiB pe
 Env: DAEMON_PODS (250), DAEMON_TAMPERS (100), DAEMON_BINARY (weir binary).
 """
 import json, os, random, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+from benchlib import cpu_seconds, rss_kib  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,20 +42,6 @@ def http(sock, method, path, body=None, timeout=30):
     s.close()
     head, _, rest = b"".join(chunks).partition(b"\r\n\r\n")
     return int(head.split()[1]), rest
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(xs, p):
@@ -169,7 +156,7 @@ def main():
         print(f"  tamper to repair ({TAMPERS} samples): p50 {statistics.median(latencies):.1f} ms, "
               f"p99 {pct(latencies, 0.99):.1f} ms, max {max(latencies):.1f} ms (goal p99 <= 100 ms)")
         print(f"  restart (SIGKILL) to all {PODS} re-adopted: {restart_s * 1000:.0f} ms; "
-              f"rulesets rewritten among 20 compared with their handles: {rewritten}")
+              f"rulesets rewritten among {len(rulesets)} compared with their handles: {rewritten}")
         print(f"  memory: RSS {idle_rss} KiB idle, {full_rss} KiB with {PODS} pods = {per_pod:.1f} KiB per pod (goal <= 64 KiB)")
     finally:
         if daemon is not None and daemon.poll() is None:

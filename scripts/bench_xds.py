@@ -12,6 +12,7 @@ Goals (issue 4): p99 <= 100 ms to 1000 streams, <= 20 KiB per idle stream, 10 En
 Env: XDS_STREAMS (1000), XDS_NODES (100), XDS_ENVOYS (10), XDS_CLIENT_PROCS (4 grpcio processes: three RSS points after the first for the slope), XDS_PER_CHANNEL (10 streams per HTTP/2 connection; 1 is the shape of Envoy sidecars, one connection each), XDS_BINARY (weir binary), XDS_STATE (1: weir keeps its snapshots with --state, as a node would run it; 0: not).
 """
 import asyncio, glob, json, os, shutil, signal, statistics, subprocess, sys, tempfile, time, urllib.request
+from benchlib import cpu_seconds, rss_kib  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, glob.glob(os.path.join(ROOT, ".venv/lib/python3*/site-packages"))[0])
@@ -75,20 +76,6 @@ def write_mesh(d, weight, everything=False):
 
 def node_id(i):
     return f"mesh/bench/virtualNode/node{i}_bench"
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 ADMIN = None

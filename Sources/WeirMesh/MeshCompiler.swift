@@ -351,13 +351,7 @@ public struct MeshCompiler: Sendable {
                 listener.filterChains.append(chain)
             }
             if !dropAll {
-                var chain = Envoy_Config_Listener_V3_FilterChain()
-                chain.name = "passthrough"
-                var tcp = Envoy_Extensions_Filters_Network_TcpProxy_V3_TcpProxy()
-                tcp.statPrefix = "passthrough"
-                tcp.cluster = MeshCompiler.passthroughCluster
-                chain.filters = [filter("envoy.filters.network.tcp_proxy", tcp)]
-                listener.defaultFilterChain = chain
+                listener.defaultFilterChain = tcpProxyChain("passthrough", to: MeshCompiler.passthroughCluster)
             } else if listener.filterChains.isEmpty {
                 // DROP_ALL and no backends: every outbound connection is refused. Envoy rejects a listener with no
                 // filter chain, so the one chain sends everything to a cluster with no endpoints (reset at once).
@@ -368,13 +362,7 @@ public struct MeshCompiler: Sendable {
                 c.loadAssignment.clusterName = c.name
                 out.clusters.append(c)
                 clusterNames.insert(c.name)
-                var chain = Envoy_Config_Listener_V3_FilterChain()
-                chain.name = "drop_all"
-                var tcp = Envoy_Extensions_Filters_Network_TcpProxy_V3_TcpProxy()
-                tcp.statPrefix = "drop_all"
-                tcp.cluster = MeshCompiler.blackholeCluster
-                chain.filters = [filter("envoy.filters.network.tcp_proxy", tcp)]
-                listener.defaultFilterChain = chain
+                listener.defaultFilterChain = tcpProxyChain("drop_all", to: MeshCompiler.blackholeCluster)
             }
             out.listeners.append(listener)
         }
@@ -537,6 +525,17 @@ public struct MeshCompiler: Sendable {
             }
             return CompileMemo.TargetCluster(
                 target: target, tls: tls, family: dnsLookupFamily, cluster: c, endpoints: endpoints)
+        }
+
+        /// A filter chain named `name` that proxies every connection to `cluster`.
+        func tcpProxyChain(_ name: String, to cluster: String) -> Envoy_Config_Listener_V3_FilterChain {
+            var chain = Envoy_Config_Listener_V3_FilterChain()
+            chain.name = name
+            var tcp = Envoy_Extensions_Filters_Network_TcpProxy_V3_TcpProxy()
+            tcp.statPrefix = name
+            tcp.cluster = cluster
+            chain.filters = [filter("envoy.filters.network.tcp_proxy", tcp)]
+            return chain
         }
 
         mutating func addPassthroughCluster() {

@@ -15,20 +15,7 @@ public struct NetlinkSocket: ~Copyable, Sendable {
     /// `socket(AF_NETLINK, SOCK_RAW, bus)`, bound with port id 0 so that the kernel picks one.
     public init(bus: Int32) throws(SystemCallError) {
         let fd = try FileDescriptor.socket(AF_NETLINK, Int32(SOCK_RAW.rawValue), protocol: bus)
-        var address = sockaddr_nl()
-        address.nl_family = sa_family_t(AF_NETLINK)
-        var length = socklen_t(MemoryLayout<sockaddr_nl>.size)
-        try Posix.call("bind netlink") {
-            withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd.raw, $0, length) }
-            }
-        }
-        try Posix.call("getsockname netlink") {
-            withUnsafeMutablePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd.raw, $0, &length) }
-            }
-        }
-        portID = address.nl_pid
+        portID = try fd.bindNetlink()
         descriptor = fd
     }
 
@@ -104,18 +91,29 @@ private enum NetlinkCloser {
 }
 
 extension FileDescriptor {
+    /// Binds a netlink socket with port id 0, so that the kernel picks one; returns the port id it gave.
+    func bindNetlink() throws(SystemCallError) -> UInt32 {
+        var address = sockaddr_nl()
+        address.nl_family = sa_family_t(AF_NETLINK)
+        var length = socklen_t(MemoryLayout<sockaddr_nl>.size)
+        try Posix.call("bind netlink") {
+            withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(raw, $0, length) }
+            }
+        }
+        try Posix.call("getsockname netlink") {
+            withUnsafeMutablePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(raw, $0, &length) }
+            }
+        }
+        return address.nl_pid
+    }
+
     /// A non-blocking netlink socket on `bus` that receives the multicast `group`'s notifications (nftables'
     /// changes are NETLINK_NETFILTER's group NFNLGRP_NFTABLES). Made in the namespace whose changes it hears.
     public static func netlinkSubscriber(bus: Int32, group: UInt32) throws(SystemCallError) -> FileDescriptor {
         let fd = try socket(AF_NETLINK, Int32(SOCK_RAW.rawValue), protocol: bus, nonBlocking: true)
-        var address = sockaddr_nl()
-        address.nl_family = sa_family_t(AF_NETLINK)
-        let length = socklen_t(MemoryLayout<sockaddr_nl>.size)
-        try Posix.call("bind netlink") {
-            withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd.raw, $0, length) }
-            }
-        }
+        _ = try fd.bindNetlink()
         // NETLINK_ADD_MEMBERSHIP (1) takes any group number; the bind mask only the first 32.
         try fd.setInt(Int32(SOL_NETLINK), 1, Int32(group), "NETLINK_ADD_MEMBERSHIP")
         return fd
