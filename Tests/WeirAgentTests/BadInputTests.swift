@@ -59,13 +59,16 @@ let badInputs: [BadInput] = [
 ]
 
 @Suite(
-    "bad input is exit 2, says what is wrong, and changes nothing",
+    "bad input is exit 2, says what is wrong, and changes nothing", .serialized,
     .enabled(if: canRunNamespaceTests, "needs root (namespaces)"))
-struct BadInputTests {
+final class BadInputTests {
     init() throws {
         try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
         _ = FileManager.default.createFile(atPath: aFile, contents: Data("keep\n".utf8))
     }
+
+    // Each test makes the scratch directory afresh; none leaves it in /tmp.
+    deinit { try? FileManager.default.removeItem(atPath: scratch) }
 
     @Test("each bad input", arguments: badInputs)
     func refused(_ input: BadInput) throws {

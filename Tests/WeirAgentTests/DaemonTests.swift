@@ -39,14 +39,15 @@ final class DaemonScene: @unchecked Sendable {
         "weirt-d\(id)-\(source)-\(mode == .forwarder ? "f" : "s")\(i)"
     }
 
-    /// The config, with `extra` lines; forwarder pods are those whose name has `-f`.
+    /// The config, with `extra` lines; forwarder pods are those whose name has `-f`. The full check runs once a
+    /// minute only, so a repair within seconds is the nftables notifications' doing.
     func config(_ extra: String = "") -> String {
         """
         netnsDirectory: /run/netns
         runtimeDirectory: \(runtime)
         stateDirectory: \(dir)/state
         meshDirectory: \(dir)/mesh
-        checkInterval: 1
+        checkInterval: 60
         selectors:
           - netns: ["weirt-d\(id)-*-f*"]
             mode: forwarder
@@ -368,7 +369,7 @@ struct DaemonTests {
             "ip", "netns", "exec", victims[2], "nft", "replace", "rule", "inet", "weir", "output", "handle",
             String(redirect ?? ""), "meta", "l4proto", "tcp", "redirect", "to", ":15099")
         for v in victims {
-            #expect(eventually(10) { (scene.view(v)?.repairs ?? 0) >= 1 && scene.view(v)?.rules == "healthy" }, "\(v)")
+            #expect(eventually(5) { (scene.view(v)?.repairs ?? 0) >= 1 && scene.view(v)?.rules == "healthy" }, "\(v)")
             #expect(try sh([weirBinary, "check", "--netns", "/run/netns/\(v)"], allowFailure: true).status == 0)
             #expect(try scene.weir("status", v).output.contains("repairs:   1"))
         }
