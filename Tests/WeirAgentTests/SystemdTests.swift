@@ -33,22 +33,30 @@ final class SystemdContainer: @unchecked Sendable {
         try nspawn.run()
         // The container's PID 1 is nspawn's child; it is up once systemd says running (or degraded: some host units
         // do not start in a container).
+        var lastState = ""
         let booted = eventually(60) {
-            if leader == 0,
-                let child = try? sh(["pgrep", "-P", "\(nspawn.processIdentifier)"], allowFailure: true).output
-                    .split(separator: "\n").first.flatMap({ Int32($0) })
-            {
-                leader = child
-            }
+            // nspawn's children include short-lived helpers before the container's init: the leader is the child
+            // that runs systemd, looked for again until it is there.
+            let children =
+                ((try? sh(["pgrep", "-P", "\(nspawn.processIdentifier)"], allowFailure: true))?.output ?? "")
+                .split(separator: "\n").compactMap { Int32($0) }
+            leader =
+                children.first {
+                    (try? String(contentsOfFile: "/proc/\($0)/comm", encoding: .utf8))?.hasPrefix("systemd\n") == true
+                } ?? 0
             guard leader != 0 else { return false }
             let state = (try? run("systemctl", "is-system-running"))?.output ?? ""
             let basic = (try? run("systemctl", "is-active", "basic.target"))?.output ?? ""
+            lastState = "system \(state.prefix(40)), basic.target \(basic.prefix(40))"
             return state.hasPrefix("running") || state.hasPrefix("degraded") || basic.hasPrefix("active")
         }
         guard booted else {
             let output = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
             stop()
-            throw CommandError(description: "systemd did not boot in systemd-nspawn: \(output.suffix(1500))")
+            throw CommandError(
+                description:
+                    "systemd did not boot in systemd-nspawn within 60 s (leader \(leader), \(lastState)): \(output.suffix(1500))"
+            )
         }
     }
 
