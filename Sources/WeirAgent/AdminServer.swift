@@ -207,21 +207,6 @@ public enum AdminServerError: Error, CustomStringConvertible {
     }
 }
 
-/// One descriptor on its way from the thread that opened it to its next owner.
-public final class DescriptorSlot: Sendable {
-    let slot: Mutex<WeirSystem.FileDescriptor>
-    /// A slot holding `fd` until `take()` hands it on.
-    public init(_ fd: consuming WeirSystem.FileDescriptor) { slot = Mutex(fd) }
-    /// Takes the descriptor (the slot is empty after).
-    public func take() -> WeirSystem.FileDescriptor {
-        slot.withLock { fd in
-            var out = WeirSystem.FileDescriptor.closed
-            swap(&out, &fd)
-            return out
-        }
-    }
-}
-
 /// Refuses a request whose head is larger than `maxHead` bytes, before NIO's decoder buffers it.
 final class RequestSizeGuard: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer

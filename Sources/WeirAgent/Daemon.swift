@@ -44,8 +44,11 @@ public final class Daemon: Sendable {
         var retries: [String: Int] = [:]
     }
 
-    /// Builds the daemon: nothing listens and no pod is touched until `run`.
-    public init(config: DaemonConfig, logger: Logger = Logger(label: "weir.daemon")) throws {
+    /// Builds the daemon: nothing listens and no pod is touched until `run`. Under systemd, `store` keeps the pods'
+    /// descriptors across restarts and holds what the previous process left.
+    public init(config: DaemonConfig, store: PodDescriptorStore = .none, logger: Logger = Logger(label: "weir.daemon"))
+        throws
+    {
         self.config = config
         self.logger = logger
         let cache = SnapshotCache(
@@ -68,7 +71,8 @@ public final class Daemon: Sendable {
             guard let r = reconcilerRef.withLock({ $0 }) else { return }
             Task { await r.send(.changed(id)) }
         }
-        host = PodHost(xds: xds, forwarder: forwarder, watcher: watcher, endpoints: config.podXDS, logger: logger)
+        host = PodHost(
+            xds: xds, forwarder: forwarder, watcher: watcher, endpoints: config.podXDS, store: store, logger: logger)
         state = PodStateFile(directory: config.stateDirectory, logger: logger)
         let host = self.host
         let state = self.state
@@ -104,12 +108,15 @@ public final class Daemon: Sendable {
         }
         var restored: [Enrollment] = []
         for e in previous {
-            guard let handle = try? NamespaceHandle.open(e.path), handle.identity == e.identity else {
+            let stored = host.storedHandle(e.identity, path: e.path)
+            guard let atPath = try? NamespaceHandle.identity(of: e.path), atPath == e.identity,
+                let handle = stored ?? (try? NamespaceHandle.open(e.path))
+            else {
                 // Gone, or another namespace at the path now: the pod's namespace went, and its rules with it.
                 logger.notice("a pod of the state file is gone", metadata: ["netns": "\(e.path)"])
                 continue
             }
-            host.keep(handle)
+            host.keep(handle, stored: stored != nil)
             restored.append(e)
         }
         if !restored.isEmpty { await reconciler.send(.restored(restored)) }
@@ -125,6 +132,11 @@ public final class Daemon: Sendable {
             }
         }
         await scanDirectory()
+        // What the previous process stored for pods that are gone (or whose settings changed) is let go.
+        let released = host.store.releaseUnclaimed()
+        if released > 0 {
+            logger.notice("stored descriptors no pod took were closed", metadata: ["descriptors": "\(released)"])
+        }
         startedUp.store(true, ordering: .relaxed)
     }
 
@@ -139,10 +151,26 @@ public final class Daemon: Sendable {
 
     /// Stops: the forwarder drains within its bound, the pods' endpoints close; rules stay in place, so sidecar pods
     /// keep working (Envoy keeps its config) and come back to this daemon's next start.
+    ///
+    /// Under systemd with the descriptor store, the forwarder hands its relayed connections to the next process
+    /// instead of draining them: each goes into the store once no byte of it is left in weir, and the pods' listeners
+    /// stay stored (the kernel queues new connections while no process accepts).
     public func stop() async {
-        await forwarder.drain()
+        if host.store.enabled {
+            let host = self.host
+            let timeout = Duration.milliseconds(forwarder.config.drainTimeoutMilliseconds)
+            let closed = await forwarder.handOff(timeout: timeout) { host.keep($0) }
+            if closed > 0 {
+                logger.warning(
+                    "relayed connections that could not be handed off were closed", metadata: ["count": "\(closed)"])
+            }
+        } else {
+            await forwarder.drain()
+        }
         watcher.stop()
         await state.flush()
+        // systemd must have read every FDSTORE before this process exits.
+        host.store.barrier()
     }
 
     // MARK: enrollment

@@ -34,6 +34,8 @@ public final class PodHost: PodServing, Sendable {
         var settings: PodSettings?
         var endpoints: [XDSEndpoint] = []
         var scope: UInt64?
+        /// What is in systemd's descriptor store for the pod's endpoints or listeners.
+        var stored: [String] = []
     }
 
     let handles = Mutex<[NamespaceIdentity: NamespaceHandle]>([:])
@@ -44,13 +46,19 @@ public final class PodHost: PodServing, Sendable {
     let watcher: RulesetWatcher?
     let endpoints: PodXDSEndpoints
     let logger: Logger
+    /// Where the pods' descriptors are kept across restarts (systemd's store), and what an earlier process left.
+    public let store: PodDescriptorStore
+    /// Pods by forwarder scope, for the connections the forwarder hands off at a restart.
+    let scopePods = Mutex<[UInt64: NamespaceIdentity]>([:])
+    let nextConnection = Atomic<UInt64>(0)
 
     /// Serves sidecar pods from `xds` and forwarder pods from `forwarder` (started shared); `watcher` hears their
     /// rules change.
     public init(
         xds: XDSServer?, forwarder: Forwarder?, watcher: RulesetWatcher?, endpoints: PodXDSEndpoints = .init(),
-        logger: Logger = Logger(label: "weir.daemon")
+        store: PodDescriptorStore = .none, logger: Logger = Logger(label: "weir.daemon")
     ) {
+        self.store = store
         self.xds = xds
         self.forwarder = forwarder
         self.watcher = watcher
@@ -59,14 +67,30 @@ public final class PodHost: PodServing, Sendable {
     }
 
     /// Keeps `handle` for the pod it names; a handle already kept for that namespace stays (this one closes).
-    /// Returns the handle in force.
+    /// Returns the handle in force. A new one goes into the descriptor store too, unless it came from there (`stored`).
     @discardableResult
-    public func keep(_ handle: NamespaceHandle) -> NamespaceHandle {
-        handles.withLock { h in
-            if let existing = h[handle.identity] { return existing }
+    public func keep(_ handle: NamespaceHandle, stored: Bool = false) -> NamespaceHandle {
+        let (kept, new) = handles.withLock { h -> (NamespaceHandle, Bool) in
+            if let existing = h[handle.identity] { return (existing, false) }
             h[handle.identity] = handle
-            return handle
+            return (handle, true)
         }
+        // Kept across a restart too (a handle taken back from the store is there already).
+        if new && !stored {
+            store.keep(StoredName.namespace(kept.identity), [kept.descriptor.number], poll: false)
+        }
+        return kept
+    }
+
+    /// The namespace handle an earlier process stored for the pod `id`, if it is still that namespace.
+    public func storedHandle(_ id: NamespaceIdentity, path: String) -> NamespaceHandle? {
+        let name = StoredName.namespace(id)
+        for slot in store.take(name) {
+            if let h = try? NamespaceHandle.adopt(slot.take(), path: path), h.identity == id { return h }
+        }
+        // Something else under the name: out of the store.
+        store.forget(name)
+        return nil
     }
 
     /// The handle kept for a pod.
@@ -103,25 +127,48 @@ public final class PodHost: PodServing, Sendable {
             guard let xds else { break }
             let scope = XDSEndpointScope(name: e.name, nodeIDs: Set(e.settings.nodeIDs))
             let (port, socket) = (endpoints.port, endpoints.socket)
-            let slots = try await handle.run(name: "weir-pod-xds") { () -> [(DescriptorSlot, Bool, String)] in
-                var out: [(DescriptorSlot, Bool, String)] = []
+            // Each endpoint taken over from an earlier process if it stored one at this address.
+            let tcpName = StoredName.xds(id, address: "127.0.0.1:\(port)")
+            let unixName = StoredName.xds(id, address: "unix:" + socket)
+            let storedTCP = port == 0 ? [] : store.take(tcpName)
+            let storedUnix = socket.isEmpty ? [] : store.take(unixName)
+            let slots = try await handle.run(name: "weir-pod-xds") { () -> [(DescriptorSlot, Bool, String, Bool)] in
+                var out: [(DescriptorSlot, Bool, String, Bool)] = []
                 if port != 0 {
-                    let fd = try FileDescriptor.tcp(ipv6: false, nonBlocking: true)
-                    try fd.setReuseAddress()
-                    try fd.bind(.ipv4([127, 0, 0, 1], port: port), describedAs: "127.0.0.1:\(port) in the pod")
-                    try fd.listen(backlog: 128)
-                    out.append((DescriptorSlot(fd), true, "127.0.0.1:\(port)"))
+                    let address = SocketAddressBytes.ipv4([127, 0, 0, 1], port: port)
+                    if let slot = Self.listening(storedTCP, at: address) {
+                        out.append((slot, true, "127.0.0.1:\(port)", true))
+                    } else {
+                        let fd = try FileDescriptor.tcp(ipv6: false, nonBlocking: true)
+                        try fd.setReuseAddress()
+                        try fd.bind(address, describedAs: "127.0.0.1:\(port) in the pod")
+                        try fd.listen(backlog: 128)
+                        out.append((DescriptorSlot(fd), true, "127.0.0.1:\(port)", false))
+                    }
                 }
                 if !socket.isEmpty {
-                    let fd = try FileDescriptor.unixStream(nonBlocking: true)
-                    try fd.bind(.unix(socket), describedAs: "unix:\(socket) in the pod")
-                    try fd.listen(backlog: 128)
-                    out.append((DescriptorSlot(fd), false, "unix:\(socket)"))
+                    let address = SocketAddressBytes.unix(socket)
+                    if let slot = Self.listening(storedUnix, at: address) {
+                        out.append((slot, false, "unix:\(socket)", true))
+                    } else {
+                        let fd = try FileDescriptor.unixStream(nonBlocking: true)
+                        try fd.bind(address, describedAs: "unix:\(socket) in the pod")
+                        try fd.listen(backlog: 128)
+                        out.append((DescriptorSlot(fd), false, "unix:\(socket)", false))
+                    }
                 }
                 return out
             }
+            // New ones go into the store (replacing what was there), before the server takes them.
+            for (slot, isTCP, _, adopted) in slots where !adopted {
+                let name = isTCP ? tcpName : unixName
+                store.forget(name)
+                store.keep(name, [slot.peek { $0.number }])
+            }
+            if port != 0 { h.stored.append(tcpName) }
+            if !socket.isEmpty { h.stored.append(unixName) }
             do {
-                for (slot, isTCP, address) in slots {
+                for (slot, isTCP, address, _) in slots {
                     h.endpoints.append(
                         try await xds.attach(listening: slot.take(), isTCP: isTCP, address: address, scope: scope))
                 }
@@ -134,11 +181,44 @@ public final class PodHost: PodServing, Sendable {
             guard let forwarder else { break }
             let scope = nextScope.add(1, ordering: .relaxed).newValue
             let spec = e.settings.spec
-            try await forwarder.attach(
+            let name = StoredName.forwarder(
+                id, outbound: spec.outboundPort, inbound: spec.inboundPort, mode: spec.mode.rawValue)
+            let stored = store.take(name)
+            // Connections an earlier process handed off: resumed, and out of the store (else closing them here
+            // would not close them).
+            var resumed: [AdoptedConnection] = []
+            for (connection, slots) in store.take(prefix: StoredName.connectionPrefix(id)) {
+                store.forget(connection)
+                guard slots.count == 2, let state = StoredName.connectionState(connection) else { continue }
+                resumed.append(
+                    AdoptedConnection(
+                        client: slots[0], upstream: slots[1], inbound: state.inbound, upstreamShut: state.upstreamShut,
+                        downstreamShut: state.downstreamShut))
+            }
+            scopePods.withLock { $0[scope] = id }
+            let store = self.store
+            let outcome = try await forwarder.attach(
                 ListenerScope(
                     id: scope, namespace: handle, outboundPort: spec.outboundPort, inboundPort: spec.inboundPort,
-                    mode: spec.mode, bypassMark: spec.bypassMark))
+                    mode: spec.mode, bypassMark: spec.bypassMark),
+                adopting: stored, connections: resumed
+            ) { numbers, outcome in
+                // Stored again unless they are exactly the set the store holds.
+                if outcome.opened > 0 || outcome.unused > 0 || stored.isEmpty {
+                    if !stored.isEmpty { store.forget(name) }
+                    store.keep(name, numbers)
+                }
+            }
+            if !stored.isEmpty || !resumed.isEmpty {
+                logger.info(
+                    "forwarder pod taken over",
+                    metadata: [
+                        "netns": "\(e.path)", "listeners": "\(outcome.adopted)", "opened": "\(outcome.opened)",
+                        "connections": "\(resumed.count)",
+                    ])
+            }
             h.scope = scope
+            h.stored.append(name)
         }
         held.withLock { $0[id] = h }
     }
@@ -146,14 +226,40 @@ public final class PodHost: PodServing, Sendable {
     public func close(_ id: NamespaceIdentity) async {
         await closeServing(id)
         watcher?.remove(id)
-        // The namespace goes with its last holder: a deleted pod's namespace is freed here.
+        // The namespace goes with its last holder: a deleted pod's namespace is freed here (and from the store).
+        store.forget(StoredName.namespace(id))
         handles.withLock { _ = $0.removeValue(forKey: id) }
     }
 
     func closeServing(_ id: NamespaceIdentity) async {
         guard let h = held.withLock({ $0.removeValue(forKey: id) }) else { return }
+        for name in h.stored { store.forget(name) }
         for endpoint in h.endpoints { await xds?.detach(endpoint) }
-        if let scope = h.scope { forwarder?.detach(scope: scope) }
+        if let scope = h.scope {
+            scopePods.withLock { _ = $0.removeValue(forKey: scope) }
+            forwarder?.detach(scope: scope)
+        }
+    }
+
+    /// Puts a relayed connection the forwarder hands off in the store, under its pod; whether it is there.
+    func keep(_ c: HandedOffConnection) -> Bool {
+        guard let id = scopePods.withLock({ $0[c.scope] }) else { return false }
+        let serial = nextConnection.add(1, ordering: .relaxed).newValue
+        let state = HandedOffState(inbound: c.inbound, upstreamShut: c.upstreamShut, downstreamShut: c.downstreamShut)
+        return store.keep(StoredName.connection(id, serial: serial, state), [c.client, c.upstream])
+    }
+
+    /// The stored listener bound to `address`, if one is (the others close).
+    static func listening(_ slots: [DescriptorSlot], at address: SocketAddressBytes) -> DescriptorSlot? {
+        var found: DescriptorSlot?
+        for slot in slots {
+            if found == nil, slot.peek({ $0.localAddress()?.sameAs(address) ?? false }) {
+                found = slot
+            } else {
+                _ = slot.take()
+            }
+        }
+        return found
     }
 }
 

@@ -67,19 +67,58 @@ public final class Forwarder: Sendable {
 
     /// Opens a pod's listeners inside its namespace (one SO_REUSEPORT set per worker) and hands them to the shared
     /// workers. Returns once they listen: the kernel queues connections from then on.
-    public func attach(_ scope: ListenerScope) async throws {
+    ///
+    /// `adopting`: listening sockets an earlier process held for this pod (systemd's descriptor store); each one on a
+    /// port of the pod's is used instead of a new one (connections queued in it while no process accepted are served
+    /// now), the others close. `connections`: relayed connections an earlier process handed off, resumed by the
+    /// workers. `onListening` sees every listener's descriptor number before the workers take them.
+    @discardableResult
+    public func attach(
+        _ scope: ListenerScope, adopting: [DescriptorSlot] = [], connections: [AdoptedConnection] = [],
+        onListening: ([Int32], AttachOutcome) -> Void = { _, _ in }
+    ) async throws -> AttachOutcome {
         let boxes = inboxes.withLock { $0 }
         precondition(!boxes.isEmpty, "attach needs startShared")
         let config = self.config
-        let sets = try await scope.namespace.run(name: "weir-fwd-listen") {
-            try boxes.map { _ in
+        let (sets, outcome) = try await scope.namespace.run(name: "weir-fwd-listen") {
+            () throws -> ([ListenerHandoff], AttachOutcome) in
+            var spare = AdoptedListeners(adopting)
+            let sets = try boxes.map { _ in
                 ListenerHandoff(
                     try Self.openListeners(
-                        config, ports: (scope.outboundPort, scope.inboundPort), mode: scope.mode, scope: scope))
+                        config, ports: (scope.outboundPort, scope.inboundPort), mode: scope.mode, scope: scope,
+                        adopted: &spare))
             }
+            return (sets, AttachOutcome(adopted: spare.used, opened: spare.opened, unused: spare.closeRest()))
         }
+        onListening(sets.flatMap { $0.numbers }, outcome)
         scopes.withLock { $0[scope.id] = scope }
         for (box, set) in zip(boxes, sets) { box.post(.add(set.take())) }
+        // Spread over the workers, as accepted connections are.
+        var shares = Array(repeating: [AdoptedConnection](), count: boxes.count)
+        for (i, c) in connections.enumerated() { shares[i % boxes.count].append(c) }
+        for (box, share) in zip(boxes, shares) where !share.isEmpty { box.post(.adopt(scope, share)) }
+        return outcome
+    }
+
+    /// Hands the relayed connections to the next process instead of closing them: stops accepting (the listeners'
+    /// other holders keep the kernel queueing connections), stops reading, and gives `export` each connection once no
+    /// byte of it is left in the forwarder (written on, or still in its sockets). After `timeout`, what could not be
+    /// given away is closed. Returns how many were closed so.
+    public func handOff(
+        timeout: Duration, export: @escaping @Sendable (HandedOffConnection) -> Bool
+    ) async -> Int {
+        state.exporter.withLock { $0 = export }
+        state.handingOff.store(true, ordering: .relaxed)
+        let handed = AsyncSignal()
+        state.onDrained.withLock { $0 = { handed.fire() } }
+        await stopAccepting()
+        for box in inboxes.withLock({ $0 }) { box.wake.signalEvent() }
+        if state.active.load(ordering: .relaxed) == 0 { handed.fire() }
+        await handed.wait(timeout: timeout)
+        let left = state.active.load(ordering: .relaxed)
+        await stop()
+        return left
     }
 
     /// Closes a pod's listeners and resets its relayed connections (its namespace is gone, or it was unenrolled).
@@ -142,11 +181,25 @@ public final class Forwarder: Sendable {
     static func openListeners(
         _ config: ForwarderConfig, ports: (UInt16, UInt16), mode: CaptureMode, scope: ListenerScope?
     ) throws -> [Listener] {
+        var none = AdoptedListeners([])
+        return try openListeners(config, ports: ports, mode: mode, scope: scope, adopted: &none)
+    }
+
+    /// The same, taking one from `adopted` on the same port and family instead of opening a new one.
+    static func openListeners(
+        _ config: ForwarderConfig, ports: (UInt16, UInt16), mode: CaptureMode, scope: ListenerScope?,
+        adopted: inout AdoptedListeners
+    ) throws -> [Listener] {
         var out: [Listener] = []
         for (port, direction) in [(ports.0, FlowDirection.outbound), (ports.1, .inbound)] {
             for family in config.families {
                 let any = Endpoint(
                     family: family, address: Array(repeating: 0, count: family == .ipv4 ? 4 : 16), port: port)
+                if let fd = adopted.take(port: port, family: family) {
+                    out.append(Listener(socket: fd, direction: direction, family: family, scope: scope))
+                    continue
+                }
+                adopted.opened += 1
                 do {
                     let fd = try FileDescriptor.tcp(ipv6: family == .ipv6, nonBlocking: true)
                     if family == .ipv6 { try fd.setIPv6Only() }
@@ -241,6 +294,8 @@ public final class ListenerScope: Sendable {
 final class ListenerHandoff: Sendable {
     let listeners: Mutex<[Listener]>
     init(_ listeners: [Listener]) { self.listeners = Mutex(listeners) }
+    /// The descriptor numbers, while the listeners are still here.
+    var numbers: [Int32] { listeners.withLock { $0.map { $0.socket.number } } }
     func take() -> [Listener] {
         listeners.withLock { l in
             let out = l
@@ -285,5 +340,76 @@ final class AsyncSignal: Sendable {
             self.fire()
             group.cancelAll()
         }
+    }
+}
+
+/// Listening sockets an earlier process held, by the port and family they are bound to.
+struct AdoptedListeners {
+    var byAddress: [String: [DescriptorSlot]] = [:]
+    var used = 0
+    var opened = 0
+
+    init(_ slots: [DescriptorSlot]) {
+        for slot in slots {
+            guard let ep = slot.peek({ SocketAddress.local($0) }) else { continue }
+            byAddress["\(ep.family)/\(ep.port)", default: []].append(slot)
+        }
+    }
+
+    mutating func take(port: UInt16, family: IPFamily) -> FileDescriptor? {
+        guard let slot = byAddress["\(family)/\(port)"]?.popLast() else { return nil }
+        used += 1
+        return slot.take()
+    }
+
+    /// Closes those no port took; how many.
+    mutating func closeRest() -> Int {
+        let n = byAddress.values.map(\.count).reduce(0, +)
+        for slots in byAddress.values { for s in slots { _ = s.take() } }
+        byAddress = [:]
+        return n
+    }
+}
+
+/// How a pod's listeners were made: taken over from an earlier process, or opened now.
+public struct AttachOutcome: Sendable {
+    /// Listeners taken over.
+    public var adopted: Int
+    /// Listeners opened new.
+    public var opened: Int
+    /// Listeners handed over that fit no port of the pod (closed).
+    public var unused: Int
+}
+
+/// A relayed connection given to the next process: both sockets (their numbers, valid during the call) and how far
+/// each direction got.
+public struct HandedOffConnection: Sendable {
+    /// The pod it belongs to (its listener scope).
+    public var scope: UInt64
+    /// The accepted socket and the upstream socket.
+    public var client: Int32, upstream: Int32
+    /// Came in on the inbound capture port.
+    public var inbound: Bool
+    /// The client's end was passed on (upstream shut for writing), and the upstream's (client shut for writing).
+    public var upstreamShut: Bool, downstreamShut: Bool
+}
+
+/// A relayed connection an earlier process handed off, to resume.
+public final class AdoptedConnection: Sendable {
+    let client: DescriptorSlot
+    let upstream: DescriptorSlot
+    let inbound: Bool
+    let upstreamShut: Bool
+    let downstreamShut: Bool
+
+    /// Both sockets and the state `HandedOffConnection` gave.
+    public init(
+        client: DescriptorSlot, upstream: DescriptorSlot, inbound: Bool, upstreamShut: Bool, downstreamShut: Bool
+    ) {
+        self.client = client
+        self.upstream = upstream
+        self.inbound = inbound
+        self.upstreamShut = upstreamShut
+        self.downstreamShut = downstreamShut
     }
 }

@@ -17,6 +17,10 @@ final class ForwarderState: Sendable {
     let active = Atomic<Int>(0)
     let draining = Atomic<Bool>(false)
     let stopping = Atomic<Bool>(false)
+    /// Handing connections off to the next process: nothing more is read; each connection with no bytes left in
+    /// the forwarder's hands goes to `exporter`.
+    let handingOff = Atomic<Bool>(false)
+    let exporter = Mutex<(@Sendable (HandedOffConnection) -> Bool)?>(nil)
     /// Workers still running; the last to end reports it.
     let running = Atomic<Int>(0)
     /// Called (once) when the last worker has ended.
@@ -72,6 +76,7 @@ enum CloseReason: String {
     case idleTimeout = "idle_timeout"
     case
         shutdown = "shutdown"
+    case handedOff = "handed_off"
 }
 
 /// One direction of a relayed connection: bytes read from one socket and not yet written to the other.
@@ -111,6 +116,8 @@ final class Connection {
     var greeting: [UInt8] = []
     /// The pod whose listener accepted it, in a shared forwarder (0: none).
     var scope: UInt64 = 0
+    /// The hand-off tried to give it away and could not (it is not tried again).
+    var handOffFailed = false
     /// This connection's byte counters, looked up once at accept rather than per event.
     let bytesUpstream: Counter
     let bytesDownstream: Counter
@@ -215,6 +222,7 @@ final class Listener: @unchecked Sendable {
 enum WorkerCommand {
     case add([Listener])
     case remove(scope: UInt64)
+    case adopt(ListenerScope, [AdoptedConnection])
 }
 
 /// A worker's inbox: commands, and an eventfd in its epoll set that wakes it for them.
@@ -256,6 +264,8 @@ final class Worker {
     let bufferSize = 64 * 1024
     let spliceChunk = 1 << 20
     var resumeAcceptAt: UInt64 = 0
+    /// Read from the state once per round: while handing off, nothing is read from any socket.
+    var handingOff = false
     /// Ticks every 100 ms: timeouts, resuming accept, noticing a drain or stop request.
     let ticker: FileDescriptor
 
@@ -327,6 +337,8 @@ final class Worker {
                 for (i, c) in slots.enumerated() where c?.scope == scope {
                     finish(c!, slot: i, reason: .shutdown, reset: true)
                 }
+            case .adopt(let scope, let connections):
+                for a in connections { adopt(a, scope: scope) }
             }
         }
     }
@@ -380,6 +392,8 @@ final class Worker {
                 for (i, c) in slots.enumerated() { if let c { finish(c, slot: i, reason: .shutdown, reset: true) } }
                 break
             }
+            handingOff = state.handingOff.load(ordering: .relaxed)
+            if handingOff { handOffQuiet() }
             if state.draining.load(ordering: .relaxed) {
                 if !listenersClosed {
                     // Closed now (whoever else holds a listener): new connections are refused by the kernel.
@@ -656,6 +670,8 @@ final class Worker {
                 }
                 return .idle
             }
+            // Handing off: what the sockets hold stays in them, for the next process to read.
+            if handingOff { return .idle }
             if f.pipeRead.isOpen {
                 switch FileDescriptor.splice(from: from, to: f.pipeWrite, count: spliceChunk) {
                 case .ok(let n) where n > 0:
@@ -698,6 +714,69 @@ final class Worker {
             }
         }
         return .idle
+    }
+
+    // MARK: handing off across a restart
+
+    /// Gives away every connection with no bytes in the forwarder's hands (established, nothing in a pipe or a
+    /// pending buffer): the exporter keeps both sockets (systemd's descriptor store), this process closes its copies.
+    func handOffQuiet() {
+        guard let export = state.exporter.withLock({ $0 }) else { return }
+        for (i, c) in slots.enumerated() {
+            guard let c, !c.connecting, !c.handOffFailed, !c.up.waiting, !c.down.waiting, c.greeting.isEmpty else {
+                continue
+            }
+            let handed = HandedOffConnection(
+                scope: c.scope, client: c.client.number, upstream: c.upstream.number, inbound: c.direction == .inbound,
+                upstreamShut: c.up.shutDown, downstreamShut: c.down.shutDown)
+            guard export(handed) else {
+                c.handOffFailed = true
+                continue
+            }
+            // Out of the epoll set first: the stored copies keep the sockets (and so their registrations) alive.
+            epoll.remove(c.client)
+            epoll.remove(c.upstream)
+            finish(c, slot: i, reason: .handedOff, reset: false)
+        }
+    }
+
+    /// Resumes relaying a connection an earlier process handed off, in the state it left it.
+    func adopt(_ a: AdoptedConnection, scope: ListenerScope) {
+        let client = a.client.take()
+        let upstream = a.upstream.take()
+        // A connection whose peer reset it meanwhile has no peer address: it is gone (closed here).
+        guard client.isOpen, upstream.isOpen, let source = client.peerAddress().flatMap(SocketAddress.endpoint),
+            let destination = upstream.peerAddress().flatMap(SocketAddress.endpoint)
+        else { return }
+        let c = Connection(
+            client: client, direction: a.inbound ? .inbound : .outbound, source: source, destination: destination,
+            now: monotonicNanoseconds(), metrics: metrics)
+        c.upstream = upstream
+        c.connecting = false
+        c.scope = scope.id
+        c.up.eof = a.upstreamShut
+        c.up.shutDown = a.upstreamShut
+        c.down.eof = a.downstreamShut
+        c.down.shutDown = a.downstreamShut
+        let slot =
+            freeSlots.popLast()
+            ?? {
+                slots.append(nil)
+                return slots.count - 1
+            }()
+        slots[slot] = c
+        _ = state.active.add(1, ordering: .relaxed)
+        metrics.active[c.direction]!.increment()
+        let events = Epoll.readable | Epoll.writable | Epoll.peerClosed | Epoll.edgeTriggered
+        do {
+            try epoll.add(c.client, events: events, tag: UInt64(slot) << 2 | Self.kindClient)
+            try epoll.add(c.upstream, events: events, tag: UInt64(slot) << 2 | Self.kindUpstream)
+        } catch {
+            finish(c, slot: slot, reason: .shutdown, reset: true)
+            return
+        }
+        // What arrived while no process relayed it is read now (an edge-triggered registration may report it once).
+        relay(c, slot: slot, up: true, down: true, drain: true)
     }
 
     func openPipe(_ f: inout Flow) {

@@ -72,6 +72,22 @@ public final class NamespaceHandle: Sendable, CustomStringConvertible {
             descriptor: fd, identity: NamespaceIdentity(device: status.device, inode: status.inode), path: path)
     }
 
+    /// Takes a namespace descriptor this process was handed (systemd's file-descriptor store), checking that it is a
+    /// network namespace; `path` is where the pod's namespace is mounted, for messages.
+    public static func adopt(_ fd: consuming FileDescriptor, path: String) throws(NamespaceError) -> NamespaceHandle {
+        let isNetwork: Bool
+        do throws(SystemCallError) { isNetwork = try NamespaceCalls.isNetworkNamespace(fd) } catch {
+            throw NamespaceError(path: path, reason: "the stored descriptor: \(error.reason)")
+        }
+        guard isNetwork else {
+            throw NamespaceError(path: path, reason: "the stored descriptor is no network namespace")
+        }
+        let status: FileStatus
+        do { status = try fd.status() } catch { throw NamespaceError(path: path, reason: error.reason) }
+        return NamespaceHandle(
+            descriptor: fd, identity: NamespaceIdentity(device: status.device, inode: status.inode), path: path)
+    }
+
     /// The namespace of the calling process.
     public static func current() throws(NamespaceError) -> NamespaceHandle { try open("/proc/self/ns/net") }
 

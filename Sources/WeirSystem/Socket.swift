@@ -41,6 +41,14 @@ public struct SocketAddressBytes: Sendable {
         return SocketAddressBytes(storage: ss, length: socklen_t(MemoryLayout<sockaddr_in6>.size))
     }
 
+    /// Whether two addresses are the same bytes (a Unix name, or an IP address and port).
+    public func sameAs(_ other: SocketAddressBytes) -> Bool {
+        guard length == other.length else { return false }
+        return withUnsafeBytes(of: storage) { a in
+            withUnsafeBytes(of: other.storage) { b in a.prefix(Int(length)).elementsEqual(b.prefix(Int(length))) }
+        }
+    }
+
     /// The longest Unix socket path the kernel takes (`sun_path` less its NUL).
     public static let maxUnixPath = 107
 
@@ -179,6 +187,19 @@ extension FileDescriptor {
         let rc = Posix.attempt {
             withUnsafeMutablePointer(to: &ss) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(raw, $0, &len) }
+            }
+        }
+        if case .ok = rc { return SocketAddressBytes(storage: ss, length: len) }
+        return nil
+    }
+
+    /// `getpeername`: the address a connected socket is connected to.
+    public func peerAddress() -> SocketAddressBytes? {
+        var ss = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let rc = Posix.attempt {
+            withUnsafeMutablePointer(to: &ss) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(raw, $0, &len) }
             }
         }
         if case .ok = rc { return SocketAddressBytes(storage: ss, length: len) }

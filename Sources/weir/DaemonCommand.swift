@@ -34,14 +34,20 @@ struct DaemonCommand: AsyncParsableCommand {
             }
         }
         // Made here, on a thread in the host's namespace: an abstract NOTIFY_SOCKET exists only there.
-        let notifier = SystemdNotifier.fromEnvironment(ProcessInfo.processInfo.environment)
+        let environment = ProcessInfo.processInfo.environment
+        let notifier = SystemdNotifier.fromEnvironment(environment)
+        // What the previous process stored, by name; the store is used unless systemd says it has none (systemd 254
+        // and later set FDSTORE= to the unit's FileDescriptorStoreMax=; 252 says nothing, and the unit sets it).
+        let inherited = SystemdDescriptors.take(environment: environment)
+        let storeUsable = notifier != nil && environment["FDSTORE"].map { (Int($0) ?? 0) > 0 } ?? true
+        let store = PodDescriptorStore(notifier: storeUsable ? notifier : nil, inherited: inherited)
         do { try Privileges.verify() } catch {
             throw CommandFailure(status: .runtimeFailure, message: error.description)
         }
         let logger = Logger(label: "weir.daemon")
         let daemon: Daemon
         do {
-            daemon = try Daemon(config: cfg, logger: logger)
+            daemon = try Daemon(config: cfg, store: store, logger: logger)
             try daemon.prepareDirectories()
         } catch {
             throw CommandFailure(status: .runtimeFailure, message: "weir daemon: \(error)")

@@ -22,7 +22,8 @@ final class SystemdContainer: @unchecked Sendable {
         nspawn.arguments = [
             "-D", "/", "--volatile=yes", "--private-network", "--register=no", "--keep-unit", "--console=passive",
             "--bind-ro=/opt/swift", "--bind-ro=\(projectRoot.path)/.build/debug:/opt/weir/bin",
-            "--bind-ro=\(projectRoot.path)/systemd:/opt/weir/unit", "-b", "systemd.firstboot=off",
+            "--bind-ro=\(projectRoot.path)/systemd:/opt/weir/unit",
+            "--bind-ro=\(projectRoot.path)/Tests/helpers:/opt/weir/helpers", "-b", "systemd.firstboot=off",
             // The host's units that would hold the boot up in a container without a network.
             "systemd.mask=systemd-networkd-wait-online.service", "systemd.mask=nginx.service",
         ]
@@ -60,14 +61,19 @@ final class SystemdContainer: @unchecked Sendable {
         }
     }
 
-    /// A command inside the container (all its namespaces).
+    /// A command inside the container (all its namespaces), ended after 120 s: a test never hangs on one.
     @discardableResult
     func run(_ args: String...) throws -> (status: Int32, output: String) {
-        try sh(["nsenter", "-t", "\(leader)", "-a"] + args, allowFailure: true)
+        try sh(["nsenter", "-t", "\(leader)", "-a", "/usr/bin/timeout", "120"] + args, allowFailure: true)
     }
 
+    /// A shell script inside the container, ended after 120 s. A process it leaves running must not hold its
+    /// output open (`setsid CMD </dev/null >FILE 2>&1 &`), or this waits for that process.
+    @discardableResult
     func shell(_ script: String) throws -> (status: Int32, output: String) {
-        try sh(["nsenter", "-t", "\(leader)", "-a", "/bin/sh", "-c", script], allowFailure: true)
+        try sh(
+            ["nsenter", "-t", "\(leader)", "-a", "/usr/bin/timeout", "120", "/bin/sh", "-c", script], allowFailure: true
+        )
     }
 
     /// The end of weir's journal, for failure messages.

@@ -82,4 +82,11 @@ int weir_eventfd(void);
 
 /// Grows a pipe's capacity (F_SETPIPE_SZ); returns the new size or -1.
 int weir_pipe_grow(int fd, int size);
+
+/// sendmsg of one datagram `buf` to `to`, with `nfds` descriptors as SCM_RIGHTS (systemd's FDSTORE=1); bytes sent
+/// or -1.
+long weir_send_with_fds(int sock, const void *buf, unsigned long len, const void *to, unsigned int tolen,
+                        const int *fds, int nfds);
+/// Sets FD_CLOEXEC on a descriptor this process inherited (fcntl is variadic: Swift cannot call it).
+int weir_set_cloexec(int fd);
 #endif
