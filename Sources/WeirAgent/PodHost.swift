@@ -85,11 +85,12 @@ public final class PodHost: PodServing, Sendable {
     /// The namespace handle an earlier process stored for the pod `id`, if it is still that namespace.
     public func storedHandle(_ id: NamespaceIdentity, path: String) -> NamespaceHandle? {
         let name = StoredName.namespace(id)
-        for slot in store.take(name) {
+        let slots = store.take(name)
+        for slot in slots {
             if let h = try? NamespaceHandle.adopt(slot.take(), path: path), h.identity == id { return h }
         }
         // Something else under the name: out of the store.
-        store.forget(name)
+        if !slots.isEmpty { store.forget(name) }
         return nil
     }
 
@@ -174,6 +175,7 @@ public final class PodHost: PodServing, Sendable {
                 }
             } catch {
                 for endpoint in h.endpoints { await xds.detach(endpoint) }
+                for name in h.stored { store.forget(name) }
                 watcher?.remove(id)
                 throw error
             }

@@ -501,16 +501,8 @@ final class Worker {
             client: fd, direction: listener.direction, source: source, destination: destination, now: now,
             metrics: metrics)
         c.scope = scope?.id ?? 0
-        let slot =
-            freeSlots.popLast()
-            ?? {
-                slots.append(nil)
-                return slots.count - 1
-            }()
-        slots[slot] = c
-        _ = state.active.add(1, ordering: .relaxed)
+        let slot = occupy(c)
         metrics.accepted[c.direction]!.increment()
-        metrics.active[c.direction]!.increment()
         metrics.destinationPort(destination.port)
 
         let target: Endpoint
@@ -550,11 +542,7 @@ final class Worker {
             finish(c, slot: slot, reason: .connectFailed, reset: true)
             return
         }
-        let events = Epoll.readable | Epoll.writable | Epoll.peerClosed | Epoll.edgeTriggered
-        do {
-            try epoll.add(c.client, events: events, tag: UInt64(slot) << 2 | Self.kindClient)
-            try epoll.add(c.upstream, events: events, tag: UInt64(slot) << 2 | Self.kindUpstream)
-        } catch {
+        guard watch(c, slot: slot) else {
             finish(c, slot: slot, reason: .connectFailed, reset: true)
             return
         }
@@ -758,6 +746,17 @@ final class Worker {
         c.up.shutDown = a.upstreamShut
         c.down.eof = a.downstreamShut
         c.down.shutDown = a.downstreamShut
+        let slot = occupy(c)
+        guard watch(c, slot: slot) else {
+            finish(c, slot: slot, reason: .shutdown, reset: true)
+            return
+        }
+        // What arrived while no process relayed it is read now (an edge-triggered registration may report it once).
+        relay(c, slot: slot, up: true, down: true, drain: true)
+    }
+
+    /// Puts a connection in a free slot and counts it active; its slot.
+    func occupy(_ c: Connection) -> Int {
         let slot =
             freeSlots.popLast()
             ?? {
@@ -767,16 +766,17 @@ final class Worker {
         slots[slot] = c
         _ = state.active.add(1, ordering: .relaxed)
         metrics.active[c.direction]!.increment()
+        return slot
+    }
+
+    /// Adds both sockets to the epoll set, edge-triggered; whether it could.
+    func watch(_ c: Connection, slot: Int) -> Bool {
         let events = Epoll.readable | Epoll.writable | Epoll.peerClosed | Epoll.edgeTriggered
         do {
             try epoll.add(c.client, events: events, tag: UInt64(slot) << 2 | Self.kindClient)
             try epoll.add(c.upstream, events: events, tag: UInt64(slot) << 2 | Self.kindUpstream)
-        } catch {
-            finish(c, slot: slot, reason: .shutdown, reset: true)
-            return
-        }
-        // What arrived while no process relayed it is read now (an edge-triggered registration may report it once).
-        relay(c, slot: slot, up: true, down: true, drain: true)
+            return true
+        } catch { return false }
     }
 
     func openPipe(_ f: inout Flow) {

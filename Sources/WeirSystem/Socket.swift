@@ -181,25 +181,20 @@ extension FileDescriptor {
     }
 
     /// `getsockname`.
-    public func localAddress() -> SocketAddressBytes? {
-        var ss = sockaddr_storage()
-        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let rc = Posix.attempt {
-            withUnsafeMutablePointer(to: &ss) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(raw, $0, &len) }
-            }
-        }
-        if case .ok = rc { return SocketAddressBytes(storage: ss, length: len) }
-        return nil
-    }
+    public func localAddress() -> SocketAddressBytes? { address(getsockname) }
 
     /// `getpeername`: the address a connected socket is connected to.
-    public func peerAddress() -> SocketAddressBytes? {
+    public func peerAddress() -> SocketAddressBytes? { address(getpeername) }
+
+    /// An address the kernel fills in for this socket (`getsockname`, `getpeername`).
+    func address(
+        _ call: (Int32, UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<socklen_t>) -> Int32
+    ) -> SocketAddressBytes? {
         var ss = sockaddr_storage()
         var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
         let rc = Posix.attempt {
             withUnsafeMutablePointer(to: &ss) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(raw, $0, &len) }
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { call(raw, $0, &len) }
             }
         }
         if case .ok = rc { return SocketAddressBytes(storage: ss, length: len) }
