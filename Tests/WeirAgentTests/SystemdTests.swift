@@ -172,4 +172,57 @@ struct SystemdTests {
         #expect(try c.run("systemctl", "stop", "weir").status == 0)
         #expect(try c.run("ip", "netns", "exec", "weirt-sd-2", "nft", "list", "table", "inet", "weir").status == 0)
     }
+
+    @Test(
+        "systemctl restart under load through a pod's forwarder: no new connection refused or failed, long-lived ones carry bytes after it, byte-exact both ways"
+    )
+    func restartUnderLoad() throws {
+        let c = try SystemdContainer()
+        defer { c.stop() }
+        let scene = try c.run("/bin/sh", "/opt/weir/helpers/restart_scene.sh", "2")
+        #expect(scene.status == 0, "\(scene.output)")
+        let start = try c.run("systemctl", "start", "weir")
+        #expect(start.status == 0, "\(start.output) \(c.journal())")
+        // New connections as fast as the load's thread makes them, and 8 long-lived connections opened first, each
+        // exchanging up to 32 KiB at a time, checked byte for byte.
+        let load = try c.shell(
+            """
+            setsid ip netns exec weirt-rl-f0 /usr/bin/python3 /opt/weir/helpers/restart_load.py 198.18.0.2 8080 \
+              --long 8 --duration 12 --marker /tmp/rl.marker --out /tmp/rl.json </dev/null >/tmp/rl.log 2>&1 &
+            """)
+        #expect(load.status == 0, "\(load.output)")
+        // The load runs a while, then the restart (stop: hand-off into the store; start: taken back; READY=1).
+        Thread.sleep(forTimeInterval: 3)
+        let pid = c.property("weir", "MainPID")
+        let restart = try c.run("systemctl", "restart", "weir")
+        #expect(restart.status == 0, "\(restart.output) \(c.journal())")
+        #expect(c.property("weir", "ActiveState") == "active" && c.property("weir", "MainPID") != pid)
+        try c.run("touch", "/tmp/rl.marker")
+        #expect(eventually(40) { (try? c.run("test", "-s", "/tmp/rl.json").status) == 0 }, "\(c.journal())")
+        let text = try c.run("cat", "/tmp/rl.json").output
+        let result = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] ?? [:]
+        let new = result["new"] as? [String: Any] ?? [:]
+        let longs = result["long"] as? [[String: Any]] ?? []
+        let log = (try? c.run("cat", "/tmp/rl.log").output) ?? ""
+        #expect(new["refused"] as? Int == 0 && new["failed"] as? Int == 0, "\(text) \(log)")
+        #expect((new["ok"] as? Int ?? 0) > 100, "\(text)")
+        #expect(longs.count == 8, "\(text) \(log)")
+        for l in longs {
+            // alive: every exchange was echoed exactly to the end; after: exchanges made once the restart was over.
+            #expect(l["alive"] as? Bool == true && (l["after"] as? Int ?? 0) >= 3, "\(l) \(c.journal())")
+        }
+        // The new process took the forwarder's listeners and the 8 connections over, and closed none.
+        let takenOver = try c.shell("journalctl -u weir --no-pager | grep 'forwarder pod taken over'").output
+        let resumed = takenOver.firstMatch(of: /connections=(\d+)/).flatMap { Int($0.1) } ?? 0
+        #expect(resumed >= 8, "\(takenOver) \(c.journal())")
+        let closed = try c.shell("journalctl -u weir --no-pager | grep -c 'could not be handed off'").output
+        #expect(closed.hasPrefix("0"), "\(c.journal())")
+        // The hardened unit lets the runtime's thread pool lower its threads' priorities (seccomp's EPERM would log a
+        // line per thread; raising one without CAP_SYS_NICE, EACCES, still logs once a process).
+        let priority = try c.shell("journalctl -u weir --no-pager | grep -c 'thread priority.*errno=1$'").output
+        #expect(priority.hasPrefix("0"), "\(c.journal())")
+        // Once the load ended, stopping empties the store: nothing outlives the service.
+        #expect(try c.run("systemctl", "stop", "weir").status == 0)
+        #expect(c.property("weir", "NFileDescriptorStore") == "0")
+    }
 }

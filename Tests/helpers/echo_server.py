@@ -3,6 +3,7 @@
 
 usage: echo_server.py HOST PORT
 """
+import os
 import socket
 import sys
 import threading
@@ -24,6 +25,9 @@ def serve(conn):
 
 
 def main():
+    # Started in the background by a test's command, it closes what it inherited: the test's Foundation Process, which
+    # ran that command, sees it end only once every copy of one of those descriptors is closed.
+    os.closerange(3, 65536)
     host, port = sys.argv[1], int(sys.argv[2])
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

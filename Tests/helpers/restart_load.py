@@ -68,6 +68,9 @@ def long_lived(args, sock, deadline, state):
 
 
 def main():
+    # Started in the background by a test's command, it closes what it inherited: the test's Foundation Process, which
+    # ran that command, sees it end only once every copy of one of those descriptors is closed.
+    os.closerange(3, 65536)
     p = argparse.ArgumentParser()
     p.add_argument("host")
     p.add_argument("port", type=int)
