@@ -48,6 +48,24 @@ struct MeshRenderCommandTests {
         #expect(k8s.output == golden, "the <namespace>/<name> id names the same node")
     }
 
+    @Test("explain: exit 0 and the route for a routed request, 3 and the reason for a 404, 2 for a bad request")
+    func explain() throws {
+        let node = ["--node", "mesh/shop/virtualNode/web_shop"]
+        let routed = try sh(
+            [weirBinary, "mesh", "explain", Self.meshDir, "--request", "GET http://catalog.shop:9080/items/7"] + node,
+            allowFailure: true)
+        #expect(routed.status == 0, "\(routed.output)")
+        #expect(routed.output.contains("catalog_shop/items-by-id: matches"), "\(routed.output)")
+        let missing = try sh(
+            [weirBinary, "mesh", "explain", Self.meshDir, "--request", "GET http://catalog:9080/", "-H", "x-a: 1"]
+                + node, allowFailure: true)
+        #expect(missing.status == 3, "\(missing.output)")
+        #expect(missing.output.contains("Envoy answers 404"), "\(missing.output)")
+        let bad = try sh(
+            [weirBinary, "mesh", "explain", Self.meshDir, "--request", "GET catalog:9080/"] + node, allowFailure: true)
+        #expect(bad.status == 2 && bad.output.contains("needs a scheme"), "\(bad.output)")
+    }
+
     @Test("an unknown node or a malformed id exits 2 and says which")
     func unknownNode() throws {
         let out = try sh(

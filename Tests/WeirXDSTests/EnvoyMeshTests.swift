@@ -161,9 +161,11 @@ final class MeshLab: @unchecked Sendable {
         return p
     }
 
-    func startEnvoy(delta: Bool, xds: String = "127.0.0.1:15010", name: String = "envoy") throws -> Spawned {
+    func startEnvoy(delta: Bool, xds: String = "127.0.0.1:15010", name: String = "envoy", node: String? = nil) throws
+        -> Spawned
+    {
         let envoy = try #require(envoyBinary, "Envoy is not installed in .venv; run scripts/install-deps")
-        var args = ["bootstrap", "--node", node, "--xds", xds, "--admin-port", "15901"]
+        var args = ["bootstrap", "--node", node ?? self.node, "--xds", xds, "--admin-port", "15901"]
         if delta { args.append("--delta") }
         let bootstrap = try sh([weirBinary] + args).output
         let path = dir.appendingPathComponent("\(name)-bootstrap.json")
