@@ -173,6 +173,8 @@ public struct PodView: Codable, Sendable, Equatable {
     public var sidecars: [StreamStatus]
     /// Streams refused on the pod's endpoint because they asked for a node id the pod may not use.
     public var refusedStreams: Int
+    /// What the daemon can see is wrong, each with what it does to traffic (only in a single pod's view).
+    public var problems: [String]?
 }
 
 /// The admin routes of `weir daemon` (`/healthz`, `/readyz`, `/metrics`, `/pods`, `/pods/{id}`, `/xds/clients`,
@@ -233,11 +235,10 @@ public enum DaemonAdmin {
         case let p where p.hasPrefix("/pods/"):
             let key = String(p.dropFirst("/pods/".count))
             guard let r = await daemon.pod(named: key) else { return .text("no pod \(key)\n", status: .notFound) }
-            return .json(
-                encode(
-                    view(
-                        r, daemon: daemon, streams: daemon.xds.service.status,
-                        refused: daemon.xds.service.refusedByEndpoint)))
+            var v = view(
+                r, daemon: daemon, streams: daemon.xds.service.status, refused: daemon.xds.service.refusedByEndpoint)
+            v.problems = await problems(r, view: v, daemon: daemon)
+            return .json(encode(v))
         case "/xds/clients":
             struct Body: Encodable {
                 var streams: [StreamStatus]
@@ -264,6 +265,14 @@ public enum DaemonAdmin {
 
     /// What a node is served, in Envoy's JSON, with the version and what each of its streams ACKed and NACKed.
     static func configDump(_ snapshot: Snapshot, node: String, daemon: Daemon) -> String {
+        let resources = decoded(snapshot)
+        let streams = daemon.xds.service.status.filter { $0.nodeID == node }
+        let head = encode(["node": node, "version": snapshot.version])
+        return "{\n\"node\": \(head),\n\"streams\": \(encode(streams)),\n\"resources\": \(resources.json())}\n"
+    }
+
+    /// A snapshot's resources as typed messages.
+    static func decoded(_ snapshot: Snapshot) -> EnvoyResources {
         var resources = EnvoyResources()
         func decode<M: SwiftProtobuf.Message>(_ type: ResourceType, _ into: inout [M]) {
             for (_, r) in (snapshot.resources[type] ?? [:]).sorted(by: { $0.key < $1.key }) {
@@ -274,9 +283,71 @@ public enum DaemonAdmin {
         decode(.route, &resources.routes)
         decode(.cluster, &resources.clusters)
         decode(.endpoint, &resources.endpoints)
-        let streams = daemon.xds.service.status.filter { $0.nodeID == node }
-        let head = encode(["node": node, "version": snapshot.version])
-        return "{\n\"node\": \(head),\n\"streams\": \(encode(streams)),\n\"resources\": \(resources.json())}\n"
+        return resources
+    }
+
+    /// What can be seen to be wrong with a pod, in the words of the trouble it causes: rules drifted (traffic
+    /// bypasses the sidecar), no sidecar connected, a NACKed configuration, a node id the mesh does not have, a
+    /// virtual-node listener port on which nothing listens inside the pod (Envoy accepts and resets: "connection
+    /// reset by peer", 503 UF), a backend cluster without endpoints (503 UH).
+    static func problems(_ r: PodRecord, view v: PodView, daemon: Daemon) async -> [String] {
+        var out: [String] = []
+        if v.rules != "healthy" {
+            out.append("rules: \(v.rules): the pod's traffic may bypass its proxy until the daemon repairs them")
+        }
+        guard r.enrollment.settings.mode == .sidecar else { return out }
+        if v.sidecars.isEmpty {
+            out.append(
+                "no sidecar is connected to the pod's xDS endpoint (\(v.listeners.joined(separator: ", "))): Envoy is not running, or its bootstrap points elsewhere (weir bootstrap --node ID --xds 127.0.0.1:15010)"
+            )
+        }
+        for s in v.sidecars {
+            for (type, t) in s.types.sorted(by: { $0.key < $1.key }) {
+                guard let nack = t.lastNackVersion, t.lastAckedVersion != t.lastSentVersion else { continue }
+                let message = (t.lastNackMessage ?? "(no message)").trimmingCharacters(in: .whitespacesAndNewlines)
+                let kept = t.lastAckedVersion.map { "it keeps running on version \($0)" } ?? "it has no earlier version"
+                out.append("\(s.nodeID) NACKed \(type) version \(nack): \(message); \(kept)")
+            }
+        }
+        let nodes = v.sidecars.isEmpty ? v.nodeIDs : Array(Set(v.sidecars.map(\.nodeID))).sorted()
+        let handle = daemon.host.handle(r.enrollment.identity)
+        let listening: [Endpoint]? = try? await handle?.run(name: "weir-status") { ListeningSockets.tcp() }
+        for node in nodes {
+            guard let snapshot = daemon.cache.snapshot(for: node) else {
+                if !v.sidecars.isEmpty {
+                    out.append(
+                        "node \(node): the mesh has no virtual node by this id, so its Envoy gets no listeners (weir mesh validate; the node id is mesh/MESH/virtualNode/NAME_NAMESPACE or NAMESPACE/NAME)"
+                    )
+                }
+                continue
+            }
+            let resources = decoded(snapshot)
+            for c in resources.clusters {
+                let addresses = c.loadAssignment.endpoints.flatMap(\.lbEndpoints).map(\.endpoint.address.socketAddress)
+                if c.type == .static, c.name.hasPrefix("local_app_"), let listening {
+                    for a in addresses {
+                        let port = UInt16(clamping: a.portValue)
+                        let wildcard = listening.contains {
+                            $0.port == port && ($0.address.allSatisfy { $0 == 0 } || $0.isLoopback)
+                        }
+                        guard !wildcard else { continue }
+                        let other = listening.filter { $0.port == port }.map(\.description)
+                        out.append(
+                            "virtual node listener \(port): nothing listens on \(a.address):\(port) inside the pod"
+                                + (other.isEmpty ? "" : " (only on \(other.joined(separator: ", ")))")
+                                + ": Envoy accepts the connection and resets it (callers see 'connection reset by peer' or 503 UF)"
+                        )
+                    }
+                }
+                if c.type == .eds {
+                    let endpoints = resources.endpoints.first { $0.clusterName == c.name }
+                    if endpoints?.endpoints.flatMap(\.lbEndpoints).isEmpty ?? true {
+                        out.append("backend cluster \(c.name) has no endpoints: requests routed to it get 503 (UH)")
+                    }
+                }
+            }
+        }
+        return out
     }
 
     /// The daemon's own metrics: pods by phase, repairs, refusals, the rule-apply latency histogram.

@@ -152,6 +152,9 @@ public struct MeshCompiler: Sendable {
         // MARK: ingress
 
         mutating func buildIngress() {
+            // A node without listeners (a client) takes no inbound traffic: Envoy refuses a listener without filter
+            // chains, and that NACK would hold back the node's other listeners' updates too.
+            guard !node.listeners.isEmpty else { return }
             var listener = Envoy_Config_Listener_V3_Listener()
             listener.name = MeshCompiler.ingressListener
             listener.address = listenAddress(compiler.options.ingressPort)

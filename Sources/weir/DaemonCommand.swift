@@ -262,13 +262,20 @@ struct StatusCommand: AsyncParsableCommand {
                 lines.append("    \(s.nodeID) (\(s.protocol), \(s.peer))")
                 for (type, t) in s.types.sorted(by: { $0.key < $1.key }) {
                     var line = "      \(type): sent \(t.lastSentVersion ?? "-"), ACKed \(t.lastAckedVersion ?? "-")"
-                    if let nack = t.lastNackVersion { line += ", NACKed \(nack): \(t.lastNackMessage ?? "")" }
+                    if let nack = t.lastNackVersion {
+                        line += ", NACKed \(nack): "
+                        line += (t.lastNackMessage ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+                    }
                     lines.append(line)
                 }
             }
             if p.refusedStreams > 0 {
                 lines.append("  refused:   \(p.refusedStreams) stream(s) asked for a node id this pod may not use")
             }
+        }
+        if let problems = p.problems {
+            lines.append("  problems:  \(problems.isEmpty ? "none seen" : "")")
+            for problem in problems { lines.append("    - \(problem)") }
         }
         return lines.joined(separator: "\n")
     }

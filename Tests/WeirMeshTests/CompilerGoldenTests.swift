@@ -2,6 +2,7 @@ import EnvoyAPI
 import Foundation
 import Testing
 @testable import WeirMesh
+import WeirTestSupport
 
 /// The compiler's output for whole meshes, compared with checked-in Envoy JSON (regenerate with WEIR_UPDATE_GOLDENS=1).
 @Suite("App Mesh compiler goldens")
@@ -29,6 +30,18 @@ struct CompilerGoldenTests {
         #expect(
             json == expected,
             "\(name) differs; inspect with weir mesh render, then regenerate with WEIR_UPDATE_GOLDENS=1")
+    }
+
+    @Test("a node without listeners (a client) gets no ingress listener: Envoy refuses one without filter chains")
+    func clientWithoutListeners() throws {
+        let dir = projectRoot.appendingPathComponent("examples/color")
+        let files = try ["mesh.yaml", "client.yaml", "color.yaml"].map {
+            ($0, try String(contentsOf: dir.appendingPathComponent($0), encoding: .utf8))
+        }
+        let r = try MeshCompiler(try ManifestReader.read(files)).compile(nodeID: "demo/client")
+        #expect(!r.listeners.map(\.name).contains("ingress") && r.listeners.map(\.name).contains("egress"))
+        let v1 = try MeshCompiler(try ManifestReader.read(files)).compile(nodeID: "demo/color-v1")
+        #expect(v1.listeners.map(\.name).contains("ingress"))
     }
 
     @Test("canary weights, header/method/query/regex matches, retries and timeouts land where Envoy reads them")

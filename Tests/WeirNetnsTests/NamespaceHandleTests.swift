@@ -92,3 +92,46 @@ struct NamespaceHandleTests {
         #expect(seen == first.identity)
     }
 }
+
+@Suite("listening sockets")
+struct ListeningSocketsTests {
+    @Test("the LISTEN rows of /proc/net/tcp and tcp6, addresses in network order")
+    func parse() {
+        let v4 = """
+              sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+               0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1
+               1: 0B0A12C6:1F91 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2 1
+               2: 0100007F:1F92 0100007F:D3A2 01 00000000:00000000 00:00000000 00000000     0        0 3 1
+            """
+        let found = ListeningSockets.parse(v4, family: .ipv4)
+        #expect(found.map(\.description) == ["127.0.0.1:8080", "198.18.10.11:8081"])
+        let v6 = """
+              sl  local_address                         remote_address                        st
+               0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A
+               1: 000000FD000000000000000001000000:0050 00000000000000000000000000000000:0000 0A
+            """
+        #expect(ListeningSockets.parse(v6, family: .ipv6).map(\.description) == ["[::1]:8080", "[fd00::1]:80"])
+    }
+
+    @Test("inside a fresh namespace: only what listens there", .enabled(if: canRunNamespaceTests))
+    func inNamespace() throws {
+        let scratch = try ScratchNamespace()
+        let (before, after) = try scratch.handle.run { () -> ([Endpoint], [Endpoint]) in
+            let before = ListeningSockets.tcp()
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            defer { close(fd) }
+            var a = sockaddr_in()
+            a.sin_family = sa_family_t(AF_INET)
+            a.sin_port = UInt16(18080).bigEndian
+            _ = withUnsafePointer(to: &a) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            }
+            listen(fd, 1)
+            return (before, ListeningSockets.tcp())
+        }
+        #expect(before.isEmpty)
+        #expect(after.map(\.description) == ["0.0.0.0:18080"])
+    }
+}
