@@ -8,11 +8,12 @@ and an echo server behind pod weirt-rl-f0. Then:
    stop (the hand-off into systemd's descriptor store), the start, and every pod protected again. Median and max
    over the restarts.
 2. Under load: Tests/helpers/restart_load.py in pod weirt-rl-f0 makes new connections through the forwarder as
-   fast as one thread can (each one echoes a message) while RESTART_LONG long-lived connections, opened first,
-   exchange up to 32 KiB at a time, checked byte for byte; RESTARTS restarts, RESTART_GAP seconds apart. It
-   counts new connections refused and failed, and long-lived connections lost.
+   fast as RESTART_CONNECTORS threads can (each connection echoes a message) while RESTART_LONG long-lived
+   connections, opened first, exchange up to 32 KiB at a time, checked byte for byte; RESTARTS restarts,
+   RESTART_GAP seconds apart. It counts new connections refused and failed, and long-lived connections lost.
 Goals (issue 16): refused = 0, lost = 0. The container goes when the bench ends, with everything made inside it.
-Env: DAEMON_PODS (250), RESTARTS (10), RESTART_GAP (2 s), RESTART_LONG (16), DAEMON_BINARY (weir binary).
+Env: DAEMON_PODS (250), RESTARTS (10), RESTART_GAP (2 s), RESTART_LONG (16), RESTART_CONNECTORS (4),
+DAEMON_BINARY (weir binary).
 """
 import json, os, statistics, subprocess, sys, tempfile, time
 
@@ -21,6 +22,7 @@ PODS = int(os.environ.get("DAEMON_PODS", "250"))
 RESTARTS = int(os.environ.get("RESTARTS", "10"))
 GAP = float(os.environ.get("RESTART_GAP", "2"))
 LONG = int(os.environ.get("RESTART_LONG", "16"))
+CONNECTORS = int(os.environ.get("RESTART_CONNECTORS", "4"))
 WEIR = os.environ.get("DAEMON_BINARY", os.path.join(ROOT, ".build-static/release/weir"))
 
 
@@ -95,7 +97,7 @@ def main():
         duration = 3 + RESTARTS * (GAP + 2)
         c.run("/bin/sh", "-c",
               "setsid ip netns exec weirt-rl-f0 /usr/bin/python3 /opt/weir/helpers/restart_load.py 198.18.0.2 8080 "
-              f"--long {LONG} --duration {duration} --marker /tmp/rl.marker --out /tmp/rl.json "
+              f"--long {LONG} --connectors {CONNECTORS} --duration {duration} --marker /tmp/rl.marker --out /tmp/rl.json "
               "</dev/null >/tmp/rl.log 2>&1 &")
         time.sleep(2)
         times, pids = [], {c.prop("MainPID")}
@@ -125,7 +127,8 @@ def main():
         print(f"  restart to READY=1 ({RESTARTS} restarts, hand-off and take-over of {PODS} pods): "
               f"median {statistics.median(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms "
               f"({len(pids)} processes in all)")
-        print(f"  under load, {RESTARTS} restarts in {duration:.0f} s: new connections {new['ok']} ok, "
+        print(f"  under load ({CONNECTORS} connecting threads), {RESTARTS} restarts in {duration:.0f} s: "
+              f"new connections {new['ok']} ok, "
               f"refused {new['refused']} (goal 0), failed {new['failed']}, at {load['rate']:.0f} per second")
         print(f"  long-lived connections: {len(longs)} opened before, lost {lost} (goal 0), "
               f"carried bytes after the last restart {carried}, "

@@ -32,7 +32,8 @@ struct EnvoyExplainTests {
         try lab.writeMesh(text)
         let weir = try lab.startWeir(["--mesh", lab.meshDir.path, "--state", lab.stateDir.path])
         let node = "mesh/shop/virtualNode/web_shop"
-        let envoy = try lab.startEnvoy(delta: false, node: node)
+        // Access log lines reach the file within 50 ms rather than Envoy's default second.
+        let envoy = try lab.startEnvoy(delta: false, node: node, extra: ["--file-flush-interval-msec", "50"])
         #expect(
             eventually(15) {
                 let t = lab.streamTypes()["RDS"]
@@ -42,8 +43,8 @@ struct EnvoyExplainTests {
         // What explain predicts, from the same manifests, for the same node.
         let manifests = try ManifestReader.read([("mesh.yaml", text)])
         let explainer = RouteExplainer(try MeshCompiler(manifests).compile(nodeID: node), egressPort: 15001)
-        // Envoy writes a request's line once the request is done with (after its retries), and its log file about
-        // once a second: each line carries the probe's number (an HTTP header).
+        // Envoy writes a request's line once the request is done with (after its retries): each line carries the
+        // probe's number (an HTTP header).
         func logged() -> [[String]] {
             ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").split(separator: "\n").map {
                 $0.split(separator: "|", omittingEmptySubsequences: false).map(String.init)
@@ -76,7 +77,7 @@ struct EnvoyExplainTests {
                     + headers.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }
             ).output.trimmingCharacters(in: .whitespacesAndNewlines)
             if predicted == .closed {
-                Thread.sleep(forTimeInterval: 1.5)
+                Thread.sleep(forTimeInterval: 0.5)
                 #expect(
                     answer == "closed" && !logged().contains { $0.first == "\(number)" }, "\(probe): \(answer)")
                 continue

@@ -161,9 +161,10 @@ final class MeshLab: @unchecked Sendable {
         return p
     }
 
-    func startEnvoy(delta: Bool, xds: String = "127.0.0.1:15010", name: String = "envoy", node: String? = nil) throws
-        -> Spawned
-    {
+    func startEnvoy(
+        delta: Bool, xds: String = "127.0.0.1:15010", name: String = "envoy", node: String? = nil,
+        extra: [String] = []
+    ) throws -> Spawned {
         let envoy = try #require(envoyBinary, "Envoy is not installed in .venv; run scripts/install-deps")
         var args = ["bootstrap", "--node", node ?? self.node, "--xds", xds, "--admin-port", "15901"]
         if delta { args.append("--delta") }
@@ -172,7 +173,7 @@ final class MeshLab: @unchecked Sendable {
         try bootstrap.write(to: path, atomically: true, encoding: .utf8)
         try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: path.path)
         let p = try Spawned(
-            [envoy, "-c", path.path, "--disable-hot-restart", "-l", "warning", "--concurrency", "1"],
+            [envoy, "-c", path.path, "--disable-hot-restart", "-l", "warning", "--concurrency", "1"] + extra,
             namespace: net.pod, asProxyUser: true, log: dir.appendingPathComponent("\(name).log"))
         processes.append(p)
         return p

@@ -3,10 +3,10 @@
 message and must get it back), and long-lived connections opened first that keep exchanging random bytes, checked
 byte for byte in both directions.
 
-usage: restart_load.py HOST PORT --long N --duration S --marker FILE --out FILE [--rate PER_SECOND]
+usage: restart_load.py HOST PORT --long N --duration S --marker FILE --out FILE [--rate PER_SECOND] [--connectors N]
 
-It runs for S seconds and writes one JSON object to FILE: new connections made, refused, failed (with the first
-errors), the connection rate, and for each long-lived connection whether it lived to the end, its bytes, and the
+It runs for S seconds and writes one JSON object to FILE: new connections made (by N threads, each as fast as it
+can or at the rate given), refused, failed (with the first errors), the connection rate, and for each long-lived connection whether it lived to the end, its bytes, and the
 rounds it completed after FILE `--marker` appeared (the test makes it once the restart is over).
 """
 import argparse
@@ -29,22 +29,24 @@ def exchange(sock, payload):
         raise ValueError("echo differs from what was sent")
 
 
-def new_connections(args, deadline, result):
+def new_connections(args, deadline, result, lock):
     interval = 1.0 / args.rate if args.rate > 0 else 0.0
     n = 0
     while time.monotonic() < deadline:
         started = time.monotonic()
         n += 1
+        outcome, error = "ok", None
         try:
             with socket.create_connection((args.host, args.port), timeout=15) as s:
                 exchange(s, b"hello %d\n" % n)
-            result["ok"] += 1
         except ConnectionRefusedError as e:
-            result["refused"] += 1
-            result["errors"].append("refused: %s" % e)
+            outcome, error = "refused", "refused: %s" % e
         except Exception as e:  # noqa: BLE001 - every failure is counted and named
-            result["failed"] += 1
-            result["errors"].append("%s: %s" % (type(e).__name__, e))
+            outcome, error = "failed", "%s: %s" % (type(e).__name__, e)
+        with lock:
+            result[outcome] += 1
+            if error:
+                result["errors"].append(error)
         if interval:
             time.sleep(max(0.0, interval - (time.monotonic() - started)))
 
@@ -77,6 +79,7 @@ def main():
     p.add_argument("--long", type=int, default=10)
     p.add_argument("--duration", type=float, default=10)
     p.add_argument("--rate", type=float, default=0)
+    p.add_argument("--connectors", type=int, default=1)
     p.add_argument("--marker", required=True)
     p.add_argument("--out", required=True)
     args = p.parse_args()
@@ -89,7 +92,8 @@ def main():
     started = time.monotonic()
     deadline = started + args.duration
     new = {"ok": 0, "refused": 0, "failed": 0, "errors": []}
-    threads = [threading.Thread(target=new_connections, args=(args, deadline, new))]
+    lock = threading.Lock()
+    threads = [threading.Thread(target=new_connections, args=(args, deadline, new, lock)) for _ in range(args.connectors)]
     threads += [threading.Thread(target=long_lived, args=(args, s, deadline, st)) for s, st in longs]
     for t in threads:
         t.start()
