@@ -5,7 +5,9 @@ let package = Package(
     name: "weir",
     platforms: [.macOS(.v15)],
     products: [
-        .executable(name: "weir", targets: ["weir"])
+        .executable(name: "weir", targets: ["weir"]),
+        // The init step alone, for an init container's image: no Foundation, no argument-parser (a small, fast binary).
+        .executable(name: "weir-init", targets: ["weir-init"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -106,7 +108,7 @@ let package = Package(
             name: "weir",
             dependencies: [
                 "WeirCapture", "WeirNetfilter", "WeirNetns", "WeirSystem", "WeirForwarder", "WeirMesh", "WeirXDS",
-                "WeirAgent",
+                "WeirAgent", "WeirInit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -115,6 +117,15 @@ let package = Package(
             ]
         ),
         // Measurements for scripts/bench (not a product).
+        // The init step (`weir init` and `weir-init`): spec, namespace and backend checked, then one install.
+        .target(
+            name: "WeirInit",
+            dependencies: [
+                "WeirCapture", "WeirNetfilter", "WeirNetns", .product(name: "Logging", package: "swift-log"),
+            ]),
+        .executableTarget(
+            name: "weir-init",
+            dependencies: ["WeirInit", "WeirCapture", "WeirSystem", .product(name: "Logging", package: "swift-log")]),
         .executableTarget(
             name: "weir-bench", dependencies: ["WeirCapture", "WeirNetfilter", "WeirNetns", "WeirSystem"]),
         .testTarget(

@@ -1,5 +1,3 @@
-import Foundation
-
 /// An IP address family.
 public enum IPFamily: String, Sendable, Hashable, Codable, CaseIterable {
     case ipv4, ipv6
@@ -147,7 +145,7 @@ public enum IPAddressText {
             text = text[...lastColon]
             if text.hasSuffix(":") && !text.hasSuffix("::") { text = text.dropLast() }
         }
-        let halves = text.components(separatedBy: "::")
+        let halves = text.split(separator: "::", omittingEmptySubsequences: false).map(String.init)
         guard halves.count <= 2 else { return nil }
         func groups(_ h: String) -> [UInt16]? {
             if h.isEmpty { return [] }

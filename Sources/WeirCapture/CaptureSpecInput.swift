@@ -1,5 +1,3 @@
-import Foundation
-
 /// One problem with the capture spec, named by the option that carries it, with the fix.
 public struct CaptureSpecProblem: Sendable, Hashable, CustomStringConvertible {
     /// The option as the user wrote it: `--outbound-port`, `WEIR_OUTBOUND_PORT` or `APPMESH_APP_PORTS`.
@@ -63,7 +61,7 @@ public struct CaptureSpecInput: Sendable, Hashable {
             }
         }
         public var flag: String { "--" + rawValue }
-        public var environmentName: String { "WEIR_" + rawValue.uppercased().replacingOccurrences(of: "-", with: "_") }
+        public var environmentName: String { "WEIR_" + rawValue.uppercased().replacing("-", with: "_") }
     }
 
     /// Values per key; list keys may hold several, scalar keys hold the last one given.
@@ -75,10 +73,10 @@ public struct CaptureSpecInput: Sendable, Hashable {
     public mutating func add(_ key: Key, _ raw: String, from origin: String) {
         if key.isList {
             let items = raw.split(separator: ",", omittingEmptySubsequences: true)
-                .map { Sourced($0.trimmingCharacters(in: .whitespaces), from: origin) }
+                .map { Sourced($0.trimmingSpaces, from: origin) }
             values[key, default: []].append(contentsOf: items)
         } else {
-            values[key] = [Sourced(raw.trimmingCharacters(in: .whitespaces), from: origin)]
+            values[key] = [Sourced(raw.trimmingSpaces, from: origin)]
         }
     }
 
@@ -125,7 +123,7 @@ public struct CaptureSpecInput: Sendable, Hashable {
         guard appMeshVariables.contains(where: { env[$0] != nil }) else { return nil }
         var input = CaptureSpecInput()
         var problems: [CaptureSpecProblem] = []
-        func get(_ n: String) -> String? { env[n].map { $0.trimmingCharacters(in: .whitespaces) } }
+        func get(_ n: String) -> String? { env[n].map { $0.trimmingSpaces } }
         input.add(
             .inboundPort, get("APPMESH_ENVOY_INGRESS_PORT") ?? "15000",
             from: env["APPMESH_ENVOY_INGRESS_PORT"] == nil
@@ -304,7 +302,7 @@ public struct CaptureSpecInput: Sendable, Hashable {
             default:
                 var rs: [PortRange] = []
                 for item in s.value.split(separator: ",") {
-                    let t = item.trimmingCharacters(in: .whitespaces)
+                    let t = item.trimmingSpaces
                     if let r = PortRange.parse(t) {
                         if !rs.contains(r) { rs.append(r) }
                     } else {

@@ -1,5 +1,3 @@
-import Foundation
-
 /// Renders a plan as an `nft -f` script that replaces weir's table in one transaction.
 public enum NftRendering {
     public static func render(_ plan: RedirectPlan) -> String {
@@ -94,7 +92,7 @@ public enum NftRendering {
         return "0x" + String(repeating: "0", count: max(0, 8 - h.count)) + h
     }
 
-    static func quote(_ s: String) -> String { "\"" + s.replacingOccurrences(of: "\"", with: "'") + "\"" }
+    static func quote(_ s: String) -> String { "\"" + s.replacing("\"", with: "'") + "\"" }
 }
 
 extension Match {
@@ -266,6 +264,6 @@ public enum IptablesRendering {
                     || $0 == "-"
             }
         if bare { return s }
-        return "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
+        return "\"" + s.replacing("\\", with: "\\\\").replacing("\"", with: "\\\"") + "\""
     }
 }

@@ -1,5 +1,4 @@
 import CCapabilities
-import Foundation
 import Logging
 import WeirCapture
 import WeirNetns
@@ -104,7 +103,7 @@ extension IptablesBackend {
     /// Legacy tables exist in this namespace (x_tables lists them per namespace under /proc/net).
     static func legacyHasTables() -> Bool {
         ["/proc/thread-self/net/ip_tables_names", "/proc/thread-self/net/ip6_tables_names"].contains { path in
-            ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").contains { !$0.isWhitespace }
+            (FileSystem.text(path) ?? "").contains { !$0.isWhitespace }
         }
     }
 

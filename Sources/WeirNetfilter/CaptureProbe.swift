@@ -1,7 +1,10 @@
-import Foundation
 import WeirCapture
 import WeirNetns
 import WeirSystem
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// One end-to-end probe: a real connection and where it landed.
 public struct ProbeCheck: Sendable, Codable, Hashable {

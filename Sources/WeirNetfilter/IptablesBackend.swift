@@ -1,4 +1,3 @@
-import Foundation
 import WeirCapture
 import WeirSystem
 
@@ -24,7 +23,7 @@ public struct IptablesBackend: Sendable {
         public let output: String
         /// Says the program refused weir's rules and nothing was changed, with its trimmed output.
         public var description: String {
-            "\(program) refused weir's rules, so nothing was changed: \(output.trimmingCharacters(in: .whitespacesAndNewlines))"
+            "\(program) refused weir's rules, so nothing was changed: \(output.trimmingWhitespace)"
         }
     }
 
@@ -235,7 +234,7 @@ public struct IptablesBackend: Sendable {
         for (table, body) in extra.sorted(by: { $0.key < $1.key }) {
             if out.contains("*\(table)\n") {
                 // Deletes go after the table's own lines, before its COMMIT, so jumps go before chains are removed.
-                var lines = out.components(separatedBy: "\n")
+                var lines = out.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
                 if let start = lines.firstIndex(of: "*\(table)"), let commit = lines[start...].firstIndex(of: "COMMIT")
                 {
                     lines.insert(contentsOf: body.split(separator: "\n").map(String.init), at: commit)

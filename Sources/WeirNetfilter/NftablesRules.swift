@@ -1,5 +1,4 @@
 import CNetfilter
-import Foundation
 import WeirCapture
 #if canImport(Glibc)
     import Glibc
@@ -393,7 +392,7 @@ enum NftablesObjects {
                     name: name,
                     text: n > 0
                         ? String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-                            .trimmingCharacters(in: .whitespaces) : "?"))
+                            .trimmingSpaces : "?"))
         }
         return out
     }

@@ -1,5 +1,4 @@
 import CNetfilter
-import Foundation
 import WeirCapture
 import WeirNetns
 import WeirSystem
@@ -540,7 +539,7 @@ public enum RulesetCheck {
 extension IptablesBackend {
     /// The text of `--comment "..."` in an iptables-save line.
     static func comment(ofSavedRule line: String) -> String? {
-        guard let r = line.range(of: "--comment ") else { return nil }
+        guard let r = line.firstRange(of: "--comment ") else { return nil }
         var rest = line[r.upperBound...]
         if rest.hasPrefix("\"") {
             rest = rest.dropFirst()

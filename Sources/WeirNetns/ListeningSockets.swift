@@ -1,10 +1,6 @@
 import WeirCapture
 import WeirSystem
 
-#if canImport(Glibc)
-    import Glibc
-#endif
-
 /// The TCP sockets listening in the calling thread's network namespace, read from `/proc/thread-self/net/tcp` and
 /// `tcp6` (the kernel shows the reading task's namespace there). Call it inside a namespace (`NamespaceHandle.run`)
 /// to see a pod's listeners without connecting to them.
@@ -12,10 +8,8 @@ public enum ListeningSockets {
     public static func tcp() -> [Endpoint] {
         var out: [Endpoint] = []
         for (file, family) in [("tcp", IPFamily.ipv4), ("tcp6", .ipv6)] {
-            guard let fd = try? FileDescriptor.open("/proc/thread-self/net/\(file)", O_RDONLY | O_CLOEXEC),
-                let bytes = try? fd.readAll(limit: 64 << 20)
-            else { continue }
-            out += parse(String(decoding: bytes, as: UTF8.self), family: family)
+            guard let text = FileSystem.text("/proc/thread-self/net/\(file)") else { continue }
+            out += parse(text, family: family)
         }
         return out
     }

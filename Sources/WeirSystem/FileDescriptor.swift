@@ -201,6 +201,13 @@ public enum FileSystem {
 
     /// Whether `path` names something executable.
     public static func isExecutable(_ path: String) -> Bool { access(path, X_OK) == 0 }
+
+    /// A whole (small) file as text, or nil when it cannot be read.
+    public static func text(_ path: String, limit: Int = 64 << 20) -> String? {
+        guard let fd = try? FileDescriptor.open(path, O_RDONLY | O_CLOEXEC), let bytes = try? fd.readAll(limit: limit)
+        else { return nil }
+        return String(decoding: bytes, as: UTF8.self)
+    }
 }
 
 /// A descriptor owned by a reference, for handing one across threads or into escaping closures (a socket made in

@@ -54,12 +54,13 @@ func measure(_ label: String, count: Int, _ apply: (String) -> Bool) -> [UInt64]
 }
 
 let arguments = CommandLine.arguments
-guard arguments.count >= 3, arguments[1] == "rules" else {
-    FileHandle.standardError.write(Data("usage: weir-bench rules WEIR_BINARY [NAMESPACES]\n".utf8))
+guard arguments.count >= 4, arguments[1] == "rules" else {
+    FileHandle.standardError.write(Data("usage: weir-bench rules WEIR_BINARY WEIR_INIT_BINARY [NAMESPACES]\n".utf8))
     exit(2)
 }
 let weirBinary = arguments[2]
-let count = arguments.count > 3 ? Int(arguments[3]) ?? 200 : 200
+let initBinary = arguments[3]
+let count = arguments.count > 4 ? Int(arguments[4]) ?? 200 : 200
 
 // A realistic sidecar spec: proxy uid, a few exclusions, dual stack.
 var input = CaptureSpecInput()
@@ -94,12 +95,27 @@ let iptables = measure("ip netns exec iptables-restore", count: count) { ns in
     run([ip, "netns", "exec", ns, iptRestore, "--noflush"], input: ipt4) == 0
         && run([ip, "netns", "exec", ns, ip6tRestore, "--noflush"], input: ipt6) == 0
 }
-let weirProcess = measure("weir init --netns", count: count) { ns in
-    run([
-        weirBinary, "init", "--quiet", "--netns", "/run/netns/\(ns)", "--proxy-uid", "1337", "--proxy-gid", "1337",
+// The same spec as flags, for the two executables.
+func initArguments(_ ns: String) -> [String] {
+    [
+        "--quiet", "--netns", "/run/netns/\(ns)", "--proxy-uid", "1337", "--proxy-gid", "1337",
         "--outbound-exclude-cidr", "169.254.169.254,fd00:ec2::254", "--outbound-exclude-port", "22,15090",
         "--inbound-exclude-port", "15020,15021", "--proxy-port", "15000",
-    ]) == 0
+    ]
+}
+let weirProcess = measure("weir init --netns", count: count) { ns in
+    run([weirBinary, "init"] + initArguments(ns)) == 0
+}
+let initProcess = measure("weir-init --netns", count: count) { ns in run([initBinary] + initArguments(ns)) == 0 }
+
+/// A binary's size as built and stripped (what an image ships), in MB.
+func sizes(_ path: String) -> (built: Double, stripped: Double) {
+    let built = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+    let tmp = "/tmp/weirb-strip-\(getpid())"
+    defer { try? FileManager.default.removeItem(atPath: tmp) }
+    run([which("strip"), "-o", tmp, path])
+    let stripped = (try? FileManager.default.attributesOfItem(atPath: tmp)[.size] as? Int) ?? 0
+    return (Double(built) / 1e6, Double(stripped) / 1e6)
 }
 
 func row(_ name: String, _ xs: [UInt64]) {
@@ -109,10 +125,22 @@ row("weir in-process netlink apply", inProcess)
 row("ip netns exec NS nft -f -", nftFile)
 row("ip netns exec NS iptables-restore (+ip6tables)", iptables)
 row("weir init --netns (whole process)", weirProcess)
+row("weir-init --netns (whole process)", initProcess)
 let r1 = median(nftFile) / median(inProcess)
 let r2 = median(weirProcess) / median(nftFile)
 let r3 = median(iptables) / median(inProcess)
 print(String(format: "ratio: nft -f / weir in-process = %.1fx   (goal >= 10x: %@)", r1, r1 >= 10 ? "met" : "NOT met"))
 print(String(format: "ratio: iptables-restore / weir in-process = %.1fx", r3))
+let r4 = median(initProcess) / median(nftFile)
 print(
     String(format: "ratio: weir init process / nft -f = %.2f   (goal <= 1.00: %@)", r2, r2 <= 1.0 ? "met" : "NOT met"))
+print(
+    String(
+        format: "ratio: weir-init process / nft -f = %.2f   (goal <= 0.33: %@)", r4, r4 <= 1.0 / 3 ? "met" : "NOT met"))
+let (weirBuilt, weirStripped) = sizes(weirBinary)
+let (initBuilt, initStripped) = sizes(initBinary)
+print(String(format: "binary: weir %.1f MB as built, %.1f MB stripped", weirBuilt, weirStripped))
+print(
+    String(
+        format: "binary: weir-init %.1f MB as built, %.1f MB stripped   (goal <= 40 MB stripped: %@)", initBuilt,
+        initStripped, initStripped <= 40 ? "met" : "NOT met"))

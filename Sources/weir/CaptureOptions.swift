@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import WeirCapture
+import WeirInit
 import WeirNetfilter
 import WeirNetns
 
@@ -103,28 +104,16 @@ struct TargetOptions: ParsableArguments {
     var iptablesMode: String = ProcessInfo.processInfo.environment["WEIR_IPTABLES_MODE"] ?? "auto"
 
     func namespace() throws -> NetworkNamespace {
-        let ns = NetworkNamespace(path: netns ?? ProcessInfo.processInfo.environment["WEIR_NETNS"])
-        do { try ns.validate() } catch { throw CommandFailure(status: .badInput, message: error.description) }
-        return ns
+        do { return try InitStep.namespace(netns ?? ProcessInfo.processInfo.environment["WEIR_NETNS"]) } catch {
+            throw failure(from: error)
+        }
     }
 
     /// The backend, with every value checked whatever the others are (a bad --iptables-mode is refused under
     /// nftables too: it would bite the day the backend changes).
     func backendChoice() throws -> BackendChoice {
-        guard let mode = IptablesBackend.Mode(rawValue: iptablesMode.lowercased()) else {
-            throw CommandFailure(
-                status: .badInput,
-                message:
-                    "--iptables-mode '\(iptablesMode)' (or WEIR_IPTABLES_MODE): unknown mode. Use auto, nft or legacy.")
-        }
-        switch backend.lowercased() {
-        case "nftables", "nft": return .nftables
-        case "iptables": return .iptables(mode)
-        default:
-            throw CommandFailure(
-                status: .badInput,
-                message:
-                    "--backend '\(backend)' (or WEIR_BACKEND): unknown backend. Use nftables (default) or iptables.")
+        do { return try InitStep.backendChoice(backend, iptablesMode: iptablesMode) } catch {
+            throw failure(from: error)
         }
     }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import WeirCapture
+import WeirInit
 import WeirNetfilter
 
 struct InitCommand: ParsableCommand {
@@ -19,25 +20,12 @@ struct InitCommand: ParsableCommand {
     @Flag(help: "Print nothing on success.") var quiet = false
 
     func run() throws {
+        // The step checks every value (flags over WEIR_* over APPMESH_*, namespace, backend) before it installs.
+        let step = InitStep(
+            flags: capture.flagInput(), netns: target.netns, backend: target.backend, iptablesMode: target.iptablesMode)
         do {
-            let spec = try capture.resolve()
-            let backend = try target.backendChoice()
-            let namespace = try target.namespace()
-            let plan = RedirectPlan(spec: spec)
-            try CaptureInstaller(namespace: namespace, backend: backend).install(plan)
-            if !quiet {
-                // The rules packets traverse (the spec chain only stores the spec); long lists are sets.
-                var what = "\(plan.chains.filter { $0.base != nil }.map(\.rules.count).reduce(0, +)) rules"
-                if case .iptables = backend {
-                    what =
-                        "\(spec.families.map { IptablesRendering.ruleCount(plan, family: $0) }.reduce(0, +)) iptables rules"
-                } else if !plan.sets.isEmpty {
-                    what += " and \(plan.sets.count) sets"
-                }
-                print(
-                    "weir: installed \(what) in \(namespace) (\(target.backend), mode \(spec.mode.rawValue), outbound → \(spec.outboundPort), inbound → \(spec.inboundPort))"
-                )
-            }
+            let line = try step.run(environment: ProcessInfo.processInfo.environment)
+            if !quiet { print(line) }
         } catch {
             throw failure(from: error)
         }

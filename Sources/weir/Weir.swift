@@ -5,6 +5,7 @@ import Metrics
 import Prometheus
 import WeirAgent
 import WeirCapture
+import WeirInit
 import WeirNetfilter
 import WeirNetns
 
@@ -56,11 +57,9 @@ struct Weir: AsyncParsableCommand {
         let environment = ProcessInfo.processInfo.environment
         do {
             try ProcessEnvironment.check(environment, arguments: Array(CommandLine.arguments.dropFirst()))
-        } catch let failure as CommandFailure {
-            FileHandle.standardError.write(Data(("weir: " + failure.message + "\n").utf8))
-            Foundation.exit(failure.status.rawValue)
         } catch {
-            Foundation.exit(ExitStatus.badInput.rawValue)
+            FileHandle.standardError.write(Data(("weir: " + error.message + "\n").utf8))
+            Foundation.exit(error.status)
         }
         let level = environment["WEIR_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .notice
         LoggingSystem.bootstrap { label in
@@ -96,50 +95,9 @@ struct Weir: AsyncParsableCommand {
     }
 }
 
-/// Checks that hold whatever the command: every `WEIR_*` variable is one weir reads (a typo would silently change
-/// nothing), `WEIR_LOG_LEVEL` is a level, and no single-value option is given twice (the first would be dropped).
-enum ProcessEnvironment {
-    static let levels = Logger.Level.allCases.map(\.rawValue)
-
-    /// Options that take a list: they repeat.
-    static let repeatable: Set<String> = [
-        "--proxy-uid", "--proxy-gid", "--inbound-exclude-port", "--inbound-exclude-source", "--outbound-include-cidr",
-        "--outbound-exclude-cidr", "--outbound-include-port", "--outbound-exclude-port", "--proxy-port", "--node-id",
-        "--label", "--appmesh-env",
-    ]
-
-    static func check(_ env: [String: String], arguments: [String]) throws {
-        let (_, problems) = CaptureSpecInput.fromWeirEnvironment(env)
-        if let p = problems.first {
-            throw CommandFailure(status: .badInput, message: "\(p.option)=\(p.value): \(p.problem). \(p.fix)")
-        }
-        if let level = env["WEIR_LOG_LEVEL"], Logger.Level(rawValue: level) == nil {
-            throw CommandFailure(
-                status: .badInput,
-                message: "WEIR_LOG_LEVEL=\(level): not a log level. Use one of \(levels.joined(separator: ", ")).")
-        }
-        var seen = Set<String>()
-        for arg in arguments {
-            if arg == "--" { break }
-            guard arg.hasPrefix("--") else { continue }
-            let name = String(arg.split(separator: "=", maxSplits: 1)[0])
-            if repeatable.contains(name) { continue }
-            if !seen.insert(name).inserted {
-                throw CommandFailure(
-                    status: .badInput, message: "\(name) is given twice; it takes one value (give it once)")
-            }
-        }
-    }
-}
-
 /// Maps library errors to messages and exit codes.
 func failure(from error: Error) -> CommandFailure {
-    switch error {
-    case let e as CommandFailure: return e
-    case let e as CaptureSpecError: return CommandFailure(status: .badInput, message: e.description)
-    case let e as NamespaceError: return CommandFailure(status: .badInput, message: e.description)
-    case let e as IptablesBackend.ModeError: return CommandFailure(status: .badInput, message: e.description)
-    case let e as IptablesBackend.TooManyRules: return CommandFailure(status: .badInput, message: e.description)
-    default: return CommandFailure(status: .runtimeFailure, message: "\(error)")
-    }
+    if let e = error as? CommandFailure { return e }
+    let f = InitFailure.from(error)
+    return CommandFailure(status: ExitStatus(rawValue: f.status) ?? .runtimeFailure, message: f.message)
 }

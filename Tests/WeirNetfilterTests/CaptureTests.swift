@@ -340,6 +340,54 @@ struct LifecycleTests {
         }
     }
 
+    @Test("weir-init installs what weir init installs, and refuses what it refuses, with the same exit codes")
+    func smallInitExecutable() throws {
+        let flags = ["--proxy-uid", "1337", "--outbound-exclude-cidr=169.254.169.254", "--inbound-ports", "8080,9000"]
+        try TestNetwork.with { net in
+            let ns = "/run/netns/\(net.pod)"
+            let big = try sh([weirBinary, "init", "--netns", ns] + flags, allowFailure: true)
+            #expect(big.status == 0, "\(big.output)")
+            let bigRules = try sh("ip", "netns", "exec", net.pod, "nft", "list", "ruleset").output
+            _ = try sh(weirBinary, "clean", "--netns", ns)
+            // Also as an App Mesh init container would run it: the word init first, APPMESH_* beside WEIR_*.
+            let small = try sh([weirInitBinary, "init", "--netns", ns] + flags, allowFailure: true)
+            #expect(small.status == 0 && small.output.hasPrefix("weir: installed"), "\(small.output)")
+            #expect(try sh("ip", "netns", "exec", net.pod, "nft", "list", "ruleset").output == bigRules)
+            #expect(try sh(weirBinary, "check", "--netns", ns, "--probe").status == 0)
+            let appMesh = try sh(
+                [
+                    "env", "APPMESH_IGNORE_UID=1337", "APPMESH_APP_PORTS=8080", "WEIR_OUTBOUND_PORT=15002",
+                    weirInitBinary,
+                    "--netns", ns, "--quiet",
+                ], allowFailure: true)
+            #expect(appMesh.status == 0 && appMesh.output.isEmpty, "\(appMesh.output)")
+            let spec = try sh(weirBinary, "check", "--netns", ns).output
+            #expect(spec.contains("outbound-port=15002") && spec.contains("proxy-uid=1337"), "\(spec)")
+            let before = try sh("ip", "netns", "exec", net.pod, "nft", "list", "ruleset").output
+            for (args, env, problem) in [
+                (["--outbound-port", "0"], [String](), "--outbound-port '0'"),
+                (["--outbound-prot", "1"], [], "--outbound-prot: unknown option"),
+                (["--inbound-port", "1", "--inbound-port=2"], [], "--inbound-port is given twice"),
+                (["--backend", "pf"], [], "--backend 'pf'"),
+                (["--iptables-mode", "both"], [], "--iptables-mode 'both'"),
+                (["--netns", "/etc/hostname"], [], "/etc/hostname"),
+                (["--proxy-uid"], [], "--proxy-uid needs a value"),
+                (["stray"], [], "'stray': unexpected argument"),
+                ([], ["WEIR_PROXYUID=1"], "WEIR_PROXYUID=1: unknown variable"),
+                ([], ["APPMESH_APP_PORTS=80800"], "APPMESH_APP_PORTS"),
+            ] {
+                let target = args.contains("--netns") ? [] : ["--netns", ns]
+                let r = try sh(["env"] + env + [weirInitBinary] + target + args, allowFailure: true)
+                #expect(r.status == 2 && r.output.contains(problem), "\(args) \(env): \(r.status) \(r.output)")
+                let big = try sh(["env"] + env + [weirBinary, "init"] + target + args, allowFailure: true)
+                #expect(big.status == 2, "weir init \(args) \(env): \(big.status) \(big.output)")
+            }
+            #expect(try sh("ip", "netns", "exec", net.pod, "nft", "list", "ruleset").output == before)
+            let help = try sh([weirInitBinary, "--help"], allowFailure: true)
+            #expect(help.status == 0 && help.output.contains("--outbound-exclude-cidr VALUE"), "\(help.output)")
+        }
+    }
+
     @Test(
         "long lists become sets: 1,000 networks, 1,000 ports and 100 ids apply, re-apply and check healthy",
         arguments: [true, false])

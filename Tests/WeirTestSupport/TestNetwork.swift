@@ -68,6 +68,10 @@ public let weirBinary: String = {
     return root.appendingPathComponent(".build/debug/weir").path
 }()
 
+/// The small init-container executable built beside the tests.
+public let weirInitBinary: String = URL(fileURLWithPath: weirBinary).deletingLastPathComponent()
+    .appendingPathComponent("weir-init").path
+
 /// A pod namespace and a server namespace joined by a veth pair, deleted on `close()`.
 /// pod: 198.18.0.1/24, fd00:1::1/64, default routes via the server; server: 198.18.0.2/24, fd00:1::2/64.
 public final class TestNetwork: @unchecked Sendable {
