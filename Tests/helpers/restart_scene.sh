@@ -33,6 +33,9 @@ ip link add rla netns weirt-rl-f0 type veth peer name rlb netns weirts-srv
 ip -n weirt-rl-f0 addr add 198.18.0.1/24 dev rla
 ip -n weirts-srv addr add 198.18.0.2/24 dev rlb
 ip -n weirt-rl-f0 link set rla up
+# Each relayed connection takes two ports of the pod's towards the server (the client's and the forwarder's
+# upstream): a fast load runs out of them within a minute of TIME_WAIT unless they are many and reused.
+ip netns exec weirt-rl-f0 sysctl -q -w net.ipv4.ip_local_port_range="1024 65000" net.ipv4.tcp_tw_reuse=1
 ip -n weirts-srv link set rlb up
 setsid ip netns exec weirts-srv /usr/bin/python3 /opt/weir/helpers/echo_server.py 198.18.0.2 8080 \
   < /dev/null > /tmp/echo.log 2>&1 &
