@@ -18,6 +18,7 @@ struct StoryTests {
         let work = "/tmp/\(prefix)"
         let environment = ["DEMO_BINARY=\(weirBinary)", "DEMO_PREFIX=\(prefix)", "DEMO_REPORT=\(report)"]
         let demo = projectRoot.appendingPathComponent("scripts/demo").path
+        let hadEtcNetns = FileManager.default.fileExists(atPath: "/etc/netns")
         defer {
             _ = try? sh(["env"] + environment + [demo, "--down"], allowFailure: true)
             try? FileManager.default.removeItem(atPath: report)
@@ -100,6 +101,7 @@ struct StoryTests {
         let namespaces = try sh("ip", "netns", "list").output
         #expect(!namespaces.contains(prefix), "\(namespaces)")
         #expect(!FileManager.default.fileExists(atPath: "/etc/netns/\(client)"))
+        #expect(FileManager.default.fileExists(atPath: "/etc/netns") == hadEtcNetns)
         #expect(!FileManager.default.fileExists(atPath: work))
         // (A process the demo started is reaped by init once it ends: a zombie meanwhile.)
         func ended(_ pid: Int32) -> Bool {
