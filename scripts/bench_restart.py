@@ -53,8 +53,10 @@ class Container:
                 if state.startswith(("running", "degraded")) or basic.startswith("active"):
                     return
             time.sleep(0.1)
+        with open(self.log.name) as f:
+            output = f.read()[-2000:]
         self.stop()
-        sys.exit("systemd did not boot in systemd-nspawn within 60 s; see " + self.log.name)
+        sys.exit("systemd did not boot in systemd-nspawn within 60 s:\n" + output)
 
     def run(self, *args, check=True):
         r = subprocess.run(["nsenter", "-t", str(self.leader), "-a", "/usr/bin/timeout", "120", *args],

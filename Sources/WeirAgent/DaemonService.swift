@@ -304,14 +304,14 @@ public enum DaemonAdmin {
         for s in v.sidecars {
             for (type, t) in s.types.sorted(by: { $0.key < $1.key }) {
                 guard let nack = t.lastNackVersion, t.lastAckedVersion != t.lastSentVersion else { continue }
-                let message = (t.lastNackMessage ?? "(no message)").trimmingCharacters(in: .whitespacesAndNewlines)
+                let message = (t.lastNackMessage ?? "(no message)").trimmingWhitespace
                 let kept = t.lastAckedVersion.map { "it keeps running on version \($0)" } ?? "it has no earlier version"
                 out.append("\(s.nodeID) NACKed \(type) version \(nack): \(message); \(kept)")
             }
         }
         let nodes = v.sidecars.isEmpty ? v.nodeIDs : Array(Set(v.sidecars.map(\.nodeID))).sorted()
         let handle = daemon.host.handle(r.enrollment.identity)
-        let listening: [Endpoint]? = try? await handle?.run(name: "weir-status") { ListeningSockets.tcp() }
+        let listening: [Endpoint]? = (try? await handle?.run(name: "weir-status") { ListeningSockets.tcp() }) ?? nil
         for node in nodes {
             guard let snapshot = daemon.cache.snapshot(for: node) else {
                 if !v.sidecars.isEmpty {
@@ -324,13 +324,19 @@ public enum DaemonAdmin {
             let resources = decoded(snapshot)
             for c in resources.clusters {
                 let addresses = c.loadAssignment.endpoints.flatMap(\.lbEndpoints).map(\.endpoint.address.socketAddress)
-                if c.type == .static, c.name.hasPrefix("local_app_"), let listening {
+                if c.type == .static, c.name.hasPrefix(MeshCompiler.localAppClusterPrefix), let listening {
                     for a in addresses {
                         let port = UInt16(clamping: a.portValue)
-                        let wildcard = listening.contains {
-                            $0.port == port && ($0.address.allSatisfy { $0 == 0 } || $0.isLoopback)
+                        // Envoy dials this address: a socket on it, on its family's wildcard, or on :: (dual
+                        // stack) takes the connection.
+                        let dialled = IPAddressText.parseIPv4(a.address) ?? IPAddressText.parseIPv6(a.address)
+                        let reached = listening.contains { l in
+                            l.port == port
+                                && (l.address == dialled
+                                    || l.address.allSatisfy { $0 == 0 }
+                                        && (l.family == .ipv6 || dialled?.count == 4))
                         }
-                        guard !wildcard else { continue }
+                        guard !reached else { continue }
                         let other = listening.filter { $0.port == port }.map(\.description)
                         out.append(
                             "virtual node listener \(port): nothing listens on \(a.address):\(port) inside the pod"

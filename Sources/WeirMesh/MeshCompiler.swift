@@ -44,6 +44,8 @@ public struct MeshCompiler: Sendable {
         return out
     }
 
+    /// The clusters of a node's own application, `local_app_PORT`, one per virtual-node listener.
+    public static let localAppClusterPrefix = "local_app_"
     static let blackholeCluster = "blackhole"
     static let ingressListener = "ingress", egressListener = "egress", passthroughCluster = "passthrough",
         sdsCluster = "weir_sds"
@@ -162,7 +164,7 @@ public struct MeshCompiler: Sendable {
             listener.listenerFilters = [originalDst()]
             for l in node.listeners {
                 let port = l.portMapping.port
-                let cluster = "local_app_\(port)"
+                let cluster = "\(MeshCompiler.localAppClusterPrefix)\(port)"
                 addLocalCluster(cluster, l)
                 var chain = Envoy_Config_Listener_V3_FilterChain()
                 chain.name = "ingress_\(port)"

@@ -35,27 +35,35 @@ public struct ExplainRequest: Sendable, Hashable {
             throw ExplainProblem("--request '\(line)': scheme '\(scheme)': give http or https")
         }
         let rest = url[schemeEnd.upperBound...]
-        let slash = rest.firstIndex { $0 == "/" || $0 == "?" } ?? rest.endIndex
+        let slash = rest.firstIndex { $0 == "/" || $0 == "?" || $0 == "#" } ?? rest.endIndex
         let hostPort = String(rest[..<slash])
         var path = String(rest[slash...])
+        if path.hasPrefix("#") { path = "" }
         if path.isEmpty { path = "/" } else if path.hasPrefix("?") { path = "/" + path }
         if let hash = path.firstIndex(of: "#") { path = String(path[..<hash]) }
         let defaultPort: UInt16 = scheme == "https" ? 443 : 80
         var host = hostPort
         var port = defaultPort
         // host, host:port, [v6], [v6]:port
+        func number(_ s: Substring) -> UInt16? { s.allSatisfy { $0.isASCII && $0.isNumber } ? UInt16(s) : nil }
         if let close = hostPort.lastIndex(of: "]") {
             let after = hostPort[hostPort.index(after: close)...]
             host = String(hostPort[...close])
+            guard hostPort.hasPrefix("["), after.isEmpty || after.hasPrefix(":") else {
+                throw ExplainProblem("--request '\(line)': '\(hostPort)' is not a host: give [IPv6]:port")
+            }
             if after.hasPrefix(":") {
-                guard let p = UInt16(after.dropFirst()), p > 0 else {
+                guard let p = number(after.dropFirst()), p > 0 else {
                     throw ExplainProblem("--request '\(line)': port '\(after.dropFirst())' is not from 1 to 65535")
                 }
                 port = p
             }
         } else if let colon = hostPort.lastIndex(of: ":") {
             host = String(hostPort[..<colon])
-            guard let p = UInt16(hostPort[hostPort.index(after: colon)...]), p > 0 else {
+            guard !host.contains(":") else {
+                throw ExplainProblem("--request '\(line)': put an IPv6 address in brackets, as http://[fd00::1]:8080/")
+            }
+            guard let p = number(hostPort[hostPort.index(after: colon)...]), p > 0 else {
                 throw ExplainProblem(
                     "--request '\(line)': port '\(hostPort[hostPort.index(after: colon)...])' is not from 1 to 65535")
             }
@@ -101,14 +109,14 @@ public struct ExplainRequest: Sendable, Hashable {
 
     var pathWithoutQuery: String { String(path[..<(path.firstIndex(of: "?") ?? path.endIndex)]) }
 
-    /// The query parameters, first value of each name (as Envoy's query matchers take them).
+    /// The query parameters, first value of each name, as Envoy's query matchers take them (not decoded).
     var query: [String: String] {
         guard let q = path.firstIndex(of: "?") else { return [:] }
         var out: [String: String] = [:]
         for pair in path[path.index(after: q)...].split(separator: "&") {
             let kv = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-            let name = String(kv[0]).removingPercentEncoding ?? String(kv[0])
-            let value = kv.count > 1 ? (String(kv[1]).removingPercentEncoding ?? String(kv[1])) : ""
+            let name = String(kv[0])
+            let value = kv.count > 1 ? String(kv[1]) : ""
             if out[name] == nil { out[name] = value }
         }
         return out
@@ -204,19 +212,20 @@ public struct RouteExplainer: Sendable {
                 ? "\(listener.name) (\(at))"
                 : "\(listener.name) (\(at)): the pod's rules redirect outbound TCP here; the original destination port is \(request.port)"
         )
-        // Filter chains: a chain for the destination port wins over one for any port; plaintext only.
-        let plain = listener.filterChains.filter { c in
-            let m = c.filterChainMatch
-            return (m.transportProtocol.isEmpty || m.transportProtocol == "raw_buffer") && m.prefixRanges.isEmpty
-                && m.applicationProtocols.isEmpty
+        // Envoy's order: the chains for the destination port if any has it, else those for any port; among them
+        // one that takes plaintext (a TLS-only chain does not); else the default chain.
+        let forPort = listener.filterChains.filter {
+            $0.filterChainMatch.hasDestinationPort && $0.filterChainMatch.destinationPort.value == UInt32(request.port)
         }
+        let candidates =
+            forPort.isEmpty ? listener.filterChains.filter { !$0.filterChainMatch.hasDestinationPort } : forPort
         let chain =
-            plain.first {
-                $0.filterChainMatch.hasDestinationPort
-                    && $0.filterChainMatch.destinationPort.value == UInt32(request.port)
-            }
-            ?? plain.first { !$0.filterChainMatch.hasDestinationPort }
-            ?? (listener.hasDefaultFilterChain ? listener.defaultFilterChain : nil)
+            candidates.first { c in
+                let m = c.filterChainMatch
+                let plaintext =
+                    m.transportProtocol == "raw_buffer" || (m.transportProtocol.isEmpty && !c.hasTransportSocket)
+                return plaintext && m.prefixRanges.isEmpty && m.applicationProtocols.isEmpty
+            } ?? (listener.hasDefaultFilterChain ? listener.defaultFilterChain : nil)
         guard let chain else {
             let ports = listener.filterChains.compactMap {
                 $0.filterChainMatch.hasDestinationPort ? "\($0.filterChainMatch.destinationPort.value)" : nil
@@ -366,8 +375,10 @@ public struct RouteExplainer: Sendable {
         func fold(_ s: String) -> String { sensitive ? s : s.lowercased() }
         switch m.pathSpecifier {
         case .prefix(let p)?:
-            // Envoy matches a prefix against the whole :path, query string included.
-            if !fold(r.path).hasPrefix(fold(p)) { return "path '\(r.path)' does not start with '\(p)'" }
+            // Envoy matches every path condition on the path without its query string and fragment.
+            if !fold(r.pathWithoutQuery).hasPrefix(fold(p)) {
+                return "path '\(r.pathWithoutQuery)' does not start with '\(p)'"
+            }
         case .path(let p)?:
             if fold(r.pathWithoutQuery) != fold(p) { return "path '\(r.pathWithoutQuery)' is not '\(p)'" }
         case .safeRegex(let re)?:
@@ -381,9 +392,7 @@ public struct RouteExplainer: Sendable {
         }
         if m.hasGrpc {
             let type = r.header("content-type") ?? ""
-            if !(type == "application/grpc" || type.hasPrefix("application/grpc+")
-                || type.hasPrefix("application/grpc;"))
-            {
+            if !(type == "application/grpc" || type.hasPrefix("application/grpc+")) {
                 return "it is for gRPC only: content-type '\(type)' is not application/grpc"
             }
         }
@@ -406,7 +415,7 @@ public struct RouteExplainer: Sendable {
                 case true?: break
                 }
             case nil:
-                break
+                if value == nil { return "query parameter '\(q.name)' is absent" }
             }
         }
         return nil

@@ -5,10 +5,15 @@ import WeirSystem
 /// `tcp6` (the kernel shows the reading task's namespace there). Call it inside a namespace (`NamespaceHandle.run`)
 /// to see a pod's listeners without connecting to them.
 public enum ListeningSockets {
-    public static func tcp() -> [Endpoint] {
+    /// The listening sockets, or nil when the tables cannot be read (then nothing can be said of them).
+    public static func tcp() -> [Endpoint]? {
         var out: [Endpoint] = []
         for (file, family) in [("tcp", IPFamily.ipv4), ("tcp6", .ipv6)] {
-            guard let text = FileSystem.text("/proc/thread-self/net/\(file)") else { continue }
+            guard let text = FileSystem.text("/proc/thread-self/net/\(file)") else {
+                // tcp6 is absent when the kernel has no IPv6; tcp is always there.
+                if family == .ipv4 { return nil }
+                continue
+            }
             out += parse(text, family: family)
         }
         return out
@@ -25,17 +30,13 @@ public enum ListeningSockets {
             guard local.count == 2, let port = UInt16(local[1], radix: 16) else { continue }
             let hex = Array(local[0])
             guard hex.count == (family == .ipv4 ? 8 : 32) else { continue }
-            var bytes: [UInt8] = []
             // Each 32-bit word is printed as the number it is in memory: its bytes reversed.
-            for word in stride(from: 0, to: hex.count, by: 8) {
-                var w: [UInt8] = []
-                for b in stride(from: word, to: word + 8, by: 2) {
-                    guard let v = UInt8(String(hex[b..<b + 2]), radix: 16) else { return out }
-                    w.append(v)
-                }
-                bytes += w.reversed()
+            let bytes: [UInt8?] = stride(from: 0, to: hex.count, by: 8).flatMap { word in
+                stride(from: word, to: word + 8, by: 2).map { UInt8(String(hex[$0..<$0 + 2]), radix: 16) }.reversed()
             }
-            out.append(Endpoint(family: family, address: bytes, port: port))
+            // (A row that does not read is skipped, not the rows after it.)
+            guard bytes.allSatisfy({ $0 != nil }) else { continue }
+            out.append(Endpoint(family: family, address: bytes.map { $0! }, port: port))
         }
         return out
     }

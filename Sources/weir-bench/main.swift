@@ -58,8 +58,11 @@ guard arguments.count >= 4, arguments[1] == "rules" else {
     FileHandle.standardError.write(Data("usage: weir-bench rules WEIR_BINARY WEIR_INIT_BINARY [NAMESPACES]\n".utf8))
     exit(2)
 }
-let weirBinary = arguments[2]
-let initBinary = arguments[3]
+func absolute(_ path: String) -> String {
+    path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+}
+let weirBinary = absolute(arguments[2])
+let initBinary = absolute(arguments[3])
 let count = arguments.count > 4 ? Int(arguments[4]) ?? 200 : 200
 
 // A realistic sidecar spec: proxy uid, a few exclusions, dual stack.

@@ -14,8 +14,9 @@ let usage = """
                      [--mode redirect|tproxy] [--quiet] [CAPTURE FLAGS]
 
     Validates a capture spec and installs the redirect rules in one atomic transaction, then exits: `weir init`
-    for an init container's image. Every flag also reads WEIR_<FLAG>; flags win over WEIR_*, which win over
-    App Mesh's APPMESH_* variables. Capture flags (`weir init --help` says what each does):
+    for an init container's image. Every capture flag and --netns, --backend and --iptables-mode also read
+    WEIR_<FLAG>; flags win over WEIR_*, which win over App Mesh's APPMESH_* variables. Capture flags (`weir init
+    --help` says what each does):
     \(CaptureSpecInput.Key.allCases.filter { $0 != .mode }.map { "  " + $0.flag + " VALUE" }.joined(separator: "\n"))
 
     Exit codes: 0 ok, 1 runtime failure, 2 bad input (nothing was changed).
@@ -40,12 +41,13 @@ func environment() -> [String: String] {
 
 var arguments = Array(CommandLine.arguments.dropFirst())
 if arguments.first == "init" { arguments.removeFirst() }
+// The environment is checked first, as `weir` does for every command, --help included.
+let env = environment()
+do { try ProcessEnvironment.check(env, arguments: arguments) } catch { fail(error.status, error.message) }
 if arguments.contains(where: { $0 == "--help" || $0 == "-h" }) {
     print(usage)
     exit(0)
 }
-let env = environment()
-do { try ProcessEnvironment.check(env, arguments: arguments) } catch { fail(error.status, error.message) }
 let level = env["WEIR_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .notice
 LoggingSystem.bootstrap { label in
     var h = StreamLogHandler.standardError(label: label)
@@ -77,7 +79,7 @@ while i < arguments.count {
     let known = ["--netns", "--backend", "--iptables-mode"].contains(name) || keys[name] != nil
     guard known else { fail(2, "\(name): unknown option; see weir-init --help") }
     if value == nil {
-        guard i < arguments.count else { fail(2, "\(name) needs a value") }
+        guard i < arguments.count, !arguments[i].hasPrefix("--") else { fail(2, "\(name) needs a value") }
         value = arguments[i]
         i += 1
     }

@@ -264,7 +264,7 @@ struct StatusCommand: AsyncParsableCommand {
                     var line = "      \(type): sent \(t.lastSentVersion ?? "-"), ACKed \(t.lastAckedVersion ?? "-")"
                     if let nack = t.lastNackVersion {
                         line += ", NACKed \(nack): "
-                        line += (t.lastNackMessage ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+                        line += (t.lastNackMessage ?? "").trimmingWhitespace
                     }
                     lines.append(line)
                 }

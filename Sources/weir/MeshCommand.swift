@@ -78,10 +78,6 @@ struct MeshExplainCommand: ParsableCommand {
     var header: [String] = []
     @OptionGroup var envoy: EnvoyListenerOptions
 
-    func validate() throws {
-        do { _ = try ExplainRequest.parse(request, headers: header) } catch { throw ValidationError(error.description) }
-    }
-
     func run() throws {
         let parsed: ExplainRequest
         do { parsed = try ExplainRequest.parse(request, headers: header) } catch {

@@ -93,7 +93,7 @@ struct StoryTests {
 
         // The clean-up leaves nothing: namespaces, the hosts file, the work directory, the processes it started.
         let pids = ((try? String(contentsOfFile: work + "/pids", encoding: .utf8)) ?? "").split(separator: "\n")
-            .compactMap { Int32($0) }
+            .compactMap { $0.split(separator: " ").first.flatMap { Int32($0) } }
         // The daemon, three Envoys, two applications (color-v2's second, once its first died).
         #expect(pids.count == 6, "\(pids)")
         let down = try sh(["env"] + environment + [demo, "--down"], allowFailure: true)

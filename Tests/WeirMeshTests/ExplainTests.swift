@@ -27,7 +27,9 @@ struct ExplainTests {
             ("GET color:8080/", [], "needs a scheme"), ("GET ftp://a/", [], "scheme 'ftp'"),
             ("GET http://a:0/", [], "port '0'"), ("GET http://a:99999/", [], "port '99999'"),
             ("GET http:///x", [], "no host"), ("GET http://a/", ["novalue"], "'name: value'"),
-            ("GET http://a/", [":path: /x"], "pseudo-headers"), ("GET http://a/", ["a b: 1"], "not a header name"),
+            ("GET http://a/", [":path: /x"], "pseudo-headers"), ("GET http://fd00::1/", [], "in brackets"),
+            ("GET http://[::1]junk/", [], "give [IPv6]:port"), ("GET http://a:+80/", [], "port '+80'"),
+            ("GET http://a/", ["a b: 1"], "not a header name"),
         ] as [(String, [String], String)])
     func badRequests(_ request: String, _ headers: [String], _ problem: String) {
         #expect(throws: ExplainProblem.self) { try ExplainRequest.parse(request, headers: headers) }
@@ -44,6 +46,8 @@ struct ExplainTests {
         #expect(a.authority == "Color:8080" && a.port == 8080 && a.path == "/p?q=1" && a.headers["x-a"] == "1,2")
         let b = try ExplainRequest.parse("GET http://color", headers: ["Host: other:9"])
         #expect(b.authority == "other:9" && b.port == 80 && b.path == "/")
+        let d = try ExplainRequest.parse("GET http://color#frag", headers: [])
+        #expect(d.authority == "color" && d.path == "/")
         let c = try ExplainRequest.parse("GET https://[fd00::1]:8443?x", headers: [])
         #expect(c.authority == "[fd00::1]:8443" && c.port == 8443 && c.path == "/?x")
     }

@@ -372,6 +372,7 @@ struct LifecycleTests {
                 (["--iptables-mode", "both"], [], "--iptables-mode 'both'"),
                 (["--netns", "/etc/hostname"], [], "/etc/hostname"),
                 (["--proxy-uid"], [], "--proxy-uid needs a value"),
+                (["--netns", "--quiet"], [], "--netns needs a value"),
                 (["stray"], [], "'stray': unexpected argument"),
                 ([], ["WEIR_PROXYUID=1"], "WEIR_PROXYUID=1: unknown variable"),
                 ([], ["APPMESH_APP_PORTS=80800"], "APPMESH_APP_PORTS"),
@@ -383,6 +384,8 @@ struct LifecycleTests {
                 #expect(big.status == 2, "weir init \(args) \(env): \(big.status) \(big.output)")
             }
             #expect(try sh("ip", "netns", "exec", net.pod, "nft", "list", "ruleset").output == before)
+            let badHelp = try sh(["env", "WEIR_BOGUS=1", weirInitBinary, "--help"], allowFailure: true)
+            #expect(badHelp.status == 2, "\(badHelp.output)")
             let help = try sh([weirInitBinary, "--help"], allowFailure: true)
             #expect(help.status == 0 && help.output.contains("--outbound-exclude-cidr VALUE"), "\(help.output)")
         }

@@ -34,6 +34,14 @@ public struct ExplainProbe: Sendable, CustomStringConvertible {
         ExplainProbe(
             mesh: "mesh-drop", request: "GET http://catalog.shop:9080/api?tier=silver", headers: ["x-beta: 1"],
             expected: canary, says: ["query parameter tier='silver' does not match exact 'gold'"]),
+        // Envoy reads query values as sent: not percent-decoded.
+        ExplainProbe(
+            mesh: "mesh-drop", request: "GET http://catalog.shop:9080/api?tier=%67old", headers: ["x-beta: 1"],
+            expected: canary, says: ["query parameter tier='%67old' does not match exact 'gold'"]),
+        // gRPC is application/grpc or application/grpc+…, nothing with parameters.
+        ExplainProbe(
+            mesh: "mesh-drop", request: "POST http://prices.shop:7070/shop.Prices/Quote",
+            headers: ["content-type: application/grpc;v=1"], expected: "404", says: ["is not application/grpc"]),
         ExplainProbe(
             mesh: "mesh-drop", request: "GET http://catalog.shop/items/42", headers: [], expected: "closed",
             says: ["none for port 80"]),
