@@ -188,12 +188,14 @@ struct SystemdTests {
         let load = try c.shell(
             """
             setsid ip netns exec weirt-rl-f0 /usr/bin/python3 /opt/weir/helpers/restart_load.py 198.18.0.2 8080 \
-              --long 8 --duration 12 --marker /tmp/rl.marker --out /tmp/rl.json </dev/null >/tmp/rl.log 2>&1 &
+              --long 8 --duration 12 --during /tmp/rl.during --marker /tmp/rl.marker --out /tmp/rl.json \
+              </dev/null >/tmp/rl.log 2>&1 &
             """)
         #expect(load.status == 0, "\(load.output)")
         // The load runs a while, then the restart (stop: hand-off into the store; start: taken back; READY=1).
         Thread.sleep(forTimeInterval: 3)
         let pid = c.property("weir", "MainPID")
+        try c.run("touch", "/tmp/rl.during")
         let restart = try c.run("systemctl", "restart", "weir")
         #expect(restart.status == 0, "\(restart.output) \(c.journal())")
         #expect(c.property("weir", "ActiveState") == "active" && c.property("weir", "MainPID") != pid)
@@ -206,6 +208,10 @@ struct SystemdTests {
         let log = (try? c.run("cat", "/tmp/rl.log").output) ?? ""
         #expect(new["refused"] as? Int == 0 && new["failed"] as? Int == 0, "\(text) \(log)")
         #expect((new["ok"] as? Int ?? 0) > 100, "\(text)")
+        // New connections were begun while systemctl restart ran (the old process stopping, the new one
+        // starting), and every one of them was answered.
+        let during = new["during"] as? Int ?? 0
+        #expect(during > 10 && new["during_ok"] as? Int == during, "\(text)")
         #expect(longs.count == 8, "\(text) \(log)")
         for l in longs {
             // alive: every exchange was echoed exactly to the end; after: exchanges made once the restart was over.

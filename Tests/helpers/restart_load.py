@@ -4,10 +4,13 @@ message and must get it back), and long-lived connections opened first that keep
 byte for byte in both directions.
 
 usage: restart_load.py HOST PORT --long N --duration S --marker FILE --out FILE [--rate PER_SECOND] [--connectors N]
+                       [--during FILE]
 
 It runs for S seconds and writes one JSON object to FILE: new connections made (by N threads, each as fast as it
 can or at the rate given), refused, failed (with the first errors), the connection rate, and for each long-lived connection whether it lived to the end, its bytes, and the
-rounds it completed after FILE `--marker` appeared (the test makes it once the restart is over).
+rounds it completed after FILE `--marker` appeared (the test makes it once the restart is over). With `--during`,
+it also counts the new connections begun after that file appeared and before the marker did (the restart's
+window), and how many of them succeeded.
 """
 import argparse
 import json
@@ -35,6 +38,7 @@ def new_connections(args, deadline, result, lock):
     while time.monotonic() < deadline:
         started = time.monotonic()
         n += 1
+        during = args.during is not None and os.path.exists(args.during) and not os.path.exists(args.marker)
         outcome, error = "ok", None
         try:
             with socket.create_connection((args.host, args.port), timeout=15) as s:
@@ -45,6 +49,9 @@ def new_connections(args, deadline, result, lock):
             outcome, error = "failed", "%s: %s" % (type(e).__name__, e)
         with lock:
             result[outcome] += 1
+            if during:
+                result["during"] += 1
+                result["during_ok"] += outcome == "ok"
             if error:
                 result["errors"].append(error)
         if interval:
@@ -80,6 +87,7 @@ def main():
     p.add_argument("--duration", type=float, default=10)
     p.add_argument("--rate", type=float, default=0)
     p.add_argument("--connectors", type=int, default=1)
+    p.add_argument("--during")
     p.add_argument("--marker", required=True)
     p.add_argument("--out", required=True)
     args = p.parse_args()
@@ -91,7 +99,7 @@ def main():
         longs.append((s, {"alive": False, "bytes": 0, "after": 0, "error": None}))
     started = time.monotonic()
     deadline = started + args.duration
-    new = {"ok": 0, "refused": 0, "failed": 0, "errors": []}
+    new = {"ok": 0, "refused": 0, "failed": 0, "during": 0, "during_ok": 0, "errors": []}
     lock = threading.Lock()
     threads = [threading.Thread(target=new_connections, args=(args, deadline, new, lock)) for _ in range(args.connectors)]
     threads += [threading.Thread(target=long_lived, args=(args, s, deadline, st)) for s, st in longs]
