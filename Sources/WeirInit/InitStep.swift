@@ -3,18 +3,27 @@ import WeirCapture
 import WeirNetfilter
 import WeirNetns
 
-/// A failure of the init step with its exit status (2 bad input, nothing changed; 1 runtime failure).
+/// weir's exit codes, the same for every command and for weir-init (README.md lists them).
+public enum ExitStatus: Int32, Sendable {
+    case ok = 0
+    case runtimeFailure = 1
+    /// Bad input: nothing was changed.
+    case badInput = 2
+    case checkFoundProblems = 3
+}
+
+/// A failure of the init step with its exit status (bad input, nothing changed; or a runtime failure).
 public struct InitFailure: Error, Sendable, CustomStringConvertible {
-    public let status: Int32
+    public let status: ExitStatus
     public let message: String
     public var description: String { message }
 
-    public init(status: Int32, message: String) {
+    public init(status: ExitStatus, message: String) {
         self.status = status
         self.message = message
     }
 
-    public static func badInput(_ message: String) -> InitFailure { InitFailure(status: 2, message: message) }
+    public static func badInput(_ message: String) -> InitFailure { InitFailure(status: .badInput, message: message) }
 
     /// A library error as a message and exit status: a refused value is bad input, anything else a runtime failure.
     public static func from(_ error: any Error) -> InitFailure {
@@ -24,7 +33,7 @@ public struct InitFailure: Error, Sendable, CustomStringConvertible {
         case let e as NamespaceError: return .badInput(e.description)
         case let e as IptablesBackend.ModeError: return .badInput(e.description)
         case let e as IptablesBackend.TooManyRules: return .badInput(e.description)
-        default: return InitFailure(status: 1, message: "\(error)")
+        default: return InitFailure(status: .runtimeFailure, message: "\(error)")
         }
     }
 }

@@ -22,10 +22,10 @@ let usage = """
     Exit codes: 0 ok, 1 runtime failure, 2 bad input (nothing was changed).
     """
 
-func fail(_ status: Int32, _ message: String) -> Never {
+func fail(_ status: ExitStatus, _ message: String) -> Never {
     let text = Array("weir: \(message)\n".utf8)
     _ = text.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
-    exit(status)
+    exit(status.rawValue)
 }
 
 func environment() -> [String: String] {
@@ -46,7 +46,7 @@ let env = environment()
 do { try ProcessEnvironment.check(env, arguments: arguments) } catch { fail(error.status, error.message) }
 if arguments.contains(where: { $0 == "--help" || $0 == "-h" }) {
     print(usage)
-    exit(0)
+    exit(ExitStatus.ok.rawValue)
 }
 let level = env["WEIR_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .notice
 LoggingSystem.bootstrap { label in
@@ -69,7 +69,7 @@ while i < arguments.count {
         quiet = true
         continue
     }
-    guard arg.hasPrefix("--") else { fail(2, "'\(arg)': unexpected argument; see weir-init --help") }
+    guard arg.hasPrefix("--") else { fail(.badInput, "'\(arg)': unexpected argument; see weir-init --help") }
     var name = arg
     var value: String?
     if let eq = arg.firstIndex(of: "=") {
@@ -77,9 +77,9 @@ while i < arguments.count {
         value = String(arg[arg.index(after: eq)...])
     }
     let known = ["--netns", "--backend", "--iptables-mode"].contains(name) || keys[name] != nil
-    guard known else { fail(2, "\(name): unknown option; see weir-init --help") }
+    guard known else { fail(.badInput, "\(name): unknown option; see weir-init --help") }
     if value == nil {
-        guard i < arguments.count, !arguments[i].hasPrefix("--") else { fail(2, "\(name) needs a value") }
+        guard i < arguments.count, !arguments[i].hasPrefix("--") else { fail(.badInput, "\(name) needs a value") }
         value = arguments[i]
         i += 1
     }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import WeirCapture
 import WeirNetfilter
+import WeirInit
 
 struct CheckCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

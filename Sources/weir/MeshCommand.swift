@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import WeirMesh
 import WeirXDS
+import WeirInit
 
 struct MeshCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -9,14 +9,6 @@ import WeirInit
 import WeirNetfilter
 import WeirNetns
 
-/// Exit codes, documented in README.md.
-enum ExitStatus: Int32 {
-    case ok = 0
-    case runtimeFailure = 1
-    case badInput = 2
-    case checkFoundProblems = 3
-}
-
 /// An error that already says what to do, with its exit status.
 struct CommandFailure: Error {
     let status: ExitStatus
@@ -59,7 +51,7 @@ struct Weir: AsyncParsableCommand {
             try ProcessEnvironment.check(environment, arguments: Array(CommandLine.arguments.dropFirst()))
         } catch {
             FileHandle.standardError.write(Data(("weir: " + error.message + "\n").utf8))
-            Foundation.exit(error.status)
+            Foundation.exit(error.status.rawValue)
         }
         let level = environment["WEIR_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .notice
         LoggingSystem.bootstrap { label in
@@ -99,5 +91,5 @@ struct Weir: AsyncParsableCommand {
 func failure(from error: Error) -> CommandFailure {
     if let e = error as? CommandFailure { return e }
     let f = InitFailure.from(error)
-    return CommandFailure(status: ExitStatus(rawValue: f.status) ?? .runtimeFailure, message: f.message)
+    return CommandFailure(status: f.status, message: f.message)
 }
