@@ -31,8 +31,11 @@ public struct ExplainRequest: Sendable, Hashable {
             throw ExplainProblem("--request '\(line)': the URL needs a scheme and a host, as http://color:8080/")
         }
         let scheme = url[..<schemeEnd.lowerBound].lowercased()
-        guard scheme == "http" || scheme == "https" else {
-            throw ExplainProblem("--request '\(line)': scheme '\(scheme)': give http or https")
+        // An application sends its sidecar plain HTTP (the sidecar originates any TLS); a TLS client is not modelled.
+        guard scheme == "http" else {
+            throw ExplainProblem(
+                "--request '\(line)': scheme '\(scheme)': explain follows plain http, as an application sends it to its sidecar"
+            )
         }
         let rest = url[schemeEnd.upperBound...]
         let slash = rest.firstIndex { $0 == "/" || $0 == "?" || $0 == "#" } ?? rest.endIndex
@@ -41,7 +44,7 @@ public struct ExplainRequest: Sendable, Hashable {
         if path.hasPrefix("#") { path = "" }
         if path.isEmpty { path = "/" } else if path.hasPrefix("?") { path = "/" + path }
         if let hash = path.firstIndex(of: "#") { path = String(path[..<hash]) }
-        let defaultPort: UInt16 = scheme == "https" ? 443 : 80
+        let defaultPort: UInt16 = 80
         var host = hostPort
         var port = defaultPort
         // host, host:port, [v6], [v6]:port
@@ -346,25 +349,20 @@ public struct RouteExplainer: Sendable {
         if let v = hosts.first(where: { $0.domains.contains { $0.lowercased() == host } }) {
             return (v, "matches a domain exactly")
         }
-        var best: (Envoy_Config_Route_V3_VirtualHost, Int, String)?
-        for v in hosts {
-            for d in v.domains.map({ $0.lowercased() }) where d.count > 1 && d.hasPrefix("*") {
-                let suffix = d.dropFirst()
-                if host.count > suffix.count, host.hasSuffix(suffix), suffix.count > (best?.1 ?? -1) {
-                    best = (v, suffix.count, d)
+        // The longest wildcard of one kind that matches at least one character of the host.
+        func longest(suffix: Bool) -> (Envoy_Config_Route_V3_VirtualHost, String)? {
+            var best: (Envoy_Config_Route_V3_VirtualHost, Int, String)?
+            for v in hosts {
+                for d in v.domains.map({ $0.lowercased() })
+                where d.count > 1 && (suffix ? d.hasPrefix("*") : d.hasSuffix("*")) {
+                    let fixed = suffix ? d.dropFirst() : d.dropLast()
+                    let fits = suffix ? host.hasSuffix(fixed) : host.hasPrefix(fixed)
+                    if host.count > fixed.count, fits, fixed.count > (best?.1 ?? -1) { best = (v, fixed.count, d) }
                 }
             }
+            return best.map { ($0.0, "matches the wildcard domain \($0.2)") }
         }
-        if let best { return (best.0, "matches the wildcard domain \(best.2)") }
-        for v in hosts {
-            for d in v.domains.map({ $0.lowercased() }) where d.count > 1 && d.hasSuffix("*") {
-                let prefix = d.dropLast()
-                if host.count > prefix.count, host.hasPrefix(prefix), prefix.count > (best?.1 ?? -1) {
-                    best = (v, prefix.count, d)
-                }
-            }
-        }
-        if let best { return (best.0, "matches the wildcard domain \(best.2)") }
+        if let found = longest(suffix: true) ?? longest(suffix: false) { return found }
         if let v = hosts.first(where: { $0.domains.contains("*") }) { return (v, "falls to the catch-all domain *") }
         return nil
     }

@@ -25,6 +25,7 @@ struct ExplainTests {
         arguments: [
             ("GET", [], "give a method and a URL"), ("get http://a/", [], "not an HTTP method"),
             ("GET color:8080/", [], "needs a scheme"), ("GET ftp://a/", [], "scheme 'ftp'"),
+            ("GET https://a/", [], "scheme 'https'"),
             ("GET http://a:0/", [], "port '0'"), ("GET http://a:99999/", [], "port '99999'"),
             ("GET http:///x", [], "no host"), ("GET http://a/", ["novalue"], "'name: value'"),
             ("GET http://a/", [":path: /x"], "pseudo-headers"), ("GET http://fd00::1/", [], "in brackets"),
@@ -48,7 +49,7 @@ struct ExplainTests {
         #expect(b.authority == "other:9" && b.port == 80 && b.path == "/")
         let d = try ExplainRequest.parse("GET http://color#frag", headers: [])
         #expect(d.authority == "color" && d.path == "/")
-        let c = try ExplainRequest.parse("GET https://[fd00::1]:8443?x", headers: [])
+        let c = try ExplainRequest.parse("GET http://[fd00::1]:8443?x", headers: [])
         #expect(c.authority == "[fd00::1]:8443" && c.port == 8443 && c.path == "/?x")
     }
 }
