@@ -173,7 +173,7 @@ let package = Package(
             name: "WeirAgentTests",
             dependencies: [
                 "WeirAgent", "WeirXDS", "WeirForwarder", "WeirNetns", "WeirSystem", "WeirCapture", "WeirNetfilter",
-                "WeirTestSupport",
+                "WeirMesh", "WeirTestSupport",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
