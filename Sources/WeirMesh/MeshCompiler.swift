@@ -118,6 +118,8 @@ public struct MeshCompiler: Sendable {
         var dnsClusters: [String: Envoy_Config_Cluster_V3_Cluster] = [:]
         /// Whether a TLS context takes a certificate or trust from SDS (then the SDS server's cluster is added).
         var usesSDS = false
+        /// While one backend's unit is built: what `addHost` and `addTCP` placed, for the node's builder to place.
+        var contributions: [CompileMemo.BackendUnit.Contribution]?
 
         init(compiler: MeshCompiler, node: VirtualNode?, meshName: String?, accessLog: AccessLog?) {
             self.compiler = compiler
@@ -243,63 +245,7 @@ public struct MeshCompiler: Sendable {
 
         mutating func buildEgress() {
             var ports: [UInt16: PortPlan] = [:]
-            for backend in node.backends {
-                guard let service = m.virtualServices.first(where: { $0.ref == backend.service }) else { continue }
-                let policy = node.clientTLS(for: backend)
-                switch service.provider {
-                case nil:
-                    problem(
-                        service.location,
-                        "virtual service \(service.ref) has no provider, so backend \(node.ref) cannot reach it")
-                case .virtualNode(let ref):
-                    guard let target = m.virtualNodes.first(where: { $0.ref == ref }) else { continue }
-                    guard !target.listeners.isEmpty else {
-                        problem(target.location, "virtual node \(ref) provides \(service.awsName) but has no listener")
-                        continue
-                    }
-                    for l in target.listeners {
-                        let port = l.portMapping.port
-                        let proto = l.portMapping.protocol
-                        let cluster = addTargetCluster(
-                            target, port: port, tls: policy?.applies(to: port) == true ? policy : nil)
-                        if proto == .tcp {
-                            addTCP(&ports, port: port, service: service, targets: [(cluster, 1)], idle: nil)
-                        } else {
-                            var route = Envoy_Config_Route_V3_Route()
-                            route.name = "\(service.awsName)/\(target.ref.name)"
-                            route.match.prefix = "/"
-                            route.route.cluster = cluster
-                            addHost(&ports, port: port, proto: proto, service: service, routes: [route])
-                        }
-                    }
-                case .virtualRouter(let ref):
-                    guard let router = m.virtualRouters.first(where: { $0.ref == ref }) else { continue }
-                    for pm in router.listeners {
-                        let routes = router.routes(for: pm)
-                        let tls = policy?.applies(to: pm.port) == true ? policy : nil
-                        if pm.protocol == .tcp {
-                            guard let r = routes.first else {
-                                problem(
-                                    router.location,
-                                    "tcp listener \(pm.port) of virtual router \(router.ref) has no tcpRoute")
-                                continue
-                            }
-                            let targets = r.targets.filter { $0.weight > 0 }.map { t in
-                                (addTargetCluster(t, port: pm.port, tls: tls), t.weight)
-                            }
-                            addTCP(
-                                &ports, port: pm.port, service: service, targets: targets,
-                                idle: r.idleTimeoutMilliseconds)
-                        } else {
-                            var envoyRoutes: [Envoy_Config_Route_V3_Route] = []
-                            for r in routes {
-                                envoyRoutes.append(httpRoute(r, router: router, port: pm.port, tls: tls))
-                            }
-                            addHost(&ports, port: pm.port, proto: pm.protocol, service: service, routes: envoyRoutes)
-                        }
-                    }
-                }
-            }
+            for backend in node.backends { place(backendUnit(backend), &ports) }
 
             var listener = Envoy_Config_Listener_V3_Listener()
             listener.name = MeshCompiler.egressListener
@@ -372,17 +318,153 @@ public struct MeshCompiler: Sendable {
             out.listeners.append(listener)
         }
 
+        /// What one backend adds to the node's egress, built once and then taken from the memo for as long as what it
+        /// reads is unchanged: a manifest change rebuilds only the backends it touches.
+        func backendUnit(_ backend: Backend) -> CompileMemo.BackendUnit {
+            let policy = node.clientTLS(for: backend)
+            let service = m.virtualServices.first { $0.ref == backend.service }
+            var inputs = CompileMemo.BackendInputs(
+                node: node.ref, backend: backend, policy: policy, service: service, mesh: mesh,
+                options: compiler.options)
+            switch service?.provider {
+            case .virtualNode(let ref)?: inputs.targets = [m.virtualNodes.first { $0.ref == ref }]
+            case .virtualRouter(let ref)?:
+                let router = m.virtualRouters.first { $0.ref == ref }
+                inputs.router = router
+                inputs.targets = (router?.routes ?? []).flatMap(\.targets).map { t in
+                    m.virtualNodes.first { $0.ref == t.node }
+                }
+            case nil: break
+            }
+            let build = { [self] () -> CompileMemo.BackendUnit in
+                var sub = Builder(compiler: compiler, node: node, meshName: meshName, accessLog: accessLog)
+                sub.contributions = []
+                var ports: [UInt16: PortPlan] = [:]
+                sub.addBackend(backend, policy: policy, &ports)
+                return CompileMemo.BackendUnit(
+                    inputs: inputs, contributions: sub.contributions ?? [], clusters: sub.out.clusters,
+                    endpoints: sub.out.endpoints, namedOnly: sub.out.namedOnly, dnsClusters: sub.dnsClusters,
+                    usesSDS: sub.usesSDS, problems: sub.problems)
+            }
+            return compiler.memo?.backendUnit(inputs, build: build) ?? build()
+        }
+
+        /// Places a backend's unit in the node's resources, as building it there would have: clusters other backends
+        /// added already are not added twice, and a port that already carries another protocol family is refused.
+        mutating func place(_ unit: CompileMemo.BackendUnit, _ ports: inout [UInt16: PortPlan]) {
+            problems += unit.problems
+            usesSDS = usesSDS || unit.usesSDS
+            for c in unit.clusters where clusterNames.insert(c.name).inserted {
+                out.clusters.append(c)
+                if unit.namedOnly.contains(c.name) { out.namedOnly.insert(c.name) }
+                if let e = unit.endpoints.first(where: { $0.clusterName == c.name }) { out.endpoints.append(e) }
+            }
+            dnsClusters.merge(unit.dnsClusters) { had, _ in had }
+            for contribution in unit.contributions {
+                switch contribution {
+                case .host(let port, let proto, let service, let vhost, let proxyless, let api):
+                    guard placeable(host: proto, port: port, service: service, in: ports) else { continue }
+                    ports[port, default: PortPlan(proto: proto, owner: service.awsName)].hosts.append(vhost)
+                    out.routes.append(proxyless)
+                    out.listeners.append(api)
+                    out.namedOnly.insert(api.name)
+                case .tcp(let port, let service, let targets, let idle):
+                    guard placeable(tcp: port, service: service, in: ports) else { continue }
+                    var plan = PortPlan(proto: .tcp, owner: service.awsName)
+                    plan.tcpTargets = targets
+                    plan.tcpIdleMilliseconds = idle
+                    ports[port] = plan
+                }
+            }
+        }
+
+        /// Whether `port` can take an HTTP-family virtual host (a problem if it carries tcp already).
+        mutating func placeable(
+            host proto: PortProtocol, port: UInt16, service: VirtualService, in ports: [UInt16: PortPlan]
+        )
+            -> Bool
+        {
+            guard let existing = ports[port], existing.proto == .tcp else { return true }
+            problem(
+                service.location,
+                "port \(port) carries tcp for \(existing.owner) and \(proto.rawValue) for \(service.awsName); one port carries one protocol family"
+            )
+            return false
+        }
+
+        /// Whether `port` can take a tcp virtual service (a problem if it carries anything already).
+        mutating func placeable(tcp port: UInt16, service: VirtualService, in ports: [UInt16: PortPlan]) -> Bool {
+            guard let existing = ports[port] else { return true }
+            problem(
+                service.location,
+                "port \(port) already carries \(existing.proto.rawValue) for \(existing.owner); a tcp virtual service (\(service.awsName)) needs a port of its own in a node's backends"
+            )
+            return false
+        }
+
+        /// One backend's virtual hosts, tcp services and clusters.
+        mutating func addBackend(_ backend: Backend, policy: ClientTLS?, _ ports: inout [UInt16: PortPlan]) {
+            guard let service = m.virtualServices.first(where: { $0.ref == backend.service }) else { return }
+            switch service.provider {
+            case nil:
+                problem(
+                    service.location,
+                    "virtual service \(service.ref) has no provider, so backend \(node.ref) cannot reach it")
+            case .virtualNode(let ref):
+                guard let target = m.virtualNodes.first(where: { $0.ref == ref }) else { return }
+                guard !target.listeners.isEmpty else {
+                    problem(target.location, "virtual node \(ref) provides \(service.awsName) but has no listener")
+                    return
+                }
+                for l in target.listeners {
+                    let port = l.portMapping.port
+                    let proto = l.portMapping.protocol
+                    let cluster = addTargetCluster(
+                        target, port: port, tls: policy?.applies(to: port) == true ? policy : nil)
+                    if proto == .tcp {
+                        addTCP(&ports, port: port, service: service, targets: [(cluster, 1)], idle: nil)
+                    } else {
+                        var route = Envoy_Config_Route_V3_Route()
+                        route.name = "\(service.awsName)/\(target.ref.name)"
+                        route.match.prefix = "/"
+                        route.route.cluster = cluster
+                        addHost(&ports, port: port, proto: proto, service: service, routes: [route])
+                    }
+                }
+            case .virtualRouter(let ref):
+                guard let router = m.virtualRouters.first(where: { $0.ref == ref }) else { return }
+                for pm in router.listeners {
+                    let routes = router.routes(for: pm)
+                    let tls = policy?.applies(to: pm.port) == true ? policy : nil
+                    if pm.protocol == .tcp {
+                        guard let r = routes.first else {
+                            problem(
+                                router.location,
+                                "tcp listener \(pm.port) of virtual router \(router.ref) has no tcpRoute")
+                            continue
+                        }
+                        let targets = r.targets.filter { $0.weight > 0 }.map { t in
+                            (addTargetCluster(t, port: pm.port, tls: tls), t.weight)
+                        }
+                        addTCP(
+                            &ports, port: pm.port, service: service, targets: targets,
+                            idle: r.idleTimeoutMilliseconds)
+                    } else {
+                        var envoyRoutes: [Envoy_Config_Route_V3_Route] = []
+                        for r in routes {
+                            envoyRoutes.append(httpRoute(r, router: router, port: pm.port, tls: tls))
+                        }
+                        addHost(&ports, port: pm.port, proto: pm.protocol, service: service, routes: envoyRoutes)
+                    }
+                }
+            }
+        }
+
         mutating func addHost(
             _ ports: inout [UInt16: PortPlan], port: UInt16, proto: PortProtocol, service: VirtualService,
             routes: [Envoy_Config_Route_V3_Route]
         ) {
-            if let existing = ports[port], existing.proto == .tcp {
-                problem(
-                    service.location,
-                    "port \(port) carries tcp for \(existing.owner) and \(proto.rawValue) for \(service.awsName); one port carries one protocol family"
-                )
-                return
-            }
+            guard placeable(host: proto, port: port, service: service, in: ports) else { return }
             var vhost = Envoy_Config_Route_V3_VirtualHost()
             vhost.name = "\(service.awsName):\(port)"
             vhost.domains = [service.awsName, "\(service.awsName):\(port)"]
@@ -404,6 +486,7 @@ public struct MeshCompiler: Sendable {
                 httpConnectionManager(statPrefix: name, routeConfig: name, idleMilliseconds: nil, accessLog: false))
             out.listeners.append(api)
             out.namedOnly.insert(name)
+            contributions?.append(.host(port, proto, service, vhost, rc, api))
         }
 
         /// gRPC's xDS client takes EDS and LOGICAL_DNS clusters but not STRICT_DNS ones: in the route a proxyless
@@ -442,17 +525,12 @@ public struct MeshCompiler: Sendable {
             _ ports: inout [UInt16: PortPlan], port: UInt16, service: VirtualService, targets: [(String, Int)],
             idle: Int?
         ) {
-            if let existing = ports[port] {
-                problem(
-                    service.location,
-                    "port \(port) already carries \(existing.proto.rawValue) for \(existing.owner); a tcp virtual service (\(service.awsName)) needs a port of its own in a node's backends"
-                )
-                return
-            }
+            guard placeable(tcp: port, service: service, in: ports) else { return }
             var plan = PortPlan(proto: .tcp, owner: service.awsName)
             plan.tcpTargets = targets.map { (cluster: $0.0, weight: $0.1) }
             plan.tcpIdleMilliseconds = idle
             ports[port] = plan
+            contributions?.append(.tcp(port, service, plan.tcpTargets, idle))
         }
 
         mutating func addTargetCluster(_ t: WeightedTarget, port: UInt16, tls: ClientTLS?) -> String {
@@ -798,14 +876,90 @@ public final class CompileMemo: Sendable {
     }
     let state = Mutex(State())
 
+    /// What a backend's unit reads from the manifests: while all of it is unchanged, so is the unit.
+    public struct BackendInputs: Sendable, Hashable {
+        var node: ResourceRef
+        var backend: Backend
+        var policy: ClientTLS?
+        var service: VirtualService?
+        var mesh: Mesh?
+        var options: MeshCompiler.Options
+        var router: VirtualRouter?
+        /// The provider virtual node, or every target of the router's routes (nil: not in the manifests).
+        var targets: [VirtualNode?] = []
+        init(
+            node: ResourceRef, backend: Backend, policy: ClientTLS?, service: VirtualService?, mesh: Mesh?,
+            options: MeshCompiler.Options
+        ) {
+            self.node = node
+            self.backend = backend
+            self.policy = policy
+            self.service = service
+            self.mesh = mesh
+            self.options = options
+        }
+    }
+
+    /// What one backend of a node adds to the node's resources.
+    public struct BackendUnit: Sendable {
+        enum Contribution: Sendable {
+            /// An HTTP-family port: the egress virtual host, and the route configuration and `api_listener` of
+            /// proxyless gRPC clients.
+            case host(
+                UInt16, PortProtocol, VirtualService, Envoy_Config_Route_V3_VirtualHost,
+                Envoy_Config_Route_V3_RouteConfiguration, Envoy_Config_Listener_V3_Listener)
+            case tcp(UInt16, VirtualService, [(cluster: String, weight: Int)], Int?)
+        }
+        let inputs: BackendInputs
+        let contributions: [Contribution]
+        let clusters: [Envoy_Config_Cluster_V3_Cluster]
+        let endpoints: [Envoy_Config_Endpoint_V3_ClusterLoadAssignment]
+        let namedOnly: Set<String>
+        let dnsClusters: [String: Envoy_Config_Cluster_V3_Cluster]
+        let usesSDS: Bool
+        let problems: [MeshProblem]
+    }
+    struct UnitKey: Hashable {
+        var node: ResourceRef
+        var backend: Backend
+    }
+    struct Units {
+        var current: [UnitKey: BackendUnit] = [:]
+        var previous: [UnitKey: BackendUnit] = [:]
+    }
+    let units = Mutex(Units())
+    /// How many units were built rather than taken from the memo.
+    let unitsBuilt = Atomic<Int>(0)
+
     public init() {}
 
     /// Starts a reload: what the previous one did not use is forgotten.
     public func beginGeneration() {
+        // Sized as the last reload's: filling them again does not rehash as they grow.
         state.withLock {
             $0.previous = $0.current
-            $0.current = [:]
+            $0.current = Dictionary(minimumCapacity: $0.previous.count)
         }
+        units.withLock {
+            $0.previous = $0.current
+            $0.current = Dictionary(minimumCapacity: $0.previous.count)
+        }
+    }
+
+    /// A backend's unit: the one built before if it read the same, else a new one.
+    func backendUnit(_ inputs: BackendInputs, build: () -> BackendUnit) -> BackendUnit {
+        let key = UnitKey(node: inputs.node, backend: inputs.backend)
+        // Compared outside the lock: the other cores compile other nodes meanwhile.
+        let (now, before) = units.withLock { ($0.current[key], $0.previous[key]) }
+        if let now, now.inputs == inputs { return now }
+        if let before, before.inputs == inputs {
+            units.withLock { $0.current[key] = before }
+            return before
+        }
+        let v = build()
+        unitsBuilt.add(1, ordering: .relaxed)
+        units.withLock { $0.current[key] = v }
+        return v
     }
 
     func targetCluster(

@@ -221,6 +221,17 @@ public final class SharedDescriptor: Sendable {
 }
 
 extension FileSystem {
+    /// `mkdir -p`: makes `path` and the directories above it that are missing (mode 0755).
+    public static func makeDirectories(_ path: String) throws(SystemCallError) {
+        var prefix = path.hasPrefix("/") ? "" : "."
+        for part in path.split(separator: "/") {
+            prefix += "/" + part
+            if Glibc.mkdir(prefix, 0o755) != 0 && errno != EEXIST {
+                throw SystemCallError("mkdir \(prefix)", errno: errno)
+            }
+        }
+    }
+
     /// Replaces `path` with `bytes` so that a reader (or a restart after a crash) sees the old file or the new one,
     /// never a torn one: written to a temporary file beside it, flushed to disk, renamed over it, directory flushed.
     public static func writeAtomically(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o600) throws(SystemCallError) {

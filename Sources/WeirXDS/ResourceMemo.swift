@@ -39,7 +39,10 @@ public final class ResourceMemo: Sendable {
     public func beginGeneration() {
         state.withLock { g in
             g.previous = g.current
-            g.current = Generation()
+            // Sized as the last reload's: filling them again does not rehash as they grow.
+            g.current = Generation(
+                nodes: Dictionary(minimumCapacity: g.previous.nodes.count),
+                shared: Dictionary(minimumCapacity: g.previous.shared.count))
         }
     }
 
@@ -79,7 +82,8 @@ public final class ResourceMemo: Sendable {
     }
 
     func begin(_ node: String) -> NodeScope {
-        NodeScope(node: node, had: state.withLock { $0.current.nodes[node] ?? $0.previous.nodes[node] ?? [:] })
+        let had = state.withLock { $0.current.nodes[node] ?? $0.previous.nodes[node] ?? [:] }
+        return NodeScope(node: node, had: had, now: Dictionary(minimumCapacity: had.count))
     }
 
     func end(_ scope: NodeScope) {

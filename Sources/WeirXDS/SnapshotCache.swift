@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import Synchronization
 import WeirMesh
+import WeirSystem
 
 /// Where a node's config comes from. Asked for nodes it has not been asked about before (a new Envoy connects).
 public protocol SnapshotSource: Sendable {
@@ -42,10 +43,25 @@ public final class SnapshotCache: Sendable {
     public init(stateDirectory: URL?, logger: Logger = Logger(label: "weir.xds.cache")) {
         self.directory = stateDirectory
         self.logger = logger
-        writer = SnapshotWriter { node, snapshot in
-            if let stateDirectory { SnapshotCache.write(node, snapshot, directory: stateDirectory, logger: logger) }
+        let journal = stateDirectory.map { SnapshotJournal(directory: $0.path) }
+        writer = SnapshotWriter { batch in
+            guard let journal else { return }
+            let clock = ContinuousClock()
+            let started = clock.now
+            do {
+                let (bytes, compacted) = try journal.write(batch)
+                logger.info(
+                    "snapshots persisted",
+                    metadata: [
+                        "nodes": "\(batch.count)", "bytes": "\(bytes)", "compacted": "\(compacted)",
+                        "ms": "\((clock.now - started).milliseconds)",
+                    ])
+            } catch {
+                logger.warning(
+                    "cannot persist snapshots", metadata: ["nodes": "\(batch.count)", "error": "\(error)"])
+            }
         }
-        if let stateDirectory { loadPersisted(stateDirectory) }
+        if let journal { loadPersisted(journal) }
     }
 
     public func setSource(_ s: (any SnapshotSource)?) { source.withLock { $0 = s } }
@@ -143,6 +159,7 @@ public final class SnapshotCache: Sendable {
 
     // MARK: persistence
 
+    /// A node's snapshot as weir before the journal kept it: one JSON file per node, read at start only.
     struct Persisted: Codable {
         var node: String
         var resources: [String: [String: PersistedResource]]
@@ -150,13 +167,6 @@ public final class SnapshotCache: Sendable {
     struct PersistedResource: Codable {
         var bytes: Data
         var namedOnly: Bool
-    }
-
-    static func fileName(_ nodeID: String) -> String {
-        // Node ids hold slashes and colons; the file name is a readable, safe form plus a hash for uniqueness.
-        let safe = String(
-            nodeID.map { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == "." ? $0 : "_" }.prefix(80))
-        return "\(safe)-\(ContentHash.hex(Array(nodeID.utf8)).prefix(12)).snapshot.json"
     }
 
     /// Writes the snapshot files on its own thread, so neither a publish (each node's push would wait for its own
@@ -186,38 +196,22 @@ public final class SnapshotCache: Sendable {
         return done
     }
 
-    static func write(_ nodeID: String, _ snapshot: Snapshot, directory: URL, logger: Logger) {
-        let p = Persisted(
-            node: nodeID,
-            resources: snapshot.resources.reduce(into: [:]) { out, e in
-                out[e.key.rawValue] = e.value.mapValues {
-                    PersistedResource(bytes: Data($0.bytes), namedOnly: $0.namedOnly)
-                }
-            })
-        do {
-            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys]
-            let data = try encoder.encode(p)
-            // Write to a temporary file and rename: a crash never leaves a torn snapshot.
-            let final = directory.appendingPathComponent(Self.fileName(nodeID))
-            let tmp = directory.appendingPathComponent(".\(Self.fileName(nodeID)).tmp")
-            try data.write(to: tmp)
-            _ = rename(tmp.path, final.path)
-        } catch {
-            logger.warning("cannot persist snapshot", metadata: ["node": "\(nodeID)", "error": "\(error)"])
-        }
-    }
-
-    func loadPersisted(_ directory: URL) {
-        let files = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
-        for f in files where f.hasSuffix(".snapshot.json") {
-            guard let data = FileManager.default.contents(atPath: directory.appendingPathComponent(f).path),
-                let p = try? JSONDecoder().decode(Persisted.self, from: data)
+    /// Loads the journal, and the files of earlier versions for nodes it does not hold.
+    func loadPersisted(_ journal: SnapshotJournal) {
+        let (loaded, problems) = journal.load()
+        for p in problems { logger.warning("\(p)") }
+        var snapshots = loaded.filter { $0.value.consistencyProblems().isEmpty }
+        let legacy = (try? FileSystem.entries(journal.directory))?.filter { $0.hasSuffix(".snapshot.json") } ?? []
+        for f in legacy {
+            let path = journal.directory + "/" + f
+            journal.legacyFiles.append(path)
+            guard let text = FileSystem.text(path),
+                let p = try? JSONDecoder().decode(Persisted.self, from: Data(text.utf8))
             else {
                 logger.warning("ignoring unreadable snapshot file", metadata: ["file": "\(f)"])
                 continue
             }
+            guard snapshots[p.node] == nil else { continue }
             var resources: [ResourceType: [String: VersionedResource]] = [:]
             for (t, byName) in p.resources {
                 guard let type = ResourceType(rawValue: t) else { continue }
@@ -227,18 +221,22 @@ public final class SnapshotCache: Sendable {
                 }
             }
             let s = Snapshot(resources: resources)
-            if s.consistencyProblems().isEmpty { state.withLock { $0.snapshots[p.node] = s } }
+            if s.consistencyProblems().isEmpty { snapshots[p.node] = s }
         }
-        if !files.isEmpty { logger.info("loaded persisted snapshots", metadata: ["nodes": "\(nodeIDs.count)"]) }
+        // The first write compacts (legacy files pending): the journal then holds these nodes too.
+        journal.adopt(snapshots)
+        state.withLock { $0.snapshots = snapshots }
+        if !snapshots.isEmpty { logger.info("loaded persisted snapshots", metadata: ["nodes": "\(snapshots.count)"]) }
     }
 }
 
-/// The thread that writes snapshot files. A node changed twice before its write is written once, as it is last. The
+/// The thread that writes snapshots, in batches. A node changed twice before its write is written once, as it is last. The
 /// thread runs at the lowest CPU priority: on a busy node the pushes go first and the files follow. It starts with the
 /// first write and ends after a few idle seconds.
 final class SnapshotWriter: @unchecked Sendable {
-    let write: @Sendable (String, Snapshot) -> Void
+    let write: @Sendable ([(node: String, snapshot: Snapshot)]) -> Void
     static let idleSeconds = 5.0
+    static let gatherSeconds = 0.05
     // The rest is guarded by `condition`.
     let condition = NSCondition()
     var unwritten: [String: Snapshot] = [:]
@@ -246,7 +244,7 @@ final class SnapshotWriter: @unchecked Sendable {
     var running = false
     var stopping = false
 
-    init(write: @escaping @Sendable (String, Snapshot) -> Void) { self.write = write }
+    init(write: @escaping @Sendable ([(node: String, snapshot: Snapshot)]) -> Void) { self.write = write }
 
     func submit(_ nodeID: String, _ snapshot: Snapshot) {
         condition.lock()
@@ -293,11 +291,16 @@ final class SnapshotWriter: @unchecked Sendable {
                     return
                 }
             }
+            // A publish hands over its nodes one by one: let it finish (and the pushes it starts go first), so that
+            // one batch, one append, holds the whole change.
+            // Bounded by the deadline (each submit's broadcast wakes the wait early).
+            let gathered = Date(timeIntervalSinceNow: Self.gatherSeconds)
+            while !stopping && Date() < gathered { _ = condition.wait(until: gathered) }
             let batch = unwritten
             unwritten = [:]
             writing = true
             condition.unlock()
-            for (node, snapshot) in batch.sorted(by: { $0.key < $1.key }) { write(node, snapshot) }
+            write(batch.sorted(by: { $0.key < $1.key }).map { (node: $0.key, snapshot: $0.value) })
             condition.lock()
             writing = false
             condition.broadcast()

@@ -162,3 +162,43 @@ struct CompilerGoldenTests {
         }
     }
 }
+
+/// The memo shares what a change did not touch across reloads; what it gives must be what a fresh compile gives.
+@Suite("compile memo")
+struct CompileMemoTests {
+    @Test("after each of a series of edits, every node compiled with the memo equals a compile without it")
+    func memoMatchesFreshCompile() throws {
+        let url = CompilerGoldenTests.goldens.appendingPathComponent("mesh-drop/mesh.yaml")
+        let original = try String(contentsOf: url, encoding: .utf8)
+        // Each edit keeps the mesh valid and changes what some backends read: a router's weights, a target's
+        // health check and address, a router's target, the mesh's IP preference; then back to the start.
+        let edits: [(String, String)] = [
+            ("weight: 90}", "weight: 70}"),
+            ("intervalMillis: 5000", "intervalMillis: 7000"),
+            ("hostname: 10.0.0.11", "hostname: 10.0.0.12"),
+            ("{virtualNodeRef: {name: catalog-v2}, weight: 1}", "{virtualNodeRef: {name: catalog-v1}, weight: 1}"),
+            ("weight: 10}", "weight: 0}"),
+        ]
+        var texts = [original]
+        for (from, to) in edits {
+            #expect(texts.last!.contains(from), "the fixture still holds \(from)")
+            texts.append(texts.last!.replacingOccurrences(of: from, with: to))
+        }
+        texts.append(original)
+        let memo = CompileMemo()
+        for (i, text) in texts.enumerated() {
+            let builtBefore = memo.unitsBuilt.load(ordering: .relaxed)
+            let m = try ManifestReader.read([("mesh.yaml", text)])
+            var memoized = MeshCompiler(m)
+            memoized.memo = memo
+            memo.beginGeneration()
+            for id in memoized.nodeIDs {
+                let fresh = try MeshCompiler(m).compile(nodeID: id).json()
+                #expect(try memoized.compile(nodeID: id).json() == fresh, "edit \(i), node \(id)")
+            }
+            let built = memo.unitsBuilt.load(ordering: .relaxed) - builtBefore
+            let used = memo.units.withLock { $0.current.count }
+            if i > 0 { #expect(built > 0 && built < used, "edit \(i): \(built) of \(used) units built anew") }
+        }
+    }
+}

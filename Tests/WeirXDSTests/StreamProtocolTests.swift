@@ -360,12 +360,12 @@ struct SnapshotTests {
         let gate = DispatchSemaphore(value: 0)
         let started = DispatchSemaphore(value: 0)
         let log = WriteLog()
-        let writer = SnapshotWriter { node, snapshot in
+        let writer = SnapshotWriter { batch in
             if log.lines.withLock({ $0.isEmpty }) {
                 started.signal()
                 gate.wait()
             }  // the first write hangs until let go
-            log.lines.withLock { $0.append("\(node) \(snapshot.version)") }
+            log.lines.withLock { $0 += batch.map { "\($0.node) \($0.snapshot.version)" } }
         }
         let v = (1...4).map { snap([.cluster: ["a": "\($0)"]]) }
         writer.submit("n1", v[0])
@@ -401,7 +401,7 @@ struct SnapshotTests {
             SnapshotCache(stateDirectory: dir).snapshot(for: "n1") == versions[3], "the one before the rejected one")
         #expect(cache.snapshot(for: "n1") == versions[4], "still served: Envoy keeps its last good config anyway")
         let files = try FileManager.default.contentsOfDirectory(atPath: dir.path)
-        #expect(files.count == 1 && files[0].hasSuffix(".snapshot.json"), "no temporary file left: \(files)")
+        #expect(files == [SnapshotJournal.fileName], "one journal, no temporary file left: \(files)")
     }
 }
 
