@@ -17,6 +17,9 @@ import WeirSystem
 final class SnapshotJournal: @unchecked Sendable {  // loaded at start, then used by the writer thread alone
     static let fileName = "snapshots.journal"
     static let header: [UInt8] = Array("weir-snapshots\u{1}\n".utf8)
+    // A record: its length (u32), content hash (two u64), node id, resource count (u32); per resource, its type
+    // (ResourceType.order, u8), name, flags (u8: named-only, same as before) and, unless the same, its bytes.
+    // Strings and bytes are a u32 length and the bytes; integers little-endian.
     /// A compacted file's size below which the journal is never compacted (appends stay cheap, the file small).
     static let compactFloor = 1 << 20
 
@@ -67,8 +70,8 @@ final class SnapshotJournal: @unchecked Sendable {  // loaded at start, then use
             var now: [ResourceType: [String: VersionedResource]] = [:]
             var ok = true
             for _ in 0..<count {
-                guard let typeName = p.string(), let type = ResourceType(rawValue: typeName), let name = p.string(),
-                    let flags = p.u8()
+                guard let code = p.u8(), let type = ResourceType.allCases.first(where: { $0.order == Int(code) }),
+                    let name = p.string(), let flags = p.u8()
                 else {
                     ok = false
                     break
@@ -125,7 +128,7 @@ final class SnapshotJournal: @unchecked Sendable {  // loaded at start, then use
     static func fullSize(_ node: String, _ s: Snapshot) -> Int {
         var n = 20 + 4 + node.utf8.count + 4
         for (type, byName) in s.resources {
-            for (name, r) in byName { n += 4 + type.rawValue.utf8.count + 4 + name.utf8.count + 1 + 4 + r.bytes.count }
+            for (name, r) in byName { n += 1 + 4 + name.utf8.count + 1 + 4 + r.bytes.count }
         }
         return n
     }
@@ -137,7 +140,7 @@ final class SnapshotJournal: @unchecked Sendable {  // loaded at start, then use
         w.u32(UInt32(s.resources.values.reduce(0) { $0 + $1.count }))
         for type in s.resources.keys.sorted() {
             for (name, r) in s.resources[type]!.sorted(by: { $0.key < $1.key }) {
-                w.string(type.rawValue)
+                w.u8(UInt8(type.order))  // one byte: a type URL per resource would be most of a change's append
                 w.string(name)
                 let same = had?.resources[type]?[name].map { $0.version == r.version && $0.namedOnly == r.namedOnly }
                 if same == true {
