@@ -200,25 +200,14 @@ def phase_streams(d, pid, sock):
     return idle_rss, results
 
 
-def reload_stages(log):
-    """(read, compile, publish) milliseconds of each reload weir logged ("config in force")."""
+def logged(log, message, keys):
+    """The values of `keys` (integers) in each line of weir's log that carries `message`, in order."""
     import re
     out = []
     for line in open(log, errors="replace"):
-        if "config in force" in line:
-            v = {k: int(x) for k, x in re.findall(r"(read_ms|compile_ms|publish_ms)=(\d+)", line)}
-            out.append((v.get("read_ms", 0), v.get("compile_ms", 0), v.get("publish_ms", 0)))
-    return out
-
-
-def persist_stages(log):
-    """(nodes, bytes, milliseconds) of each batch of snapshots weir wrote to --state."""
-    import re
-    out = []
-    for line in open(log, errors="replace"):
-        if "snapshots persisted" in line:
-            v = {k: int(x) for k, x in re.findall(r"(nodes|bytes|ms)=(\d+)", line)}
-            out.append((v.get("nodes", 0), v.get("bytes", 0), v.get("ms", 0)))
+        if message in line:
+            v = {k: int(x) for k, x in re.findall(r"\b(" + "|".join(keys) + r")=(\d+)", line)}
+            out.append(tuple(v.get(k, 0) for k in keys))
     return out
 
 
@@ -303,8 +292,9 @@ def main():
         print("  RSS as the client processes connected: " + ", ".join(f"{n} streams {r} KiB" for n, r in points))
         print(f"  memory per idle stream: {per_stream / 1024:.1f} KiB (least-squares slope from {n1} to {n2} streams)"
               f" ({per_stream_all / 1024:.1f} KiB averaged from none to {STREAMS}; goal <= 20 KiB)")
-        stages = reload_stages(os.path.join(d, "weir.log"))[-len(results):]
-        persisted = persist_stages(os.path.join(d, "weir.log"))
+        # Each reload's stages ("config in force") and each batch the --state journal wrote.
+        stages = logged(os.path.join(d, "weir.log"), "config in force", ("read_ms", "compile_ms", "publish_ms"))[-len(results):]
+        persisted = logged(os.path.join(d, "weir.log"), "snapshots persisted", ("nodes", "bytes", "ms"))
         for i, (lat, cpu, clients_cpu) in enumerate(results):
             if len(lat) < STREAMS:
                 print(f"  change {i + 1}: only {len(lat)} of {STREAMS} streams got the update")

@@ -870,11 +870,7 @@ public final class CompileMemo: Sendable {
         var name: String
         var port: UInt16
     }
-    struct State {
-        var current: [Key: TargetCluster] = [:]
-        var previous: [Key: TargetCluster] = [:]
-    }
-    let state = Mutex(State())
+    let clusters = GenerationMap<Key, TargetCluster>()
 
     /// What a backend's unit reads from the manifests: while all of it is unchanged, so is the unit.
     public struct BackendInputs: Sendable, Hashable {
@@ -923,11 +919,7 @@ public final class CompileMemo: Sendable {
         var node: ResourceRef
         var backend: Backend
     }
-    struct Units {
-        var current: [UnitKey: BackendUnit] = [:]
-        var previous: [UnitKey: BackendUnit] = [:]
-    }
-    let units = Mutex(Units())
+    let units = GenerationMap<UnitKey, BackendUnit>()
     /// How many units were built rather than taken from the memo.
     let unitsBuilt = Atomic<Int>(0)
 
@@ -935,50 +927,60 @@ public final class CompileMemo: Sendable {
 
     /// Starts a reload: what the previous one did not use is forgotten.
     public func beginGeneration() {
-        // Sized as the last reload's: filling them again does not rehash as they grow.
-        state.withLock {
-            $0.previous = $0.current
-            $0.current = Dictionary(minimumCapacity: $0.previous.count)
-        }
-        units.withLock {
-            $0.previous = $0.current
-            $0.current = Dictionary(minimumCapacity: $0.previous.count)
-        }
+        clusters.beginGeneration()
+        units.beginGeneration()
     }
 
     /// A backend's unit: the one built before if it read the same, else a new one.
     func backendUnit(_ inputs: BackendInputs, build: () -> BackendUnit) -> BackendUnit {
-        let key = UnitKey(node: inputs.node, backend: inputs.backend)
-        // Compared outside the lock: the other cores compile other nodes meanwhile.
-        let (now, before) = units.withLock { ($0.current[key], $0.previous[key]) }
-        if let now, now.inputs == inputs { return now }
-        if let before, before.inputs == inputs {
-            units.withLock { $0.current[key] = before }
-            return before
+        units.value(for: UnitKey(node: inputs.node, backend: inputs.backend), valid: { $0.inputs == inputs }) {
+            unitsBuilt.add(1, ordering: .relaxed)
+            return build()
         }
-        let v = build()
-        unitsBuilt.add(1, ordering: .relaxed)
-        units.withLock { $0.current[key] = v }
-        return v
     }
 
     func targetCluster(
         _ target: VirtualNode, port: UInt16, tls: ClientTLS?, family: Envoy_Config_Cluster_V3_Cluster.DnsLookupFamily,
         name: String, build: () -> TargetCluster
     ) -> TargetCluster {
-        let key = Key(name: name, port: port)
-        func same(_ v: TargetCluster) -> Bool { v.target == target && v.tls == tls && v.family == family }
-        let known = state.withLock { s -> TargetCluster? in
-            if let v = s.current[key], same(v) { return v }
-            if let v = s.previous[key], same(v) {
-                s.current[key] = v
-                return v
-            }
-            return nil
+        clusters.value(
+            for: Key(name: name, port: port), valid: { $0.target == target && $0.tls == tls && $0.family == family },
+            build: build)
+    }
+}
+
+/// Values kept across reloads, by key: what this reload used, and what the one before did. A value the previous
+/// reload used is kept for this one if it is still valid; what neither used is dropped.
+final class GenerationMap<Key: Hashable & Sendable, Value: Sendable>: Sendable {
+    struct Generations {
+        var current: [Key: Value] = [:]
+        var previous: [Key: Value] = [:]
+    }
+    let state = Mutex(Generations())
+
+    /// Starts a reload.
+    func beginGeneration() {
+        state.withLock {
+            $0.previous = $0.current
+            // Sized as the last reload's: filling it again does not rehash as it grows.
+            $0.current = Dictionary(minimumCapacity: $0.previous.count)
         }
-        if let known { return known }
+    }
+
+    /// The value for `key` that `valid` accepts, from this reload or the one before, else `build()`'s (kept).
+    func value(for key: Key, valid: (Value) -> Bool, build: () -> Value) -> Value {
+        // Checked outside the lock: the other cores compile other nodes meanwhile.
+        let (now, before) = state.withLock { ($0.current[key], $0.previous[key]) }
+        if let now, valid(now) { return now }
+        if let before, valid(before) {
+            state.withLock { $0.current[key] = before }
+            return before
+        }
         let v = build()
         state.withLock { $0.current[key] = v }
         return v
     }
+
+    /// What this reload has used so far.
+    var count: Int { state.withLock { $0.current.count } }
 }

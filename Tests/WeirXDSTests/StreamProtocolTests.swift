@@ -378,6 +378,21 @@ struct SnapshotTests {
         #expect(log.lines.withLock { $0 } == ["n1 \(v[0].version)", "n1 \(v[3].version)", "n2 \(v[0].version)"])
     }
 
+    @Test("the nodes a publish hands over one by one are written as one batch (one append)")
+    func writerGathersAPublish() {
+        let batches = WriteLog()
+        let writer = SnapshotWriter { batch in
+            batches.lines.withLock { $0.append(batch.map(\.node).joined(separator: ",")) }
+        }
+        // The first node starts the writer thread; the rest come while it would already be writing.
+        writer.submit("n1", snap([.cluster: ["a": "1"]]))
+        usleep(5000)
+        for i in 2...5 { writer.submit("n\(i)", snap([.cluster: ["a": "\(i)"]])) }
+        #expect(writer.flush(until: Date(timeIntervalSinceNow: 5)))
+        #expect(batches.lines.withLock { $0 } == ["n1,n2,n3,n4,n5"])
+        writer.stop()
+    }
+
     @Test("a rejected snapshot goes back to the previous one on disk; after changes in a row the last one is there")
     func persistenceAfterNack() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("weir-cache-\(UUID().uuidString)")
