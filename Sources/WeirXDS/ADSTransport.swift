@@ -219,10 +219,13 @@ final class RateLimiter: Sendable {
     init(perMinute: Int) { self.perMinute = perMinute }
 
     func admit(_ key: String, now: UInt64 = DispatchTime.now().uptimeNanoseconds) -> Verdict {
-        windows.withLock { w in
-            if w.count > 10_000 { w = w.filter { now - $0.value.start < 60_000_000_000 } }
+        // `now` is read before the lock, so another thread may have started a window after it: time since a start
+        // in the future is zero, not an unsigned underflow.
+        func since(_ start: UInt64) -> UInt64 { now > start ? now - start : 0 }
+        return windows.withLock { w in
+            if w.count > 10_000 { w = w.filter { since($0.value.start) < 60_000_000_000 } }
             var window = w[key] ?? Window(start: now, count: 0, dropped: 0)
-            if now - window.start >= 60_000_000_000 { window = Window(start: now, count: 0, dropped: window.dropped) }
+            if since(window.start) >= 60_000_000_000 { window = Window(start: now, count: 0, dropped: window.dropped) }
             defer { w[key] = window }
             guard window.count < perMinute else {
                 window.dropped += 1

@@ -373,3 +373,28 @@ struct ADSTransportTests {
         try await serving.value
     }
 }
+
+@Suite("rate-limited warnings")
+struct RateLimiterTests {
+    @Test("a key is admitted perMinute times a minute, then dropped, and the next window says how many were dropped")
+    func window() {
+        let limiter = RateLimiter(perMinute: 2)
+        let t0: UInt64 = 1_000_000_000_000
+        #expect(limiter.admit("k", now: t0) == .log)
+        #expect(limiter.admit("k", now: t0 + 1) == .log)
+        #expect(limiter.admit("k", now: t0 + 2) == .drop)
+        #expect(limiter.admit("other", now: t0 + 3) == .log)
+        #expect(limiter.admit("k", now: t0 + 61_000_000_000) == .logSuppressed(1))
+    }
+
+    @Test(
+        "a time read before another thread started the window (so earlier than its start) counts in that window, without a trap"
+    )
+    func earlierNow() {
+        // Two listeners out of descriptors at once share one limiter: each reads the clock, then takes the lock.
+        let limiter = RateLimiter(perMinute: 1)
+        let t0: UInt64 = 1_000_000_000_000
+        #expect(limiter.admit("accept", now: t0 + 5) == .log)
+        #expect(limiter.admit("accept", now: t0) == .drop)
+    }
+}
