@@ -1,5 +1,9 @@
 // swift-tools-version: 6.0
+import Foundation
 import PackageDescription
+
+/// This package's folder: the linker is given absolute paths.
+let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().path
 
 let package = Package(
     name: "weir",
@@ -121,11 +125,17 @@ let package = Package(
         .target(
             name: "WeirInit",
             dependencies: [
-                "WeirCapture", "WeirNetfilter", "WeirNetns", .product(name: "Logging", package: "swift-log"),
+                "WeirCapture", "WeirNetfilter", "WeirNetns", "WeirSystem",
+                .product(name: "Logging", package: "swift-log"),
             ]),
         .executableTarget(
             name: "weir-init",
-            dependencies: ["WeirInit", "WeirCapture", "WeirSystem", .product(name: "Logging", package: "swift-log")]),
+            dependencies: ["WeirInit", "WeirCapture", "WeirSystem", .product(name: "Logging", package: "swift-log")],
+            // An init container starts it once per pod, and a shared library costs that start its loading and
+            // symbol binding (libstdc++ alone brings 2000 relocations). `scripts/static-archives` links libstdc++,
+            // libnftnl and libcap archives into this folder, which the linker searches first; without it, or for a
+            // library without an archive (libmnl), the shared library is used.
+            linkerSettings: [.unsafeFlags(["-L", packageRoot + "/.build-static/archives"])]),
         .executableTarget(
             name: "weir-bench", dependencies: ["WeirCapture", "WeirNetfilter", "WeirNetns", "WeirSystem"]),
         .testTarget(

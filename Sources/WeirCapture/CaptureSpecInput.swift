@@ -61,7 +61,11 @@ public struct CaptureSpecInput: Sendable, Hashable {
             }
         }
         public var flag: String { "--" + rawValue }
-        public var environmentName: String { "WEIR_" + rawValue.uppercased().replacing("-", with: "_") }
+        public var environmentName: String {
+            // Not `replacing(_:with:)`: its generic instantiations cost an init container's start-up more than this.
+            "WEIR_"
+                + String(String.UnicodeScalarView(rawValue.uppercased().unicodeScalars.map { $0 == "-" ? "_" : $0 }))
+        }
     }
 
     /// Values per key; list keys may hold several, scalar keys hold the last one given.
@@ -93,9 +97,12 @@ public struct CaptureSpecInput: Sendable, Hashable {
     public static func fromWeirEnvironment(_ env: [String: String]) -> (CaptureSpecInput, [CaptureSpecProblem]) {
         var input = CaptureSpecInput()
         var problems: [CaptureSpecProblem] = []
+        let names = env.keys.filter { $0.hasPrefix("WEIR_") }
+        // Most processes have none: the table of names is built only for those that do.
+        guard !names.isEmpty else { return (input, problems) }
         let known = Dictionary(uniqueKeysWithValues: Key.allCases.map { ($0.environmentName, $0) })
         let otherWeirVariables: Set<String> = ["WEIR_LOG_LEVEL", "WEIR_NETNS", "WEIR_BACKEND", "WEIR_IPTABLES_MODE"]
-        for name in env.keys.sorted() where name.hasPrefix("WEIR_") {
+        for name in names.sorted() {
             guard let key = known[name] else {
                 if !otherWeirVariables.contains(name) {
                     problems.append(

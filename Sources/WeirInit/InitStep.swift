@@ -1,7 +1,9 @@
 import Logging
+import Synchronization
 import WeirCapture
 import WeirNetfilter
 import WeirNetns
+import WeirSystem
 
 /// weir's exit codes, the same for every command and for weir-init (README.md lists them).
 public enum ExitStatus: Int32, Sendable {
@@ -54,8 +56,10 @@ public struct InitStep: Sendable {
         self.iptablesMode = iptablesMode
     }
 
-    /// Installs the rules; returns the line that says what was installed where.
+    /// Installs the rules; returns the line that says what was installed where. The process exits next, so the
+    /// transaction's socket is closed at once rather than by a thread started for it.
     public func run(environment: [String: String]) throws(InitFailure) -> String {
+        NetlinkSocket.closesInBackground.store(false, ordering: .relaxed)
         do {
             let spec = try CaptureSpecInput.resolve(flags: flags, environment: environment)
             let backendName = backend ?? environment["WEIR_BACKEND"] ?? "nftables"

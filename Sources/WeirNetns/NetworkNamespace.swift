@@ -1,3 +1,4 @@
+import Synchronization
 import WeirSystem
 
 #if canImport(Glibc)
@@ -103,19 +104,20 @@ public final class NamespaceHandle: Sendable, CustomStringConvertible {
     /// Runs `body` inside the namespace on a dedicated thread, and returns its result. A namespace the thread
     /// cannot enter is an error, not work done in the host's namespace.
     public func run<T: Sendable>(name: String = "weir-netns", _ body: @escaping @Sendable () throws -> T) throws -> T {
-        let result = OneShot<Result<T, any Error>>()
+        // The join is the wait: the result is read after the thread has ended (no semaphore, so an init container
+        // never starts libdispatch).
+        let result = Mutex<Result<T, any Error>?>(nil)
         let thread = try OSThread.start(name: name) { [self] in
-            result.set(
-                Result { () throws -> T in
-                    do throws(SystemCallError) { try NamespaceCalls.enter(descriptor) } catch {
-                        throw error.context("entering network namespace \(path)")
-                    }
-                    return try body()
-                })
+            let r = Result { () throws -> T in
+                do throws(SystemCallError) { try NamespaceCalls.enter(descriptor) } catch {
+                    throw error.context("entering network namespace \(path)")
+                }
+                return try body()
+            }
+            result.withLock { $0 = r }
         }
-        let r = result.wait()
         thread.join()
-        return try r.get()
+        return try result.withLock { $0! }.get()
     }
 
     /// Runs `body` inside the namespace on a dedicated thread; the caller's task resumes when it is done, without

@@ -127,7 +127,7 @@ final class SnapshotJournal: @unchecked Sendable {  // loaded at start, then use
     /// The size of a node's record written in full (what `record(node, s, against: nil)` gives), without writing it.
     static func fullSize(_ node: String, _ s: Snapshot) -> Int {
         var n = 20 + 4 + node.utf8.count + 4
-        for (type, byName) in s.resources {
+        for byName in s.resources.values {
             for (name, r) in byName { n += 1 + 4 + name.utf8.count + 1 + 4 + r.bytes.count }
         }
         return n

@@ -9,7 +9,9 @@ import WeirSystem
     import Glibc
 #endif
 
-let usage = """
+/// The help text; a function, not a global, so that its table of flags is built only for --help.
+func usage() -> String {
+    """
     usage: weir-init [init] [--netns PATH] [--backend nftables|iptables] [--iptables-mode auto|nft|legacy]
                      [--mode redirect|tproxy] [--quiet] [CAPTURE FLAGS]
 
@@ -21,6 +23,7 @@ let usage = """
 
     Exit codes: 0 ok, 1 runtime failure, 2 bad input (nothing was changed).
     """
+}
 
 func fail(_ status: ExitStatus, _ message: String) -> Never {
     let text = Array("weir: \(message)\n".utf8)
@@ -45,7 +48,7 @@ if arguments.first == "init" { arguments.removeFirst() }
 let env = environment()
 do { try ProcessEnvironment.check(env, arguments: arguments) } catch { fail(error.status, error.message) }
 if arguments.contains(where: { $0 == "--help" || $0 == "-h" }) {
-    print(usage)
+    print(usage())
     exit(ExitStatus.ok.rawValue)
 }
 let level = env["WEIR_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .notice
