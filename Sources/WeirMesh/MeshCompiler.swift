@@ -323,9 +323,12 @@ public struct MeshCompiler: Sendable {
         func backendUnit(_ backend: Backend) -> CompileMemo.BackendUnit {
             let policy = node.clientTLS(for: backend)
             let service = m.virtualServices.first { $0.ref == backend.service }
+            // A unit does not depend on the node that has the backend, but for the problem a service without a
+            // provider gives (it names the node): the other nodes with the same backend and policy share it.
             var inputs = CompileMemo.BackendInputs(
-                node: node.ref, backend: backend, policy: policy, service: service, mesh: mesh,
-                options: compiler.options)
+                node: service != nil && service?.provider == nil ? node.ref : nil, backend: backend.service,
+                policy: policy,
+                service: service, mesh: mesh, options: compiler.options)
             switch service?.provider {
             case .virtualNode(let ref)?: inputs.targets = [m.virtualNodes.first { $0.ref == ref }]
             case .virtualRouter(let ref)?:
@@ -874,8 +877,11 @@ public final class CompileMemo: Sendable {
 
     /// What a backend's unit reads from the manifests: while all of it is unchanged, so is the unit.
     public struct BackendInputs: Sendable, Hashable {
-        var node: ResourceRef
-        var backend: Backend
+        /// The node, where the unit names it (nil: every node with this backend and policy gets the same unit).
+        var node: ResourceRef?
+        /// The backend's virtual service: what `addBackend` reads of the backend (its place in the node's manifest
+        /// is not, so it is left out of the key).
+        var backend: ResourceRef
         var policy: ClientTLS?
         var service: VirtualService?
         var mesh: Mesh?
@@ -884,7 +890,7 @@ public final class CompileMemo: Sendable {
         /// The provider virtual node, or every target of the router's routes (nil: not in the manifests).
         var targets: [VirtualNode?] = []
         init(
-            node: ResourceRef, backend: Backend, policy: ClientTLS?, service: VirtualService?, mesh: Mesh?,
+            node: ResourceRef?, backend: ResourceRef, policy: ClientTLS?, service: VirtualService?, mesh: Mesh?,
             options: MeshCompiler.Options
         ) {
             self.node = node
@@ -916,8 +922,8 @@ public final class CompileMemo: Sendable {
         let problems: [MeshProblem]
     }
     struct UnitKey: Hashable {
-        var node: ResourceRef
-        var backend: Backend
+        var node: ResourceRef?
+        var backend: ResourceRef
     }
     let units = GenerationMap<UnitKey, BackendUnit>()
     /// How many units were built rather than taken from the memo.

@@ -201,4 +201,42 @@ struct CompileMemoTests {
             if i > 0 { #expect(built > 0 && built < used, "edit \(i): \(built) of \(used) units built anew") }
         }
     }
+
+    @Test("nodes with the same backends share their units: a router's edit builds its unit once, not once per node")
+    func unitsSharedAcrossNodes() throws {
+        let url = CompilerGoldenTests.goldens.appendingPathComponent("mesh-drop/mesh.yaml")
+        // A second node with web's backends, but its own listener and no access log.
+        let twin = """
+            ---
+            apiVersion: appmesh.k8s.aws/v1beta2
+            kind: VirtualNode
+            metadata: {name: web-b, namespace: shop}
+            spec:
+              listeners:
+                - portMapping: {port: 9090, protocol: http}
+              backends:
+                - virtualService: {virtualServiceRef: {name: catalog}}
+                - virtualService: {virtualServiceRef: {name: db}}
+                - virtualService: {virtualServiceRef: {name: prices}}
+            """
+        let first = try String(contentsOf: url, encoding: .utf8) + "\n" + twin + "\n"
+        #expect(first.contains("weight: 90}"))
+        let memo = CompileMemo()
+        var builtPerText: [Int] = []
+        for text in [first, first.replacingOccurrences(of: "weight: 90}", with: "weight: 70}")] {
+            let before = memo.unitsBuilt.load(ordering: .relaxed)
+            let m = try ManifestReader.read([("mesh.yaml", text)])
+            var memoized = MeshCompiler(m)
+            memoized.memo = memo
+            memo.beginGeneration()
+            #expect(memoized.nodeIDs.count >= 2)
+            for id in memoized.nodeIDs {
+                let fresh = try MeshCompiler(m).compile(nodeID: id).json()
+                #expect(try memoized.compile(nodeID: id).json() == fresh, "node \(id)")
+            }
+            builtPerText.append(memo.unitsBuilt.load(ordering: .relaxed) - before)
+        }
+        // catalog, db and prices once for both nodes; then only catalog, whose router changed.
+        #expect(builtPerText == [3, 1], "units built: \(builtPerText)")
+    }
 }
