@@ -272,3 +272,57 @@ struct ADSStreamHandlerTests {
         #expect(ADSStreamHandler.percentEncoded("100% ü\n") == "100%25 %C3%BC%0A")
     }
 }
+
+/// Counts the flushes that reach the socket side of the pipeline.
+final class FlushCounter: ChannelOutboundHandler {
+    typealias OutboundIn = Any
+    var flushes = 0
+    func flush(context: ChannelHandlerContext) {
+        flushes += 1
+        context.flush()
+    }
+}
+
+@Suite("a connection's flushes")
+struct FlushCoalescerTests {
+    @Test("the flushes of one pass through the loop's tasks reach the socket as one, with every write before them")
+    func coalesced() throws {
+        let counter = FlushCounter()
+        let channel = EmbeddedChannel()
+        try channel.pipeline.syncOperations.addHandler(counter)
+        try channel.pipeline.syncOperations.addHandler(FlushCoalescer())
+        for text in ["a", "b", "c"] {
+            channel.write(ByteBuffer(string: text), promise: nil)
+            channel.flush()
+        }
+        #expect(counter.flushes == 0)
+        #expect(try channel.readOutbound(as: ByteBuffer.self) == nil, "nothing is out before the deferred flush")
+        channel.embeddedEventLoop.run()
+        #expect(counter.flushes == 1)
+        var out = ""
+        while let b = try channel.readOutbound(as: ByteBuffer.self) { out += String(buffer: b) }
+        #expect(out == "abc")
+        // A later flush is deferred again.
+        channel.write(ByteBuffer(string: "d"), promise: nil)
+        channel.flush()
+        channel.embeddedEventLoop.run()
+        #expect(counter.flushes == 2)
+        #expect(try channel.readOutbound(as: ByteBuffer.self).map { String(buffer: $0) } == "d")
+        _ = try channel.finish()
+    }
+
+    @Test("a close flushes what waits first: a GOAWAY written just before it goes out")
+    func closeFlushes() throws {
+        let counter = FlushCounter()
+        let channel = EmbeddedChannel()
+        try channel.pipeline.syncOperations.addHandler(counter)
+        try channel.pipeline.syncOperations.addHandler(FlushCoalescer())
+        channel.write(ByteBuffer(string: "goaway"), promise: nil)
+        channel.flush()
+        let closed = channel.close()
+        channel.embeddedEventLoop.run()
+        try closed.wait()
+        #expect(counter.flushes == 1)
+        #expect(try channel.readOutbound(as: ByteBuffer.self).map { String(buffer: $0) } == "goaway")
+    }
+}
