@@ -125,8 +125,7 @@ let package = Package(
         .target(
             name: "WeirInit",
             dependencies: [
-                "WeirCapture", "WeirNetfilter", "WeirNetns", "WeirSystem",
-                .product(name: "Logging", package: "swift-log"),
+                "WeirCapture", "WeirNetfilter", "WeirNetns", .product(name: "Logging", package: "swift-log"),
             ]),
         .executableTarget(
             name: "weir-init",
@@ -170,7 +169,9 @@ let package = Package(
         ),
         .testTarget(
             name: "WeirNetfilterTests",
-            dependencies: ["WeirCapture", "WeirNetfilter", "WeirNetns", "CWeirShims", "WeirTestSupport"]),
+            dependencies: [
+                "WeirCapture", "WeirNetfilter", "WeirNetns", "WeirSystem", "CWeirShims", "WeirTestSupport",
+            ]),
         .testTarget(
             name: "WeirForwarderTests",
             dependencies: [

@@ -1,9 +1,7 @@
 import Logging
-import Synchronization
 import WeirCapture
 import WeirNetfilter
 import WeirNetns
-import WeirSystem
 
 /// weir's exit codes, the same for every command and for weir-init (README.md lists them).
 public enum ExitStatus: Int32, Sendable {
@@ -56,10 +54,8 @@ public struct InitStep: Sendable {
         self.iptablesMode = iptablesMode
     }
 
-    /// Installs the rules; returns the line that says what was installed where. The process exits next, so the
-    /// transaction's socket is closed at once rather than by a thread started for it.
+    /// Installs the rules; returns the line that says what was installed where.
     public func run(environment: [String: String]) throws(InitFailure) -> String {
-        NetlinkSocket.closesInBackground.store(false, ordering: .relaxed)
         do {
             let spec = try CaptureSpecInput.resolve(flags: flags, environment: environment)
             let backendName = backend ?? environment["WEIR_BACKEND"] ?? "nftables"
@@ -67,7 +63,8 @@ public struct InitStep: Sendable {
                 backendName, iptablesMode: iptablesMode ?? environment["WEIR_IPTABLES_MODE"] ?? "auto")
             let namespace = try Self.namespace(netns ?? environment["WEIR_NETNS"])
             let plan = RedirectPlan(spec: spec)
-            try CaptureInstaller(namespace: namespace, backend: backend).install(plan)
+            // The process exits next: the transaction's socket is closed at once, not by a thread started for it.
+            try CaptureInstaller(namespace: namespace, backend: backend, closesInBackground: false).install(plan)
             // The rules packets traverse (the spec chain only stores the spec); long lists are sets.
             var what = "\(plan.chains.filter { $0.base != nil }.map(\.rules.count).reduce(0, +)) rules"
             if case .iptables = backend {

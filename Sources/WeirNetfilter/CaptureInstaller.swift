@@ -34,18 +34,23 @@ public struct CaptureInstaller: Sendable {
     public let namespace: NetworkNamespace
     /// The backend `install` writes with; `clean` removes weir's objects from every backend, whichever this is.
     public let backend: BackendChoice
+    /// Whether nftables' transaction socket is closed in the background (see `NftablesBackend.closesInBackground`).
+    public let closesInBackground: Bool
     let logger = Logger(label: "weir.capture")
 
-    /// An installer for `namespace` using `backend`; nothing is read or changed until a call.
-    public init(namespace: NetworkNamespace, backend: BackendChoice) {
+    /// An installer for `namespace` using `backend`; nothing is read or changed until a call. A process that exits
+    /// after one install (the init step) passes `closesInBackground: false`.
+    public init(namespace: NetworkNamespace, backend: BackendChoice, closesInBackground: Bool = true) {
         self.namespace = namespace
         self.backend = backend
+        self.closesInBackground = closesInBackground
     }
 
     /// Installs the plan atomically (nftables: one batch) and then TPROXY's policy routes.
     public func install(_ plan: RedirectPlan) throws {
         try Self.requireNetAdmin()
         let backend = self.backend
+        let closesInBackground = self.closesInBackground
         let logger = self.logger
         let namespace = self.namespace
         try namespace.run {
@@ -57,7 +62,7 @@ public struct CaptureInstaller: Sendable {
                 )
             }
             switch backend {
-            case .nftables: try NftablesBackend().apply(plan)
+            case .nftables: try NftablesBackend(closesInBackground: closesInBackground).apply(plan)
             case .iptables(let mode): try IptablesBackend(mode: mode).apply(plan)
             }
             try PolicyRouting().apply(plan.policyRoute)

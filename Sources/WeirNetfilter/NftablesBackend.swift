@@ -83,8 +83,13 @@ public struct NftTransaction: Sendable {
 /// nftables over netlink with libnftnl and libmnl, no `nft` process. Runs on the calling thread: callers enter
 /// the target namespace first (`NamespaceHandle.run`).
 public struct NftablesBackend: Sendable {
+    /// Whether a committed transaction's socket is closed on a background queue (a long-lived process need not wait
+    /// for the kernel's RCU grace period) or at once (an init step that exits next would wait at its exit anyway,
+    /// and a closing thread would only add to its start-up).
+    public let closesInBackground: Bool
+
     /// The backend; it holds no state, and each call opens its own netlink socket.
-    public init() {}
+    public init(closesInBackground: Bool = true) { self.closesInBackground = closesInBackground }
 
     /// Replaces weir's table with the plan's, in one batch: create-if-missing, delete, recreate, sets, chains,
     /// rules.
@@ -205,7 +210,7 @@ public struct NftablesBackend: Sendable {
             // A refusal of the batch itself (no permission, no nf_tables) comes alone, on the begin message.
             return known && sequence != last
         }
-        socket.closeInBackground()
+        if closesInBackground { socket.closeInBackground() } else { socket.close() }
         if !failures.isEmpty { throw ApplyError(failures: failures) }
     }
 

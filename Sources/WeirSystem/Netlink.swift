@@ -1,6 +1,5 @@
 import CWeirShims
 import Dispatch
-import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -72,20 +71,14 @@ public struct NetlinkSocket: ~Copyable, Sendable {
 
     /// Closes on a background queue. After a committed nf_tables batch the kernel frees the replaced objects
     /// when the socket closes, after an RCU grace period (4–16 ms here); the new rules are in force already, so
-    /// the caller need not wait. In a process that exits right after (`closesInBackground` off) it closes here:
-    /// the exit would wait for the same grace period, and a closing thread would only add to the start-up.
+    /// the caller need not wait.
     public consuming func closeInBackground() {
         let box = DescriptorBox(descriptor)
-        guard Self.closesInBackground.load(ordering: .relaxed) else {
-            box.close()
-            return
-        }
         NetlinkCloser.queue.async { box.close() }
     }
 
-    /// Whether `closeInBackground()` closes on a queue (a long-lived process: the daemon, a forwarder) or at once
-    /// (an init step that exits when its one transaction is in).
-    public static let closesInBackground = Atomic<Bool>(true)
+    /// Closes now: the caller waits for what the kernel frees (a process that exits next would wait at its exit).
+    public consuming func close() {}
 }
 
 /// Moves an owned descriptor into an escaping closure. Its one use: the close happens on one queue, once.
