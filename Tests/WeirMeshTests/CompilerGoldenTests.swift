@@ -166,6 +166,21 @@ struct CompilerGoldenTests {
 /// The memo shares what a change did not touch across reloads; what it gives must be what a fresh compile gives.
 @Suite("compile memo")
 struct CompileMemoTests {
+    /// Compiles every node of `text` with `memo` (one reload) and expects each to equal a compile without it; returns
+    /// how many units the reload built.
+    static func compileEveryNode(_ text: String, with memo: CompileMemo, _ what: String) throws -> Int {
+        let before = memo.unitsBuilt.load(ordering: .relaxed)
+        let m = try ManifestReader.read([("mesh.yaml", text)])
+        var memoized = MeshCompiler(m)
+        memoized.memo = memo
+        memo.beginGeneration()
+        for id in memoized.nodeIDs {
+            let fresh = try MeshCompiler(m).compile(nodeID: id).json()
+            #expect(try memoized.compile(nodeID: id).json() == fresh, "\(what), node \(id)")
+        }
+        return memo.unitsBuilt.load(ordering: .relaxed) - before
+    }
+
     @Test("after each of a series of edits, every node compiled with the memo equals a compile without it")
     func memoMatchesFreshCompile() throws {
         let url = CompilerGoldenTests.goldens.appendingPathComponent("mesh-drop/mesh.yaml")
@@ -187,16 +202,7 @@ struct CompileMemoTests {
         texts.append(original)
         let memo = CompileMemo()
         for (i, text) in texts.enumerated() {
-            let builtBefore = memo.unitsBuilt.load(ordering: .relaxed)
-            let m = try ManifestReader.read([("mesh.yaml", text)])
-            var memoized = MeshCompiler(m)
-            memoized.memo = memo
-            memo.beginGeneration()
-            for id in memoized.nodeIDs {
-                let fresh = try MeshCompiler(m).compile(nodeID: id).json()
-                #expect(try memoized.compile(nodeID: id).json() == fresh, "edit \(i), node \(id)")
-            }
-            let built = memo.unitsBuilt.load(ordering: .relaxed) - builtBefore
+            let built = try Self.compileEveryNode(text, with: memo, "edit \(i)")
             let used = memo.units.count
             if i > 0 { #expect(built > 0 && built < used, "edit \(i): \(built) of \(used) units built anew") }
         }
@@ -221,20 +227,10 @@ struct CompileMemoTests {
             """
         let first = try String(contentsOf: url, encoding: .utf8) + "\n" + twin + "\n"
         #expect(first.contains("weight: 90}"))
+        #expect(MeshCompiler(try ManifestReader.read([("mesh.yaml", first)])).nodeIDs.count >= 2)
         let memo = CompileMemo()
-        var builtPerText: [Int] = []
-        for text in [first, first.replacingOccurrences(of: "weight: 90}", with: "weight: 70}")] {
-            let before = memo.unitsBuilt.load(ordering: .relaxed)
-            let m = try ManifestReader.read([("mesh.yaml", text)])
-            var memoized = MeshCompiler(m)
-            memoized.memo = memo
-            memo.beginGeneration()
-            #expect(memoized.nodeIDs.count >= 2)
-            for id in memoized.nodeIDs {
-                let fresh = try MeshCompiler(m).compile(nodeID: id).json()
-                #expect(try memoized.compile(nodeID: id).json() == fresh, "node \(id)")
-            }
-            builtPerText.append(memo.unitsBuilt.load(ordering: .relaxed) - before)
+        let builtPerText = try [first, first.replacingOccurrences(of: "weight: 90}", with: "weight: 70}")].map {
+            try Self.compileEveryNode($0, with: memo, "twin")
         }
         // catalog, db and prices once for both nodes; then only catalog, whose router changed.
         #expect(builtPerText == [3, 1], "units built: \(builtPerText)")
