@@ -47,8 +47,18 @@ public struct EnvoyResources: Sendable, Equatable {
     /// Resources sent only to a client that asks for them by name (proxyless gRPC `api_listener`s and the
     /// LOGICAL_DNS clusters their routes use): a wildcard subscriber (an Envoy sidecar) does not get them.
     public var namedOnly: Set<String> = []
+    /// For a route configuration that has nothing but its name and virtual hosts, by name: each virtual host
+    /// serialized, in order. The compiler encodes a backend's hosts once for every node with that backend; the xDS
+    /// memo composes the configuration's bytes from them (the same bytes as serializing it) and compares bytes,
+    /// rather than comparing and serializing the messages per node. A cache of `routes`, not part of the value.
+    public var routeEncodings: [String: [[UInt8]]] = [:]
 
     public init() {}
+
+    public static func == (a: EnvoyResources, b: EnvoyResources) -> Bool {
+        a.listeners == b.listeners && a.routes == b.routes && a.clusters == b.clusters && a.endpoints == b.endpoints
+            && a.namedOnly == b.namedOnly
+    }
 
     /// Each resource serialized once, by type and name.
     public func encoded() throws -> [ResourceType: [String: EncodedResource]] {

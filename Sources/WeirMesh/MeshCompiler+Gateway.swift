@@ -109,7 +109,7 @@ extension MeshCompiler.Builder {
     /// match), or straight to the virtual node that provides it; with App Mesh's rewrites (the Host to the target
     /// service's name, the matched prefix to `/`, unless the route says otherwise) and the gateway's client policy.
     mutating func gatewayRoutes(_ gr: GatewayRoute, gateway gw: VirtualGateway) -> [Envoy_Config_Route_V3_Route] {
-        guard let service = m.virtualServices.first(where: { $0.ref == gr.target }) else { return [] }
+        guard let service = compiler.virtualService(gr.target) else { return [] }
         var specs: [(RouteSpec, VirtualRouter?)] = []
         func base(_ name: String, _ kind: PortProtocol) -> RouteSpec {
             var s = RouteSpec(
@@ -128,7 +128,7 @@ extension MeshCompiler.Builder {
             specs.append((s, nil))
         case .virtualRouter(let ref)?:
             // `target.port` picks the router listener whose routes apply (default: the first that is not tcp).
-            guard let router = m.virtualRouters.first(where: { $0.ref == ref }),
+            guard let router = compiler.virtualRouter(ref),
                 let listener = router.listeners.first(where: { l in
                     gr.targetPort.map { l.port == $0 } ?? (l.protocol != .tcp)
                 })
@@ -162,7 +162,7 @@ extension MeshCompiler.Builder {
             let port =
                 gr.targetPort ?? router?.listeners.first { $0.protocol != .tcp }?.port
                 ?? spec.targets.first.flatMap { t in
-                    m.virtualNodes.first { $0.ref == t.node }?.listeners.first?.portMapping.port
+                    compiler.virtualNode(t.node)?.listeners.first?.portMapping.port
                 } ?? 80
             let tls = gw.backendDefaults?.applies(to: port) == true ? gw.backendDefaults : nil
             let via =

@@ -20,17 +20,59 @@ public struct MeshCompiler: Sendable {
         public init() {}
     }
 
-    public var manifests: MeshManifests { didSet { routesByGateway = Self.routesByGateway(manifests) } }
+    public var manifests: MeshManifests {
+        didSet {
+            routesByGateway = Self.routesByGateway(manifests)
+            index = ManifestIndex(manifests)
+        }
+    }
     public var options: Options
     /// Shares what does not depend on the node being compiled across nodes and reloads (nil: build everything).
     public var memo: CompileMemo?
     /// Each virtual gateway's routes, found once rather than by every gateway's compile.
     private(set) var routesByGateway: [ResourceRef: [GatewayRoute]]
+    /// The manifests' objects by reference: every node's compile looks up each backend's service, router and targets.
+    private(set) var index: ManifestIndex
 
     public init(_ manifests: MeshManifests, options: Options = Options()) {
         self.manifests = manifests
         self.options = options
         routesByGateway = Self.routesByGateway(manifests)
+        index = ManifestIndex(manifests)
+    }
+
+    /// Positions of the manifests' objects by reference (the first object with a reference, as a linear search finds).
+    struct ManifestIndex: Sendable {
+        var nodes: [ResourceRef: Int] = [:]
+        var services: [ResourceRef: Int] = [:]
+        var routers: [ResourceRef: Int] = [:]
+        /// Virtual nodes by `awsName` (App Mesh node ids name a node by its mesh and awsName).
+        var nodesByAWSName: [String: [Int]] = [:]
+        init(_ m: MeshManifests) {
+            for (i, n) in m.virtualNodes.enumerated() {
+                if nodes[n.ref] == nil { nodes[n.ref] = i }
+                nodesByAWSName[n.awsName, default: []].append(i)
+            }
+            for (i, s) in m.virtualServices.enumerated() where services[s.ref] == nil { services[s.ref] = i }
+            for (i, r) in m.virtualRouters.enumerated() where routers[r.ref] == nil { routers[r.ref] = i }
+        }
+    }
+
+    func virtualNode(_ ref: ResourceRef) -> VirtualNode? { index.nodes[ref].map { manifests.virtualNodes[$0] } }
+    func virtualService(_ ref: ResourceRef) -> VirtualService? {
+        index.services[ref].map { manifests.virtualServices[$0] }
+    }
+    func virtualRouter(_ ref: ResourceRef) -> VirtualRouter? { index.routers[ref].map { manifests.virtualRouters[$0] } }
+
+    /// The virtual node an Envoy with this identity serves: `MeshManifests.virtualNode(for:)`, by the index.
+    public func virtualNode(for identity: NodeIdentity) -> VirtualNode? {
+        switch identity {
+        case .kubernetes(let ref): return virtualNode(ref)
+        case .appMesh(let mesh, let awsName):
+            return (index.nodesByAWSName[awsName] ?? []).lazy.map { manifests.virtualNodes[$0] }
+                .first { manifests.meshAWSName(of: $0) == mesh }
+        case .appMeshGateway: return nil
+        }
     }
 
     /// The routes of each gateway, in manifest order. A route that `MeshManifests.gateways(of:)` gives no gateway
@@ -65,7 +107,7 @@ public struct MeshCompiler: Sendable {
                     location: SourceLocation(file: "(node)", line: 0, field: "node.id"), message: error.description)
             ])
         }
-        if let node = manifests.virtualNode(for: identity) { return try compile(node) }
+        if let node = virtualNode(for: identity) { return try compile(node) }
         if let gateway = manifests.virtualGateway(for: identity) { return try compile(gateway) }
         throw MeshError(problems: [
             MeshProblem(
@@ -238,6 +280,8 @@ public struct MeshCompiler: Sendable {
         struct PortPlan {
             var proto: PortProtocol
             var hosts: [Envoy_Config_Route_V3_VirtualHost] = []
+            /// Each of `hosts` serialized, as its unit encoded it once (see `EnvoyResources.routeEncodings`).
+            var hostEncodings: [[UInt8]] = []
             var tcpTargets: [(cluster: String, weight: Int)] = []
             var tcpIdleMilliseconds: Int?
             var owner: String
@@ -279,18 +323,13 @@ public struct MeshCompiler: Sendable {
                     var rc = Envoy_Config_Route_V3_RouteConfiguration()
                     rc.name = "egress_\(port)"
                     rc.virtualHosts = plan.hosts
+                    var encodings = plan.hostEncodings
                     if !dropAll {
                         // ALLOW_ALL: HTTP to a host the mesh does not know goes where it was going.
-                        var any = Envoy_Config_Route_V3_VirtualHost()
-                        any.name = "allow_all"
-                        any.domains = ["*"]
-                        var r = Envoy_Config_Route_V3_Route()
-                        r.name = "allow_all"
-                        r.match.prefix = "/"
-                        r.route.cluster = MeshCompiler.passthroughCluster
-                        any.routes = [r]
-                        rc.virtualHosts.append(any)
+                        rc.virtualHosts.append(Self.allowAll.host)
+                        encodings.append(Self.allowAll.bytes)
                     }
+                    if encodings.count == rc.virtualHosts.count { out.routeEncodings[rc.name] = encodings }
                     out.routes.append(rc)
                     chain.filters = [
                         filter(
@@ -318,11 +357,24 @@ public struct MeshCompiler: Sendable {
             out.listeners.append(listener)
         }
 
+        /// The egress `allow_all` virtual host (ALLOW_ALL meshes) and its encoding: the same for every node.
+        static let allowAll: (host: Envoy_Config_Route_V3_VirtualHost, bytes: [UInt8]) = {
+            var any = Envoy_Config_Route_V3_VirtualHost()
+            any.name = "allow_all"
+            any.domains = ["*"]
+            var r = Envoy_Config_Route_V3_Route()
+            r.name = "allow_all"
+            r.match.prefix = "/"
+            r.route.cluster = MeshCompiler.passthroughCluster
+            any.routes = [r]
+            return (any, try! any.serializedBytes())
+        }()
+
         /// What one backend adds to the node's egress, built once and then taken from the memo for as long as what it
         /// reads is unchanged: a manifest change rebuilds only the backends it touches.
         func backendUnit(_ backend: Backend) -> CompileMemo.BackendUnit {
             let policy = node.clientTLS(for: backend)
-            let service = m.virtualServices.first { $0.ref == backend.service }
+            let service = compiler.virtualService(backend.service)
             // A unit does not depend on the node that has the backend, but for the problem a service without a
             // provider gives (it names the node): the other nodes with the same backend and policy share it.
             var inputs = CompileMemo.BackendInputs(
@@ -330,13 +382,11 @@ public struct MeshCompiler: Sendable {
                 policy: policy,
                 service: service, mesh: mesh, options: compiler.options)
             switch service?.provider {
-            case .virtualNode(let ref)?: inputs.targets = [m.virtualNodes.first { $0.ref == ref }]
+            case .virtualNode(let ref)?: inputs.targets = [compiler.virtualNode(ref)]
             case .virtualRouter(let ref)?:
-                let router = m.virtualRouters.first { $0.ref == ref }
+                let router = compiler.virtualRouter(ref)
                 inputs.router = router
-                inputs.targets = (router?.routes ?? []).flatMap(\.targets).map { t in
-                    m.virtualNodes.first { $0.ref == t.node }
-                }
+                inputs.targets = (router?.routes ?? []).flatMap(\.targets).map { compiler.virtualNode($0.node) }
             case nil: break
             }
             let build = { [self] () -> CompileMemo.BackendUnit in
@@ -365,10 +415,12 @@ public struct MeshCompiler: Sendable {
             dnsClusters.merge(unit.dnsClusters) { had, _ in had }
             for contribution in unit.contributions {
                 switch contribution {
-                case .host(let port, let proto, let service, let vhost, let proxyless, let api):
+                case .host(let port, let proto, let service, let vhost, let proxyless, let api, let encodings):
                     guard placeable(host: proto, port: port, service: service, in: ports) else { continue }
                     ports[port, default: PortPlan(proto: proto, owner: service.awsName)].hosts.append(vhost)
+                    ports[port]!.hostEncodings.append(encodings.vhost)
                     out.routes.append(proxyless)
+                    out.routeEncodings[proxyless.name] = [encodings.proxyless]
                     out.listeners.append(api)
                     out.namedOnly.insert(api.name)
                 case .tcp(let port, let service, let targets, let idle):
@@ -407,14 +459,14 @@ public struct MeshCompiler: Sendable {
 
         /// One backend's virtual hosts, tcp services and clusters.
         mutating func addBackend(_ backend: Backend, policy: ClientTLS?, _ ports: inout [UInt16: PortPlan]) {
-            guard let service = m.virtualServices.first(where: { $0.ref == backend.service }) else { return }
+            guard let service = compiler.virtualService(backend.service) else { return }
             switch service.provider {
             case nil:
                 problem(
                     service.location,
                     "virtual service \(service.ref) has no provider, so backend \(node.ref) cannot reach it")
             case .virtualNode(let ref):
-                guard let target = m.virtualNodes.first(where: { $0.ref == ref }) else { return }
+                guard let target = compiler.virtualNode(ref) else { return }
                 guard !target.listeners.isEmpty else {
                     problem(target.location, "virtual node \(ref) provides \(service.awsName) but has no listener")
                     return
@@ -435,7 +487,7 @@ public struct MeshCompiler: Sendable {
                     }
                 }
             case .virtualRouter(let ref):
-                guard let router = m.virtualRouters.first(where: { $0.ref == ref }) else { return }
+                guard let router = compiler.virtualRouter(ref) else { return }
                 for pm in router.listeners {
                     let routes = router.routes(for: pm)
                     let tls = policy?.applies(to: pm.port) == true ? policy : nil
@@ -489,7 +541,15 @@ public struct MeshCompiler: Sendable {
                 httpConnectionManager(statPrefix: name, routeConfig: name, idleMilliseconds: nil, accessLog: false))
             out.listeners.append(api)
             out.namedOnly.insert(name)
-            contributions?.append(.host(port, proto, service, vhost, rc, api))
+            if contributions != nil {
+                // Encoded once, with the unit: every node with this backend composes its route configurations'
+                // bytes from these rather than serializing (and comparing) the same virtual hosts again.
+                let encodings = (
+                    vhost: try! vhost.serializedBytes() as [UInt8],
+                    proxyless: try! grpcHost.serializedBytes() as [UInt8]
+                )
+                contributions?.append(.host(port, proto, service, vhost, rc, api, encodings))
+            }
         }
 
         /// gRPC's xDS client takes EDS and LOGICAL_DNS clusters but not STRICT_DNS ones: in the route a proxyless
@@ -537,7 +597,7 @@ public struct MeshCompiler: Sendable {
         }
 
         mutating func addTargetCluster(_ t: WeightedTarget, port: UInt16, tls: ClientTLS?) -> String {
-            guard let target = m.virtualNodes.first(where: { $0.ref == t.node }) else { return "" }
+            guard let target = compiler.virtualNode(t.node) else { return "" }
             return addTargetCluster(target, port: t.port ?? target.listeners.first?.portMapping.port ?? port, tls: tls)
         }
 
@@ -907,9 +967,11 @@ public final class CompileMemo: Sendable {
         enum Contribution: Sendable {
             /// An HTTP-family port: the egress virtual host, and the route configuration and `api_listener` of
             /// proxyless gRPC clients.
+            /// With the encodings of the egress virtual host and of the proxyless route configuration's one host.
             case host(
                 UInt16, PortProtocol, VirtualService, Envoy_Config_Route_V3_VirtualHost,
-                Envoy_Config_Route_V3_RouteConfiguration, Envoy_Config_Listener_V3_Listener)
+                Envoy_Config_Route_V3_RouteConfiguration, Envoy_Config_Listener_V3_Listener,
+                (vhost: [UInt8], proxyless: [UInt8]))
             case tcp(UInt16, VirtualService, [(cluster: String, weight: Int)], Int?)
         }
         let inputs: BackendInputs

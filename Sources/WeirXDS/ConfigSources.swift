@@ -246,17 +246,18 @@ public final class ConfigSources: SnapshotSource {
         let read = clock.now
         var next: [String: Snapshot] = [:]
         var nodes = cache.interestingNodeIDs
-        if let manifests { nodes.formUnion(MeshCompiler(manifests, options: options).nodeIDs) }
+        // One compiler for every node: its index of the manifests is built once.
+        let compiler = manifests.map { Self.compiler($0, options: options, memo: compileMemo) }
+        if let compiler { nodes.formUnion(compiler.nodeIDs) }
         // Nodes compile independently: spread them over the cores.
         let order = nodes.sorted()
         let results = Mutex([Result<Snapshot?, MeshError>?](repeating: nil, count: order.count))
-        let options = self.options
-        let (m, e) = (manifests, envoy)
+        let e = envoy
         memo.beginGeneration()
         compileMemo.beginGeneration()
-        let (memo, compileMemo) = (self.memo, self.compileMemo)
+        let memo = self.memo
         DispatchQueue.concurrentPerform(iterations: order.count) { i in
-            let r = Self.build(order[i], manifests: m, envoy: e, options: options, memo: memo, compileMemo: compileMemo)
+            let r = Self.build(order[i], compiler: compiler, envoy: e, memo: memo)
             results.withLock { $0[i] = r }
         }
         for (node, r) in zip(order, results.withLock { $0 }) {
@@ -296,18 +297,14 @@ public final class ConfigSources: SnapshotSource {
     }
 
     /// A node's snapshot under the given config, checked for consistency (nil: the config does not know the node).
-    static func build(
-        _ node: String, manifests: MeshManifests?, envoy: EnvoyResources?, options: MeshCompiler.Options,
-        memo: ResourceMemo,
-        compileMemo: CompileMemo
-    ) -> Result<Snapshot?, MeshError> {
+    static func build(_ node: String, compiler: MeshCompiler?, envoy: EnvoyResources?, memo: ResourceMemo)
+        -> Result<Snapshot?, MeshError>
+    {
         var resources = EnvoyResources()
         var known = false
-        if let manifests, let id = try? NodeIdentity.parse(node),
-            manifests.virtualNode(for: id) != nil || manifests.virtualGateway(for: id) != nil
+        if let compiler, let id = try? NodeIdentity.parse(node),
+            compiler.virtualNode(for: id) != nil || compiler.manifests.virtualGateway(for: id) != nil
         {
-            var compiler = MeshCompiler(manifests, options: options)
-            compiler.memo = compileMemo
             do { resources = try compiler.compile(nodeID: node) } catch { return .failure(error) }
             known = true
         }
@@ -315,6 +312,8 @@ public final class ConfigSources: SnapshotSource {
             resources.listeners += envoy.listeners
             resources.clusters += envoy.clusters
             resources.routes += envoy.routes
+            // A file's route configuration is serialized as it is, not composed from a compiled one's hosts.
+            for r in envoy.routes { resources.routeEncodings[r.name] = nil }
             resources.endpoints += envoy.endpoints
             known = true
         }
@@ -340,11 +339,18 @@ public final class ConfigSources: SnapshotSource {
         }
     }
 
+    static func compiler(_ manifests: MeshManifests, options: MeshCompiler.Options, memo: CompileMemo) -> MeshCompiler {
+        var c = MeshCompiler(manifests, options: options)
+        c.memo = memo
+        return c
+    }
+
     public func resources(for nodeID: String) -> Snapshot? {
         let (m, e) = good.withLock { ($0.manifests, $0.envoy) }
         guard
             case .success(let s?) = Self.build(
-                nodeID, manifests: m, envoy: e, options: options, memo: memo, compileMemo: compileMemo)
+                nodeID, compiler: m.map { Self.compiler($0, options: options, memo: compileMemo) }, envoy: e,
+                memo: memo)
         else { return nil }
         return s
     }

@@ -63,15 +63,22 @@ public final class ResourceMemo: Sendable {
             scope.now[key] = had
             return had
         }
-        var e = Entry(
-            message: message,
-            resource: VersionedResource(name: name, bytes: try message.serializedBytes(), namedOnly: namedOnly),
-            references: references(message))
+        return fresh(
+            &scope, key,
+            Entry(
+                message: message,
+                resource: VersionedResource(name: name, bytes: try message.serializedBytes(), namedOnly: namedOnly),
+                references: references(message)))
+    }
+
+    /// A new entry for the node: the same content from another node is one entry, and one copy of the bytes.
+    func fresh(_ scope: inout NodeScope, _ key: Key, _ new: Entry) -> Entry {
+        var e = new
         let version = e.resource.version
         state.withLock { g in
             // The same content from another node: keep one entry, and one copy of the bytes.
             if let shared = g.current.shared[key]?[version] ?? g.previous.shared[key]?[version],
-                shared.resource.namedOnly == namedOnly
+                shared.resource.namedOnly == e.resource.namedOnly
             {
                 e = shared
             }
@@ -79,6 +86,50 @@ public final class ResourceMemo: Sendable {
         scope.now[key] = e
         scope.fresh.append((key, e))
         return e
+    }
+
+    /// An entry for a resource whose bytes are already known (composed from encodings the compiler shares across
+    /// nodes): equal bytes are the resource the node had, without comparing or serializing the message.
+    func entry(
+        _ scope: inout NodeScope, _ type: ResourceType, _ name: String, _ message: any SwiftProtobuf.Message,
+        bytes: [UInt8], namedOnly: Bool
+    ) -> Entry {
+        let key = Key(type: type, name: name)
+        if let had = scope.had[key], had.resource.namedOnly == namedOnly, had.resource.bytes == bytes {
+            scope.now[key] = had
+            return had
+        }
+        return fresh(
+            &scope, key,
+            Entry(
+                message: message, resource: VersionedResource(name: name, bytes: bytes, namedOnly: namedOnly),
+                references: []))
+    }
+
+    /// A route configuration's bytes from its virtual hosts' encodings (nil: the compiler gave none, or not for this
+    /// configuration). SwiftProtobuf writes fields in number order: `name` (1), then each of `virtual_hosts` (2).
+    static func composed(_ rc: Envoy_Config_Route_V3_RouteConfiguration, _ hosts: [[UInt8]]?) -> [UInt8]? {
+        guard let hosts, hosts.count == rc.virtualHosts.count else { return nil }
+        var out: [UInt8] = []
+        out.reserveCapacity(hosts.reduce(rc.name.utf8.count + 6) { $0 + $1.count + 6 })
+        func field(_ tag: UInt8, _ length: Int) {
+            out.append(tag)
+            var n = UInt64(length)
+            while n >= 0x80 {
+                out.append(UInt8(n & 0x7f) | 0x80)
+                n >>= 7
+            }
+            out.append(UInt8(n))
+        }
+        if !rc.name.isEmpty {
+            field(0x0a, rc.name.utf8.count)
+            out += rc.name.utf8
+        }
+        for h in hosts {
+            field(0x12, h.count)
+            out += h
+        }
+        return out
     }
 
     func begin(_ node: String) -> NodeScope {
@@ -115,9 +166,17 @@ public final class ResourceMemo: Sendable {
             eds.append((c.name, e.references))
         }
         for x in r.routes {
-            out[.route, default: [:]][x.name] = try entry(
-                &scope, .route, x.name, x, namedOnly: r.namedOnly.contains(x.name)
-            ) { _ in [] }.resource
+            let namedOnly = r.namedOnly.contains(x.name)
+            if let bytes = Self.composed(x, r.routeEncodings[x.name]) {
+                assert(
+                    bytes == (try? x.serializedBytes()), "route configuration \(x.name) composed unlike its encoding")
+                out[.route, default: [:]][x.name] =
+                    entry(&scope, .route, x.name, x, bytes: bytes, namedOnly: namedOnly)
+                    .resource
+                continue
+            }
+            out[.route, default: [:]][x.name] = try entry(&scope, .route, x.name, x, namedOnly: namedOnly) { _ in [] }
+                .resource
         }
         for x in r.endpoints {
             out[.endpoint, default: [:]][x.clusterName] = try entry(

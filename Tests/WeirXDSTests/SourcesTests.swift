@@ -125,10 +125,41 @@ struct SourcesTests {
         let manifests = try ManifestReader.read([(file.path, meshFixture)])
         let fresh = try #require(
             try ConfigSources.build(
-                "mesh/colors/virtualNode/front_apps", manifests: manifests, envoy: nil,
-                options: MeshCompiler.Options(), memo: ResourceMemo(), compileMemo: CompileMemo()
+                "mesh/colors/virtualNode/front_apps",
+                compiler: ConfigSources.compiler(manifests, options: MeshCompiler.Options(), memo: CompileMemo()),
+                envoy: nil, memo: ResourceMemo()
             ).get())
         #expect(fresh == third)
+    }
+
+    @Test(
+        "route configurations composed from their units' host encodings are the bytes serializing gives, in the memo's snapshot as in a plain one"
+    )
+    func composedRoutes() throws {
+        let manifests = try ManifestReader.read([("m.yaml", meshFixture)])
+        let compiler = ConfigSources.compiler(manifests, options: MeshCompiler.Options(), memo: CompileMemo())
+        let memo = ResourceMemo()
+        var composed = 0
+        for node in compiler.nodeIDs {
+            let r = try compiler.compile(nodeID: node)
+            for x in r.routes {
+                guard let bytes = ResourceMemo.composed(x, r.routeEncodings[x.name]) else { continue }
+                #expect(bytes == (try x.serializedBytes()), "\(node) \(x.name)")
+                composed += 1
+            }
+            for _ in 0..<2 {  // the second time each resource is the one the node had
+                let (snapshot, problems) = try memo.snapshot(node: node, r)
+                #expect(problems.isEmpty)
+                #expect(snapshot == (try Snapshot(r)))
+            }
+        }
+        // Each node's egress configuration and each backend's proxyless one.
+        #expect(composed >= compiler.nodeIDs.count)
+        // Hosts that are not the configuration's: not composed.
+        var r = try compiler.compile(nodeID: compiler.nodeIDs[0])
+        let name = try #require(r.routes.first { r.routeEncodings[$0.name] != nil }?.name)
+        r.routeEncodings[name]?.removeLast()
+        #expect(ResourceMemo.composed(r.routes.first { $0.name == name }!, r.routeEncodings[name]) == nil)
     }
 
     @Test("a listener naming a route configuration the node lacks is found from the remembered references")
