@@ -20,6 +20,8 @@ public enum ResourceType: String, Sendable, Hashable, CaseIterable, Codable, Com
         }
     }
     public static func < (a: ResourceType, b: ResourceType) -> Bool { a.order < b.order }
+    /// Every type in push order (`allCases.sorted()`, made once: streams walk it on every push).
+    public static let pushOrder = allCases.sorted()
     // By case, not by the long type URL (RawRepresentable's defaults would hash and compare the raw strings, and these
     // are dictionary keys on every push).
     public static func == (a: ResourceType, b: ResourceType) -> Bool { a.order == b.order }

@@ -37,7 +37,7 @@ public struct Snapshot: Sendable, Hashable {
         self.resources = resources
         var h = ContentHash()
         var perType: [ResourceType: String] = [:]
-        for type in ResourceType.allCases.sorted() {
+        for type in ResourceType.pushOrder {
             h.add(type.rawValue)
             var t = ContentHash()
             for (name, r) in (resources[type] ?? [:]).sorted(by: { $0.key < $1.key }) {

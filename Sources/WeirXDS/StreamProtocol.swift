@@ -118,7 +118,7 @@ public struct SotWStream: Sendable {
     public mutating func update(_ snapshot: Snapshot) -> [OutgoingResponse] {
         var out: [OutgoingResponse] = []
         var shrink: [ResourceType] = []
-        for type in ResourceType.allCases.sorted() where types[type]?.requested == true {
+        for type in ResourceType.pushOrder where types[type]?.requested == true {
             if types[type]?.unchanged(in: snapshot, type) == true { continue }
             let selected = select(type, snapshot)
             if type.isFullState, let st = types[type] {
@@ -283,10 +283,10 @@ public struct DeltaStream: Sendable {
     /// The node's config changed: CDS, EDS, LDS, RDS updates first, then removal of stale clusters and listeners.
     public mutating func update(_ snapshot: Snapshot) -> [OutgoingResponse] {
         var out: [OutgoingResponse] = []
-        for type in ResourceType.allCases.sorted() where types[type]?.requested == true {
+        for type in ResourceType.pushOrder where types[type]?.requested == true {
             if let r = push(type, snapshot, removals: !type.isFullState) { out.append(r) }
         }
-        for type in ResourceType.allCases.sorted() where types[type]?.requested == true && type.isFullState {
+        for type in ResourceType.pushOrder where types[type]?.requested == true && type.isFullState {
             if let r = push(type, snapshot, removals: true) { out.append(r) }
         }
         return out
