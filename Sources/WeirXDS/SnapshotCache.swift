@@ -100,15 +100,20 @@ public final class SnapshotCache: Sendable {
     let batch = Mutex<[@Sendable () -> Void]?>(nil)
     let publishing = Mutex(())
 
-    /// Sets many nodes' snapshots (already checked), then runs what the watchers deferred with `afterPublish`: every
-    /// stream's protocol state is brought up to date before any of them starts writing, so the writes do not slow
-    /// down the publishing of the nodes after them.
+    /// Sets many nodes' snapshots (already checked), in parallel, then runs what the watchers deferred with
+    /// `afterPublish`: every stream's protocol state is brought up to date before any of them starts writing, so the
+    /// writes do not slow down the publishing of the nodes after them.
     public func publish(_ snapshots: [String: Snapshot]) {
         // One batch at a time: a second publish resetting the batch would drop the first one's deferred wakes, and a
         // stream never woken writes nothing again. (Reloads come from one thread today; this keeps it so.)
         publishing.withLock { _ in
             batch.withLock { $0 = [] }
-            for (node, s) in snapshots { _ = try? set(node, s, checked: true) }
+            // Over the cores: nodes' streams are independent, and nothing writes until the batch is complete (the
+            // event loops and the clients are idle meanwhile).
+            let nodes = Array(snapshots)
+            DispatchQueue.concurrentPerform(iterations: nodes.count) { i in
+                _ = try? set(nodes[i].key, nodes[i].value, checked: true)
+            }
             let work = batch.withLock { b in
                 defer { b = nil }
                 return b ?? []
