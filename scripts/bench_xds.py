@@ -2,6 +2,7 @@
 """scripts/bench xds: weir's xDS cache under load, in a throwaway network namespace.
 
 A 100-service mesh (100 virtual nodes; each node calls 10 services, and every node calls `common`).
+Phase 0: 10 changes with no stream connected, weir's CPU per change (compile, snapshots, the journal).
 Phase 1: 10 real Envoy 1.40 sidecars (10 nodes) connect over ADS; a weight change in `common`'s router is written
 to the manifest directory; time until all 10 Envoys have ACKed the new routes (polled from weir's /streams).
 Phase 2: 1000 concurrent ADS streams (grpcio, in XDS_CLIENT_PROCS other processes, 10 streams per node across 100 nodes) subscribe to CDS,
@@ -239,6 +240,17 @@ def main():
         time.sleep(0.5)
         pid = int(subprocess.run(["pgrep", "-f", f"weir xds --listen unix:{sock}"], capture_output=True, text=True).stdout.split()[-1])
         base_rss = rss_kib(pid)
+
+        # Phase 0: the cost of a change with no stream connected (compile, snapshots, the journal): weir's alone.
+        quiet = []
+        for k in range(10):
+            c = ThreadCPU(pid)
+            write_mesh(d, 30 + k)
+            time.sleep(0.4)
+            quiet.append(c.since()[0] * 1000)
+        quiet.sort()
+        print(f"  weir CPU per one-file change with no stream connected: median {statistics.median(quiet):.1f} ms over {len(quiet)} changes"
+              f" (min {quiet[0]:.1f}, max {quiet[-1]:.1f})", flush=True)
 
         # Phase 1: real Envoys.
         for k in range(ENVOYS):

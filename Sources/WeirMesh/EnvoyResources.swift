@@ -52,11 +52,13 @@ public struct EnvoyResources: Sendable, Equatable {
     /// For a route configuration that has nothing but its name and virtual hosts, by name: each virtual host
     /// serialized, in order. The compiler encodes a backend's hosts once for every node with that backend; the xDS
     /// memo composes the configuration's bytes from them (the same bytes as serializing it) and compares bytes,
-    /// rather than comparing and serializing the messages per node. A cache of `routes`, not part of the value.
-    public var routeEncodings: [String: [[UInt8]]] = [:]
+    /// rather than comparing and serializing the messages per node. A cache of `routes`, not part of the value:
+    /// whoever changes a route configuration after the compiler removes its entry. Within the package only.
+    package var routeEncodings: [String: [[UInt8]]] = [:]
 
     public init() {}
 
+    /// Every field but `routeEncodings` (a cache of `routes`).
     public static func == (a: EnvoyResources, b: EnvoyResources) -> Bool {
         a.listeners == b.listeners && a.routes == b.routes && a.clusters == b.clusters && a.endpoints == b.endpoints
             && a.namedOnly == b.namedOnly

@@ -141,7 +141,8 @@ public final class SnapshotCache: Sendable {
     }
 
     /// Calls `onChange` with a node's snapshot whenever it changes, starting with the current one (a watch costs a
-    /// closure, no task: there is one per ADS stream). Asks the source when the node is new.
+    /// closure, no task: there is one per ADS stream). Asks the source when the node is new. `onChange` runs on the
+    /// publishing thread or a worker, at the same time as other nodes' watchers (`publish` sets nodes in parallel).
     public func watch(_ nodeID: String, onChange: @escaping @Sendable (Snapshot) -> Void) -> UInt64 {
         if snapshot(for: nodeID) == nil, let s = source.withLock({ $0 })?.resources(for: nodeID) {
             do { try set(nodeID, s) } catch { logger.warning("\(error)") }

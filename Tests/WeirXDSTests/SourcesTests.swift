@@ -162,6 +162,37 @@ struct SourcesTests {
         #expect(ResourceMemo.composed(r.routes.first { $0.name == name }!, r.routeEncodings[name]) == nil)
     }
 
+    @Test(
+        "a route configuration from Envoy files named like a compiled one is served as the file gives it, not composed")
+    func fileRouteOverCompiled() throws {
+        let manifests = try ManifestReader.read([("m.yaml", meshFixture)])
+        let compiler = ConfigSources.compiler(manifests, options: MeshCompiler.Options(), memo: CompileMemo())
+        let node = try #require(
+            compiler.nodeIDs.first { (try? compiler.compile(nodeID: $0))?.routeEncodings.isEmpty == false })
+        let compiled = try compiler.compile(nodeID: node)
+        // As many hosts as the compiled one (the composition checks the count), one of them different.
+        var file = try #require(compiled.routes.first { compiled.routeEncodings[$0.name] != nil })
+        file.virtualHosts[0].domains = ["from-the-file"]
+        var envoy = EnvoyResources()
+        envoy.routes = [file]
+        let snapshot = try ConfigSources.build(node, compiler: compiler, envoy: envoy, memo: ResourceMemo()).get()
+        #expect(snapshot?.resources[.route]?[file.name]?.bytes == (try file.serializedBytes()))
+    }
+
+    @Test("the compiler's indexed node lookup finds what the manifests' linear one does, for every id form")
+    func indexedNodeLookup() throws {
+        let manifests = try ManifestReader.read([("m.yaml", meshFixture)])
+        let compiler = MeshCompiler(manifests)
+        var ids = compiler.nodeIDs + manifests.virtualNodes.map { "\($0.ref.namespace)/\($0.ref.name)" }
+        ids += ["mesh/colors/virtualNode/nobody", "mesh/other/virtualNode/front_apps", "apps/nobody"]
+        #expect(ids.count > 3)
+        for id in ids {
+            let identity = try NodeIdentity.parse(id)
+            #expect(compiler.virtualNode(for: identity) == manifests.virtualNode(for: identity), "\(id)")
+        }
+        #expect(compiler.virtualNode(for: try NodeIdentity.parse("mesh/colors/virtualNode/front_apps")) != nil)
+    }
+
     @Test("a listener naming a route configuration the node lacks is found from the remembered references")
     func memoConsistency() throws {
         var r = EnvoyResources()
