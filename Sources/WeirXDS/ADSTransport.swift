@@ -23,6 +23,11 @@ final class ADSTransport: Sendable {
     static let sotwPath = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
     static let deltaPath = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
     static let maxRequestBytes = 16 << 20
+    /// RST_STREAMs (and, apart, stream errors) a connection may send in any second: a client cancelling up to this
+    /// many streams at once keeps its connection.
+    static let resetsPerSecond = 256
+    /// PING, SETTINGS and PRIORITY frames a connection may send in any second.
+    static let controlFramesPerSecond = 128
 
     let service: ADSService
     let group: any EventLoopGroup
@@ -72,10 +77,11 @@ final class ADSTransport: Sendable {
             }
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            // Small reads to start with: an ADS connection is mostly idle, and NIOHTTP2's frame parser keeps what it
-            // read until the frame is whole. NIO grows the buffer when reads fill it.
+            // Small reads to start with: an ADS connection is mostly idle, its requests (ACKs) are a few hundred
+            // bytes, and the channel keeps its read buffer. NIO grows the buffer when reads fill it (an Envoy's first
+            // request, with its node's extensions, is tens of KiB).
             .childChannelOption(
-                .recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 1024, maximum: 65536)
+                .recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 256, maximum: 65536)
             )
             .childChannelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -100,16 +106,24 @@ final class ADSTransport: Sendable {
         // NIOHTTP2's abuse limits (200 of each per 30 s) are for servers on the open internet. Here they cut
         // legitimate clients off with GOAWAY ENHANCE_YOUR_CALM: a grpcio process that exits resets all its streams at
         // once, and grpc clients send a BDP PING with each burst of data. weir listens on a Unix socket or loopback,
-        // for the node's own sidecars: the rate limits stay, sized for that.
-        connection.controlFrameRateLimit.maximumCount = 20_000
+        // for the node's own sidecars: the limits stay, sized for that. Each limit is a count per window, and
+        // NIOHTTP2 reserves one timestamp (8 bytes) per count for every connection when it opens: counts of 65536
+        // cost 1.2 MiB of address space and ~12 KiB of resident memory per sidecar connection (heaptrack, 1000
+        // idle connections). So the windows are short and the counts small: a burst as large as a client's
+        // streams on one connection is legitimate (the sidecar's one, a proxyless client's few, 250 of the
+        // load generator's), a flood sustained for a second is not.
+        connection.controlFrameRateLimit.maximumCount = Self.controlFramesPerSecond
+        connection.controlFrameRateLimit.windowLength = .seconds(1)
         // Frames for a stream the client has just reset (our trailers crossing its RST_STREAM) are stream errors, and
         // NIOHTTP2 counts them for the connection's whole life: the default of 200 ends a sidecar's long-lived
-        // connection after 200 such races. This count is switched off (the per-30 s stream error limit below stays).
+        // connection after 200 such races. This count is switched off (the per-second stream error limit below stays).
         connection.maximumConnectionGlitches = 1 << 30
         var stream = NIOHTTP2Handler.StreamConfiguration()
         stream.targetWindowSize = 1 << 20
-        stream.streamResetFrameRateLimit.maximumCount = 4 * 16384
-        stream.streamErrorRateLimit.maximumCount = 4 * 16384
+        stream.streamResetFrameRateLimit.maximumCount = Self.resetsPerSecond
+        stream.streamResetFrameRateLimit.windowLength = .seconds(1)
+        stream.streamErrorRateLimit.maximumCount = Self.resetsPerSecond
+        stream.streamErrorRateLimit.windowLength = .seconds(1)
         let peer = Self.peerName(channel.remoteAddress)
         // Between the socket and NIOHTTP2: a publish wakes every stream of the connection, each flushing its own
         // response; the socket is written once for all of them.
