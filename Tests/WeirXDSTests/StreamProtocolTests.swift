@@ -72,6 +72,18 @@ struct SotWProtocolTests {
         #expect(s.status(snapshot: s1)[.cluster]?.wildcard == true)
     }
 
+    @Test("a response's nonce is its content's (the same content, the same nonce) and short enough to be held inline")
+    func nonceFromContent() throws {
+        var a = SotWStream()
+        var b = SotWStream()
+        let r = try #require(a.receive(request(.cluster), snapshot: s1).first)
+        #expect(try #require(b.receive(request(.cluster), snapshot: s1).first).nonce == r.nonce)
+        #expect(r.version.hasPrefix(r.nonce) && r.nonce.utf8.count == 15, "\(r.nonce)")
+        var d = DeltaStream()
+        let dr = try #require(d.receive(delta(.cluster, subscribe: ["a"]), snapshot: s1).first)
+        #expect(dr.nonce.utf8.count == 15, "\(dr.nonce)")
+    }
+
     @Test("an ACK gets no response, and an identical config is never resent")
     func noResend() throws {
         var s = SotWStream()
