@@ -7,7 +7,9 @@ XDS_HEAP_CONNECTIONS connections of one stream each, the shape of Envoy sidecars
 they are idle weir is killed, and what it still had allocated is what those connections hold (plus what it held
 before them, which is left out: only allocation sites called at least once per two connections are counted). Each
 is charged to the nearest frame of its stack that says whose it is, and the table gives bytes per connection.
-Env: XDS_HEAP_CONNECTIONS (500), XDS_BINARY (weir binary).
+Then the same with XDS_HEAP_ENVOYS real Envoy 1.40 sidecars, one per virtual node: an Envoy's first request carries
+its node with all its extensions (61 KB), which no grpcio client sends.
+Env: XDS_HEAP_CONNECTIONS (500), XDS_HEAP_ENVOYS (20), XDS_BINARY (weir binary).
 """
 import os, re, shutil, signal, subprocess, sys, tempfile, time
 
@@ -17,6 +19,7 @@ import bench_xds as xds  # noqa: E402
 from benchlib import rss_kib  # noqa: E402
 
 CONNECTIONS = int(os.environ.get("XDS_HEAP_CONNECTIONS", "500"))
+ENVOYS = int(os.environ.get("XDS_HEAP_ENVOYS", "20"))
 
 # Owners, most specific first; an allocation goes to the first owner named by the nearest frame that names one.
 OWNERS = [
@@ -71,22 +74,66 @@ def breakdown(report, connections):
     return {k: v / connections for k, v in totals.items()}
 
 
-def main():
-    if os.geteuid() != 0:
-        sys.exit("scripts/bench xds-heap needs root (it creates a network namespace)")
+def grpcio_clients(d, sock, pid):
+    """XDS_HEAP_CONNECTIONS grpcio connections of one stream each, idle once they have ACKed their config."""
     import multiprocessing as mp
+    a, b = mp.get_context("spawn").Pipe()
+    client = mp.get_context("spawn").Process(target=xds.client_worker, args=(b, sock, 0, CONNECTIONS))
+    client.start()
+    if not a.poll(300) or a.recv() != "ready":
+        sys.exit("the ADS clients did not get their config")
+
+    def stop():
+        a.send("stop")
+        client.join(10)
+        if client.is_alive():
+            client.kill()
+    return stop
+
+
+def envoy_clients(d, sock, pid, ns):
+    """XDS_HEAP_ENVOYS Envoy 1.40 sidecars, one per virtual node, idle once each has ACKed its routes."""
+    procs = []
+    for k in range(ENVOYS):
+        boot = subprocess.run([xds.WEIR, "bootstrap", "--node", xds.node_id(k), "--xds", f"unix:{sock}",
+                               "--admin-port", str(16000 + k)], capture_output=True, text=True, check=True).stdout
+        path = os.path.join(d, f"envoy{k}.json")
+        with open(path, "w") as f:
+            f.write(boot)
+        procs.append(subprocess.Popen(["ip", "netns", "exec", ns, xds.ENVOY, "-c", path, "--base-id", str(200 + k),
+                                       "-l", "error", "--concurrency", "1"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def stop():
+        for p in procs:
+            p.kill()
+            p.wait()
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        s = [x for x in xds.admin("/streams") if x["nodeID"].startswith("mesh/bench/")]
+        if len(s) >= ENVOYS and all(x["types"].get("RDS", {}).get("lastAckedVersion") for x in s):
+            return stop
+        time.sleep(0.2)
+    stop()
+    sys.exit("the Envoys did not get their config")
+
+
+def measure(kind, count):
+    """weir xds under heaptrack with `count` idle clients of `kind`: its RSS before and after them, and the heap
+    they hold, per client and by owner."""
     d = tempfile.mkdtemp(prefix="weir-bench-xds-")
     os.makedirs(os.path.join(d, "mesh"))
     xds.write_mesh(d, 90, everything=True)
     sock = os.path.join(d, "xds.sock")
+    xds.ADMIN = os.path.join(d, "admin.sock")
     ns = f"weirb-heap-{os.getpid()}"
-    out = os.path.join(d, "heaptrack")
     subprocess.run(["ip", "netns", "add", ns], check=True)
-    weir = client = None
+    weir = stop = None
     try:
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
-        weir = subprocess.Popen(["ip", "netns", "exec", ns, "env", "WEIR_LOG_LEVEL=warning", "heaptrack", "-o", out,
-                                 xds.WEIR, "xds", "--listen", f"unix:{sock}", "--mesh", os.path.join(d, "mesh")],
+        weir = subprocess.Popen(["ip", "netns", "exec", ns, "env", "WEIR_LOG_LEVEL=warning", "heaptrack", "-o",
+                                 os.path.join(d, "heaptrack"), xds.WEIR, "xds", "--listen", f"unix:{sock}",
+                                 "--mesh", os.path.join(d, "mesh"), "--admin", f"unix:{xds.ADMIN}"],
                                 stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "weir.log"), "w"))
         for _ in range(600):
             if os.path.exists(sock):
@@ -99,38 +146,47 @@ def main():
             sys.exit("weir xds did not start under heaptrack: " + open(os.path.join(d, "weir.log")).read())
         pid = int(found[-1])
         before = rss_kib(pid)
-        a, b = mp.get_context("spawn").Pipe()
-        client = mp.get_context("spawn").Process(target=xds.client_worker, args=(b, sock, 0, CONNECTIONS))
-        client.start()
-        if not a.poll(300) or a.recv() != "ready":
-            sys.exit("the ADS clients did not get their config")
+        stop = grpcio_clients(d, sock, pid) if kind == "grpcio" else envoy_clients(d, sock, pid, ns)
         time.sleep(3)
         after = rss_kib(pid)
-        os.kill(pid, signal.SIGKILL)  # what is allocated now is what the idle connections hold
+        os.kill(pid, signal.SIGKILL)  # what is allocated now is what the idle clients hold
         weir.wait(60)
-        a.send("stop")
-        client.join(10)
         files = [f for f in os.listdir(d) if f.startswith("heaptrack")]
         report = subprocess.run(["heaptrack_print", "-f", os.path.join(d, files[0]), "--print-leaks", "1",
                                  "--print-peaks", "0", "--print-allocators", "0", "--print-temporary", "0",
                                  "-n", "5000", "--merge-backtraces", "0"], capture_output=True, text=True).stdout
         report = subprocess.run(["swift", "demangle", "--simplified"], input=report, capture_output=True,
                                 text=True).stdout
-        per = breakdown(report, CONNECTIONS)
-        print(f"weir xds under heaptrack: {CONNECTIONS} grpcio connections of one stream each (the sidecar's shape), idle")
-        print(f"  RSS {before} -> {after} KiB: {(after - before) / CONNECTIONS:.1f} KiB per connection (heaptrack's own bookkeeping included)")
-        print("  heap still allocated per connection, by owner:")
-        for name, v in sorted(per.items(), key=lambda kv: -kv[1]):
-            print(f"    {v:8.0f} B  {name}")
-        print(f"    {sum(per.values()):8.0f} B  in all ({sum(per.values()) / 1024:.1f} KiB; goal <= 20 KiB per connection)")
+        return before, after, breakdown(report, count)
     finally:
-        if client is not None and client.is_alive():
-            client.kill()
+        if stop is not None:
+            stop()
         if weir is not None and weir.poll() is None:
             weir.kill()
             weir.wait()
         subprocess.run(["ip", "netns", "del", ns])
         shutil.rmtree(d, ignore_errors=True)
+
+
+def show(title, count, before, after, per):
+    print(title)
+    print(f"  RSS {before} -> {after} KiB: {(after - before) / count:.1f} KiB each (heaptrack's own bookkeeping included)")
+    print("  heap still allocated each, by owner:")
+    for name, v in sorted(per.items(), key=lambda kv: -kv[1]):
+        print(f"    {v:8.0f} B  {name}")
+    print(f"    {sum(per.values()):8.0f} B  in all ({sum(per.values()) / 1024:.1f} KiB; goal <= 20 KiB per connection)")
+
+
+def main():
+    if os.geteuid() != 0:
+        sys.exit("scripts/bench xds-heap needs root (it creates a network namespace)")
+    show(f"weir xds under heaptrack: {CONNECTIONS} grpcio connections of one stream each (the sidecar's shape), idle",
+         CONNECTIONS, *measure("grpcio", CONNECTIONS))
+    # Real sidecars: an Envoy's first request carries its node with every extension it was built with (61 KB in
+    # 1.40), which the grpcio clients do not send. One Envoy per node, so each node's shared response frames count
+    # in full here.
+    show(f"weir xds under heaptrack: {ENVOYS} Envoy 1.40 sidecars (one per virtual node, so the node's own response"
+         " frames are counted in full), idle", ENVOYS, *measure("envoy", ENVOYS))
 
 
 if __name__ == "__main__":

@@ -78,7 +78,9 @@ public struct SotWStream: Sendable {
         }
     }
 
-    public private(set) var node: Envoy_Config_Core_V3_Node?
+    /// The node the stream's first request named. Only its id is kept: an Envoy's `Node` lists every extension it
+    /// was built with (516 of them, 61 KB, in Envoy 1.40), and kept whole it would cost that much per sidecar.
+    public private(set) var nodeID: String?
     var types: [ResourceType: TypeState] = [:]
 
     public init() {}
@@ -87,7 +89,7 @@ public struct SotWStream: Sendable {
     public mutating func receive(_ req: Envoy_Service_Discovery_V3_DiscoveryRequest, snapshot: Snapshot?)
         -> [OutgoingResponse]
     {
-        if node == nil, req.hasNode { node = req.node }
+        if nodeID == nil, req.hasNode { nodeID = req.node.id }
         guard let type = ResourceType(rawValue: req.typeURL) else { return [] }
         var st = types[type] ?? TypeState()
         if !req.responseNonce.isEmpty {
@@ -235,7 +237,8 @@ public struct DeltaStream: Sendable {
         var nackMessage: String?
     }
 
-    public private(set) var node: Envoy_Config_Core_V3_Node?
+    /// The node the stream's first request named (only its id: see `SotWStream.nodeID`).
+    public private(set) var nodeID: String?
     var types: [ResourceType: TypeState] = [:]
 
     public init() {}
@@ -243,7 +246,7 @@ public struct DeltaStream: Sendable {
     public mutating func receive(_ req: Envoy_Service_Discovery_V3_DeltaDiscoveryRequest, snapshot: Snapshot?)
         -> [OutgoingResponse]
     {
-        if node == nil, req.hasNode { node = req.node }
+        if nodeID == nil, req.hasNode { nodeID = req.node.id }
         guard let type = ResourceType(rawValue: req.typeURL) else { return [] }
         var st = types[type] ?? TypeState()
         let first = !st.requested

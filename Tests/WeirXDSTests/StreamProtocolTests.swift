@@ -64,7 +64,7 @@ struct SotWProtocolTests {
     func firstRequestAndAck() throws {
         var s = SotWStream()
         let out = s.receive(request(.cluster), snapshot: s1)
-        #expect(s.node?.id == "n1")
+        #expect(s.nodeID == "n1")
         let r = try #require(out.first)
         #expect(r.resourceNames == ["a", "b"])
         _ = s.receive(request(.cluster, nonce: r.nonce, version: r.version), snapshot: s1)
