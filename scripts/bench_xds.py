@@ -79,6 +79,17 @@ def node_id(i):
     return f"mesh/bench/virtualNode/node{i}_bench"
 
 
+def start_envoy(d, sock, ns, k):
+    """Envoy 1.40 as node k's sidecar in namespace `ns`, bootstrapped by `weir bootstrap` for weir's socket."""
+    b = subprocess.run([WEIR, "bootstrap", "--node", node_id(k), "--xds", f"unix:{sock}", "--admin-port", str(16000 + k)],
+                       capture_output=True, text=True, check=True).stdout
+    path = os.path.join(d, f"envoy{k}.json")
+    with open(path, "w") as f:
+        f.write(b)
+    return subprocess.Popen(["ip", "netns", "exec", ns, ENVOY, "-c", path, "--disable-hot-restart", "--base-id", str(k + 10),
+                             "-l", "error", "--concurrency", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 ADMIN = None
 
 
@@ -254,12 +265,7 @@ def main():
 
         # Phase 1: real Envoys.
         for k in range(ENVOYS):
-            b = subprocess.run([WEIR, "bootstrap", "--node", node_id(k), "--xds", f"unix:{sock}", "--admin-port", str(16000 + k)],
-                               capture_output=True, text=True, check=True).stdout
-            path = os.path.join(d, f"envoy{k}.json")
-            open(path, "w").write(b)
-            procs.append(subprocess.Popen(["ip", "netns", "exec", NS, ENVOY, "-c", path, "--disable-hot-restart", "--base-id", str(k + 10),
-                                           "-l", "error", "--concurrency", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            procs.append(start_envoy(d, sock, NS, k))
 
         def envoys_acked(previous):
             s = [x for x in admin("/streams") if x["nodeID"].startswith("mesh/bench/")]

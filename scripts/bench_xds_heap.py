@@ -74,13 +74,15 @@ def breakdown(report, connections):
     return {k: v / connections for k, v in totals.items()}
 
 
-def grpcio_clients(d, sock, pid):
+def grpcio_clients(sock):
     """XDS_HEAP_CONNECTIONS grpcio connections of one stream each, idle once they have ACKed their config."""
     import multiprocessing as mp
     a, b = mp.get_context("spawn").Pipe()
     client = mp.get_context("spawn").Process(target=xds.client_worker, args=(b, sock, 0, CONNECTIONS))
     client.start()
     if not a.poll(300) or a.recv() != "ready":
+        client.kill()
+        client.join()
         sys.exit("the ADS clients did not get their config")
 
     def stop():
@@ -91,18 +93,9 @@ def grpcio_clients(d, sock, pid):
     return stop
 
 
-def envoy_clients(d, sock, pid, ns):
+def envoy_clients(d, sock, ns):
     """XDS_HEAP_ENVOYS Envoy 1.40 sidecars, one per virtual node, idle once each has ACKed its routes."""
-    procs = []
-    for k in range(ENVOYS):
-        boot = subprocess.run([xds.WEIR, "bootstrap", "--node", xds.node_id(k), "--xds", f"unix:{sock}",
-                               "--admin-port", str(16000 + k)], capture_output=True, text=True, check=True).stdout
-        path = os.path.join(d, f"envoy{k}.json")
-        with open(path, "w") as f:
-            f.write(boot)
-        procs.append(subprocess.Popen(["ip", "netns", "exec", ns, xds.ENVOY, "-c", path, "--base-id", str(200 + k),
-                                       "-l", "error", "--concurrency", "1"],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    procs = [xds.start_envoy(d, sock, ns, k) for k in range(ENVOYS)]
 
     def stop():
         for p in procs:
@@ -128,7 +121,7 @@ def measure(kind, count):
     xds.ADMIN = os.path.join(d, "admin.sock")
     ns = f"weirb-heap-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
-    weir = stop = None
+    weir = stop = pid = None
     try:
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
         weir = subprocess.Popen(["ip", "netns", "exec", ns, "env", "WEIR_LOG_LEVEL=warning", "heaptrack", "-o",
@@ -146,10 +139,11 @@ def measure(kind, count):
             sys.exit("weir xds did not start under heaptrack: " + open(os.path.join(d, "weir.log")).read())
         pid = int(found[-1])
         before = rss_kib(pid)
-        stop = grpcio_clients(d, sock, pid) if kind == "grpcio" else envoy_clients(d, sock, pid, ns)
+        stop = grpcio_clients(sock) if kind == "grpcio" else envoy_clients(d, sock, ns)
         time.sleep(3)
         after = rss_kib(pid)
         os.kill(pid, signal.SIGKILL)  # what is allocated now is what the idle clients hold
+        pid = None
         weir.wait(60)
         files = [f for f in os.listdir(d) if f.startswith("heaptrack")]
         report = subprocess.run(["heaptrack_print", "-f", os.path.join(d, files[0]), "--print-leaks", "1",
@@ -161,6 +155,12 @@ def measure(kind, count):
     finally:
         if stop is not None:
             stop()
+        # heaptrack runs weir as its child: ending the wrapper alone would leave weir running.
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         if weir is not None and weir.poll() is None:
             weir.kill()
             weir.wait()

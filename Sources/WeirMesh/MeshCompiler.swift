@@ -418,9 +418,13 @@ public struct MeshCompiler: Sendable {
                 case .host(let port, let proto, let service, let vhost, let proxyless, let api, let encodings):
                     guard placeable(host: proto, port: port, service: service, in: ports) else { continue }
                     ports[port, default: PortPlan(proto: proto, owner: service.awsName)].hosts.append(vhost)
-                    ports[port]!.hostEncodings.append(encodings.vhost)
                     out.routes.append(proxyless)
-                    out.routeEncodings[proxyless.name] = [encodings.proxyless]
+                    // Without encodings the port's configuration has fewer of them than hosts, and is serialized
+                    // as a whole (see `buildEgress`).
+                    if let encodings {
+                        ports[port]!.hostEncodings.append(encodings.vhost)
+                        out.routeEncodings[proxyless.name] = [encodings.proxyless]
+                    }
                     out.listeners.append(api)
                     out.namedOnly.insert(api.name)
                 case .tcp(let port, let service, let targets, let idle):
@@ -544,10 +548,12 @@ public struct MeshCompiler: Sendable {
             if contributions != nil {
                 // Encoded once, with the unit: every node with this backend composes its route configurations'
                 // bytes from these rather than serializing (and comparing) the same virtual hosts again.
-                let encodings = (
-                    vhost: try! vhost.serializedBytes() as [UInt8],
-                    proxyless: try! grpcHost.serializedBytes() as [UInt8]
-                )
+                // A host that does not serialize here (it cannot, today) gets none: the memo then serializes its
+                // configurations as they are, which reports the error.
+                var encodings: (vhost: [UInt8], proxyless: [UInt8])?
+                if let v: [UInt8] = try? vhost.serializedBytes(), let g: [UInt8] = try? grpcHost.serializedBytes() {
+                    encodings = (v, g)
+                }
                 contributions?.append(.host(port, proto, service, vhost, rc, api, encodings))
             }
         }
@@ -971,7 +977,7 @@ public final class CompileMemo: Sendable {
             case host(
                 UInt16, PortProtocol, VirtualService, Envoy_Config_Route_V3_VirtualHost,
                 Envoy_Config_Route_V3_RouteConfiguration, Envoy_Config_Listener_V3_Listener,
-                (vhost: [UInt8], proxyless: [UInt8]))
+                (vhost: [UInt8], proxyless: [UInt8])?)
             case tcp(UInt16, VirtualService, [(cluster: String, weight: Int)], Int?)
         }
         let inputs: BackendInputs
