@@ -76,12 +76,14 @@ public struct SotWStream: Sendable {
             guard !mustAnswer, let d = decidedFrom, let v = snapshot.typeVersions[type] else { return false }
             return d.typeVersion == v && d.wildcard == wildcard && d.names == names
         }
+
+        mutating func decide(_ typeVersion: String) { decidedFrom = (typeVersion, wildcard, names) }
     }
 
     /// The node the stream's first request named. Only its id is kept: an Envoy's `Node` lists every extension it
     /// was built with (516 of them, 61 KB, in Envoy 1.40), and kept whole it would cost that much per sidecar.
     public private(set) var nodeID: String?
-    var types: [ResourceType: TypeState] = [:]
+    var types = PerType<TypeState>()
 
     public init() {}
 
@@ -142,11 +144,8 @@ public struct SotWStream: Sendable {
         for type in shrink {
             if let r = push(type, select(type, snapshot)) { out.append(r) }
         }
-        for (type, var st) in types where st.requested {
-            if let v = snapshot.typeVersions[type] {
-                st.decidedFrom = (v, st.wildcard, st.names)
-                types[type] = st
-            }
+        for type in ResourceType.pushOrder where types[type]?.requested == true {
+            if let v = snapshot.typeVersions[type] { types[type]!.decide(v) }
         }
         return out
     }
@@ -175,22 +174,23 @@ public struct SotWStream: Sendable {
 
     mutating func push(_ type: ResourceType, _ snapshot: Snapshot) -> OutgoingResponse? {
         let r = push(type, select(type, snapshot))
-        if let v = snapshot.typeVersions[type], var st = types[type] {
-            st.decidedFrom = (v, st.wildcard, st.names)
-            types[type] = st
-        }
+        if let v = snapshot.typeVersions[type], types[type] != nil { types[type]!.decide(v) }
         return r
     }
 
     mutating func push(_ type: ResourceType, _ selected: Selection) -> OutgoingResponse? {
-        guard var st = types[type] else { return nil }
+        guard types[type] != nil else { return nil }
+        // In place: the type's state is not copied out and back.
+        return Self.push(type, selected, &types[type]!)
+    }
+
+    static func push(_ type: ResourceType, _ selected: Selection, _ st: inout TypeState) -> OutgoingResponse? {
         let resources = selected.resources
         let version = selected.version
         // A NACKed version stays rejected until the config changes; an identical response is never resent,
         // unless the client is owed an answer (initial request, new names).
         if version == st.nackedVersion {
             st.mustAnswer = false
-            types[type] = st
             return nil
         }
         if version == st.lastSentVersion && !st.mustAnswer { return nil }
@@ -199,12 +199,11 @@ public struct SotWStream: Sendable {
         let nonce = OutgoingResponse.nonce(version)
         st.lastSentNonce = nonce
         st.lastSent = resources
-        types[type] = st
         return OutgoingResponse(type: type, nonce: nonce, body: .sotw(version: version, resources: resources))
     }
 
     public func status(snapshot: Snapshot?) -> [ResourceType: TypeStatus] {
-        types.reduce(into: [:]) { out, entry in
+        types.all.reduce(into: [:]) { out, entry in
             let (type, st) = entry
             let have = snapshot?.resources[type] ?? [:]
             out[type] = TypeStatus(
@@ -436,4 +435,18 @@ final class SynchronizedDictionary<K: Hashable & Sendable, V: Sendable>: Sendabl
         }
     }
     var count: Int { storage.withLock { $0.count } }
+}
+
+/// A value per resource type, in a slot of its own: a field of one type's state is read and written in place (a
+/// dictionary's getter copies the whole value out, with a retain for each of its strings and sets, on every look).
+struct PerType<Value: Sendable>: Sendable {
+    private var slots = [Value?](repeating: nil, count: ResourceType.pushOrder.count)
+
+    subscript(type: ResourceType) -> Value? {
+        _read { yield slots[type.order] }
+        _modify { yield &slots[type.order] }
+    }
+
+    /// The types that have a value, in push order.
+    var all: [(ResourceType, Value)] { ResourceType.pushOrder.compactMap { t in slots[t.order].map { (t, $0) } } }
 }
