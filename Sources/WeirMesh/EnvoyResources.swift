@@ -55,10 +55,20 @@ public struct EnvoyResources: Sendable, Equatable {
     /// rather than comparing and serializing the messages per node. A cache of `routes`, not part of the value:
     /// whoever changes a route configuration after the compiler removes its entry. Within the package only.
     package var routeEncodings: [String: [[UInt8]]] = [:]
+    /// Listeners, clusters and endpoints serialized, by name, where the compiler encoded them once for every node (or
+    /// every reload) that has them: the xDS memo compares these bytes with what the node had rather than the messages.
+    /// A cache of the messages like `routeEncodings`, with the same rule. Within the package only.
+    package var encodings = Encodings()
+    package struct Encodings: Sendable {
+        package var listeners: [String: [UInt8]] = [:]
+        package var clusters: [String: [UInt8]] = [:]
+        package var endpoints: [String: [UInt8]] = [:]
+        package init() {}
+    }
 
     public init() {}
 
-    /// Every field but `routeEncodings` (a cache of `routes`).
+    /// Every field but `routeEncodings` and `encodings` (caches of the messages).
     public static func == (a: EnvoyResources, b: EnvoyResources) -> Bool {
         a.listeners == b.listeners && a.routes == b.routes && a.clusters == b.clusters && a.endpoints == b.endpoints
             && a.namedOnly == b.namedOnly

@@ -24,9 +24,15 @@ public struct MeshCompiler: Sendable {
         didSet {
             routesByGateway = Self.routesByGateway(manifests)
             index = ManifestIndex(manifests)
+            token = Self.newToken()
         }
     }
-    public var options: Options
+    public var options: Options { didSet { token = Self.newToken() } }
+    /// Names this compiler's manifests and options, new with every change of either: what the memo checked under one
+    /// token holds for every node compiled under it.
+    private(set) var token = MeshCompiler.newToken()
+    static let tokens = Atomic<UInt64>(0)
+    static func newToken() -> UInt64 { tokens.add(1, ordering: .relaxed).newValue }
     /// Shares what does not depend on the node being compiled across nodes and reloads (nil: build everything).
     public var memo: CompileMemo?
     /// Each virtual gateway's routes, found once rather than by every gateway's compile.
@@ -201,6 +207,40 @@ public struct MeshCompiler: Sendable {
             // A node without listeners (a client) takes no inbound traffic: Envoy refuses a listener without filter
             // chains, and that NACK would hold back the node's other listeners' updates too.
             guard !node.listeners.isEmpty else { return }
+            guard let memo = compiler.memo else { return addIngress() }
+            let part = memo.ingress(node, mesh: mesh, options: compiler.options, accessLog: accessLog) { [self] in
+                var sub = Builder(compiler: compiler, node: node, meshName: meshName, accessLog: accessLog)
+                sub.addIngress()
+                sub.encodeAll()
+                return CompileMemo.IngressPart(
+                    node: node, mesh: mesh, options: compiler.options, accessLog: accessLog, out: sub.out,
+                    usesSDS: sub.usesSDS, problems: sub.problems)
+            }
+            // The ingress is the node's first part: its resources so far are the part's.
+            out = part.out
+            for c in part.out.clusters { clusterNames.insert(c.name) }
+            usesSDS = usesSDS || part.usesSDS
+            problems += part.problems
+        }
+
+        /// Every resource built so far serialized into the encodings (route configurations as their virtual hosts),
+        /// for a part the memo keeps.
+        mutating func encodeAll() {
+            for l in out.listeners { out.encodings.listeners[l.name] = try? l.serializedBytes() }
+            for c in out.clusters { out.encodings.clusters[c.name] = try? c.serializedBytes() }
+            for e in out.endpoints { out.encodings.endpoints[e.clusterName] = try? e.serializedBytes() }
+            for r in out.routes {
+                let hosts = r.virtualHosts.compactMap { (h) -> [UInt8]? in try? h.serializedBytes() }
+                // Only a configuration of a name and virtual hosts is composed from its hosts.
+                var bare = Envoy_Config_Route_V3_RouteConfiguration()
+                bare.name = r.name
+                bare.virtualHosts = r.virtualHosts
+                if hosts.count == r.virtualHosts.count && bare == r { out.routeEncodings[r.name] = hosts }
+            }
+        }
+
+        /// The ingress listener, its route configurations and the local application's clusters.
+        mutating func addIngress() {
             var listener = Envoy_Config_Listener_V3_Listener()
             listener.name = MeshCompiler.ingressListener
             listener.address = listenAddress(compiler.options.ingressPort)
@@ -290,59 +330,23 @@ public struct MeshCompiler: Sendable {
         mutating func buildEgress() {
             var ports: [UInt16: PortPlan] = [:]
             for backend in node.backends { place(backendUnit(backend), &ports) }
-
-            var listener = Envoy_Config_Listener_V3_Listener()
-            listener.name = MeshCompiler.egressListener
-            listener.address = listenAddress(compiler.options.egressPort)
-            listener.trafficDirection = .outbound
-            listener.listenerFilters = [originalDst()]
             if !dropAll { addPassthroughCluster() }
-            for port in ports.keys.sorted() {
+            let order = ports.keys.sorted()
+            for port in order where ports[port]!.proto != .tcp {
                 let plan = ports[port]!
-                var chain = Envoy_Config_Listener_V3_FilterChain()
-                chain.name = "egress_\(port)"
-                chain.filterChainMatch.destinationPort = Google_Protobuf_UInt32Value(UInt32(port))
-                if plan.proto == .tcp {
-                    var tcp = Envoy_Extensions_Filters_Network_TcpProxy_V3_TcpProxy()
-                    tcp.statPrefix = "egress_\(port)"
-                    if plan.tcpTargets.count == 1 {
-                        tcp.cluster = plan.tcpTargets[0].cluster
-                    } else {
-                        tcp.weightedClusters.clusters = plan.tcpTargets.map { t in
-                            var w = Envoy_Extensions_Filters_Network_TcpProxy_V3_TcpProxy.WeightedCluster
-                                .ClusterWeight()
-                            w.name = t.cluster
-                            w.weight = UInt32(t.weight)
-                            return w
-                        }
-                    }
-                    if let idle = plan.tcpIdleMilliseconds { tcp.idleTimeout = duration(milliseconds: idle) }
-                    tcp.accessLog = accessLogs
-                    chain.filters = [filter("envoy.filters.network.tcp_proxy", tcp)]
-                } else {
-                    var rc = Envoy_Config_Route_V3_RouteConfiguration()
-                    rc.name = "egress_\(port)"
-                    rc.virtualHosts = plan.hosts
-                    var encodings = plan.hostEncodings
-                    if !dropAll {
-                        // ALLOW_ALL: HTTP to a host the mesh does not know goes where it was going.
-                        rc.virtualHosts.append(Self.allowAll.host)
-                        encodings.append(Self.allowAll.bytes)
-                    }
-                    if encodings.count == rc.virtualHosts.count { out.routeEncodings[rc.name] = encodings }
-                    out.routes.append(rc)
-                    chain.filters = [
-                        filter(
-                            "envoy.filters.network.http_connection_manager",
-                            httpConnectionManager(
-                                statPrefix: "egress_\(port)", routeConfig: rc.name, idleMilliseconds: nil))
-                    ]
+                var rc = Envoy_Config_Route_V3_RouteConfiguration()
+                rc.name = "egress_\(port)"
+                rc.virtualHosts = plan.hosts
+                var encodings = plan.hostEncodings
+                if !dropAll {
+                    // ALLOW_ALL: HTTP to a host the mesh does not know goes where it was going.
+                    rc.virtualHosts.append(Self.allowAll.host)
+                    encodings.append(Self.allowAll.bytes)
                 }
-                listener.filterChains.append(chain)
+                if encodings.count == rc.virtualHosts.count { out.routeEncodings[rc.name] = encodings }
+                out.routes.append(rc)
             }
-            if !dropAll {
-                listener.defaultFilterChain = tcpProxyChain("passthrough", to: MeshCompiler.passthroughCluster)
-            } else if listener.filterChains.isEmpty {
+            if dropAll && ports.isEmpty {
                 // DROP_ALL and no backends: every outbound connection is refused. Envoy rejects a listener with no
                 // filter chain, so the one chain sends everything to a cluster with no endpoints (reset at once).
                 var c = Envoy_Config_Cluster_V3_Cluster()
@@ -352,9 +356,68 @@ public struct MeshCompiler: Sendable {
                 c.loadAssignment.clusterName = c.name
                 out.clusters.append(c)
                 clusterNames.insert(c.name)
+            }
+            // The listener depends on the ports' shape only (not on their virtual hosts): nodes alike share one.
+            let shape = CompileMemo.EgressShape(
+                address: anyAddress, port: compiler.options.egressPort, dropAll: dropAll, accessLog: accessLog,
+                ports: order.map { port in
+                    let plan = ports[port]!
+                    return CompileMemo.EgressShape.Port(
+                        port: port, tcp: plan.proto == .tcp, targets: plan.tcpTargets.map(\.cluster),
+                        weights: plan.tcpTargets.map(\.weight), idleMilliseconds: plan.tcpIdleMilliseconds)
+                })
+            guard let memo = compiler.memo else { return out.listeners.append(egressListener(shape)) }
+            let built = memo.egressListener(shape) { CompileMemo.EgressListener(egressListener(shape)) }
+            out.listeners.append(built.listener)
+            if let b = built.bytes { out.encodings.listeners[built.listener.name] = b }
+        }
+
+        /// The egress listener: a filter chain per backend port (tcp_proxy, or an HTTP connection manager with the
+        /// port's route configuration), then ALLOW_ALL's passthrough or DROP_ALL's refusal.
+        func egressListener(_ shape: CompileMemo.EgressShape) -> Envoy_Config_Listener_V3_Listener {
+            var listener = Envoy_Config_Listener_V3_Listener()
+            listener.name = MeshCompiler.egressListener
+            listener.address = listenAddress(shape.port)
+            listener.trafficDirection = .outbound
+            listener.listenerFilters = [originalDst()]
+            for p in shape.ports {
+                let port = p.port
+                var chain = Envoy_Config_Listener_V3_FilterChain()
+                chain.name = "egress_\(port)"
+                chain.filterChainMatch.destinationPort = Google_Protobuf_UInt32Value(UInt32(port))
+                if p.tcp {
+                    var tcp = Envoy_Extensions_Filters_Network_TcpProxy_V3_TcpProxy()
+                    tcp.statPrefix = "egress_\(port)"
+                    if p.targets.count == 1 {
+                        tcp.cluster = p.targets[0]
+                    } else {
+                        tcp.weightedClusters.clusters = zip(p.targets, p.weights).map { name, weight in
+                            var w = Envoy_Extensions_Filters_Network_TcpProxy_V3_TcpProxy.WeightedCluster
+                                .ClusterWeight()
+                            w.name = name
+                            w.weight = UInt32(weight)
+                            return w
+                        }
+                    }
+                    if let idle = p.idleMilliseconds { tcp.idleTimeout = duration(milliseconds: idle) }
+                    tcp.accessLog = accessLogs
+                    chain.filters = [filter("envoy.filters.network.tcp_proxy", tcp)]
+                } else {
+                    chain.filters = [
+                        filter(
+                            "envoy.filters.network.http_connection_manager",
+                            httpConnectionManager(
+                                statPrefix: "egress_\(port)", routeConfig: "egress_\(port)", idleMilliseconds: nil))
+                    ]
+                }
+                listener.filterChains.append(chain)
+            }
+            if !shape.dropAll {
+                listener.defaultFilterChain = tcpProxyChain("passthrough", to: MeshCompiler.passthroughCluster)
+            } else if listener.filterChains.isEmpty {
                 listener.defaultFilterChain = tcpProxyChain("drop_all", to: MeshCompiler.blackholeCluster)
             }
-            out.listeners.append(listener)
+            return listener
         }
 
         /// The egress `allow_all` virtual host (ALLOW_ALL meshes) and its encoding: the same for every node.
@@ -375,12 +438,29 @@ public struct MeshCompiler: Sendable {
         func backendUnit(_ backend: Backend) -> CompileMemo.BackendUnit {
             let policy = node.clientTLS(for: backend)
             let service = compiler.virtualService(backend.service)
+            let mesh = self.mesh
             // A unit does not depend on the node that has the backend, but for the problem a service without a
             // provider gives (it names the node): the other nodes with the same backend and policy share it.
+            let key = CompileMemo.UnitKey(
+                node: service != nil && service?.provider == nil ? node.ref : nil, backend: backend.service)
+            // The closures are not kept (nothing of the builder is copied for them): most nodes take the unit from
+            // the memo and call neither.
+            guard let memo = compiler.memo else {
+                return unit(backend, policy: policy, unitInputs(key, policy: policy, service: service, mesh: mesh))
+            }
+            return memo.backendUnit(
+                key, token: compiler.token, policy: policy, mesh: mesh,
+                inputs: { unitInputs(key, policy: policy, service: service, mesh: mesh) },
+                build: { unit(backend, policy: policy, $0) })
+        }
+
+        /// What a backend's unit reads from the manifests.
+        func unitInputs(_ key: CompileMemo.UnitKey, policy: ClientTLS?, service: VirtualService?, mesh: Mesh?)
+            -> CompileMemo.BackendInputs
+        {
             var inputs = CompileMemo.BackendInputs(
-                node: service != nil && service?.provider == nil ? node.ref : nil, backend: backend.service,
-                policy: policy,
-                service: service, mesh: mesh, options: compiler.options)
+                node: key.node, backend: key.backend, policy: policy, service: service, mesh: mesh,
+                options: compiler.options)
             switch service?.provider {
             case .virtualNode(let ref)?: inputs.targets = [compiler.virtualNode(ref)]
             case .virtualRouter(let ref)?:
@@ -389,17 +469,22 @@ public struct MeshCompiler: Sendable {
                 inputs.targets = (router?.routes ?? []).flatMap(\.targets).map { compiler.virtualNode($0.node) }
             case nil: break
             }
-            let build = { [self] () -> CompileMemo.BackendUnit in
-                var sub = Builder(compiler: compiler, node: node, meshName: meshName, accessLog: accessLog)
-                sub.contributions = []
-                var ports: [UInt16: PortPlan] = [:]
-                sub.addBackend(backend, policy: policy, &ports)
-                return CompileMemo.BackendUnit(
-                    inputs: inputs, contributions: sub.contributions ?? [], clusters: sub.out.clusters,
-                    endpoints: sub.out.endpoints, namedOnly: sub.out.namedOnly, dnsClusters: sub.dnsClusters,
-                    usesSDS: sub.usesSDS, problems: sub.problems)
-            }
-            return compiler.memo?.backendUnit(inputs, build: build) ?? build()
+            return inputs
+        }
+
+        /// A backend's unit, built.
+        func unit(_ backend: Backend, policy: ClientTLS?, _ inputs: CompileMemo.BackendInputs)
+            -> CompileMemo.BackendUnit
+        {
+            var sub = Builder(compiler: compiler, node: node, meshName: meshName, accessLog: accessLog)
+            sub.contributions = []
+            var ports: [UInt16: PortPlan] = [:]
+            sub.addBackend(backend, policy: policy, &ports)
+            return CompileMemo.BackendUnit(
+                inputs: inputs, checkedBy: compiler.token, contributions: sub.contributions ?? [],
+                clusters: sub.out.clusters, endpoints: sub.out.endpoints, encodings: sub.out.encodings,
+                namedOnly: sub.out.namedOnly, dnsClusters: sub.dnsClusters, usesSDS: sub.usesSDS,
+                problems: sub.problems)
         }
 
         /// Places a backend's unit in the node's resources, as building it there would have: clusters other backends
@@ -409,24 +494,29 @@ public struct MeshCompiler: Sendable {
             usesSDS = usesSDS || unit.usesSDS
             for c in unit.clusters where clusterNames.insert(c.name).inserted {
                 out.clusters.append(c)
+                if let b = unit.encodings.clusters[c.name] { out.encodings.clusters[c.name] = b }
                 if unit.namedOnly.contains(c.name) { out.namedOnly.insert(c.name) }
-                if let e = unit.endpoints.first(where: { $0.clusterName == c.name }) { out.endpoints.append(e) }
+                if let e = unit.endpoints.first(where: { $0.clusterName == c.name }) {
+                    out.endpoints.append(e)
+                    if let b = unit.encodings.endpoints[c.name] { out.encodings.endpoints[c.name] = b }
+                }
             }
             dnsClusters.merge(unit.dnsClusters) { had, _ in had }
             for contribution in unit.contributions {
                 switch contribution {
-                case .host(let port, let proto, let service, let vhost, let proxyless, let api, let encodings):
-                    guard placeable(host: proto, port: port, service: service, in: ports) else { continue }
-                    ports[port, default: PortPlan(proto: proto, owner: service.awsName)].hosts.append(vhost)
-                    out.routes.append(proxyless)
+                case .host(let h):
+                    guard placeable(host: h.proto, port: h.port, service: h.service, in: ports) else { continue }
+                    ports[h.port, default: PortPlan(proto: h.proto, owner: h.service.awsName)].hosts.append(h.vhost)
+                    out.routes.append(h.proxyless)
                     // Without encodings the port's configuration has fewer of them than hosts, and is serialized
                     // as a whole (see `buildEgress`).
-                    if let encodings {
-                        ports[port]!.hostEncodings.append(encodings.vhost)
-                        out.routeEncodings[proxyless.name] = [encodings.proxyless]
+                    if let encodings = h.encodings {
+                        ports[h.port]!.hostEncodings.append(encodings.vhost)
+                        out.routeEncodings[h.proxyless.name] = [encodings.proxyless]
                     }
-                    out.listeners.append(api)
-                    out.namedOnly.insert(api.name)
+                    out.listeners.append(h.api)
+                    if let b = unit.encodings.listeners[h.api.name] { out.encodings.listeners[h.api.name] = b }
+                    out.namedOnly.insert(h.api.name)
                 case .tcp(let port, let service, let targets, let idle):
                     guard placeable(tcp: port, service: service, in: ports) else { continue }
                     var plan = PortPlan(proto: .tcp, owner: service.awsName)
@@ -554,7 +644,12 @@ public struct MeshCompiler: Sendable {
                 if let v: [UInt8] = try? vhost.serializedBytes(), let g: [UInt8] = try? grpcHost.serializedBytes() {
                     encodings = (v, g)
                 }
-                contributions?.append(.host(port, proto, service, vhost, rc, api, encodings))
+                out.encodings.listeners[name] = try? api.serializedBytes()
+                contributions?.append(
+                    .host(
+                        CompileMemo.Host(
+                            port: port, proto: proto, service: service, vhost: vhost, proxyless: rc, api: api,
+                            encodings: encodings)))
             }
         }
 
@@ -620,6 +715,10 @@ public struct MeshCompiler: Sendable {
                     targetCluster(target, port: port, name: name, tls: tls)
                 } ?? targetCluster(target, port: port, name: name, tls: tls)
             out.clusters.append(built.cluster)
+            if contributions != nil {
+                out.encodings.clusters[name] = built.clusterBytes
+                if built.endpoints != nil { out.encodings.endpoints[name] = built.endpointBytes }
+            }
             if built.cluster.type == .strictDns { dnsClusters[name] = built.cluster }
             if let e = built.endpoints { out.endpoints.append(e) }
             return name
@@ -676,7 +775,8 @@ public struct MeshCompiler: Sendable {
                 c.transportSocket = upstreamTLS(tls, target: target, protocol: listener?.portMapping.protocol ?? .http)
             }
             return CompileMemo.TargetCluster(
-                target: target, tls: tls, family: dnsLookupFamily, cluster: c, endpoints: endpoints)
+                target: target, tls: tls, family: dnsLookupFamily, cluster: c, endpoints: endpoints,
+                encoded: compiler.memo != nil)
         }
 
         /// A filter chain named `name` that proxies every connection to `cluster`.
@@ -928,12 +1028,29 @@ enum IPAddressLiteral {
 /// endpoints) of a virtual node as a route target depends only on that virtual node and the port. A reused message is
 /// the same value, so comparing it with the last one sent is immediate and it is not serialized again.
 public final class CompileMemo: Sendable {
-    public struct TargetCluster: Sendable {
+    /// Classes, not values: the memo hands them out per node and backend, for one retain each.
+    public final class TargetCluster: Sendable {
         let target: VirtualNode
         let tls: ClientTLS?
         let family: Envoy_Config_Cluster_V3_Cluster.DnsLookupFamily
         let cluster: Envoy_Config_Cluster_V3_Cluster
         let endpoints: Envoy_Config_Endpoint_V3_ClusterLoadAssignment?
+        /// The cluster and endpoints serialized once (with `encoded`; nil: not, or they do not serialize).
+        let clusterBytes: [UInt8]?
+        let endpointBytes: [UInt8]?
+        init(
+            target: VirtualNode, tls: ClientTLS?, family: Envoy_Config_Cluster_V3_Cluster.DnsLookupFamily,
+            cluster: Envoy_Config_Cluster_V3_Cluster, endpoints: Envoy_Config_Endpoint_V3_ClusterLoadAssignment?,
+            encoded: Bool
+        ) {
+            self.target = target
+            self.tls = tls
+            self.family = family
+            self.cluster = cluster
+            self.endpoints = endpoints
+            clusterBytes = encoded ? try? cluster.serializedBytes() : nil
+            endpointBytes = encoded ? try? endpoints?.serializedBytes() : nil
+        }
     }
     struct Key: Hashable {
         var name: String
@@ -968,32 +1085,138 @@ public final class CompileMemo: Sendable {
         }
     }
 
+    /// An HTTP-family port's part of a unit (a class: placed per node for one retain).
+    final class Host: Sendable {
+        let port: UInt16
+        let proto: PortProtocol
+        let service: VirtualService
+        let vhost: Envoy_Config_Route_V3_VirtualHost
+        let proxyless: Envoy_Config_Route_V3_RouteConfiguration
+        let api: Envoy_Config_Listener_V3_Listener
+        let encodings: (vhost: [UInt8], proxyless: [UInt8])?
+        init(
+            port: UInt16, proto: PortProtocol, service: VirtualService, vhost: Envoy_Config_Route_V3_VirtualHost,
+            proxyless: Envoy_Config_Route_V3_RouteConfiguration, api: Envoy_Config_Listener_V3_Listener,
+            encodings: (vhost: [UInt8], proxyless: [UInt8])?
+        ) {
+            self.port = port
+            self.proto = proto
+            self.service = service
+            self.vhost = vhost
+            self.proxyless = proxyless
+            self.api = api
+            self.encodings = encodings
+        }
+    }
+
     /// What one backend of a node adds to the node's resources.
-    public struct BackendUnit: Sendable {
+    public final class BackendUnit: Sendable {
         enum Contribution: Sendable {
             /// An HTTP-family port: the egress virtual host, and the route configuration and `api_listener` of
             /// proxyless gRPC clients.
             /// With the encodings of the egress virtual host and of the proxyless route configuration's one host.
-            case host(
-                UInt16, PortProtocol, VirtualService, Envoy_Config_Route_V3_VirtualHost,
-                Envoy_Config_Route_V3_RouteConfiguration, Envoy_Config_Listener_V3_Listener,
-                (vhost: [UInt8], proxyless: [UInt8])?)
+            case host(Host)
             case tcp(UInt16, VirtualService, [(cluster: String, weight: Int)], Int?)
         }
         let inputs: BackendInputs
+        /// The token of the last compiler under which `inputs` were found to be what the unit read (see
+        /// `backendUnit`).
+        let checkedBy: Atomic<UInt64>
         let contributions: [Contribution]
         let clusters: [Envoy_Config_Cluster_V3_Cluster]
         let endpoints: [Envoy_Config_Endpoint_V3_ClusterLoadAssignment]
+        /// The clusters', endpoints' and proxyless listeners' bytes (see `EnvoyResources.encodings`).
+        let encodings: EnvoyResources.Encodings
         let namedOnly: Set<String>
         let dnsClusters: [String: Envoy_Config_Cluster_V3_Cluster]
         let usesSDS: Bool
         let problems: [MeshProblem]
+        init(
+            inputs: BackendInputs, checkedBy: UInt64, contributions: [Contribution],
+            clusters: [Envoy_Config_Cluster_V3_Cluster], endpoints: [Envoy_Config_Endpoint_V3_ClusterLoadAssignment],
+            encodings: EnvoyResources.Encodings, namedOnly: Set<String>,
+            dnsClusters: [String: Envoy_Config_Cluster_V3_Cluster], usesSDS: Bool, problems: [MeshProblem]
+        ) {
+            self.inputs = inputs
+            self.checkedBy = Atomic(checkedBy)
+            self.contributions = contributions
+            self.clusters = clusters
+            self.endpoints = endpoints
+            self.encodings = encodings
+            self.namedOnly = namedOnly
+            self.dnsClusters = dnsClusters
+            self.usesSDS = usesSDS
+            self.problems = problems
+        }
     }
     struct UnitKey: Hashable {
         var node: ResourceRef?
         var backend: ResourceRef
     }
     let units = GenerationMap<UnitKey, BackendUnit>()
+
+    /// A node's ingress (listener, route configurations, local clusters), with what it was built from.
+    final class IngressPart: Sendable {
+        let node: VirtualNode
+        let mesh: Mesh?
+        let options: MeshCompiler.Options
+        let accessLog: AccessLog?
+        let out: EnvoyResources
+        let usesSDS: Bool
+        let problems: [MeshProblem]
+        init(
+            node: VirtualNode, mesh: Mesh?, options: MeshCompiler.Options, accessLog: AccessLog?,
+            out: EnvoyResources, usesSDS: Bool, problems: [MeshProblem]
+        ) {
+            self.node = node
+            self.mesh = mesh
+            self.options = options
+            self.accessLog = accessLog
+            self.out = out
+            self.usesSDS = usesSDS
+            self.problems = problems
+        }
+    }
+    let ingresses = GenerationMap<ResourceRef, IngressPart>()
+
+    func ingress(
+        _ node: VirtualNode, mesh: Mesh?, options: MeshCompiler.Options, accessLog: AccessLog?,
+        build: () -> IngressPart
+    ) -> IngressPart {
+        ingresses.value(
+            for: node.ref,
+            valid: { $0.node == node && $0.mesh == mesh && $0.options == options && $0.accessLog == accessLog },
+            build: build)
+    }
+
+    /// What an egress listener is built from: everything it holds, so equal shapes are one listener.
+    struct EgressShape: Hashable {
+        struct Port: Hashable {
+            var port: UInt16
+            var tcp: Bool
+            var targets: [String]
+            var weights: [Int]
+            var idleMilliseconds: Int?
+        }
+        var address: String
+        var port: UInt16
+        var dropAll: Bool
+        var accessLog: AccessLog?
+        var ports: [Port]
+    }
+    final class EgressListener: Sendable {
+        let listener: Envoy_Config_Listener_V3_Listener
+        let bytes: [UInt8]?
+        init(_ listener: Envoy_Config_Listener_V3_Listener) {
+            self.listener = listener
+            bytes = try? listener.serializedBytes()
+        }
+    }
+    let egressListeners = GenerationMap<EgressShape, EgressListener>()
+
+    func egressListener(_ shape: EgressShape, build: () -> EgressListener) -> EgressListener {
+        egressListeners.value(for: shape, valid: { _ in true }, build: build)
+    }
     /// How many units were built rather than taken from the memo.
     let unitsBuilt = Atomic<Int>(0)
 
@@ -1003,13 +1226,35 @@ public final class CompileMemo: Sendable {
     public func beginGeneration() {
         clusters.beginGeneration()
         units.beginGeneration()
+        ingresses.beginGeneration()
+        egressListeners.beginGeneration()
     }
 
     /// A backend's unit: the one built before if it read the same, else a new one.
-    func backendUnit(_ inputs: BackendInputs, build: () -> BackendUnit) -> BackendUnit {
-        units.value(for: UnitKey(node: inputs.node, backend: inputs.backend), valid: { $0.inputs == inputs }) {
+    ///
+    /// Under one compiler token the manifests and options are fixed, so what a unit reads of them through its key
+    /// (the service, its router, their targets) is the same for every node: once a unit's inputs are found equal
+    /// under a token, the next nodes compare only what is theirs (the client policy and the mesh), and the inputs
+    /// are not even gathered.
+    func backendUnit(
+        _ key: UnitKey, token: UInt64, policy: ClientTLS?, mesh: Mesh?, inputs: () -> BackendInputs,
+        build: (BackendInputs) -> BackendUnit
+    ) -> BackendUnit {
+        var gathered: BackendInputs?
+        return units.value(
+            for: key,
+            valid: { u in
+                if u.checkedBy.load(ordering: .relaxed) == token {
+                    return u.inputs.policy == policy && u.inputs.mesh == mesh
+                }
+                if gathered == nil { gathered = inputs() }
+                guard u.inputs == gathered else { return false }
+                u.checkedBy.store(token, ordering: .relaxed)
+                return true
+            }
+        ) {
             unitsBuilt.add(1, ordering: .relaxed)
-            return build()
+            return build(gathered ?? inputs())
         }
     }
 

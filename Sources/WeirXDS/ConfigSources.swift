@@ -312,9 +312,12 @@ public final class ConfigSources: SnapshotSource {
             resources.listeners += envoy.listeners
             resources.clusters += envoy.clusters
             resources.routes += envoy.routes
-            // A file's route configuration is serialized as it is, not composed from a compiled one's hosts.
-            for r in envoy.routes { resources.routeEncodings[r.name] = nil }
             resources.endpoints += envoy.endpoints
+            // A file's resources are serialized as they are, not taken from a compiled one's encoding of the same name.
+            for r in envoy.routes { resources.routeEncodings[r.name] = nil }
+            for l in envoy.listeners { resources.encodings.listeners[l.name] = nil }
+            for c in envoy.clusters { resources.encodings.clusters[c.name] = nil }
+            for e in envoy.endpoints { resources.encodings.endpoints[e.clusterName] = nil }
             known = true
         }
         guard known else { return .success(nil) }

@@ -5,24 +5,38 @@ import WeirMesh
 
 /// Serialized resources remembered across reloads.
 ///
-/// A change to a mesh touches few of the resources each node gets. The memo keeps, per type, name and content version,
-/// the typed message with its bytes and the names it refers to (EDS names of a cluster, RDS names of a listener), and
-/// per node which version it got last time: a resource equal to the one the node had is neither serialized, hashed nor
-/// decoded again for the consistency check. Resources with the same content share one entry (and one copy of the
-/// bytes) across nodes. What the last reload did not use is dropped.
+/// A change to a mesh touches few of the resources each node gets. The memo keeps, per node, type and name, the
+/// typed message with its bytes and the names it refers to (EDS names of a cluster, RDS names of a listener), and the
+/// node's last snapshot: a resource equal to the one the node had is neither serialized, hashed nor decoded again for
+/// the consistency check, and a type whose resources are all the ones the node had keeps its part of the last snapshot
+/// (its name-to-resource table and its version) without building or hashing it again. Resources with the same content
+/// share one entry (and one copy of the bytes) across nodes. What the last reload did not use is dropped.
 public final class ResourceMemo: Sendable {
     struct Key: Hashable {
         var type: ResourceType
         var name: String
     }
-    struct Entry: @unchecked Sendable {  // the message is a value; `any Message` only hides its type
+    /// A class: an entry is looked up, kept and handed on per resource, per node and reload, for one retain each.
+    final class Entry: @unchecked Sendable {  // immutable; the message is a value, `any Message` only hides its type
         let message: any SwiftProtobuf.Message
         let resource: VersionedResource
         let references: [String]
+        init(message: any SwiftProtobuf.Message, resource: VersionedResource, references: [String]) {
+            self.message = message
+            self.resource = resource
+            self.references = references
+        }
+    }
+    /// What a node got: its entries by type and name, and the snapshot made of them.
+    struct NodeRecord {
+        var entries: [ResourceType: [String: Entry]] = [:]
+        var snapshot: Snapshot?
+        /// Whether every RDS and EDS name the snapshot's listeners and clusters give is in it.
+        var consistent = false
     }
     struct Generation {
         /// Per node, what it got: the hit path needs only this (one lookup, no global lock per resource).
-        var nodes: [String: [Key: Entry]] = [:]
+        var nodes: [String: NodeRecord] = [:]
         /// Per type, name and version, what was serialized: new resources with the same content share one entry (and
         /// one copy of the bytes) across nodes.
         var shared: [Key: [String: Entry]] = [:]
@@ -49,26 +63,57 @@ public final class ResourceMemo: Sendable {
     /// One node's resources: what it had is looked up once, and what it has now is stored once.
     struct NodeScope {
         let node: String
-        let had: [Key: Entry]
-        var now: [Key: Entry] = [:]
+        let had: NodeRecord
+        var now = NodeRecord()
         var fresh: [(Key, Entry)] = []
     }
 
+    /// One type's resources of a node, as they are resolved in order.
+    struct TypeScope {
+        let type: ResourceType
+        let had: [String: Entry]
+        var entries: [(name: String, entry: Entry)] = []
+        /// Whether every resource so far is one the node had.
+        var allHad = true
+        /// Whether every name so far is one the node had.
+        var namesHad = true
+        /// Whether the names are the ones the node had, each once.
+        var sameNames: Bool { namesHad && entries.count == had.count && distinct }
+        /// Whether no name is given twice (most lists come sorted: then without hashing).
+        var distinct: Bool {
+            var sorted = true
+            for i in entries.indices.dropFirst() where !(entries[i - 1].name < entries[i].name) {
+                sorted = false
+                break
+            }
+            return sorted || Set(entries.lazy.map(\.name)).count == entries.count
+        }
+    }
+
+    /// The entry for a resource: the node's own if equal (by bytes when the compiler gave them, else as messages),
+    /// else a new one.
     func entry<M: SwiftProtobuf.Message>(
-        _ scope: inout NodeScope, _ type: ResourceType, _ name: String, _ message: M, namedOnly: Bool,
-        references: (M) -> [String]
+        _ scope: inout NodeScope, _ t: inout TypeScope, _ name: String, _ message: M, bytes: [UInt8]?,
+        namedOnly: Bool, references: (M) -> [String]
     ) throws -> Entry {
-        let key = Key(type: type, name: name)
-        if let had = scope.had[key], had.resource.namedOnly == namedOnly, had.message.isEqualTo(message: message) {
-            scope.now[key] = had
+        let had = t.had[name]
+        if let had, had.resource.namedOnly == namedOnly,
+            bytes.map({ $0 == had.resource.bytes }) ?? had.message.isEqualTo(message: message)
+        {
+            t.entries.append((name, had))
             return had
         }
-        return fresh(
-            &scope, key,
+        t.allHad = false
+        if had == nil { t.namesHad = false }
+        let e = fresh(
+            &scope, Key(type: t.type, name: name),
             Entry(
                 message: message,
-                resource: VersionedResource(name: name, bytes: try message.serializedBytes(), namedOnly: namedOnly),
+                resource: VersionedResource(
+                    name: name, bytes: try bytes ?? message.serializedBytes(), namedOnly: namedOnly),
                 references: references(message)))
+        t.entries.append((name, e))
+        return e
     }
 
     /// A new entry for the node: the same content from another node is one entry, and one copy of the bytes.
@@ -76,34 +121,31 @@ public final class ResourceMemo: Sendable {
         var e = new
         let version = e.resource.version
         state.withLock { g in
-            // The same content from another node: keep one entry, and one copy of the bytes.
             if let shared = g.current.shared[key]?[version] ?? g.previous.shared[key]?[version],
                 shared.resource.namedOnly == e.resource.namedOnly
             {
                 e = shared
             }
         }
-        scope.now[key] = e
         scope.fresh.append((key, e))
         return e
     }
 
-    /// An entry for a resource whose bytes are already known (composed from encodings the compiler shares across
-    /// nodes): equal bytes are the resource the node had, without comparing or serializing the message.
-    func entry(
-        _ scope: inout NodeScope, _ type: ResourceType, _ name: String, _ message: any SwiftProtobuf.Message,
-        bytes: [UInt8], namedOnly: Bool
-    ) -> Entry {
-        let key = Key(type: type, name: name)
-        if let had = scope.had[key], had.resource.namedOnly == namedOnly, had.resource.bytes == bytes {
-            scope.now[key] = had
-            return had
+    /// Ends a type: its part of the snapshot, with its version when it is the part the node had.
+    func finish(_ scope: inout NodeScope, _ t: TypeScope) -> (byName: [String: VersionedResource], version: String?) {
+        // Each of the node's entries once: a name given twice would leave one of them out of the new part.
+        if t.allHad, let before = scope.had.snapshot, let version = before.typeVersions[t.type], t.sameNames {
+            if !t.had.isEmpty { scope.now.entries[t.type] = t.had }
+            return (before.resources[t.type] ?? [:], version)
         }
-        return fresh(
-            &scope, key,
-            Entry(
-                message: message, resource: VersionedResource(name: name, bytes: bytes, namedOnly: namedOnly),
-                references: []))
+        var entries: [String: Entry] = Dictionary(minimumCapacity: t.entries.count)
+        var byName: [String: VersionedResource] = Dictionary(minimumCapacity: t.entries.count)
+        for (name, e) in t.entries {
+            entries[name] = e
+            byName[name] = e.resource
+        }
+        if !entries.isEmpty { scope.now.entries[t.type] = entries }
+        return (byName, nil)
     }
 
     /// A route configuration's bytes from its virtual hosts' encodings (nil: the compiler gave none, or not for this
@@ -133,8 +175,8 @@ public final class ResourceMemo: Sendable {
     }
 
     func begin(_ node: String) -> NodeScope {
-        let had = state.withLock { $0.current.nodes[node] ?? $0.previous.nodes[node] ?? [:] }
-        return NodeScope(node: node, had: had, now: Dictionary(minimumCapacity: had.count))
+        let had = state.withLock { $0.current.nodes[node] ?? $0.previous.nodes[node] ?? NodeRecord() }
+        return NodeScope(node: node, had: had)
     }
 
     func end(_ scope: NodeScope) {
@@ -145,45 +187,92 @@ public final class ResourceMemo: Sendable {
     }
 
     /// A node's snapshot from its typed resources, with the consistency problems found from the remembered references.
+    /// Encodings the compiler gave (`EnvoyResources.encodings`, `routeEncodings`) are the resources' bytes.
     public func snapshot(node: String, _ r: EnvoyResources) throws -> (Snapshot, problems: [String]) {
         var scope = begin(node)
-        defer { end(scope) }
         var out: [ResourceType: [String: VersionedResource]] = [:]
-        var rds: [(listener: String, names: [String])] = []
-        var eds: [(cluster: String, names: [String])] = []
+        var known: [ResourceType: String] = [:]
+        func scopeOf(_ type: ResourceType) -> TypeScope { TypeScope(type: type, had: scope.had.entries[type] ?? [:]) }
+        func close(_ t: TypeScope) {
+            let (byName, version) = finish(&scope, t)
+            if !byName.isEmpty { out[t.type] = byName }
+            known[t.type] = version
+        }
+        var listeners = scopeOf(.listener)
         for l in r.listeners {
-            let e = try entry(&scope, .listener, l.name, l, namedOnly: r.namedOnly.contains(l.name)) {
-                Snapshot.routeNames(of: $0)
-            }
-            out[.listener, default: [:]][l.name] = e.resource
-            rds.append((l.name, e.references))
+            _ = try entry(
+                &scope, &listeners, l.name, l, bytes: r.encodings.listeners[l.name],
+                namedOnly: r.namedOnly.contains(l.name)
+            ) { Snapshot.routeNames(of: $0) }
         }
+        close(listeners)
+        var clusters = scopeOf(.cluster)
         for c in r.clusters {
-            let e = try entry(&scope, .cluster, c.name, c, namedOnly: r.namedOnly.contains(c.name)) {
-                Snapshot.endpointName(of: $0).map { [$0] } ?? []
-            }
-            out[.cluster, default: [:]][c.name] = e.resource
-            eds.append((c.name, e.references))
+            _ = try entry(
+                &scope, &clusters, c.name, c, bytes: r.encodings.clusters[c.name],
+                namedOnly: r.namedOnly.contains(c.name)
+            ) { Snapshot.endpointName(of: $0).map { [$0] } ?? [] }
         }
+        close(clusters)
+        var routes = scopeOf(.route)
         for x in r.routes {
-            let namedOnly = r.namedOnly.contains(x.name)
-            if let bytes = Self.composed(x, r.routeEncodings[x.name]) {
-                assert(
-                    bytes == (try? x.serializedBytes()), "route configuration \(x.name) composed unlike its encoding")
-                out[.route, default: [:]][x.name] =
-                    entry(&scope, .route, x.name, x, bytes: bytes, namedOnly: namedOnly)
-                    .resource
-                continue
-            }
-            out[.route, default: [:]][x.name] = try entry(&scope, .route, x.name, x, namedOnly: namedOnly) { _ in [] }
-                .resource
+            let bytes = Self.composed(x, r.routeEncodings[x.name])
+            _ = try entry(&scope, &routes, x.name, x, bytes: bytes, namedOnly: r.namedOnly.contains(x.name)) { _ in [] }
         }
+        close(routes)
+        var endpoints = scopeOf(.endpoint)
         for x in r.endpoints {
-            out[.endpoint, default: [:]][x.clusterName] = try entry(
-                &scope, .endpoint, x.clusterName, x, namedOnly: r.namedOnly.contains(x.clusterName)
-            ) { _ in [] }.resource
+            _ = try entry(
+                &scope, &endpoints, x.clusterName, x, bytes: r.encodings.endpoints[x.clusterName],
+                namedOnly: r.namedOnly.contains(x.clusterName)
+            ) { _ in [] }
         }
-        let snapshot = Snapshot(resources: out)
-        return (snapshot, snapshot.missingReferences(eds: eds, rds: rds).sorted())
+        close(endpoints)
+        #if DEBUG
+            checkEncodings(r)
+        #endif
+        let snapshot = Snapshot(resources: out, typeVersions: known)
+        // The references hold as they did when the listeners, clusters and endpoints are the node's own and the route
+        // configurations have the names they had.
+        let problems: [String]
+        if scope.had.consistent, known[.listener] != nil, known[.cluster] != nil, known[.endpoint] != nil,
+            known[.route] != nil || routes.sameNames
+        {
+            problems = []
+        } else {
+            problems = snapshot.missingReferences(
+                eds: clusters.entries.map { ($0.name, $0.entry.references) },
+                rds: listeners.entries.map { ($0.name, $0.entry.references) }
+            ).sorted()
+        }
+        scope.now.snapshot = snapshot
+        scope.now.consistent = problems.isEmpty
+        end(scope)
+        return (snapshot, problems)
     }
+
+    #if DEBUG
+        /// Every encoding the compiler gave is its message serialized (checked in debug builds, so in the tests).
+        func checkEncodings(_ r: EnvoyResources) {
+            for l in r.listeners {
+                if let b = r.encodings.listeners[l.name] {
+                    assert(b == (try? l.serializedBytes()), "listener \(l.name)")
+                }
+            }
+            for c in r.clusters {
+                if let b = r.encodings.clusters[c.name] { assert(b == (try? c.serializedBytes()), "cluster \(c.name)") }
+            }
+            for x in r.routes {
+                if let b = Self.composed(x, r.routeEncodings[x.name]) {
+                    assert(
+                        b == (try? x.serializedBytes()), "route configuration \(x.name) composed unlike its encoding")
+                }
+            }
+            for x in r.endpoints {
+                if let b = r.encodings.endpoints[x.clusterName] {
+                    assert(b == (try? x.serializedBytes()), "endpoints \(x.clusterName)")
+                }
+            }
+        }
+    #endif
 }

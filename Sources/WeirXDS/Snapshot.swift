@@ -24,7 +24,7 @@ public struct VersionedResource: Sendable, Hashable, Codable {
 /// The complete config of one node: every resource by type and name, and an overall version.
 public struct Snapshot: Sendable, Hashable {
     public let resources: [ResourceType: [String: VersionedResource]]
-    /// A hash over every resource's name and version.
+    /// A hash over every type's version (see `typeVersions`).
     public let version: String
     /// Per type, a hash over that type's names and versions: a stream whose subscription did not change has nothing to
     /// send for a type whose hash did not change, without looking at the resources.
@@ -34,22 +34,33 @@ public struct Snapshot: Sendable, Hashable {
     let selections = SelectionMemo()
 
     public init(resources: [ResourceType: [String: VersionedResource]]) {
+        self.init(resources: resources, typeVersions: [:])
+    }
+
+    /// With the per-type versions already known for some types (those of a snapshot whose resources of that type
+    /// are the same): only the others are hashed again.
+    init(resources: [ResourceType: [String: VersionedResource]], typeVersions known: [ResourceType: String]) {
         self.resources = resources
         var h = ContentHash()
         var perType: [ResourceType: String] = [:]
         for type in ResourceType.pushOrder {
+            let v = known[type] ?? Self.typeVersion(resources[type] ?? [:])
             h.add(type.rawValue)
-            var t = ContentHash()
-            for (name, r) in (resources[type] ?? [:]).sorted(by: { $0.key < $1.key }) {
-                h.add(name)
-                h.add(r.version)
-                t.add(name)
-                t.add(r.version)
-            }
-            perType[type] = t.hex
+            h.add(v)
+            perType[type] = v
         }
         version = h.hex
         typeVersions = perType
+    }
+
+    /// A hash over one type's names and versions, in name order.
+    static func typeVersion(_ byName: [String: VersionedResource]) -> String {
+        var t = ContentHash()
+        for (name, r) in byName.sorted(by: { $0.key < $1.key }) {
+            t.add(name)
+            t.add(r.version)
+        }
+        return t.hex
     }
 
     public init(_ resources: EnvoyResources) throws {

@@ -212,7 +212,10 @@ struct ByteWriter {
         u32(UInt32(b.count))
         out += b
     }
-    mutating func string(_ s: String) { bytes(Array(s.utf8)) }
+    mutating func string(_ s: String) {
+        u32(UInt32(s.utf8.count))
+        out += s.utf8
+    }
     /// This writer's bytes as one record.
     func framed() -> [UInt8] {
         var h = ContentHash()

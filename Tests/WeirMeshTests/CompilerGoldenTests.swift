@@ -235,4 +235,56 @@ struct CompileMemoTests {
         // catalog, db and prices once for both nodes; then only catalog, whose router changed.
         #expect(builtPerText == [3, 1], "units built: \(builtPerText)")
     }
+
+    @Test(
+        "a unit checked once under a compiler is taken by every node with the same policy, and not by a node with another policy"
+    )
+    func unitsPerPolicy() throws {
+        let url = CompilerGoldenTests.goldens.appendingPathComponent("mesh-drop/mesh.yaml")
+        // Three more nodes calling db: two with the same client policy, one without any.
+        func caller(_ name: String, tls: Bool) -> String {
+            """
+            ---
+            apiVersion: appmesh.k8s.aws/v1beta2
+            kind: VirtualNode
+            metadata: {name: \(name), namespace: shop}
+            spec:
+              listeners:
+                - portMapping: {port: 9090, protocol: http}
+            """
+                + (tls
+                    ? """
+
+                      backendDefaults:
+                        clientPolicy:
+                          tls:
+                            validation: {trust: {file: {certificateChain: /certs/ca.pem}}}
+                    """ : "")
+                    + """
+
+                      backends:
+                        - virtualService: {virtualServiceRef: {name: db}}
+                    """
+        }
+        let text =
+            try String(contentsOf: url, encoding: .utf8) + "\n" + caller("tls-a", tls: true) + "\n"
+            + caller("tls-b", tls: true) + "\n" + caller("plain", tls: false) + "\n"
+        let memo = CompileMemo()
+        // compileEveryNode expects each node to equal its compile without the memo.
+        _ = try Self.compileEveryNode(text, with: memo, "policies")
+        let m = try ManifestReader.read([("mesh.yaml", text)])
+        var compiler = MeshCompiler(m)
+        compiler.memo = memo
+        func postgresClusters(_ node: String) throws -> [String] {
+            try compiler.compile(nodeID: "shop/\(node)").clusters.map(\.name).filter { $0.contains("postgres") }
+        }
+        let a = try postgresClusters("tls-a")
+        let b = try postgresClusters("tls-b")
+        let plain = try postgresClusters("plain")
+        #expect(a == b && !a.isEmpty && a.allSatisfy { $0.contains("_tls_") }, "\(a) \(b)")
+        #expect(!plain.isEmpty && plain.allSatisfy { !$0.contains("_tls_") }, "\(plain)")
+        // Compiled again in the other order under the same compiler: each still gets its own policy's unit.
+        #expect(try postgresClusters("plain") == plain)
+        #expect(try postgresClusters("tls-b") == b)
+    }
 }

@@ -219,5 +219,44 @@ struct SourcesTests {
         route.name = "missing"
         r.routes = [route]
         #expect(try memo.snapshot(node: "n", r).problems.isEmpty)
+        #expect(try memo.snapshot(node: "n", r).problems.isEmpty, "consistent, and the same again")
+        // The listener unchanged, its route configuration renamed, then gone: found again each time.
+        r.routes[0].name = "other"
+        #expect(try memo.snapshot(node: "n", r).problems.count == 1)
+        r.routes = []
+        #expect(try memo.snapshot(node: "n", r).problems.count == 1)
+    }
+
+    @Test(
+        "a type whose resources are all the node had keeps its part of the snapshot; a name given twice or gone is not taken from before"
+    )
+    func memoPerType() throws {
+        func cluster(_ name: String, _ timeout: Int64 = 1) -> Envoy_Config_Cluster_V3_Cluster {
+            var c = Envoy_Config_Cluster_V3_Cluster()
+            c.name = name
+            c.connectTimeout = Google_Protobuf_Duration(seconds: timeout)
+            return c
+        }
+        let memo = ResourceMemo()
+        var r = EnvoyResources()
+        r.clusters = [cluster("a"), cluster("b")]
+        let first = try memo.snapshot(node: "n", r).0
+        let again = try memo.snapshot(node: "n", r).0
+        #expect(again == first)
+        #expect(again.typeVersions == first.typeVersions)
+        // Each step against a snapshot made without the memo: the same resources and versions.
+        for clusters in [
+            [cluster("a"), cluster("a")], [cluster("a"), cluster("b")], [cluster("b"), cluster("a", 2)], [cluster("b")],
+            [],
+        ] {
+            r.clusters = clusters
+            let s = try memo.snapshot(node: "n", r).0
+            #expect(s == (try Snapshot(r)), "\(clusters.map(\.name))")
+            #expect(s.typeVersions == (try Snapshot(r)).typeVersions)
+        }
+        // Another node with the same content shares the bytes, and has its own part.
+        r.clusters = [cluster("a")]
+        let other = try memo.snapshot(node: "m", r).0
+        #expect(other == (try Snapshot(r)))
     }
 }
