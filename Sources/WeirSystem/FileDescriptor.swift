@@ -128,6 +128,10 @@ public struct FileStatus: Sendable, Hashable {
     public let size: Int
     /// The user ID that owns the file (`st_uid`).
     public let owner: UInt32
+    /// When the file's content was last written (`st_mtim`), in nanoseconds since the epoch.
+    public let modified: Int64
+    /// When the file's content or inode last changed (`st_ctim`), in nanoseconds since the epoch.
+    public let changed: Int64
 
     init(_ st: stat) {
         device = UInt64(st.st_dev)
@@ -135,6 +139,8 @@ public struct FileStatus: Sendable, Hashable {
         mode = UInt32(st.st_mode)
         size = Int(st.st_size)
         owner = UInt32(st.st_uid)
+        modified = Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec)
+        changed = Int64(st.st_ctim.tv_sec) * 1_000_000_000 + Int64(st.st_ctim.tv_nsec)
     }
 
     /// Whether the file is a directory (S_IFDIR).

@@ -15,11 +15,52 @@ import WeirSystem
 /// is an error that names it: a directory or file without permission, a file past the size limit, a path that is not
 /// a directory or a regular file. Nothing is skipped silently, so no object vanishes from the mesh unnoticed.
 public enum ConfigDirectory {
+    /// The files read last time, by path, with their status then: a file whose status is the same, and that had not
+    /// changed for a second when it was read, is not read again.
+    ///
+    /// Timestamps tick coarsely (a few milliseconds), so a write just after a read can leave the status as it was;
+    /// but a write after a file has rested for a second changes its ctime, which the kernel sets on every write and
+    /// rename and no one can set back. A file renamed over (how deploy tools and Kubernetes write) is a new inode.
+    public final class ReadCache: Sendable {
+        struct Entry {
+            var status: FileStatus
+            var text: String
+        }
+        let entries = Mutex<[String: Entry]>([:])
+        public init() {}
+        /// How long a file must have been left alone, before it was read, for its status to vouch for its text.
+        static let restNanoseconds: Int64 = 1_000_000_000
+
+        func text(_ path: String, _ status: FileStatus) -> String? {
+            entries.withLock { $0[path].flatMap { $0.status == status ? $0.text : nil } }
+        }
+
+        func set(_ path: String, _ status: FileStatus, _ text: String, readAt: Int64) {
+            entries.withLock { e in
+                if status.changed < readAt - Self.restNanoseconds && status.modified < readAt - Self.restNanoseconds {
+                    e[path] = Entry(status: status, text: text)
+                } else {
+                    e[path] = nil
+                }
+            }
+        }
+
+        /// Forgets files that are gone.
+        func keep(_ paths: Set<String>) { entries.withLock { $0 = $0.filter { paths.contains($0.key) } } }
+
+        /// The wall clock, in nanoseconds since the epoch (what file timestamps count).
+        static func now() -> Int64 {
+            var t = timespec()
+            clock_gettime(CLOCK_REALTIME, &t)
+            return Int64(t.tv_sec) * 1_000_000_000 + Int64(t.tv_nsec)
+        }
+    }
+
     public static func files(
         _ directory: String, extensions: [String] = [".yaml", ".yml"],
-        limits: YAMLLimits = .default
+        limits: YAMLLimits = .default, cache: ReadCache? = nil
     ) throws(MeshError) -> [(path: String, text: String)] {
-        var walk = Walk(extensions: extensions, limits: limits)
+        var walk = Walk(extensions: extensions, limits: limits, cache: cache)
         let st: FileStatus
         do { st = try FileStatus.of(directory) } catch {
             throw MeshError(problems: [Walk.problem(directory, "cannot be read: \(error.reason)")])
@@ -27,12 +68,14 @@ public enum ConfigDirectory {
         guard st.isDirectory else { throw MeshError(problems: [Walk.problem(directory, "not a directory")]) }
         walk.directory(directory, depth: 0, visited: [])
         if !walk.problems.isEmpty { throw MeshError(problems: walk.problems) }
+        cache?.keep(Set(walk.files.map(\.path)))
         return walk.files.sorted { $0.path < $1.path }
     }
 
     struct Walk {
         let extensions: [String]
         let limits: YAMLLimits
+        var cache: ReadCache?
         var files: [(path: String, text: String)] = []
         var problems: [MeshProblem] = []
         /// Directories nested deeper than this (through links, say) are refused rather than followed.
@@ -81,7 +124,7 @@ public enum ConfigDirectory {
                     directory(child, depth: depth + 1, visited: visited.union([id]))
                 } else if isConfig(name) {
                     if cst.isRegular {
-                        file(child, size: cst.size)
+                        file(child, cst)
                     } else {
                         problems.append(Self.problem(child, "not a regular file"))
                     }
@@ -89,14 +132,20 @@ public enum ConfigDirectory {
             }
         }
 
-        mutating func file(_ path: String, size: Int) {
+        mutating func file(_ path: String, _ status: FileStatus) {
+            let size = status.size
             guard size <= limits.maxBytes else {
                 problems.append(
                     Self.problem(
                         path, "the file is \(size) bytes; weir reads files of at most \(limits.maxBytes) bytes"))
                 return
             }
+            if let text = cache?.text(path, status) {
+                files.append((path, text))
+                return
+            }
             do {
+                let readAt = ReadCache.now()
                 // Read at most one byte past the limit: a file that grew since stat is refused, not read whole.
                 let bytes = try FileDescriptor.open(path, O_RDONLY).readAll(limit: limits.maxBytes)
                 guard bytes.count <= limits.maxBytes else {
@@ -107,7 +156,11 @@ public enum ConfigDirectory {
                         ))
                     return
                 }
-                files.append((path, String(decoding: bytes, as: UTF8.self)))
+                let text = String(decoding: bytes, as: UTF8.self)
+                files.append((path, text))
+                // What was read is what the status said only if nothing wrote between the stat and the read: the
+                // status is taken again, and the text kept only if it is the same.
+                if let cache, (try? FileStatus.of(path)) == status { cache.set(path, status, text, readAt: readAt) }
             } catch {
                 problems.append(Self.problem(path, "cannot be read: \(error.reason)"))
             }
@@ -204,6 +257,8 @@ public final class ConfigSources: SnapshotSource {
     }
     let good = Mutex(Good())
     let fileCache = ManifestReader.FileCache()
+    let readCache = ConfigDirectory.ReadCache()
+    let envoyReadCache = ConfigDirectory.ReadCache()
     let memo = ResourceMemo()
     let compileMemo = CompileMemo()
 
@@ -232,11 +287,12 @@ public final class ConfigSources: SnapshotSource {
         let started = clock.now
         do {
             if let meshDirectory {
-                let files = try ConfigDirectory.files(meshDirectory)
+                let files = try ConfigDirectory.files(meshDirectory, cache: readCache)
                 manifests = try ManifestReader.read(files, cache: fileCache)
             }
             if let envoyDirectory {
-                let files = try ConfigDirectory.files(envoyDirectory, extensions: [".yaml", ".yml", ".json"])
+                let files = try ConfigDirectory.files(
+                    envoyDirectory, extensions: [".yaml", ".yml", ".json"], cache: envoyReadCache)
                 envoy = try EnvoyResourceFiles.read(files)
             }
         } catch {

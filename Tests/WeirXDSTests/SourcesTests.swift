@@ -3,6 +3,7 @@ import Foundation
 import SwiftProtobuf
 import Testing
 import WeirMesh
+import WeirSystem
 @testable import WeirXDS
 
 @Suite("config sources")
@@ -84,6 +85,34 @@ struct SourcesTests {
         try text.write(to: file, atomically: true, encoding: .utf8)
         #expect(sources.reload() == nil)
         return try #require(cache.snapshot(for: "mesh/colors/virtualNode/front_apps"))
+    }
+
+    @Test(
+        "a file at rest is not read again while its status is the same; one just written is, and so is one written in place with the same size"
+    )
+    func readCache() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("weir-read-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("a.yaml").path
+        try "kind: one\n".write(toFile: path, atomically: false, encoding: .utf8)
+        let cache = ConfigDirectory.ReadCache()
+        // Just written: read, and not kept (a write in the same tick would leave the status as it is).
+        #expect(try ConfigDirectory.files(dir.path, cache: cache).map(\.text) == ["kind: one\n"])
+        #expect(cache.text(path, try FileStatus.of(path)) == nil)
+        // At rest for over a second before the read: kept, and given again for the same status.
+        Thread.sleep(forTimeInterval: 1.2)
+        #expect(try ConfigDirectory.files(dir.path, cache: cache).map(\.text) == ["kind: one\n"])
+        #expect(cache.text(path, try FileStatus.of(path)) == "kind: one\n")
+        // Written in place, the same size, same inode: its ctime moved, so it is read again.
+        let handle = try #require(FileHandle(forWritingAtPath: path))
+        handle.write(Data("kind: two\n".utf8))
+        try handle.close()
+        #expect(try ConfigDirectory.files(dir.path, cache: cache).map(\.text) == ["kind: two\n"])
+        // A file gone is forgotten.
+        try FileManager.default.removeItem(atPath: path)
+        #expect(try ConfigDirectory.files(dir.path, cache: cache).isEmpty)
+        #expect(cache.entries.withLock { $0.isEmpty })
     }
 
     @Test(
