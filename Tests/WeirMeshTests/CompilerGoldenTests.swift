@@ -186,25 +186,33 @@ struct CompileMemoTests {
         let url = CompilerGoldenTests.goldens.appendingPathComponent("mesh-drop/mesh.yaml")
         let original = try String(contentsOf: url, encoding: .utf8)
         // Each edit keeps the mesh valid and changes what some backends read: a router's weights, a target's
-        // health check and address, a router's target, the mesh's IP preference; then back to the start.
-        let edits: [(String, String)] = [
-            ("weight: 90}", "weight: 70}"),
-            ("intervalMillis: 5000", "intervalMillis: 7000"),
-            ("hostname: 10.0.0.11", "hostname: 10.0.0.12"),
-            ("{virtualNodeRef: {name: catalog-v2}, weight: 1}", "{virtualNodeRef: {name: catalog-v1}, weight: 1}"),
-            ("weight: 10}", "weight: 0}"),
+        // health check and address, a router's target, a tcp route's idle timeout (in the egress listener's shape);
+        // then a node's own listener timeout (its ingress, which no unit reads) and the mesh's egress filter (the
+        // egress listener's shape; every unit reads the mesh); then back to the start.
+        let edits: [(String, String, units: Bool)] = [
+            ("weight: 90}", "weight: 70}", true),
+            ("intervalMillis: 5000", "intervalMillis: 7000", true),
+            ("hostname: 10.0.0.11", "hostname: 10.0.0.12", true),
+            (
+                "{virtualNodeRef: {name: catalog-v2}, weight: 1}", "{virtualNodeRef: {name: catalog-v1}, weight: 1}",
+                true
+            ),
+            ("weight: 10}", "weight: 0}", true),
+            ("timeout: {idle: {unit: s, value: 600}}", "timeout: {idle: {unit: s, value: 900}}", true),
+            ("perRequest: {unit: s, value: 30}", "perRequest: {unit: s, value: 45}", false),
+            ("egressFilter: {type: DROP_ALL}", "egressFilter: {type: ALLOW_ALL}", false),
         ]
-        var texts = [original]
-        for (from, to) in edits {
-            #expect(texts.last!.contains(from), "the fixture still holds \(from)")
-            texts.append(texts.last!.replacingOccurrences(of: from, with: to))
+        var texts = [(original, true)]
+        for (from, to, units) in edits {
+            #expect(texts.last!.0.contains(from), "the fixture still holds \(from)")
+            texts.append((texts.last!.0.replacingOccurrences(of: from, with: to), units))
         }
-        texts.append(original)
+        texts.append((original, false))  // the mesh changes back: every unit reads it
         let memo = CompileMemo()
-        for (i, text) in texts.enumerated() {
+        for (i, (text, units)) in texts.enumerated() {
             let built = try Self.compileEveryNode(text, with: memo, "edit \(i)")
             let used = memo.units.count
-            if i > 0 { #expect(built > 0 && built < used, "edit \(i): \(built) of \(used) units built anew") }
+            if i > 0 && units { #expect(built > 0 && built < used, "edit \(i): \(built) of \(used) units built anew") }
         }
     }
 
