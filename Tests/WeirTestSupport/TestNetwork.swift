@@ -121,8 +121,25 @@ public final class TestNetwork: @unchecked Sendable {
 
     /// Deletes both namespaces (and with them the veth pair and every rule inside).
     public func close() {
-        _ = try? sh("ip", "netns", "del", pod, allowFailure: true)
-        _ = try? sh("ip", "netns", "del", server, allowFailure: true)
+        for name in [pod, server] { Self.delete(name) }
+    }
+
+    /// `ip netns del`, tried again (a bounded number of times) while the name is still there: one failed attempt
+    /// (a spawn refused, a mount busy for a moment) must not leave a namespace behind. What failed is printed.
+    static func delete(_ name: String) {
+        let path = "/run/netns/\(name)"
+        var last = ""
+        for attempt in 0..<5 {
+            if attempt > 0 { usleep(200_000) }
+            do {
+                let r = try sh("ip", "netns", "del", name, allowFailure: true)
+                last = "exit \(r.status): \(r.output)"
+            } catch {
+                last = "\(error)"
+            }
+            if !FileManager.default.fileExists(atPath: path) { return }
+        }
+        FileHandle.standardError.write(Data("TestNetwork: could not delete namespace \(name): \(last)\n".utf8))
     }
 
     /// Runs a test body with a fresh network, always deleting it afterwards.
