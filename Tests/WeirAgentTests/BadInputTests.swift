@@ -85,7 +85,7 @@ final class BadInputTests {
         // Inside a throwaway namespace: nothing listens beyond loopback on the machine itself.
         let ns = "weirt-remote-\(getpid())"
         try sh("ip", "netns", "add", ns)
-        defer { _ = try? sh(["ip", "netns", "del", ns], allowFailure: true) }
+        defer { deleteNamespace(ns) }
         let r = try sh(
             [
                 "ip", "netns", "exec", ns, "timeout", "-s", "TERM", "2", weirBinary, "xds", "--listen", "0.0.0.0:19000",

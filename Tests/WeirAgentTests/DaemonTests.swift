@@ -113,8 +113,8 @@ final class DaemonScene: @unchecked Sendable {
 
     func close() {
         daemon?.stop()
-        for p in pods { _ = try? sh(["ip", "netns", "del", p], allowFailure: true) }
-        _ = try? sh(["ip", "netns", "del", server], allowFailure: true)
+        for p in pods { deleteNamespace(p) }
+        deleteNamespace(server)
         try? FileManager.default.removeItem(atPath: dir)
     }
 

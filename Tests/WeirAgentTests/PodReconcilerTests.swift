@@ -87,7 +87,7 @@ struct PodReconcilerNamespaceTests {
     @Test("10 pods enrolled at once get their rules; a deleted table and a flushed one are repaired; unenroll removes")
     func tenPods() async throws {
         let names = (0..<10).map { "weirt-rec-\(getpid())-\($0)" }
-        defer { for n in names { _ = try? sh(["ip", "netns", "del", n], allowFailure: true) } }
+        defer { for n in names { deleteNamespace(n) } }
         var enrollments: [Enrollment] = []
         for n in names {
             try sh("ip", "netns", "add", n)

@@ -34,7 +34,7 @@ struct ForwarderNamespaceTests {
     @Test("listeners and every worker are in the one namespace opened at start, even if its path is reused")
     func oneNamespace() async throws {
         let name = "weirt-fwd-\(getpid())"
-        defer { _ = try? sh(["ip", "netns", "del", name], allowFailure: true) }
+        defer { deleteNamespace(name) }
         try sh("ip", "netns", "add", name)
         try sh("ip", "-n", name, "link", "set", "lo", "up")
         let held = try NamespaceHandle.open("/run/netns/\(name)")

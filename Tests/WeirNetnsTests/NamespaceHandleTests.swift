@@ -75,10 +75,33 @@ struct NamespaceHandleTests {
         #expect(try NamespaceHandle.open("/proc/thread-self/ns/net").identity == host.identity)
     }
 
+    @Test("a test namespace whose first deletion fails is deleted by the next try, and one already gone is no error")
+    func cleanupRetries() throws {
+        let name = "weirt-del-\(getpid())"
+        try sh("ip", "netns", "add", name)
+        defer { _ = try? sh(["ip", "netns", "del", name], allowFailure: true) }
+        var calls = 0
+        // The first attempt fails as a refused spawn would; the second is the real one.
+        deleteNamespace(name) { n in
+            calls += 1
+            if calls == 1 { throw CommandError(description: "spawn refused") }
+            return try defaultNamespaceDelete(n)
+        }
+        #expect(calls == 2)
+        #expect(!FileManager.default.fileExists(atPath: "/run/netns/\(name)"))
+        // Gone already: one attempt, which finds nothing to delete, and no retries.
+        calls = 0
+        deleteNamespace(name) { n in
+            calls += 1
+            return try defaultNamespaceDelete(n)
+        }
+        #expect(calls == 1)
+    }
+
     @Test("a namespace recreated at the same path is a different namespace; a held handle keeps the old one")
     func identityAcrossRecreation() throws {
         let name = "weirt-id-\(getpid())"
-        defer { _ = try? sh(["ip", "netns", "del", name], allowFailure: true) }
+        defer { deleteNamespace(name) }
         try sh("ip", "netns", "add", name)
         let first = try NamespaceHandle.open("/run/netns/\(name)")
         try sh("ip", "netns", "del", name)

@@ -72,6 +72,26 @@ public let weirBinary: String = {
 public let weirInitBinary: String = URL(fileURLWithPath: weirBinary).deletingLastPathComponent()
     .appendingPathComponent("weir-init").path
 
+/// Deletes a test's named namespace (`ip netns del`), tried again while `/run/netns/NAME` is still there (5 tries,
+/// 200 ms apart): one failed attempt (a spawn refused, a mount busy for a moment) must not leave a namespace behind.
+/// If it stays, the last error is printed. `attempt` runs one deletion (tests give a failing one).
+public func deleteNamespace(_ name: String, attempt: (String) throws -> String = defaultNamespaceDelete) {
+    let path = "/run/netns/\(name)"
+    var last = ""
+    for i in 0..<5 {
+        if i > 0 { usleep(200_000) }
+        do { last = try attempt(name) } catch { last = "\(error)" }
+        if !FileManager.default.fileExists(atPath: path) { return }
+    }
+    FileHandle.standardError.write(Data("could not delete namespace \(name): \(last)\n".utf8))
+}
+
+/// One `ip netns del`: its exit status and output.
+public func defaultNamespaceDelete(_ name: String) throws -> String {
+    let r = try sh("ip", "netns", "del", name, allowFailure: true)
+    return "exit \(r.status): \(r.output)"
+}
+
 /// A pod namespace and a server namespace joined by a veth pair, deleted on `close()`.
 /// pod: 198.18.0.1/24, fd00:1::1/64, default routes via the server; server: 198.18.0.2/24, fd00:1::2/64.
 public final class TestNetwork: @unchecked Sendable {
@@ -121,25 +141,7 @@ public final class TestNetwork: @unchecked Sendable {
 
     /// Deletes both namespaces (and with them the veth pair and every rule inside).
     public func close() {
-        for name in [pod, server] { Self.delete(name) }
-    }
-
-    /// `ip netns del`, tried again (a bounded number of times) while the name is still there: one failed attempt
-    /// (a spawn refused, a mount busy for a moment) must not leave a namespace behind. What failed is printed.
-    static func delete(_ name: String) {
-        let path = "/run/netns/\(name)"
-        var last = ""
-        for attempt in 0..<5 {
-            if attempt > 0 { usleep(200_000) }
-            do {
-                let r = try sh("ip", "netns", "del", name, allowFailure: true)
-                last = "exit \(r.status): \(r.output)"
-            } catch {
-                last = "\(error)"
-            }
-            if !FileManager.default.fileExists(atPath: path) { return }
-        }
-        FileHandle.standardError.write(Data("TestNetwork: could not delete namespace \(name): \(last)\n".utf8))
+        for name in [pod, server] { deleteNamespace(name) }
     }
 
     /// Runs a test body with a fresh network, always deleting it afterwards.
